@@ -1,0 +1,43 @@
+//! token-sweeper keeps Redis JWT allowlists clean.
+//!
+//! Auth services that make JWTs revocable keep one sorted set per user,
+//! `<userId>-tokens`, with the token (or its digest) as member and its expiry
+//! as score. Tokens that expire without a logout stay there forever; this
+//! crate removes them, in pipelined batches, without ever touching a live one.
+//!
+//! # Layout
+//!
+//! | module | concern |
+//! | --- | --- |
+//! | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment, validation |
+//! | [`redis`] | connecting to Redis, errors that name the address |
+//! | [`sweep`] | the sweep algorithm, top to bottom in one file; no scheduling, no HTTP |
+//!
+//! The binary (`src/main.rs`) only parses the command line, loads the
+//! settings and calls into these modules.
+//!
+//! # One sweep from code
+//!
+//! ```no_run
+//! use token_sweeper::{config::Settings, redis::Connection, sweep};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let settings = Settings::load(None)?;
+//! let conn = Connection::connect(&settings.redis).await?;
+//! let progress = sweep::SweepProgress::default();
+//! let report = sweep::sweep(
+//!     &conn,
+//!     &settings.sweep,
+//!     sweep::SweepMode::Remove,
+//!     &progress,
+//!     std::future::pending(),
+//! )
+//! .await?;
+//! println!("removed {} expired tokens", report.members_removed);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod redis;
+pub mod sweep;

@@ -1,0 +1,615 @@
+//! The sweep's invariants, each against a private redis-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{members, redis_now_ms, settings_for, sweep_with, RedisServer};
+use rand::{Rng, SeedableRng};
+use redis::Commands;
+use token_sweeper::config::ScoreUnit;
+use token_sweeper::redis::Connection;
+use token_sweeper::sweep::{sweep_keys, SweepError, SweepMode};
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[tokio::test]
+async fn removes_expired_members_and_keeps_live_ones() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    for user in 0..50 {
+        let key = format!("user{user}-tokens");
+        let _: () = c.zadd(&key, "old-1", now - HOUR_MS).unwrap();
+        let _: () = c.zadd(&key, "old-2", now - 1).unwrap();
+        let _: () = c.zadd(&key, "live-1", now + HOUR_MS).unwrap();
+        let _: () = c.zadd(&key, "live-2", now + 24 * HOUR_MS).unwrap();
+    }
+
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+
+    assert_eq!(report.keys_scanned, 50);
+    assert_eq!(report.keys_changed, 50);
+    assert_eq!(report.members_removed, 100);
+    assert_eq!(report.errors, 0);
+    for user in 0..50 {
+        let left: Vec<String> = c.zrange(format!("user{user}-tokens"), 0, -1).unwrap();
+        assert_eq!(left, ["live-1", "live-2"], "user{user}");
+    }
+}
+
+#[tokio::test]
+async fn boundary_members_at_the_cutoff_go_and_one_unit_later_stay() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let mut conn = Connection::connect(&settings_for(&server).redis)
+        .await
+        .unwrap();
+    let cutoff = 1_800_000_000_000_i64;
+    let _: () = c.zadd("b-tokens", "below", cutoff - 1).unwrap();
+    let _: () = c.zadd("b-tokens", "at", cutoff).unwrap();
+    let _: () = c
+        .zadd("b-tokens", "fraction-above", cutoff as f64 + 0.5)
+        .unwrap();
+    let _: () = c.zadd("b-tokens", "above", cutoff + 1).unwrap();
+
+    let outcome = sweep_keys(
+        &mut conn,
+        &[b"b-tokens".to_vec()],
+        cutoff,
+        SweepMode::Remove,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(outcome.members_removed, 2);
+    let left: Vec<String> = c.zrange("b-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["fraction-above", "above"]);
+}
+
+#[tokio::test]
+async fn the_cutoff_is_redis_time_and_nothing_above_it_is_removed() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let before = redis_now_ms(&mut c);
+    // One member per millisecond from 200 ms ago to 200 ms ahead.
+    let mut pipe = redis::pipe();
+    for offset in -200..=200_i64 {
+        pipe.zadd("dense-tokens", offset, before + offset).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+    let after = redis_now_ms(&mut c);
+
+    assert!(
+        (before..=after).contains(&report.cutoff),
+        "cutoff {} not within Redis TIME {before}..{after}",
+        report.cutoff
+    );
+    let left = members(&mut c, b"dense-tokens");
+    assert!(left.iter().all(|(_, score)| *score > report.cutoff as f64));
+    let removed = 401 - left.len() as u64;
+    assert_eq!(removed, report.members_removed);
+    assert_eq!(removed as i64, report.cutoff - (before - 200) + 1);
+}
+
+#[tokio::test]
+async fn grace_keeps_recently_expired_tokens() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c
+        .zadd("g-tokens", "expired-a-minute-ago", now - 60_000)
+        .unwrap();
+    let _: () = c
+        .zadd("g-tokens", "expired-a-day-ago", now - 24 * HOUR_MS)
+        .unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.grace = Duration::from_secs(3600);
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    assert_eq!(report.members_removed, 1);
+    let left: Vec<String> = c.zrange("g-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["expired-a-minute-ago"]);
+}
+
+#[tokio::test]
+async fn infinite_scores_minus_inf_is_expired_plus_inf_never() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = redis::cmd("ZADD")
+        .arg("inf-tokens")
+        .arg("-inf")
+        .arg("minus")
+        .arg("+inf")
+        .arg("plus")
+        .arg(now + HOUR_MS)
+        .arg("live")
+        .query(&mut c)
+        .unwrap();
+
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+
+    assert_eq!(report.members_removed, 1);
+    let left: Vec<String> = c.zrange("inf-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["live", "plus"]);
+}
+
+#[tokio::test]
+async fn a_set_with_only_expired_members_disappears() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("gone-tokens", "a", now - 10).unwrap();
+    let _: () = c.zadd("gone-tokens", "b", now - 20).unwrap();
+
+    sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+
+    let exists: bool = c.exists("gone-tokens").unwrap();
+    assert!(!exists);
+}
+
+#[tokio::test]
+async fn non_matching_keys_and_other_types_are_untouched() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    // A sorted set that does not match the pattern, full of "expired" scores.
+    let _: () = c.zadd("leaderboard", "alice", 1).unwrap();
+    let _: () = c.zadd("user1-tokens-archive", "x", now - HOUR_MS).unwrap();
+    // Matching names, other types.
+    let _: () = c.set("str-tokens", "value").unwrap();
+    let _: () = c.hset("hash-tokens", "f", "v").unwrap();
+    let _: () = c.rpush("list-tokens", "item").unwrap();
+    let _: () = c.sadd("set-tokens", "member").unwrap();
+
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+
+    assert_eq!(report.keys_scanned, 0, "TYPE zset filters the others out");
+    assert_eq!(report.members_removed, 0);
+    let board: Vec<(String, f64)> = c.zrange_withscores("leaderboard", 0, -1).unwrap();
+    assert_eq!(board, [("alice".to_owned(), 1.0)]);
+    let archive: i64 = c.zcard("user1-tokens-archive").unwrap();
+    assert_eq!(archive, 1);
+    let s: String = c.get("str-tokens").unwrap();
+    assert_eq!(s, "value");
+    let h: String = c.hget("hash-tokens", "f").unwrap();
+    assert_eq!(h, "v");
+    let l: Vec<String> = c.lrange("list-tokens", 0, -1).unwrap();
+    assert_eq!(l, ["item"]);
+    let m: Vec<String> = c.smembers("set-tokens").unwrap();
+    assert_eq!(m, ["member"]);
+}
+
+#[tokio::test]
+async fn key_ttls_are_kept() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("ttl-tokens", "old", now - HOUR_MS).unwrap();
+    let _: () = c.zadd("ttl-tokens", "live", now + HOUR_MS).unwrap();
+    let _: () = c.pexpire("ttl-tokens", HOUR_MS).unwrap();
+    let _: () = c.zadd("persist-tokens", "old", now - HOUR_MS).unwrap();
+    let _: () = c.zadd("persist-tokens", "live", now + HOUR_MS).unwrap();
+
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+
+    assert_eq!(report.members_removed, 2);
+    let ttl: i64 = c.pttl("ttl-tokens").unwrap();
+    assert!(ttl > HOUR_MS - 60_000 && ttl <= HOUR_MS, "pttl {ttl}");
+    let no_ttl: i64 = c.pttl("persist-tokens").unwrap();
+    assert_eq!(no_ttl, -1, "a key without TTL must not get one");
+}
+
+#[tokio::test]
+async fn odd_key_names_are_swept_byte_for_byte() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let odd: Vec<Vec<u8>> = vec![
+        b"glob*?[x]-tokens".to_vec(),
+        b"with space-tokens".to_vec(),
+        b"{42}-tokens".to_vec(),
+        b"line\nbreak-tokens".to_vec(),
+        b"\xff\xfe\x00binary-tokens".to_vec(),
+        "ユーザー-tokens".as_bytes().to_vec(),
+        b"-tokens".to_vec(),
+    ];
+    for key in &odd {
+        let _: () = c.zadd(key, "old", now - HOUR_MS).unwrap();
+        let _: () = c.zadd(key, "live", now + HOUR_MS).unwrap();
+    }
+
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+
+    assert_eq!(report.keys_scanned, odd.len() as u64);
+    assert_eq!(report.members_removed, odd.len() as u64);
+    for key in &odd {
+        let left: Vec<String> = c.zrange(key, 0, -1).unwrap();
+        assert_eq!(left, ["live"], "{}", String::from_utf8_lossy(key));
+    }
+}
+
+#[tokio::test]
+async fn a_pattern_with_glob_characters_matches_only_what_it_says() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    for key in ["tenant-a:u1-tokens", "tenant-b:u1-tokens"] {
+        let _: () = c.zadd(key, "old", now - HOUR_MS).unwrap();
+    }
+    let mut settings = settings_for(&server);
+    settings.sweep.pattern = "tenant-a:*-tokens".to_owned();
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    assert_eq!(report.members_removed, 1);
+    let b: i64 = c.zcard("tenant-b:u1-tokens").unwrap();
+    assert_eq!(b, 1);
+}
+
+#[tokio::test]
+async fn dry_run_counts_and_changes_nothing() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    for user in 0..20 {
+        let key = format!("u{user}-tokens");
+        let _: () = c.zadd(&key, "old", now - HOUR_MS).unwrap();
+        let _: () = c.zadd(&key, "live", now + HOUR_MS).unwrap();
+    }
+    let _: () = c.zadd("only-old-tokens", "old", now - HOUR_MS).unwrap();
+    let snapshot = |c: &mut redis::Connection| -> Vec<Vec<u8>> {
+        let mut keys: Vec<String> = c.keys("*").unwrap();
+        keys.sort();
+        keys.iter()
+            .map(|k| redis::cmd("DUMP").arg(k).query(c).unwrap())
+            .collect()
+    };
+    let before = snapshot(&mut c);
+
+    let report = sweep_with(&settings_for(&server), SweepMode::DryRun)
+        .await
+        .unwrap();
+
+    assert_eq!(report.mode, SweepMode::DryRun);
+    assert_eq!(report.members_removed, 21, "what a real sweep would remove");
+    assert_eq!(report.keys_changed, 21);
+    assert_eq!(snapshot(&mut c), before);
+}
+
+#[tokio::test]
+async fn a_key_that_is_no_longer_a_sorted_set_is_skipped_and_counted() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let _: () = c.zadd("z1-tokens", "old", 1).unwrap();
+    let _: () = c.set("became-a-string-tokens", "x").unwrap();
+    let _: () = c.zadd("z2-tokens", "old", 1).unwrap();
+    let mut conn = Connection::connect(&settings_for(&server).redis)
+        .await
+        .unwrap();
+    // The batch as SCAN would have returned it before the type changed.
+    let batch = [
+        b"z1-tokens".to_vec(),
+        b"became-a-string-tokens".to_vec(),
+        b"z2-tokens".to_vec(),
+    ];
+
+    let outcome = sweep_keys(&mut conn, &batch, 100, SweepMode::Remove)
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.skipped_wrong_type, 1);
+    assert_eq!(outcome.errors, 0);
+    assert_eq!(outcome.members_removed, 2, "the keys around it were swept");
+    let s: String = c.get("became-a-string-tokens").unwrap();
+    assert_eq!(s, "x");
+}
+
+#[tokio::test]
+async fn keys_changing_type_during_a_sweep_never_fail_it() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let mut pipe = redis::pipe();
+    for user in 0..20_000 {
+        pipe.zadd(format!("u{user}-tokens"), "old", 1).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let flipper = {
+        let mut c = server.conn();
+        std::thread::spawn(move || {
+            for i in 0..2_000 {
+                let key = format!("u{}-tokens", (i * 7919) % 20_000);
+                let _: () = redis::pipe()
+                    .atomic()
+                    .del(&key)
+                    .set(&key, "now a string")
+                    .query(&mut c)
+                    .unwrap();
+            }
+        })
+    };
+    let mut settings = settings_for(&server);
+    settings.sweep.batch_size = 50;
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+    flipper.join().unwrap();
+
+    assert_eq!(report.errors, 0);
+    let zsets_left: Vec<String> = redis::cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(100_000)
+        .arg("TYPE")
+        .arg("zset")
+        .query::<(u64, Vec<String>)>(&mut c)
+        .unwrap()
+        .1;
+    assert!(
+        zsets_left.is_empty(),
+        "every set left was swept: {zsets_left:?}"
+    );
+}
+
+#[tokio::test]
+async fn unit_guard_refuses_seconds_data_swept_as_milliseconds() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    for user in 0..10 {
+        let key = format!("u{user}-tokens");
+        let _: () = c.zadd(&key, "live", now_s + 3600).unwrap();
+        let _: () = c.zadd(&key, "old", now_s - 3600).unwrap();
+    }
+    let mut settings = settings_for(&server);
+    settings.sweep.score_unit = ScoreUnit::Milliseconds;
+
+    let err = sweep_with(&settings, SweepMode::Remove).await.unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            SweepError::UnitGuard {
+                seen: ScoreUnit::Seconds,
+                suspicious: 10,
+                sampled: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for user in 0..10 {
+        let n: i64 = c.zcard(format!("u{user}-tokens")).unwrap();
+        assert_eq!(n, 2, "nothing may be deleted when the guard trips");
+    }
+}
+
+#[tokio::test]
+async fn unit_guard_catches_one_bad_set_among_good_ones() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    for user in 0..30 {
+        let _: () = c
+            .zadd(format!("u{user}-tokens"), "old", now - HOUR_MS)
+            .unwrap();
+    }
+    let _: () = c.zadd("seconds-tokens", "live", now / 1000 + 3600).unwrap();
+
+    let err = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(err, SweepError::UnitGuard { suspicious: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("seconds-tokens"), "{err}");
+    let live: i64 = c.zcard("seconds-tokens").unwrap();
+    assert_eq!(live, 1);
+}
+
+#[tokio::test]
+async fn unit_guard_refuses_milliseconds_data_swept_as_seconds() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("ms-tokens", "live", now + HOUR_MS).unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.score_unit = ScoreUnit::Seconds;
+
+    let err = sweep_with(&settings, SweepMode::Remove).await.unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            SweepError::UnitGuard {
+                seen: ScoreUnit::Milliseconds,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn unit_guard_can_be_turned_off() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    let _: () = c.zadd("s-tokens", "live-in-seconds", now_s + 3600).unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.unit_guard = false;
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    // The guard is off: seconds read as milliseconds are in 1970, so they go.
+    assert_eq!(report.members_removed, 1);
+}
+
+#[tokio::test]
+async fn seconds_unit_sweeps_jwt_exp_scores() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    let _: () = c.zadd("jwt-tokens", "old", now_s - 10).unwrap();
+    let _: () = c.zadd("jwt-tokens", "live", now_s + 10).unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.score_unit = ScoreUnit::Seconds;
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    assert_eq!(report.members_removed, 1);
+    assert!((now_s..=now_s + 5).contains(&report.cutoff));
+    let left: Vec<String> = c.zrange("jwt-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["live"]);
+}
+
+#[tokio::test]
+async fn many_keys_across_many_scan_pages_and_batches() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let mut pipe = redis::pipe();
+    for user in 0..25_000 {
+        let key = format!("u{user}-tokens");
+        pipe.zadd(&key, "old", now - HOUR_MS).ignore();
+        pipe.zadd(&key, "live", now + HOUR_MS).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.scan_count = 100;
+    settings.sweep.batch_size = 37;
+    settings.sweep.max_in_flight = 3;
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    assert_eq!(report.members_removed, 25_000);
+    assert_eq!(report.keys_changed, 25_000);
+    let total: i64 = (0..25_000)
+        .map(|u| c.zcard::<_, i64>(format!("u{u}-tokens")).unwrap())
+        .sum();
+    assert_eq!(total, 25_000, "exactly the live member of each set is left");
+}
+
+#[tokio::test]
+async fn max_keys_per_second_paces_the_sweep() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let mut pipe = redis::pipe();
+    for user in 0..300 {
+        pipe.zadd(format!("u{user}-tokens"), "old", 1).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.max_keys_per_second = 200;
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    assert_eq!(report.members_removed, 300);
+    // A lower bound only: a slow machine makes it longer, never shorter.
+    assert!(
+        report.duration_seconds >= 1.0,
+        "300 keys at 200/s took {}s",
+        report.duration_seconds
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_scan_and_says_so() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let _: () = c.zadd("u-tokens", "old", 1).unwrap();
+    let settings = settings_for(&server);
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let progress = token_sweeper::sweep::SweepProgress::default();
+
+    let report = token_sweeper::sweep::sweep(
+        &conn,
+        &settings.sweep,
+        SweepMode::Remove,
+        &progress,
+        std::future::ready(()),
+    )
+    .await
+    .unwrap();
+
+    assert!(report.interrupted);
+    assert_eq!(report.members_removed, 0);
+}
+
+/// Random sets with random scores around now, in both units: after one sweep,
+/// exactly the members scored at or below the reported cutoff are gone.
+#[tokio::test]
+async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    for round in 0..12 {
+        let unit = if round % 2 == 0 {
+            ScoreUnit::Milliseconds
+        } else {
+            ScoreUnit::Seconds
+        };
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        let now = redis_now_ms(&mut c);
+        let (center, spread): (f64, f64) = match unit {
+            ScoreUnit::Milliseconds => (now as f64, 2_000.0),
+            ScoreUnit::Seconds => ((now / 1000) as f64, 3.0),
+        };
+        let mut written: Vec<(String, String, f64)> = Vec::new();
+        let mut pipe = redis::pipe();
+        for user in 0..rng.random_range(1..300) {
+            let key = format!("u{round}-{user}-tokens");
+            for m in 0..rng.random_range(1..8) {
+                let score = match rng.random_range(0..10) {
+                    0 => center.floor(), // exactly "now"
+                    1 => center + rng.random_range(-spread..spread).round(),
+                    _ => center + rng.random_range(-spread..spread),
+                };
+                let member = format!("m{m}");
+                pipe.zadd(&key, &member, score).ignore();
+                written.push((key.clone(), member, score));
+            }
+        }
+        let _: () = pipe.query(&mut c).unwrap();
+        let mut settings = settings_for(&server);
+        settings.sweep.score_unit = unit;
+        settings.sweep.batch_size = rng.random_range(1..64);
+        settings.sweep.scan_count = rng.random_range(1..200);
+
+        let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+        let mut expected_removed = 0;
+        for (key, member, score) in &written {
+            let present: Option<f64> = c.zscore(key, member).unwrap();
+            let expired = *score <= report.cutoff as f64;
+            expected_removed += u64::from(expired);
+            assert_eq!(
+                present.is_none(),
+                expired,
+                "round {round} ({unit}): {key} {member} score {score} cutoff {}",
+                report.cutoff
+            );
+        }
+        assert_eq!(report.members_removed, expected_removed, "round {round}");
+    }
+}
