@@ -68,11 +68,28 @@ impl ConfigError {
             config::ConfigError::NotFound(key) => Self::invalid(key, "missing"),
             config::ConfigError::FileParse { cause, .. } => Self::File {
                 path: file.map(Path::to_path_buf).unwrap_or_default(),
-                message: cause.to_string(),
+                message: one_line(&cause.to_string()),
             },
             // Errors at the top level (an unknown section) carry no key.
             other => Self::invalid("(top level)", other.to_string()),
         }
+    }
+}
+
+/// Folds the TOML parser's multi-line report (position, source snippet,
+/// caret, reason) into "position: reason".
+fn one_line(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let first = lines.first().copied().unwrap_or_default();
+    // The snippet lines start with a line number or '|'; the reason does not.
+    let reason = lines
+        .iter()
+        .skip(1)
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with('|') && !l.contains(" | "));
+    match reason {
+        Some(reason) => format!("{first}: {reason}"),
+        None => first.to_owned(),
     }
 }
 
@@ -422,10 +439,17 @@ impl Settings {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             // Checked here because the config crate's "not found" names no path.
-            if !path.is_file() {
+            let problem = if !path.exists() {
+                Some("no such file")
+            } else if !path.is_file() {
+                Some("not a regular file")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
                 return Err(ConfigError::File {
                     path: path.to_path_buf(),
-                    message: "no such file".to_owned(),
+                    message: problem.to_owned(),
                 });
             }
             builder = builder.add_source(

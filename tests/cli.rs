@@ -1,0 +1,433 @@
+//! The `token-sweeper` binary as an operator runs it: configuration, exit
+//! codes, messages and output formats.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{redis_now_ms, run_sweeper, write_file, RedisServer};
+use redis::Commands;
+use token_sweeper::config::Settings;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn default_toml_is_the_built_in_defaults() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+    let from_file = Settings::load_with_env(Some(&file), HashMap::new()).unwrap();
+    assert_eq!(from_file, Settings::default());
+}
+
+#[test]
+fn default_toml_names_every_key() {
+    // Every key the settings serialize must be documented in the shipped file
+    // (optional secrets appear there commented out).
+    let file =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"))
+            .unwrap();
+    let mut full = Settings::default();
+    full.redis.username = Some("u".into());
+    full.redis.password_file = Some("/p".into());
+    let dumped: toml::Table = toml::from_str(&full.to_redacted_toml().unwrap()).unwrap();
+    for (section, keys) in dumped {
+        assert!(
+            file.contains(&format!("[{section}]")),
+            "[{section}] missing"
+        );
+        for key in keys.as_table().unwrap().keys() {
+            assert!(
+                file.contains(&format!("\n{key} = ")) || file.contains(&format!("# {key} = ")),
+                "{section}.{key} is not documented in config/default.toml"
+            );
+        }
+    }
+    assert!(file.contains("password"), "redis.password is documented");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(
+        dir.path(),
+        "c.toml",
+        "[sweep]\npattern = \"from-file:*\"\nscan_count = 10\n[redis]\nurl = \"redis://file:1\"\n",
+    );
+    let env = HashMap::from([
+        (
+            "TOKEN_SWEEPER__SWEEP__SCAN_COUNT".to_owned(),
+            "20".to_owned(),
+        ),
+        ("TOKEN_SWEEPER__SWEEP__GRACE".to_owned(), "90s".to_owned()),
+        (
+            "TOKEN_SWEEPER__REDIS__PASSWORD".to_owned(),
+            "1e5".to_owned(),
+        ),
+        ("UNRELATED".to_owned(), "x".to_owned()),
+    ]);
+    let s = Settings::load_with_env(Some(&file), env).unwrap();
+    assert_eq!(s.sweep.pattern, "from-file:*");
+    assert_eq!(s.sweep.scan_count, 20);
+    assert_eq!(s.sweep.grace, Duration::from_secs(90));
+    assert_eq!(s.redis.url, "redis://file:1");
+    assert_eq!(
+        s.redis.password.as_ref().map(|p| p.expose()),
+        Some("1e5"),
+        "a password that looks like a number stays as written"
+    );
+}
+
+/// Runs `check-config` with the given file text and environment; returns (code, stderr).
+fn check_config(toml: Option<&str>, env: &[(&str, &str)]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["check-config"];
+    let path;
+    if let Some(text) = toml {
+        path = write_file(dir.path(), "c.toml", text);
+        args.extend(["--config", path.to_str().unwrap()]);
+    }
+    let out = run_sweeper(&args, env);
+    (out.status.code().unwrap(), stdout(&out), stderr(&out))
+}
+
+#[test]
+fn bad_values_exit_2_with_one_line_naming_the_key() {
+    let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+        (
+            Some("[sweep]\nscore_unit = \"minutes\"\n"),
+            &[],
+            "sweep.score_unit: expected \"ms\" or \"s\", got \"minutes\"",
+        ),
+        (
+            None,
+            &[("TOKEN_SWEEPER__SWEEP__SCORE_UNIT", "minutes")],
+            "sweep.score_unit: expected \"ms\" or \"s\", got \"minutes\"",
+        ),
+        (
+            Some("[sweep]\ngrace = \"soon\"\n"),
+            &[],
+            "sweep.grace: expected a duration such as \"30s\" or \"5m\", got \"soon\"",
+        ),
+        (
+            Some("[sweep]\nbatch_size = 0\n"),
+            &[],
+            "sweep.batch_size: must be at least 1, got 0",
+        ),
+        (
+            Some("[sweep]\nbatch_size = \"many\"\n"),
+            &[],
+            "sweep.batch_size",
+        ),
+        (
+            Some("[sweep]\npatern = \"*-tokens\"\n"),
+            &[],
+            "unknown field `patern`",
+        ),
+        (
+            None,
+            &[("TOKEN_SWEEPER__SWEEP__PATERN", "x")],
+            "unknown field `patern`",
+        ),
+        (
+            Some("[redis]\nurl = \"http://localhost\"\n"),
+            &[],
+            "redis.url: \"http://localhost\" is not a redis:// or rediss:// URL",
+        ),
+        (
+            Some("[log]\nformat = \"xml\"\n"),
+            &[],
+            "log.format: expected \"text\" or \"json\", got \"xml\"",
+        ),
+        (Some("[sweep\n"), &[], "c.toml"),
+    ];
+    for (toml, env, expected) in cases {
+        let (code, _, err) = check_config(*toml, env);
+        assert_eq!(code, 2, "{toml:?} {env:?}: {err}");
+        assert!(err.contains(expected), "{toml:?} {env:?}: got {err:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_usage_error() {
+    let out = run_sweeper(&["check-config", "--config", "/nonexistent/x.toml"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/nonexistent/x.toml: no such file"));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let out = run_sweeper(&["sweep", "--no-such-flag"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_config_prints_the_effective_settings_with_secrets_redacted() {
+    let (code, out, err) = check_config(
+        Some("[sweep]\nscore_unit = \"s\"\n"),
+        &[
+            ("TOKEN_SWEEPER__REDIS__PASSWORD", "hunter2"),
+            (
+                "TOKEN_SWEEPER__REDIS__URL",
+                "redis://admin:urlsecret@10.0.0.1:6380/3",
+            ),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("hunter2") && !out.contains("urlsecret"),
+        "{out}"
+    );
+    assert!(out.contains("password = \"<redacted>\""), "{out}");
+    assert!(
+        out.contains("url = \"redis://admin:<redacted>@10.0.0.1:6380/3\""),
+        "{out}"
+    );
+    assert!(out.contains("score_unit = \"s\""), "{out}");
+    // What it prints is itself a valid configuration file.
+    let reparsed: Settings = toml::from_str(&out).unwrap();
+    assert_eq!(reparsed.sweep.score_unit.as_str(), "s");
+}
+
+#[test]
+fn sweep_prints_a_summary_and_json() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    for user in 0..5 {
+        let key = format!("u{user}-tokens");
+        let _: () = c.zadd(&key, "old", now - 1000).unwrap();
+        let _: () = c.zadd(&key, "live", now + 3_600_000).unwrap();
+    }
+    let url = server.url();
+    let env = [("TOKEN_SWEEPER__REDIS__URL", url.as_str())];
+
+    let dry = run_sweeper(&["sweep", "--dry-run", "--json"], &env);
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(report["mode"], "dry_run");
+    assert_eq!(report["members_removed"], 5);
+    assert_eq!(stdout(&dry).lines().count(), 1, "one JSON object");
+
+    let text = run_sweeper(&["sweep"], &env);
+    assert_eq!(text.status.code(), Some(0), "{}", stderr(&text));
+    let out = stdout(&text);
+    assert!(out.starts_with("swept 5 keys in "), "{out}");
+    assert!(out.contains("members removed     5"), "{out}");
+    assert!(out.contains("keys changed        5"), "{out}");
+    // Not a terminal: no progress line on stderr.
+    assert!(stderr(&text).is_empty(), "{}", stderr(&text));
+
+    let again = run_sweeper(&["sweep", "--json"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(report["members_removed"], 0);
+    assert_eq!(report["keys_scanned"], 5);
+}
+
+#[test]
+fn unreachable_redis_exits_1_naming_the_address() {
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = run_sweeper(&["sweep"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot connect to Redis at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_server_that_never_answers_fails_within_the_connect_timeout() {
+    // Accepts TCP connections (the kernel does, from the backlog) but never replies.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let out = run_sweeper(
+        &["sweep"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", &url),
+            ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect to Redis at 127.0.0.1:"));
+    // Generous: the point is that it does not hang for the 30s response timeout.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    drop(silent);
+}
+
+#[test]
+fn unit_guard_exits_1_with_one_line_and_deletes_nothing() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    let _: () = c.zadd("u1-tokens", "live", now_s + 600).unwrap();
+    let url = server.url();
+
+    let out = run_sweeper(&["sweep"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("unit guard: sweep.score_unit is \"ms\""),
+        "{err}"
+    );
+    assert!(err.contains("look like s"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let n: i64 = c.zcard("u1-tokens").unwrap();
+    assert_eq!(n, 1);
+
+    let off = run_sweeper(
+        &["sweep"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", &url),
+            ("TOKEN_SWEEPER__SWEEP__UNIT_GUARD", "false"),
+        ],
+    );
+    assert_eq!(off.status.code(), Some(0), "{}", stderr(&off));
+}
+
+#[test]
+fn password_from_a_file_and_a_wrong_one_named() {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_file(dir.path(), "good", "s3cret\n");
+    let bad = write_file(dir.path(), "bad", "nope\n");
+    let url = server.url();
+
+    let ok = run_sweeper(
+        &["sweep"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", &url),
+            (
+                "TOKEN_SWEEPER__REDIS__PASSWORD_FILE",
+                good.to_str().unwrap(),
+            ),
+        ],
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+
+    let denied = run_sweeper(
+        &["sweep"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", &url),
+            ("TOKEN_SWEEPER__REDIS__PASSWORD_FILE", bad.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(denied.status.code(), Some(1));
+    let err = stderr(&denied);
+    assert!(err.contains(&format!("127.0.0.1:{}", server.port)), "{err}");
+    assert!(
+        !err.contains("nope"),
+        "the password is never printed: {err}"
+    );
+
+    let both = run_sweeper(
+        &["check-config"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__PASSWORD", "x"),
+            (
+                "TOKEN_SWEEPER__REDIS__PASSWORD_FILE",
+                good.to_str().unwrap(),
+            ),
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2));
+    assert!(stderr(&both).contains("redis.password_file: set either"));
+}
+
+#[test]
+fn database_index_from_the_url() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let _: () = redis::cmd("SELECT").arg(2).query(&mut c).unwrap();
+    let _: () = c.zadd("db2-tokens", "old", 1).unwrap();
+    let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
+    let _: () = c.zadd("db0-tokens", "old", 1).unwrap();
+    let url = format!("{}/2", server.url());
+
+    let out = run_sweeper(&["sweep", "--json"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["members_removed"], 1);
+    let db0: i64 = c.zcard("db0-tokens").unwrap();
+    assert_eq!(db0, 1, "database 0 untouched");
+}
+
+/// A host clock two hours ahead of Redis: the sweep refuses, deletes nothing.
+/// Uses libfaketime on the sweeper (redis-server's jemalloc does not run under it).
+#[test]
+fn clock_skew_between_host_and_redis_refuses_to_sweep() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(lib).exists(),
+        "{lib} is missing: apt-get install faketime (.ci/test does)"
+    );
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c
+        .zadd("u-tokens", "live-for-an-hour", now + 3_600_000)
+        .unwrap();
+    let url = server.url();
+
+    for clock in ["redis", "local"] {
+        let out = common::sweeper(
+            &["sweep"],
+            &[
+                ("TOKEN_SWEEPER__REDIS__URL", &url),
+                ("TOKEN_SWEEPER__SWEEP__CLOCK", clock),
+                ("LD_PRELOAD", lib),
+                ("FAKETIME", "+2h"),
+                ("DONT_FAKE_MONOTONIC", "1"),
+            ],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{clock}: {}", stderr(&out));
+        assert!(stderr(&out).contains("clock skew"), "{}", stderr(&out));
+        let n: i64 = c.zcard("u-tokens").unwrap();
+        assert_eq!(n, 1, "{clock}: the live token survives");
+    }
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let mut pipe = redis::pipe();
+    for user in 0..600 {
+        pipe.zadd(format!("u{user}-tokens"), "old", 1).ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let url = server.url();
+    // `script` runs the command on a pseudo-terminal; pacing makes the sweep
+    // last long enough (about 2s) for the display to tick.
+    let command = format!(
+        "TOKEN_SWEEPER__REDIS__URL={url} TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND=300 {} sweep",
+        common::bin().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("script(1) from util-linux");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\rscanned 6") || text.contains("scanned 600 keys"),
+        "{text:?}"
+    );
+    assert!(text.contains("swept 600 keys"), "{text:?}");
+}
