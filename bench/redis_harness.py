@@ -1,0 +1,140 @@
+"""Shared by the benchmark and the demo: a private redis-server on a free
+loopback port, and a fast loader of token sets.
+
+Nothing here talks to a Redis it did not start.
+"""
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+DAY_MS = 86_400_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """redis-server with persistence off, in a temporary directory."""
+
+    def __init__(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+        self.dir = tempfile.mkdtemp(prefix="token-sweeper-bench-")
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", self.dir,
+                 "--logfile", "redis.log"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._wait_ready():
+                return
+            self.proc.kill()
+        raise SystemExit("redis-server did not start; see " + self.dir)
+
+    def _wait_ready(self) -> bool:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                if self.cli("PING").strip() == "PONG":
+                    return True
+            except subprocess.CalledProcessError:
+                pass
+            time.sleep(0.05)
+        return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(["redis-cli", "-p", str(self.port), *args],
+                              check=True, capture_output=True, text=True).stdout
+
+    def now_ms(self) -> int:
+        secs, micros = self.cli("TIME").split()
+        return int(secs) * 1000 + int(micros) // 1000
+
+    def main_thread_cpu(self) -> float:
+        """Seconds of CPU the Redis main thread has used so far."""
+        fields = dict(line.split(":", 1) for line in self.cli("INFO", "cpu").splitlines()
+                      if ":" in line)
+        return (float(fields["used_cpu_user_main_thread"])
+                + float(fields["used_cpu_sys_main_thread"]))
+
+    def dbsize(self) -> int:
+        return int(self.cli("DBSIZE"))
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def resp(*parts: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for p in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(p), p))
+    return b"".join(out)
+
+
+def write_dataset(path: str, users: int, tokens: int, now_ms: int, seed: int = 42) -> int:
+    """RESP for `users` sets of `tokens` members each, half of them expired
+    (1 minute to 30 days ago), half live (1 minute to 30 days ahead);
+    members are 64-hex digests as the auth module writes them.
+    Returns the number of expired members."""
+    rng = random.Random(seed)
+    expired = 0
+    with open(path, "wb") as f:
+        chunk = []
+        for user in range(users):
+            parts = [b"ZADD", b"user%d-tokens" % user]
+            for t in range(tokens):
+                offset = rng.randint(60_000, 30 * DAY_MS)
+                if t < tokens // 2:
+                    score = now_ms - offset
+                    expired += 1
+                else:
+                    score = now_ms + offset
+                parts.append(b"%d" % score)
+                parts.append(b"%064x" % rng.getrandbits(256))
+            chunk.append(resp(*parts))
+            if len(chunk) == 10_000:
+                f.write(b"".join(chunk))
+                chunk.clear()
+        f.write(b"".join(chunk))
+    return expired
+
+
+def load(server: PrivateRedis, path: str) -> None:
+    with open(path, "rb") as f:
+        subprocess.run(["redis-cli", "-p", str(server.port), "--pipe"], stdin=f,
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+def run_measured(argv, env=None):
+    """Runs a command; returns (wall seconds, peak RSS bytes, stdout).
+
+    Peak RSS comes from GNU time, not from our own wait4(): Linux carries the
+    forking process's RSS high-water mark across exec, so a child of this
+    (large) Python process would report Python's footprint as its own."""
+    if not os.path.exists("/usr/bin/time"):
+        raise SystemExit("/usr/bin/time is missing: apt-get install time")
+    with tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss_file:
+        started = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *argv],
+                              stdout=subprocess.PIPE, env=env)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"{argv[0]} failed with exit code {proc.returncode}")
+        peak_kib = int(rss_file.read().strip().splitlines()[-1])
+    return wall, peak_kib * 1024, proc.stdout.decode()

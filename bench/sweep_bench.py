@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Sweep benchmark: token-sweeper against the reference peer on the same data.
+
+    python3 bench/sweep_bench.py                  # 1,000,000 users x 4 tokens
+    python3 bench/sweep_bench.py --users 20000    # the CI smoke run
+
+Starts a private redis-server on a free loopback port, loads N users x M
+tokens (half expired, millisecond scores), runs `token-sweeper sweep`, reloads
+the same data and runs bench/reference_peer.py. Reports wall time, keys/s,
+members removed/s, the Redis main thread's CPU busy fraction over the sweep
+(INFO cpu) and each sweeper's peak RSS. Every run checks that exactly the
+expired members were removed.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import redis_harness as h  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(server, argv, env=None):
+    cpu_before = server.main_thread_cpu()
+    wall, rss, out = h.run_measured(argv, env)
+    busy = (server.main_thread_cpu() - cpu_before) / wall
+    return wall, rss, busy, out
+
+
+def check_left(server, users, tokens):
+    """Every set still exists, and a sample of them holds exactly its live half."""
+    if server.dbsize() != users:
+        raise SystemExit(f"expected {users} keys after the sweep, found {server.dbsize()}")
+    live = tokens - tokens // 2
+    for _ in range(200):
+        key = server.cli("RANDOMKEY").strip()
+        left = int(server.cli("ZCARD", key))
+        if left != live:
+            raise SystemExit(f"{key} has {left} members left, expected {live}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--tokens", type=int, default=4)
+    ap.add_argument("--runs", type=int, default=1, help="runs of each; medians reported")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/token-sweeper"))
+    ap.add_argument("--no-peer", action="store_true", help="skip the reference peer")
+    ap.add_argument("--check-targets", action="store_true",
+                    help="exit 1 unless wall <= 0.5x peer, Redis busy >= 80%%, RSS <= 25 MB")
+    args = ap.parse_args()
+    if not os.path.exists(args.binary):
+        raise SystemExit(f"{args.binary} not found: cargo build --release")
+    if not args.no_peer:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise SystemExit("the reference peer needs redis-py: pip install redis")
+
+    server = h.PrivateRedis()
+    workdir = tempfile.mkdtemp(prefix="token-sweeper-data-")
+    try:
+        data = os.path.join(workdir, "data.resp")
+        expired = h.write_dataset(data, args.users, args.tokens, server.now_ms())
+        env = dict(os.environ, TOKEN_SWEEPER__REDIS__URL=server.url,
+                   TOKEN_SWEEPER__SWEEP__PATTERN="*-tokens")
+        rows = {"token-sweeper": [], "reference peer": []}
+        for _ in range(args.runs):
+            server.cli("FLUSHALL")
+            h.load(server, data)
+            wall, rss, busy, out = measure(server, [args.binary, "sweep", "--json"], env)
+            report = json.loads(out)
+            if report["members_removed"] != expired:
+                raise SystemExit(f"token-sweeper removed {report['members_removed']}, "
+                                 f"expected {expired}")
+            check_left(server, args.users, args.tokens)
+            rows["token-sweeper"].append((wall, rss, busy))
+
+            if args.no_peer:
+                continue
+            server.cli("FLUSHALL")
+            h.load(server, data)
+            peer = [sys.executable, os.path.join(ROOT, "bench/reference_peer.py"),
+                    server.url, "*-tokens", str(server.now_ms())]
+            wall, rss, busy, out = measure(server, peer)
+            if int(out) != expired:
+                raise SystemExit(f"reference peer removed {out.strip()}, expected {expired}")
+            check_left(server, args.users, args.tokens)
+            rows["reference peer"].append((wall, rss, busy))
+    finally:
+        server.stop()
+        for name in os.listdir(workdir):
+            os.unlink(os.path.join(workdir, name))
+        os.rmdir(workdir)
+
+    print(f"dataset: {args.users:,} users x {args.tokens} tokens, {expired:,} expired; "
+          f"{args.runs} run(s), medians; {os.cpu_count()} cores")
+    print("| sweeper | wall s | keys/s | removed/s | Redis busy | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    medians = {}
+    for name, runs in rows.items():
+        if not runs:
+            continue
+        wall = statistics.median(r[0] for r in runs)
+        rss = max(r[1] for r in runs)
+        busy = statistics.median(r[2] for r in runs)
+        medians[name] = (wall, rss, busy)
+        print(f"| {name} | {wall:.2f} | {args.users / wall:,.0f} | {expired / wall:,.0f} "
+              f"| {busy:.0%} | {rss / 1e6:.1f} |")
+    if "reference peer" in medians:
+        ratio = medians["token-sweeper"][0] / medians["reference peer"][0]
+        print(f"wall time ratio token-sweeper / peer: {ratio:.2f}x")
+    if args.check_targets:
+        wall, rss, busy = medians["token-sweeper"]
+        failed = []
+        if "reference peer" in medians and wall > 0.5 * medians["reference peer"][0]:
+            failed.append("wall time > 0.5x peer")
+        if busy < 0.80:
+            failed.append(f"Redis busy {busy:.0%} < 80%")
+        if rss > 25e6:
+            failed.append(f"peak RSS {rss / 1e6:.1f} MB > 25 MB")
+        if failed:
+            raise SystemExit("targets missed: " + "; ".join(failed))
+        print("targets met")
+
+
+if __name__ == "__main__":
+    main()
