@@ -98,9 +98,13 @@ fn check_config(toml: Option<&str>, env: &[(&str, &str)]) -> (i32, String, Strin
     (out.status.code().unwrap(), stdout(&out), stderr(&out))
 }
 
+/// Environment variables for one case.
+type Env = &'static [(&'static str, &'static str)];
+
 #[test]
 fn bad_values_exit_2_with_one_line_naming_the_key() {
-    let cases: &[(Option<&str>, &[(&str, &str)], &str)] = &[
+    // (file text, environment, expected message)
+    let cases: &[(Option<&str>, Env, &str)] = &[
         (
             Some("[sweep]\nscore_unit = \"minutes\"\n"),
             &[],
