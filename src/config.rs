@@ -246,6 +246,24 @@ mod human_duration {
     }
 }
 
+/// [`human_duration`] for optional keys.
+mod human_duration_option {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::human_duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::human_duration::deserialize(d).map(Some)
+    }
+}
+
 /// How to reach Redis.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -368,6 +386,23 @@ pub struct SweepSettings {
     pub unit_guard: bool,
     /// How many sets the unit guard inspects.
     pub unit_guard_sample: u32,
+    /// Daemon schedule as an interval (`"5m"`): whole seconds, at least 1s.
+    /// Exactly one of `interval` and `schedule` may be set.
+    #[serde(with = "human_duration_option")]
+    pub interval: Option<Duration>,
+    /// Daemon schedule as a cron expression with seconds, in UTC:
+    /// `"0 */5 * * * *"`. Exactly one of `interval` and `schedule` may be set.
+    pub schedule: Option<String>,
+    /// Sweep once as soon as the daemon starts, before the first tick.
+    pub run_on_start: bool,
+    /// Delay each scheduled sweep by a random time up to this, so replicas
+    /// started together do not all hit Redis at the same instant.
+    #[serde(with = "human_duration")]
+    pub jitter: Duration,
+    /// After SIGTERM/SIGINT, how long a running sweep may take to finish its
+    /// batches in flight before the daemon exits anyway.
+    #[serde(with = "human_duration")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for SweepSettings {
@@ -384,6 +419,53 @@ impl Default for SweepSettings {
             max_keys_per_second: 0,
             unit_guard: true,
             unit_guard_sample: 64,
+            interval: Some(Duration::from_secs(300)),
+            schedule: None,
+            run_on_start: true,
+            jitter: Duration::ZERO,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The replica lock: several daemons on one Redis sweep at most once per period.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LockSettings {
+    /// Take the lock before each sweep. Turn off only for a single daemon.
+    pub enabled: bool,
+    /// The Redis key of the lock. Daemons that should share work use the same key.
+    pub key: String,
+    /// While a sweep runs past its period, the lock is kept alive this long
+    /// at a time; if the holder dies, another daemon takes over within the
+    /// period plus this.
+    #[serde(with = "human_duration")]
+    pub ttl: Duration,
+}
+
+impl Default for LockSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key: "token-sweeper:lock".to_owned(),
+            ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `address:port` to listen on. Loopback by default; the container image
+    /// sets `0.0.0.0:9898`.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9898".to_owned(),
         }
     }
 }
@@ -415,6 +497,10 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// `[sweep]`
     pub sweep: SweepSettings,
+    /// `[lock]`
+    pub lock: LockSettings,
+    /// `[metrics]`
+    pub metrics: MetricsSettings,
     /// `[log]`
     pub log: LogSettings,
 }
@@ -467,10 +553,19 @@ impl Settings {
                 .separator(ENV_SEPARATOR)
                 .source(Some(env)),
         );
-        let settings: Self = builder
+        let layered = builder
             .build()
-            .and_then(config::Config::try_deserialize)
             .map_err(|e| ConfigError::from_layering(e, file))?;
+        let explicit = |key: &str| layered.get::<config::Value>(key).is_ok();
+        let (schedule_set, interval_set) = (explicit("sweep.schedule"), explicit("sweep.interval"));
+        let mut settings: Self = layered
+            .try_deserialize()
+            .map_err(|e| ConfigError::from_layering(e, file))?;
+        // The built-in default is an interval; a schedule given on its own
+        // replaces it. Both given explicitly is a mistake `validate` reports.
+        if schedule_set && !interval_set {
+            settings.sweep.interval = None;
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -508,6 +603,54 @@ impl Settings {
         at_least_one("sweep.max_in_flight", s.max_in_flight.into())?;
         if s.unit_guard {
             at_least_one("sweep.unit_guard_sample", s.unit_guard_sample.into())?;
+        }
+        match (&s.schedule, s.interval) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "sweep.schedule",
+                    "sweep.schedule and sweep.interval are both set; set exactly one",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "sweep.schedule",
+                    "neither sweep.schedule nor sweep.interval is set; set exactly one",
+                ))
+            }
+            (Some(cron), None) => {
+                if let Err(e) = crate::daemon::Schedule::parse_cron(cron) {
+                    return Err(ConfigError::invalid(
+                        "sweep.schedule",
+                        format!("{cron:?} is not a cron expression with seconds (\"0 */5 * * * *\"): {e}"),
+                    ));
+                }
+            }
+            (None, Some(interval)) => {
+                if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
+                    return Err(ConfigError::invalid(
+                        "sweep.interval",
+                        format!(
+                            "must be whole seconds, at least 1s, got {:?}",
+                            humantime::format_duration(interval).to_string()
+                        ),
+                    ));
+                }
+            }
+        }
+        positive("sweep.shutdown_timeout", s.shutdown_timeout)?;
+        if self.lock.enabled {
+            if self.lock.key.is_empty() {
+                return Err(ConfigError::invalid("lock.key", "must not be empty"));
+            }
+            if self.lock.ttl < Duration::from_secs(1) {
+                return Err(ConfigError::invalid("lock.ttl", "must be at least 1s"));
+            }
+        }
+        if let Err(e) = self.metrics.listen.parse::<std::net::SocketAddr>() {
+            return Err(ConfigError::invalid(
+                "metrics.listen",
+                format!("{:?} is not an address:port: {e}", self.metrics.listen),
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::invalid(

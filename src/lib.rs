@@ -12,6 +12,9 @@
 //! | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment, validation |
 //! | [`redis`] | connecting to Redis, errors that name the address |
 //! | [`sweep`] | the sweep algorithm, top to bottom in one file; no scheduling, no HTTP |
+//! | [`daemon`] | the service: schedule, overlap guard, replica lock, reload, shutdown |
+//! | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
+//! | [`logging`] | log format and the level that SIGHUP can change |
 //!
 //! The binary (`src/main.rs`) only parses the command line, loads the
 //! settings and calls into these modules.
@@ -39,5 +42,8 @@
 //! ```
 
 pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod metrics;
 pub mod redis;
 pub mod sweep;

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use token_sweeper::config::{LogFormat, LogSettings, Settings};
+use token_sweeper::config::Settings;
+use token_sweeper::daemon::{Control, Daemon};
 use token_sweeper::redis::Connection;
 use token_sweeper::sweep::{self, SweepMode, SweepProgress, SweepReport};
+use token_sweeper::{logging, metrics};
 
 /// Keeps Redis JWT allowlists clean.
 #[derive(Parser)]
@@ -21,11 +23,13 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: sweep on the configured schedule, serve /metrics (the default).
+    Run,
     /// Sweep once now, print what was removed, and exit.
     Sweep {
         /// Count what would be removed (ZCOUNT) without changing anything.
@@ -37,6 +41,12 @@ enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Exit 0 if the daemon's /healthz answers 200 (for container HEALTHCHECKs).
+    Healthcheck {
+        /// Defaults to /healthz on metrics.listen (0.0.0.0 is asked as 127.0.0.1).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 /// A failure at the binary's edge, with the exit code it maps to.
@@ -51,7 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = Settings::load(cli.config.as_deref())
         .map_err(|e| Failure::Usage(e.into()))
-        .and_then(|settings| run(cli.command, settings));
+        .and_then(|settings| run(cli.command.unwrap_or(Command::Run), cli.config, settings));
     match outcome {
         Ok(code) => code,
         Err(Failure::Usage(e)) => {
@@ -65,8 +75,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command, settings: Settings) -> Result<ExitCode, Failure> {
+fn run(
+    command: Command,
+    config_path: Option<PathBuf>,
+    settings: Settings,
+) -> Result<ExitCode, Failure> {
     match command {
+        Command::Run => {
+            let log_level = logging::init(&settings.log);
+            runtime()?.block_on(async {
+                let (controls_tx, controls) = tokio::sync::mpsc::channel(8);
+                forward_signals(controls_tx).map_err(|e| Failure::Runtime(e.into()))?;
+                let daemon = Daemon {
+                    config_path,
+                    settings,
+                    log_level,
+                };
+                daemon
+                    .run(controls)
+                    .await
+                    .map_err(|e| Failure::Runtime(e.into()))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { url } => {
+            let url = url.unwrap_or_else(|| {
+                let listen = settings.metrics.listen.replace("0.0.0.0:", "127.0.0.1:");
+                format!("http://{listen}/healthz")
+            });
+            let status =
+                runtime()?.block_on(metrics::http_get_status(&url, Duration::from_secs(3)));
+            match status {
+                Ok(200) => Ok(ExitCode::SUCCESS),
+                Ok(code) => Err(Failure::Runtime(anyhow::anyhow!("{url}: HTTP {code}"))),
+                Err(e) => Err(Failure::Runtime(anyhow::anyhow!(e))),
+            }
+        }
         Command::CheckConfig => {
             let text = settings
                 .to_redacted_toml()
@@ -75,19 +119,13 @@ fn run(command: Command, settings: Settings) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sweep { dry_run, json } => {
-            init_logging(&settings.log);
+            logging::init(&settings.log);
             let mode = if dry_run {
                 SweepMode::DryRun
             } else {
                 SweepMode::Remove
             };
-            // One thread: the sweep is I/O-bound on one connection, and on a
-            // small machine the second core is better left to Redis.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| Failure::Runtime(e.into()))?;
-            let report = runtime.block_on(sweep_once(&settings, mode))?;
+            let report = runtime()?.block_on(sweep_once(&settings, mode))?;
             print_report(&report, json);
             if report.errors > 0 || report.interrupted {
                 Ok(ExitCode::from(1))
@@ -203,15 +241,41 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn init_logging(log: &LogSettings) {
-    // RUST_LOG wins over log.level so one run can be debugged without editing files.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// One thread: the sweep is I/O-bound on one connection, and on a small
+/// machine the second core is better left to Redis.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))
+}
+
+/// SIGTERM/SIGINT: shut down (a second one exits at once); SIGHUP: reload;
+/// SIGUSR1: sweep now.
+fn forward_signals(controls: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
+    use futures_util::StreamExt;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
+    tokio::spawn(async move {
+        let mut stopping = false;
+        while let Some(signal) = signals.next().await {
+            let control = match signal {
+                SIGHUP => Control::Reload,
+                SIGUSR1 => Control::SweepNow,
+                _ if stopping => {
+                    eprintln!("token-sweeper: second stop signal, exiting now");
+                    std::process::exit(1);
+                }
+                _ => {
+                    stopping = true;
+                    Control::Shutdown
+                }
+            };
+            if controls.send(control).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }

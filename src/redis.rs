@@ -4,6 +4,9 @@
 //! clone pipelines its requests onto the same socket. That is what lets a sweep
 //! keep several pipelines in flight without opening more connections.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 
@@ -143,4 +146,180 @@ impl Connection {
             Err(source) => Err(self.error(what, source)),
         }
     }
+}
+
+impl RedisError {
+    /// True when the connection itself is gone (refused, reset, timed out),
+    /// as opposed to Redis answering with an error: the caller should
+    /// reconnect rather than retry on the same connection.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Connect { .. } => true,
+            Self::Command { source, .. } => {
+                source.is_io_error()
+                    || source.is_connection_dropped()
+                    || source.is_timeout()
+                    || source.is_connection_refusal()
+            }
+            Self::InvalidUrl { .. } | Self::Secret(_) => false,
+        }
+    }
+}
+
+/// A connection for a long-running process: reconnects with backoff after
+/// Redis goes away, so callers never hold a dead connection for long.
+///
+/// `get` hands out a clone of the current connection; whoever sees it fail
+/// calls `lost`, which drops it and starts one background reconnect loop
+/// (1s, 2s, 4s ... capped at 30s). No loop runs while the connection is healthy.
+pub struct Reconnecting {
+    settings: Mutex<RedisSettings>,
+    state: Mutex<LinkState>,
+    /// Called with `true`/`false` whenever the link comes up or goes down.
+    on_change: Box<dyn Fn(bool) + Send + Sync>,
+}
+
+enum LinkState {
+    Up(Connection),
+    /// Down; `reconnecting` is true while a reconnect loop is running.
+    Down {
+        reason: String,
+        reconnecting: bool,
+    },
+}
+
+/// Longest wait between two reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Reconnecting {
+    /// Starts disconnected; call [`Reconnecting::connect_now`] or let `lost` reconnect.
+    pub fn new(settings: RedisSettings, on_change: impl Fn(bool) + Send + Sync + 'static) -> Self {
+        Self {
+            settings: Mutex::new(settings),
+            state: Mutex::new(LinkState::Down {
+                reason: "not connected yet".to_owned(),
+                reconnecting: false,
+            }),
+            on_change: Box::new(on_change),
+        }
+    }
+
+    /// The current connection, or why there is none.
+    ///
+    /// # Errors
+    /// The reason the link is down.
+    pub fn get(&self) -> Result<Connection, String> {
+        match &*lock(&self.state) {
+            LinkState::Up(conn) => Ok(conn.clone()),
+            LinkState::Down { reason, .. } => Err(reason.clone()),
+        }
+    }
+
+    /// Tries once to connect; on failure starts the reconnect loop.
+    ///
+    /// # Errors
+    /// The connect error.
+    pub async fn connect_now(self: &std::sync::Arc<Self>) -> Result<Connection, RedisError> {
+        let settings = lock(&self.settings).clone();
+        match Connection::connect(&settings).await {
+            Ok(conn) => {
+                *lock(&self.state) = LinkState::Up(conn.clone());
+                (self.on_change)(true);
+                Ok(conn)
+            }
+            Err(e) => {
+                self.lost(&e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Reports the connection as lost: drops it and reconnects in the background.
+    pub fn lost(self: &std::sync::Arc<Self>, reason: &str) {
+        {
+            let mut state = lock(&self.state);
+            if let LinkState::Down {
+                reconnecting: true, ..
+            } = *state
+            {
+                return;
+            }
+            *state = LinkState::Down {
+                reason: reason.to_owned(),
+                reconnecting: true,
+            };
+        }
+        (self.on_change)(false);
+        tracing::warn!(reason, "Redis connection lost; reconnecting with backoff");
+        let this = std::sync::Arc::clone(self);
+        tokio::spawn(async move { this.reconnect_loop().await });
+    }
+
+    async fn reconnect_loop(&self) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(backoff).await;
+            let settings = lock(&self.settings).clone();
+            match Connection::connect(&settings).await {
+                Ok(conn) => {
+                    tracing::info!(address = conn.address(), "Redis connection restored");
+                    *lock(&self.state) = LinkState::Up(conn);
+                    (self.on_change)(true);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ?backoff, "reconnect failed");
+                    *lock(&self.state) = LinkState::Down {
+                        reason: e.to_string(),
+                        reconnecting: true,
+                    };
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// New settings (after a reload) take effect with the next connection;
+    /// when they differ, the current one is dropped so that happens now.
+    pub fn update_settings(self: &std::sync::Arc<Self>, settings: RedisSettings) {
+        let changed = {
+            let mut current = lock(&self.settings);
+            let changed = *current != settings;
+            *current = settings;
+            changed
+        };
+        if changed {
+            self.lost("Redis settings changed");
+        }
+    }
+
+    /// PINGs the current connection (bounded by `timeout`); reports it lost on failure.
+    ///
+    /// # Errors
+    /// Why Redis is not answering.
+    pub async fn ping(self: &std::sync::Arc<Self>, timeout: Duration) -> Result<(), String> {
+        let mut conn = self.get()?;
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(timeout, conn.query::<String>("PING", &ping)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                let reason = e.to_string();
+                if e.is_connection_lost() {
+                    self.lost(&reason);
+                }
+                Err(reason)
+            }
+            Err(_) => {
+                let reason = format!("Redis at {}: no PONG within {timeout:?}", conn.address());
+                self.lost(&reason);
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the
+/// states guarded here are replaced whole, never left half-written.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

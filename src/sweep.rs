@@ -96,7 +96,7 @@ pub enum SweepError {
 /// The sweep adds to them as batches complete; a progress display or a
 /// metrics exporter may read them at any time from another task. The final
 /// [`SweepReport`] is built from them, so the two never disagree.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SweepProgress {
     keys_scanned: AtomicU64,
     keys_changed: AtomicU64,
@@ -105,9 +105,31 @@ pub struct SweepProgress {
     errors: AtomicU64,
     /// The first per-key error message, so a report can say what went wrong.
     first_error: Mutex<Option<String>>,
+    /// Told the round-trip time of every pipeline (for a latency histogram).
+    batch_timer: Option<BatchTimer>,
+}
+
+/// Receives the round-trip time of each pipeline.
+type BatchTimer = Box<dyn Fn(Duration) + Send + Sync>;
+
+impl std::fmt::Debug for SweepProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepProgress")
+            .field("keys_scanned", &self.keys_scanned())
+            .field("members_removed", &self.members_removed())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SweepProgress {
+    /// Counters that also report each pipeline's round-trip time to `timer`.
+    pub fn with_batch_timer(timer: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        Self {
+            batch_timer: Some(Box::new(timer)),
+            ..Self::default()
+        }
+    }
+
     /// Keys returned by SCAN so far.
     pub fn keys_scanned(&self) -> u64 {
         self.keys_scanned.load(Ordering::Relaxed)
@@ -211,7 +233,14 @@ pub async fn sweep(
     let removing = stream::poll_fn(|cx| batches_rx.poll_recv(cx))
         .map(|batch| {
             let mut conn = conn.clone();
-            async move { sweep_keys(&mut conn, &batch, cutoff, mode).await }
+            async move {
+                let sent = Instant::now();
+                let outcome = sweep_keys(&mut conn, &batch, cutoff, mode).await;
+                if let Some(timer) = &progress.batch_timer {
+                    timer(sent.elapsed());
+                }
+                outcome
+            }
         })
         .buffer_unordered(in_flight)
         .map_err(SweepError::from)

@@ -37,6 +37,7 @@ fn default_toml_names_every_key() {
     let mut full = Settings::default();
     full.redis.username = Some("u".into());
     full.redis.password_file = Some("/p".into());
+    full.sweep.schedule = Some("0 * * * * *".into());
     let dumped: toml::Table = toml::from_str(&full.to_redacted_toml().unwrap()).unwrap();
     for (section, keys) in dumped {
         assert!(

@@ -189,3 +189,219 @@ pub async fn sweep_with(
     )
     .await
 }
+
+impl RedisServer {
+    /// Kills the server and starts a fresh one on the same port (data is lost,
+    /// as after a crash without persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = Command::new(redis_server_bin())
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--dir", self.dir.path().to_str().expect("utf-8 tempdir")])
+                .args(["--logfile", "redis.log"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("restart redis-server");
+            if self.wait_ready().is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true; panics with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a scrape.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// A running `token-sweeper run`, logging JSON to a file; killed on drop.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub metrics_port: u16,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl DaemonProcess {
+    /// Starts the daemon against `redis_url` with extra environment (and
+    /// optionally `--config FILE`), and waits until /healthz answers.
+    pub fn start(redis_url: &str, env: &[(&str, &str)], config: Option<&Path>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("daemon.log");
+        let metrics_port = free_port();
+        let listen = format!("127.0.0.1:{metrics_port}");
+        let mut args = vec!["run".to_owned()];
+        if let Some(config) = config {
+            args.extend(["--config".to_owned(), config.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut all_env = vec![
+            ("TOKEN_SWEEPER__REDIS__URL", redis_url),
+            ("TOKEN_SWEEPER__METRICS__LISTEN", listen.as_str()),
+            ("TOKEN_SWEEPER__LOG__FORMAT", "json"),
+        ];
+        all_env.extend_from_slice(env);
+        let child = sweeper(&args, &all_env)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Self {
+            child,
+            metrics_port,
+            log_path,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(10), "the daemon's /healthz", || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("daemon exited with {status}: {}", daemon.log_text());
+            }
+            http_get(metrics_port, "/healthz").is_some_and(|(code, _)| code == 200)
+        });
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `USR1`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    pub fn scrape(&self) -> String {
+        http_get(self.metrics_port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
+    pub fn metric(&self, series: &str) -> f64 {
+        metric(&self.scrape(), series).unwrap_or(f64::NAN)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Log events (JSON lines) in order.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Log events whose message is `message`.
+    pub fn events(&self, message: &str) -> Vec<serde_json::Value> {
+        self.logs()
+            .into_iter()
+            .filter(|e| e["message"] == message)
+            .collect()
+    }
+
+    /// Waits for the process to exit; returns its exit code and how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), started.elapsed());
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "daemon still running after {timeout:?}: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `users` sets with one expired and one live member each, keys
+/// `{prefix}{n}-tokens`; returns nothing, the caller knows the counts.
+pub fn seed(conn: &mut redis::Connection, prefix: &str, users: usize) {
+    let now = redis_now_ms(conn);
+    let mut pipe = redis::pipe();
+    for user in 0..users {
+        let key = format!("{prefix}{user}-tokens");
+        pipe.cmd("ZADD")
+            .arg(&key)
+            .arg(now - 60_000)
+            .arg("expired")
+            .arg(now + 3_600_000)
+            .arg("live")
+            .ignore();
+    }
+    let _: () = pipe.query(conn).unwrap();
+}
+
+/// Members left in all `{prefix}*-tokens` sets.
+pub fn count_members(conn: &mut redis::Connection, prefix: &str) -> (usize, usize) {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*-tokens"))
+        .query(conn)
+        .unwrap();
+    let mut expired = 0;
+    let mut live = 0;
+    for key in keys {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query(conn)
+            .unwrap();
+        expired += members.iter().filter(|m| *m == "expired").count();
+        live += members.iter().filter(|m| *m == "live").count();
+    }
+    (expired, live)
+}

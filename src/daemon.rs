@@ -1,0 +1,726 @@
+//! The long-running service: schedule, overlap guard, replica lock, reload
+//! and shutdown around [`crate::sweep::sweep`].
+//!
+//! One loop owns all state and reacts to four things: a tick from the
+//! scheduler, a control message (sweep now, reload, shut down), the end of
+//! the running sweep, and nothing else. The scheduler (tokio-cron-scheduler)
+//! only *signals* ticks into that loop; it never runs a sweep itself, so its
+//! quirks (it does not prevent overlap; its 500 ms polling loop fires late)
+//! cannot stack sweeps or lose the schedule.
+//!
+//! Intervals are not scheduled with the crate's repeated jobs: those compute
+//! the next tick from the previous one and stop firing for good once it
+//! falls behind (tokio-cron-scheduler issue #113). Each interval tick is a
+//! one-shot job instead, armed by this loop for the next planned time.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+
+use crate::config::{Settings, SweepSettings};
+use crate::logging::LogLevel;
+use crate::metrics::{Metrics, Readiness, SweepResult};
+use crate::redis::{Connection, Reconnecting, RedisError};
+use crate::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
+
+/// What the outside world (signals, tests) asks of a running daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Sweep now (SIGUSR1), still under the overlap guard and the lock.
+    SweepNow,
+    /// Reload the configuration file (SIGHUP).
+    Reload,
+    /// Stop scheduling, let the running sweep finish its batches, exit (SIGTERM/SIGINT).
+    Shutdown,
+}
+
+/// A daemon failure that stops it from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The scheduler could not be created or a job added.
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] JobSchedulerError),
+    /// Metrics registration failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The metrics address could not be bound.
+    #[error("metrics.listen: cannot listen on {address}: {source}")]
+    Listen {
+        /// The configured address.
+        address: String,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+}
+
+/// When sweeps run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Six-field cron expression (with seconds), UTC.
+    Cron(String),
+    /// Fixed interval in whole seconds.
+    Interval(Duration),
+}
+
+impl Schedule {
+    /// The schedule of validated settings.
+    pub fn of(settings: &SweepSettings) -> Self {
+        match (&settings.schedule, settings.interval) {
+            (Some(cron), _) => Self::Cron(cron.clone()),
+            (None, Some(interval)) => Self::Interval(interval),
+            // Validation rejects this; five minutes is the documented default.
+            (None, None) => Self::Interval(Duration::from_secs(300)),
+        }
+    }
+
+    /// Parses a cron expression exactly as tokio-cron-scheduler will
+    /// (seconds required, day-of-month AND day-of-week), so what validates runs.
+    ///
+    /// # Errors
+    /// The parser's message.
+    pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(expr)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Time from now until the next tick. Interval ticks fall on multiples
+    /// of the interval since the Unix epoch (5m: :00, :05, :10 ...), so
+    /// replicas tick together, as they do with a cron schedule.
+    pub fn time_to_next_tick(&self) -> Duration {
+        match self {
+            Self::Interval(interval) => {
+                let period = interval.as_millis().max(1);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0);
+                let wait = period - now % period;
+                Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
+            }
+            Self::Cron(expr) => Self::parse_cron(expr)
+                .ok()
+                .and_then(|cron| cron.find_next_occurrence(&Utc::now(), false).ok())
+                .and_then(|next| (next - Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Sends `Tick(generation)` into the daemon loop on schedule.
+struct Ticker {
+    scheduler: JobScheduler,
+    ticks: mpsc::Sender<u64>,
+    /// Bumped on every reschedule; ticks of older generations are ignored,
+    /// so a job removed while it was firing cannot leak a tick.
+    generation: u64,
+    schedule: Schedule,
+    /// Jobs of the current generation, removed on reschedule.
+    jobs: Vec<uuid::Uuid>,
+    /// For intervals: when the next tick is planned.
+    next_due: Instant,
+}
+
+impl Ticker {
+    async fn start(schedule: Schedule, ticks: mpsc::Sender<u64>) -> Result<Self, DaemonError> {
+        let scheduler = JobScheduler::new().await?;
+        scheduler.start().await?;
+        let mut ticker = Self {
+            scheduler,
+            ticks,
+            generation: 0,
+            schedule: schedule.clone(),
+            jobs: Vec::new(),
+            next_due: Instant::now(),
+        };
+        ticker.reschedule(schedule).await?;
+        Ok(ticker)
+    }
+
+    async fn reschedule(&mut self, schedule: Schedule) -> Result<(), DaemonError> {
+        for job in self.jobs.drain(..) {
+            // A one-shot that already fired is gone; nothing to remove.
+            let _ = self.scheduler.remove(&job).await;
+        }
+        self.generation += 1;
+        self.schedule = schedule;
+        match self.schedule.clone() {
+            Schedule::Cron(expr) => {
+                let job = Job::new_async_tz(expr.as_str(), Utc, self.tick_fn())?;
+                self.jobs.push(self.scheduler.add(job).await?);
+            }
+            Schedule::Interval(_) => {
+                self.next_due = Instant::now() + self.schedule.time_to_next_tick();
+                self.arm_interval().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Called by the loop for each tick it receives; returns whether it is
+    /// due. For intervals, arms the next one-shot, anchored to the planned
+    /// time so late firings do not drift.
+    ///
+    /// The crate's one-shots fire up to ~1.5 s early (it truncates the delay
+    /// and the target time to whole seconds). An early tick is not a tick:
+    /// the same planned time is armed again, so a sweep never starts early.
+    async fn ticked(&mut self) -> Result<bool, DaemonError> {
+        let Schedule::Interval(_) = self.schedule else {
+            return Ok(true);
+        };
+        self.jobs.clear();
+        let now = Instant::now();
+        if now < self.next_due {
+            self.arm_interval().await?;
+            return Ok(false);
+        }
+        // Re-aligned to the wall clock each time: late firings, a suspended
+        // host or a stepped clock cannot accumulate drift or cause a burst.
+        self.next_due = now + self.schedule.time_to_next_tick();
+        self.arm_interval().await?;
+        Ok(true)
+    }
+
+    async fn arm_interval(&mut self) -> Result<(), DaemonError> {
+        let delay = self.next_due.saturating_duration_since(Instant::now());
+        let job = Job::new_one_shot_async(delay, self.tick_fn())?;
+        self.jobs.push(self.scheduler.add(job).await?);
+        Ok(())
+    }
+
+    fn tick_fn(
+        &self,
+    ) -> impl FnMut(uuid::Uuid, JobScheduler) -> Pin<Box<dyn Future<Output = ()> + Send>>
+           + Send
+           + Sync
+           + 'static {
+        let ticks = self.ticks.clone();
+        let generation = self.generation;
+        move |_, _| {
+            let ticks = ticks.clone();
+            Box::pin(async move {
+                // A full channel means the loop has a tick pending already;
+                // dropping this one is the overlap guard doing its job early.
+                let _ = ticks.try_send(generation);
+            })
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Err(e) = self.scheduler.shutdown().await {
+            tracing::debug!(error = %e, "scheduler shutdown");
+        }
+    }
+}
+
+/// The replica lock: one key, `SET NX PX`, left to expire after the sweep.
+struct ReplicaLock {
+    key: String,
+    /// Unique per process, so only the holder can extend or release.
+    holder: String,
+    ttl: Duration,
+}
+
+/// Takes the lock if it is free or already ours, for `ARGV[2]` ms.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0";
+
+/// While ours, makes sure it lives at least `ARGV[2]` ms more.
+const KEEP_ALIVE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1";
+
+/// Deletes it only if ours.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+impl ReplicaLock {
+    async fn run(
+        &self,
+        conn: &mut Connection,
+        script: &str,
+        what: &'static str,
+        ms: Duration,
+    ) -> Result<bool, RedisError> {
+        let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script)
+            .arg(1)
+            .arg(&self.key)
+            .arg(&self.holder)
+            .arg(ms);
+        conn.query::<i64>(what, &cmd).await.map(|n| n == 1)
+    }
+
+    async fn acquire(&self, conn: &mut Connection, lease: Duration) -> Result<bool, RedisError> {
+        self.run(conn, ACQUIRE, "lock acquire", lease).await
+    }
+
+    async fn keep_alive(&self, conn: &mut Connection) -> Result<bool, RedisError> {
+        self.run(conn, KEEP_ALIVE, "lock keep-alive", self.ttl)
+            .await
+    }
+
+    async fn release(&self, conn: &mut Connection) -> Result<bool, RedisError> {
+        self.run(conn, RELEASE, "lock release", Duration::ZERO)
+            .await
+    }
+}
+
+/// Why a sweep was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    Schedule,
+    Manual,
+}
+
+/// Everything one sweep round needs, cloned out of the loop's state so the
+/// round can run while the loop keeps answering ticks and signals.
+struct Round {
+    settings: Arc<Settings>,
+    redis: Arc<Reconnecting>,
+    metrics: Metrics,
+    lock: Option<Arc<ReplicaLock>>,
+    schedule: Schedule,
+    trigger: Trigger,
+    stop: watch::Receiver<bool>,
+}
+
+/// What the loop needs to know when a round ends.
+struct RoundEnd {
+    /// `Some(reason)` when the round failed; `/readyz` reports it.
+    failure: Option<String>,
+    /// The lock was taken by this round (released on shutdown).
+    took_lock: bool,
+}
+
+impl Round {
+    async fn run(self) -> RoundEnd {
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            // Err: the sender is gone, which only happens at exit.
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stopped);
+
+        let jitter = self.settings.sweep.jitter;
+        if self.trigger != Trigger::Manual && !jitter.is_zero() {
+            let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+            let delay = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = &mut stopped => return RoundEnd { failure: None, took_lock: false },
+            }
+        }
+
+        let mut conn = match self.redis.get() {
+            Ok(conn) => conn,
+            Err(reason) => return self.failed("connection", reason, false),
+        };
+
+        let mut took_lock = false;
+        if let Some(lock) = &self.lock {
+            // 90% of the time to the next tick, taken now (after any jitter):
+            // the lease must end before the next tick, or the holder's own
+            // next tick would find it taken.
+            let lease = self.schedule.time_to_next_tick().mul_f64(0.9);
+            match lock.acquire(&mut conn, lease).await {
+                Ok(true) => took_lock = true,
+                Ok(false) => {
+                    self.metrics.count_sweep(SweepResult::SkippedLocked);
+                    tracing::info!(
+                        key = lock.key,
+                        "another daemon holds the replica lock for this period; skipping"
+                    );
+                    return RoundEnd {
+                        failure: None,
+                        took_lock,
+                    };
+                }
+                Err(e) => return self.failed_redis(&e, false),
+            }
+            self.metrics.set_lock_held(true);
+        }
+
+        let metrics = self.metrics.clone();
+        let progress = SweepProgress::with_batch_timer(move |rtt| {
+            metrics.batch_duration.observe(rtt.as_secs_f64());
+        });
+        tracing::info!(trigger = ?self.trigger, "sweep started");
+        let sweeping = sweep::sweep(
+            &conn,
+            &self.settings.sweep,
+            SweepMode::Remove,
+            &progress,
+            stopped,
+        );
+        let result = match &self.lock {
+            Some(lock) => {
+                let keep_alive = keep_lock_alive(lock, conn.clone());
+                tokio::select! {
+                    result = sweeping => result,
+                    never = keep_alive => match never {},
+                }
+            }
+            None => sweeping.await,
+        };
+        self.metrics.set_lock_held(false);
+        match result {
+            Ok(report) => self.finished(&report, took_lock),
+            Err(SweepError::Redis(e)) => self.failed_redis(&e, took_lock),
+            Err(e @ SweepError::UnitGuard { .. }) => {
+                self.failed("unit_guard", e.to_string(), took_lock)
+            }
+            Err(e @ SweepError::ClockSkew { .. }) => {
+                self.failed("clock_skew", e.to_string(), took_lock)
+            }
+        }
+    }
+
+    fn finished(&self, report: &SweepReport, took_lock: bool) -> RoundEnd {
+        self.metrics.record_report(report);
+        let result = if report.interrupted {
+            SweepResult::Interrupted
+        } else if report.errors > 0 {
+            SweepResult::Error
+        } else {
+            SweepResult::Ok
+        };
+        self.metrics.count_sweep(result);
+        tracing::info!(
+            keys_scanned = report.keys_scanned,
+            keys_changed = report.keys_changed,
+            members_removed = report.members_removed,
+            skipped_wrong_type = report.skipped_wrong_type,
+            errors = report.errors,
+            duration_seconds = report.duration_seconds,
+            keys_per_second = report.keys_per_second.round(),
+            interrupted = report.interrupted,
+            cutoff = report.cutoff,
+            "sweep finished"
+        );
+        let failure = match result {
+            SweepResult::Error => Some(format!(
+                "last sweep had {} per-key errors, first: {}",
+                report.errors,
+                report.first_error.as_deref().unwrap_or("unknown")
+            )),
+            _ => {
+                self.metrics.mark_success();
+                None
+            }
+        };
+        RoundEnd { failure, took_lock }
+    }
+
+    fn failed_redis(&self, e: &RedisError, took_lock: bool) -> RoundEnd {
+        if e.is_connection_lost() {
+            self.redis.lost(&e.to_string());
+        }
+        self.failed("connection", e.to_string(), took_lock)
+    }
+
+    fn failed(&self, kind: &str, reason: String, took_lock: bool) -> RoundEnd {
+        self.metrics.count_sweep(SweepResult::Error);
+        self.metrics.count_error(kind, 1);
+        tracing::error!(kind, "sweep failed: {reason}");
+        RoundEnd {
+            failure: Some(format!("last sweep failed: {reason}")),
+            took_lock,
+        }
+    }
+}
+
+/// Extends the lock every third of its ttl while a sweep runs; never returns.
+async fn keep_lock_alive(lock: &ReplicaLock, mut conn: Connection) -> std::convert::Infallible {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(lock.ttl / 3).await;
+        match lock.keep_alive(&mut conn).await {
+            Ok(true) => {}
+            // Not fatal: a second sweeper is redundant work, never a wrong deletion.
+            Ok(false) if !warned => {
+                warned = true;
+                tracing::warn!(key = lock.key, "lost the replica lock during a sweep");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot extend the replica lock"),
+        }
+    }
+}
+
+/// `/readyz`: Redis answers and the last sweep did not fail.
+struct DaemonReadiness {
+    redis: Arc<Reconnecting>,
+    metrics: Metrics,
+    last_failure: watch::Receiver<Option<String>>,
+}
+
+impl Readiness for DaemonReadiness {
+    async fn check(&self) -> Result<(), String> {
+        let pinged = self.redis.ping(Duration::from_secs(1)).await;
+        self.metrics.set_redis_up(pinged.is_ok());
+        pinged?;
+        match self.last_failure.borrow().as_ref() {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The daemon's configuration source and live handles.
+pub struct Daemon {
+    /// The file to re-read on reload; `None` means defaults and environment only.
+    pub config_path: Option<PathBuf>,
+    /// The settings in force.
+    pub settings: Settings,
+    /// Where log level changes go on reload.
+    pub log_level: Option<LogLevel>,
+}
+
+impl Daemon {
+    /// Runs until [`Control::Shutdown`] arrives on `controls` (or the sender is dropped).
+    ///
+    /// Tells systemd READY once the metrics endpoint listens and the schedule
+    /// is armed, and STOPPING when shutdown begins (both no-ops outside systemd).
+    ///
+    /// # Errors
+    /// [`DaemonError`] when it cannot start; once running, Redis outages and
+    /// bad reloads are logged and survived, never returned.
+    pub async fn run(mut self, mut controls: mpsc::Receiver<Control>) -> Result<(), DaemonError> {
+        let metrics = Metrics::new()?;
+        let up_metrics = metrics.clone();
+        let redis = Arc::new(Reconnecting::new(self.settings.redis.clone(), move |up| {
+            up_metrics.set_redis_up(up);
+        }));
+        let address = self.settings.metrics.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                address: address.clone(),
+                source,
+            })?;
+        let (last_failure_tx, last_failure) = watch::channel(None::<String>);
+        let (http_stop_tx, http_stop) = watch::channel(false);
+        let http = tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            DaemonReadiness {
+                redis: Arc::clone(&redis),
+                metrics: metrics.clone(),
+                last_failure,
+            },
+            async move {
+                let mut http_stop = http_stop;
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            },
+        ));
+        tracing::info!("metrics at http://{address}/metrics, health at /healthz and /readyz");
+
+        if let Err(e) = redis.connect_now().await {
+            tracing::warn!("{e}; will keep retrying");
+        }
+
+        let (tick_tx, mut ticks) = mpsc::channel::<u64>(1);
+        let mut ticker = Ticker::start(Schedule::of(&self.settings.sweep), tick_tx).await?;
+        let lock_holder = format!(
+            "{}:{}:{:016x}",
+            hostname(),
+            std::process::id(),
+            rand::rng().random::<u64>()
+        );
+        let (stop_tx, _) = watch::channel(false);
+        let mut running: Option<Pin<Box<dyn Future<Output = RoundEnd> + Send>>> = None;
+        let mut overlap_logged = false;
+        let mut lock_taken = false;
+        let mut pending_start = self.settings.sweep.run_on_start;
+
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+        let _watchdog = start_watchdog();
+
+        loop {
+            let trigger = if std::mem::take(&mut pending_start) {
+                Some(Trigger::Start)
+            } else {
+                tokio::select! {
+                    control = controls.recv() => match control {
+                        Some(Control::SweepNow) => Some(Trigger::Manual),
+                        Some(Control::Reload) => {
+                            self.reload(&mut ticker, &redis).await;
+                            None
+                        }
+                        Some(Control::Shutdown) | None => break,
+                    },
+                    Some(generation) = ticks.recv() => {
+                        if generation != ticker.generation {
+                            None
+                        } else {
+                            match ticker.ticked().await {
+                                Ok(due) => due.then_some(Trigger::Schedule),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot arm the next tick");
+                                    Some(Trigger::Schedule)
+                                }
+                            }
+                        }
+                    },
+                    end = async {
+                        match running.as_mut() {
+                            Some(round) => round.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if running.is_some() => {
+                        running = None;
+                        lock_taken |= end.took_lock;
+                        let _ = last_failure_tx.send(end.failure);
+                        None
+                    },
+                }
+            };
+            let Some(trigger) = trigger else { continue };
+            if running.is_some() {
+                metrics.count_sweep(SweepResult::SkippedOverlap);
+                if !overlap_logged {
+                    overlap_logged = true;
+                    tracing::warn!(
+                        ?trigger,
+                        "previous sweep still running; skipping this tick (logged once per sweep)"
+                    );
+                }
+                continue;
+            }
+            overlap_logged = false;
+            let settings = Arc::new(self.settings.clone());
+            let lock = settings.lock.enabled.then(|| {
+                Arc::new(ReplicaLock {
+                    key: settings.lock.key.clone(),
+                    holder: lock_holder.clone(),
+                    ttl: settings.lock.ttl,
+                })
+            });
+            running = Some(Box::pin(
+                Round {
+                    settings,
+                    redis: Arc::clone(&redis),
+                    metrics: metrics.clone(),
+                    lock,
+                    schedule: ticker.schedule.clone(),
+                    trigger,
+                    stop: stop_tx.subscribe(),
+                }
+                .run(),
+            ));
+        }
+
+        tracing::info!("shutting down");
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        ticker.stop().await;
+        let _ = stop_tx.send(true);
+        if let Some(round) = running.take() {
+            let timeout = self.settings.sweep.shutdown_timeout;
+            match tokio::time::timeout(timeout, round).await {
+                Ok(end) => lock_taken |= end.took_lock,
+                Err(_) => {
+                    lock_taken = true;
+                    tracing::warn!(
+                        ?timeout,
+                        "sweep did not finish within sweep.shutdown_timeout"
+                    );
+                }
+            }
+        }
+        if lock_taken && self.settings.lock.enabled {
+            release_lock(&self.settings, &redis, &lock_holder).await;
+        }
+        let _ = http_stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    async fn reload(&mut self, ticker: &mut Ticker, redis: &Arc<Reconnecting>) {
+        let new = match Settings::load(self.config_path.as_deref()) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!("reload failed, keeping the previous configuration: {e}");
+                return;
+            }
+        };
+        if new.metrics.listen != self.settings.metrics.listen {
+            tracing::warn!("metrics.listen changed; it takes effect after a restart");
+        }
+        if let Some(level) = &self.log_level {
+            level.set(&new.log);
+        }
+        redis.update_settings(new.redis.clone());
+        let schedule = Schedule::of(&new.sweep);
+        if schedule != ticker.schedule {
+            if let Err(e) = ticker.reschedule(schedule).await {
+                tracing::error!(error = %e, "cannot apply the new schedule; keeping the previous configuration");
+                return;
+            }
+        }
+        self.settings = new;
+        tracing::info!("configuration reloaded; it applies from the next sweep");
+    }
+}
+
+/// Releases the lock at shutdown so another daemon need not wait for it to expire.
+async fn release_lock(settings: &Settings, redis: &Reconnecting, holder: &str) {
+    let lock = ReplicaLock {
+        key: settings.lock.key.clone(),
+        holder: holder.to_owned(),
+        ttl: settings.lock.ttl,
+    };
+    let Ok(mut conn) = redis.get() else { return };
+    match tokio::time::timeout(Duration::from_secs(2), lock.release(&mut conn)).await {
+        Ok(Ok(true)) => tracing::info!("released the replica lock"),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the replica lock"),
+        Err(_) => tracing::warn!("releasing the replica lock timed out"),
+    }
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, if WatchdogSec is set.
+fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let interval = sd_notify::watchdog_enabled()?;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 2);
+        loop {
+            tick.tick().await;
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned())
+}

@@ -1,0 +1,463 @@
+//! The daemon as deployed: the real binary against private redis-servers,
+//! observed through its metrics, its JSON logs and the data in Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    count_members, http_get, run_sweeper, seed, wait_until, write_file, DaemonProcess, RedisServer,
+};
+
+const OK: &str = "token_sweeper_sweeps_total{result=\"ok\"}";
+const SKIPPED_OVERLAP: &str = "token_sweeper_sweeps_total{result=\"skipped_overlap\"}";
+const SKIPPED_LOCKED: &str = "token_sweeper_sweeps_total{result=\"skipped_locked\"}";
+
+#[test]
+fn metrics_count_exactly_what_was_removed() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 500);
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h")],
+        None,
+    );
+
+    wait_until(Duration::from_secs(10), "the start-up sweep", || {
+        daemon.metric(OK) >= 1.0
+    });
+    let scrape = daemon.scrape();
+
+    assert_eq!(count_members(&mut c, "u"), (0, 500));
+    let m = |s: &str| common::metric(&scrape, s).unwrap_or(f64::NAN);
+    assert_eq!(m("token_sweeper_tokens_removed_total"), 500.0, "{scrape}");
+    assert_eq!(m("token_sweeper_keys_scanned_total"), 500.0);
+    assert_eq!(m("token_sweeper_sweep_duration_seconds_count"), 1.0);
+    assert!(m("token_sweeper_batch_duration_seconds_count") >= 1.0);
+    assert_eq!(m("token_sweeper_redis_up"), 1.0);
+    assert_eq!(m("token_sweeper_lock_held"), 0.0);
+    assert_eq!(m("token_sweeper_build_info{version=\"0.1.0\"}"), 1.0);
+    assert!(m("token_sweeper_last_success_timestamp_seconds") > 1.7e9);
+    assert_eq!(m("token_sweeper_sweeps_total{result=\"error\"}"), 0.0);
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+    let finished = daemon.events("sweep finished");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(
+        finished[0]["members_removed"], 500,
+        "one info line with the numbers"
+    );
+}
+
+#[test]
+fn keeps_sweeping_over_many_interval_ticks() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s"),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ],
+        None,
+    );
+
+    // New expired tokens keep arriving; every batch must be swept by a later tick.
+    for round in 0..6 {
+        seed(&mut c, &format!("r{round}-"), 20);
+        wait_until(
+            Duration::from_secs(10),
+            &format!("round {round} swept"),
+            || count_members(&mut c, &format!("r{round}-")).0 == 0,
+        );
+    }
+
+    assert!(daemon.metric(OK) >= 6.0, "{}", daemon.scrape());
+    assert_eq!(daemon.metric("token_sweeper_tokens_removed_total"), 120.0);
+}
+
+#[test]
+fn cron_schedule_ticks() {
+    let server = RedisServer::start();
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", "* * * * * *"),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ],
+        None,
+    );
+    wait_until(Duration::from_secs(15), "five cron sweeps", || {
+        daemon.metric(OK) >= 5.0
+    });
+    let starts = daemon.events("sweep started");
+    assert!(starts.iter().all(|e| e["trigger"] == "Schedule"));
+}
+
+/// Seconds since the epoch of a JSON log event.
+fn event_time(event: &serde_json::Value) -> f64 {
+    let ts = event["timestamp"].as_str().unwrap();
+    let t = chrono::DateTime::parse_from_rfc3339(ts).unwrap();
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+#[test]
+fn two_daemons_on_one_redis_sweep_at_most_once_per_period() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 200);
+    let env = [("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s")];
+    let a = DaemonProcess::start(&server.url(), &env, None);
+    let b = DaemonProcess::start(&server.url(), &env, None);
+
+    wait_until(
+        Duration::from_secs(20),
+        "both to contend for five periods",
+        || {
+            a.metric(OK) + b.metric(OK) >= 5.0
+                && a.metric(SKIPPED_LOCKED) + b.metric(SKIPPED_LOCKED) >= 4.0
+        },
+    );
+
+    // Every sweep of either daemon, by the 2-second period it started in.
+    let mut starts: Vec<f64> = a
+        .events("sweep started")
+        .iter()
+        .chain(b.events("sweep started").iter())
+        .map(event_time)
+        .collect();
+    starts.sort_by(f64::total_cmp);
+    let periods: Vec<i64> = starts.iter().map(|t| (t / 2.0).floor() as i64).collect();
+    let mut distinct = periods.clone();
+    distinct.dedup();
+    assert_eq!(periods, distinct, "two sweeps in one period: {starts:?}");
+    assert_eq!(count_members(&mut c, "u"), (0, 200));
+}
+
+#[test]
+fn sigterm_during_a_long_sweep_exits_0_within_the_timeout() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 20_000);
+    let mut daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+            // About 10 s for the whole keyspace.
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "2000"),
+            ("TOKEN_SWEEPER__SWEEP__SHUTDOWN_TIMEOUT", "3s"),
+        ],
+        None,
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the sweep to make progress",
+        || count_members(&mut c, "u").0 < 19_000,
+    );
+
+    daemon.signal("TERM");
+    let (code, took) = daemon.wait_exit(Duration::from_secs(10));
+
+    assert_eq!(code, Some(0), "{}", daemon.log_text());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let finished = daemon.events("sweep finished");
+    assert_eq!(
+        finished.len(),
+        1,
+        "the running sweep reported: {}",
+        daemon.log_text()
+    );
+    assert_eq!(finished[0]["interrupted"], true);
+    let (expired, live) = count_members(&mut c, "u");
+    assert!(
+        expired > 0,
+        "stopped early, the rest is left for the next sweep"
+    );
+    assert_eq!(live, 20_000, "no live token removed");
+    let lock: Option<String> = redis::cmd("GET")
+        .arg("token-sweeper:lock")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(lock, None, "the lock is released on shutdown");
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 20_000);
+    let mut daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "1000"),
+            // Blocking the channel send: a stop would wait for this long.
+            ("TOKEN_SWEEPER__SWEEP__SHUTDOWN_TIMEOUT", "60s"),
+            ("TOKEN_SWEEPER__SWEEP__BATCH_SIZE", "1000"),
+        ],
+        None,
+    );
+    wait_until(Duration::from_secs(10), "the sweep to start", || {
+        !daemon.events("sweep started").is_empty()
+    });
+    daemon.signal("TERM");
+    daemon.signal("TERM");
+    let (code, took) = daemon.wait_exit(Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(code == Some(0) || code == Some(1), "{code:?}");
+}
+
+#[test]
+fn sighup_reloads_the_pattern_and_a_broken_file_keeps_the_old_config() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "sweeper.toml",
+        "[sweep]\npattern = \"a:*-tokens\"\ninterval = \"1s\"\n",
+    );
+    seed(&mut c, "a:u", 10);
+    seed(&mut c, "b:u", 10);
+    let daemon = DaemonProcess::start(&server.url(), &[], Some(&config));
+    wait_until(Duration::from_secs(10), "a: swept", || {
+        count_members(&mut c, "a:u").0 == 0
+    });
+    let ok_before = daemon.metric(OK);
+    wait_until(Duration::from_secs(10), "two more sweeps", || {
+        daemon.metric(OK) >= ok_before + 2.0
+    });
+    assert_eq!(
+        count_members(&mut c, "b:u"),
+        (10, 10),
+        "b: is not in the pattern yet"
+    );
+
+    write_file(
+        dir.path(),
+        "sweeper.toml",
+        "[sweep]\npattern = \"b:*-tokens\"\ninterval = \"1s\"\n",
+    );
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "b: swept after reload", || {
+        count_members(&mut c, "b:u").0 == 0
+    });
+
+    write_file(dir.path(), "sweeper.toml", "[sweep\npattern = ");
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the failed reload logged", || {
+        daemon
+            .log_text()
+            .contains("reload failed, keeping the previous configuration")
+    });
+    seed(&mut c, "a:v", 5);
+    seed(&mut c, "b:v", 5);
+    wait_until(Duration::from_secs(10), "b: still swept", || {
+        count_members(&mut c, "b:v").0 == 0
+    });
+    assert_eq!(
+        count_members(&mut c, "a:v"),
+        (5, 5),
+        "the old pattern is kept"
+    );
+    assert_eq!(http_get(daemon.metrics_port, "/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn redis_restart_turns_readyz_503_then_200_and_sweeping_resumes() {
+    let mut server = RedisServer::start();
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s")],
+        None,
+    );
+    wait_until(Duration::from_secs(10), "ready", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+
+    server.kill();
+    wait_until(Duration::from_secs(10), "readyz 503", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let (_, reason) = http_get(daemon.metrics_port, "/readyz").unwrap();
+    assert_eq!(reason.trim_end().lines().count(), 1, "{reason}");
+    assert!(
+        reason.contains(&format!("127.0.0.1:{}", server.port)),
+        "{reason}"
+    );
+    assert_eq!(daemon.metric("token_sweeper_redis_up"), 0.0);
+
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let mut c = server.conn();
+    seed(&mut c, "after", 50);
+    wait_until(Duration::from_secs(45), "sweeping to resume", || {
+        count_members(&mut c, "after").0 == 0
+    });
+    wait_until(Duration::from_secs(10), "readyz 200 again", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    assert_eq!(daemon.metric("token_sweeper_redis_up"), 1.0);
+    assert!(daemon.metric("token_sweeper_errors_total{kind=\"connection\"}") >= 1.0);
+}
+
+#[test]
+fn overlapping_ticks_are_skipped_not_stacked() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 4_000);
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s"),
+            // Each sweep takes about 2 s: every other tick lands on a running sweep.
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "2000"),
+        ],
+        None,
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "three skipped ticks and two sweeps",
+        || daemon.metric(SKIPPED_OVERLAP) >= 3.0 && daemon.metric(OK) >= 2.0,
+    );
+
+    // Starts and ends strictly alternate: never two sweeps at once.
+    let lifecycle: Vec<String> = daemon
+        .logs()
+        .into_iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .filter(|m| m == "sweep started" || m == "sweep finished")
+        .collect();
+    for pair in lifecycle.windows(2) {
+        assert_ne!(pair[0], pair[1], "{lifecycle:?}");
+    }
+    let warnings = daemon
+        .log_text()
+        .matches("previous sweep still running")
+        .count();
+    assert!(
+        warnings <= daemon.events("sweep started").len(),
+        "logged once per sweep, not per tick"
+    );
+}
+
+#[test]
+fn sigusr1_sweeps_now() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ],
+        None,
+    );
+    seed(&mut c, "u", 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        count_members(&mut c, "u").0,
+        10,
+        "nothing runs before the signal"
+    );
+    daemon.signal("USR1");
+    wait_until(Duration::from_secs(10), "the manual sweep", || {
+        count_members(&mut c, "u").0 == 0
+    });
+}
+
+#[test]
+fn a_failed_sweep_makes_readyz_503_with_the_reason() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now_s = common::redis_now_ms(&mut c) / 1000;
+    let _: () = redis::cmd("ZADD")
+        .arg("s-tokens")
+        .arg(now_s + 600)
+        .arg("seconds")
+        .query(&mut c)
+        .unwrap();
+    let daemon = DaemonProcess::start(&server.url(), &[], None);
+    wait_until(Duration::from_secs(10), "readyz 503", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let (_, body) = http_get(daemon.metrics_port, "/readyz").unwrap();
+    assert!(body.contains("unit guard"), "{body}");
+    assert_eq!(
+        daemon.metric("token_sweeper_errors_total{kind=\"unit_guard\"}"),
+        1.0
+    );
+    let n: i64 = redis::cmd("ZCARD").arg("s-tokens").query(&mut c).unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn healthcheck_subcommand_reports_the_daemon() {
+    let server = RedisServer::start();
+    let daemon = DaemonProcess::start(&server.url(), &[], None);
+    let url = format!("http://127.0.0.1:{}/healthz", daemon.metrics_port);
+    let up = run_sweeper(&["healthcheck", "--url", &url], &[]);
+    assert_eq!(up.status.code(), Some(0));
+    drop(daemon);
+    let down = run_sweeper(&["healthcheck", "--url", &url], &[]);
+    assert_eq!(down.status.code(), Some(1));
+}
+
+#[test]
+fn schedule_settings_are_validated() {
+    let cases = [
+        (
+            vec![
+                ("TOKEN_SWEEPER__SWEEP__SCHEDULE", "0 * * * * *"),
+                ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1m"),
+            ],
+            "sweep.schedule: sweep.schedule and sweep.interval are both set; set exactly one",
+        ),
+        (
+            vec![("TOKEN_SWEEPER__SWEEP__SCHEDULE", "every monday")],
+            "sweep.schedule: \"every monday\" is not a cron expression",
+        ),
+        (
+            vec![("TOKEN_SWEEPER__SWEEP__INTERVAL", "1500ms")],
+            "sweep.interval: must be whole seconds, at least 1s",
+        ),
+        (
+            vec![("TOKEN_SWEEPER__METRICS__LISTEN", "localhost")],
+            "metrics.listen: \"localhost\" is not an address:port",
+        ),
+    ];
+    for (env, expected) in cases {
+        let out = run_sweeper(&["check-config"], &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert!(err.contains(expected), "{env:?}: {err}");
+    }
+    // A schedule on its own replaces the default interval.
+    let out = run_sweeper(
+        &["check-config"],
+        &[("TOKEN_SWEEPER__SWEEP__SCHEDULE", "0 */5 * * * *")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("schedule = \"0 */5 * * * *\"") && !text.contains("interval ="),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_redis_at_start_does_not_stop_the_daemon() {
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let daemon = DaemonProcess::start(&url, &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s")], None);
+    wait_until(Duration::from_secs(10), "a failed sweep", || {
+        daemon.metric("token_sweeper_sweeps_total{result=\"error\"}") >= 1.0
+    });
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 503);
+    assert_eq!(http_get(daemon.metrics_port, "/healthz").unwrap().0, 200);
+}
