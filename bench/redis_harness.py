@@ -87,11 +87,12 @@ def resp(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
-def write_dataset(path: str, users: int, tokens: int, now_ms: int, seed: int = 42) -> int:
+def write_dataset(path: str, users: int, tokens: int, now_ms: int, seed: int = 42,
+                  live_ms: tuple = (60_000, 30 * DAY_MS)) -> int:
     """RESP for `users` sets of `tokens` members each, half of them expired
-    (1 minute to 30 days ago), half live (1 minute to 30 days ahead);
-    members are 64-hex digests as the auth module writes them.
-    Returns the number of expired members."""
+    (1 minute to 30 days ago), half live (expiring `live_ms[0]` to
+    `live_ms[1]` from now); members are 64-hex digests as the auth
+    module writes them. Returns the number of expired members."""
     rng = random.Random(seed)
     expired = 0
     with open(path, "wb") as f:
@@ -99,12 +100,11 @@ def write_dataset(path: str, users: int, tokens: int, now_ms: int, seed: int = 4
         for user in range(users):
             parts = [b"ZADD", b"user%d-tokens" % user]
             for t in range(tokens):
-                offset = rng.randint(60_000, 30 * DAY_MS)
                 if t < tokens // 2:
-                    score = now_ms - offset
+                    score = now_ms - rng.randint(60_000, 30 * DAY_MS)
                     expired += 1
                 else:
-                    score = now_ms + offset
+                    score = now_ms + rng.randint(*live_ms)
                 parts.append(b"%d" % score)
                 parts.append(b"%064x" % rng.getrandbits(256))
             chunk.append(resp(*parts))
