@@ -470,6 +470,86 @@ impl Default for MetricsSettings {
     }
 }
 
+string_enum! {
+    /// What the auth module stores as the set member for a token.
+    MemberKind {
+        /// Lowercase hex SHA-256 of the token: a leaked dump of Redis holds no usable token.
+        Sha256 = "sha256",
+        /// The raw token, only for compatibility with existing data.
+        Token = "token",
+        /// The token's `jti` claim.
+        Jti = "jti",
+    }
+}
+
+/// The auth path: issuing, verifying, revoking and listing tokens.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Key of a user's set; `{user}` is replaced by the user id. For Redis
+    /// Cluster hash tags write `{{user}}-tokens`, which gives `{42}-tokens`.
+    pub key_template: String,
+    /// What the member of a token is.
+    pub member: MemberKind,
+    /// JWT signing algorithm: HS256/384/512, RS256/384/512, PS256/384/512,
+    /// ES256/384 or EdDSA. Verification accepts this one only.
+    pub algorithm: String,
+    /// `iss` written into tokens and required when verifying.
+    pub issuer: Option<String>,
+    /// `aud` written into tokens and required when verifying.
+    pub audience: Option<String>,
+    /// Lifetime of issued tokens.
+    #[serde(with = "human_duration")]
+    pub ttl: Duration,
+    /// Clock tolerance for `exp`/`nbf` when verifying. Keep `sweep.grace` at
+    /// least this long, or a token inside the leeway may already be swept.
+    #[serde(with = "human_duration")]
+    pub leeway: Duration,
+    /// Keep at most this many sessions per user, dropping the oldest; 0 = no limit.
+    pub max_sessions: u32,
+    /// HMAC secret (HS*): set it with `TOKEN_SWEEPER__AUTH__SECRET` or `secret_file`.
+    pub secret: Option<Secret>,
+    /// File holding the HMAC secret.
+    pub secret_file: Option<PathBuf>,
+    /// PEM private key (RS*/PS*/ES*/EdDSA), needed to issue.
+    pub private_key_file: Option<PathBuf>,
+    /// PEM public key (RS*/PS*/ES*/EdDSA), needed to verify.
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            key_template: "{user}-tokens".to_owned(),
+            member: MemberKind::Sha256,
+            algorithm: "HS256".to_owned(),
+            issuer: None,
+            audience: None,
+            ttl: Duration::from_secs(24 * 3600),
+            leeway: Duration::ZERO,
+            max_sessions: 0,
+            secret: None,
+            secret_file: None,
+            private_key_file: None,
+            public_key_file: None,
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The HMAC secret from `secret` or `secret_file`.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn resolved_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        read_secret(
+            "auth.secret_file",
+            self.secret.as_ref(),
+            self.secret_file.as_deref(),
+        )
+    }
+}
+
 /// Logging.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -503,6 +583,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[log]`
     pub log: LogSettings,
+    /// `[auth]`
+    pub auth: AuthSettings,
 }
 
 impl Settings {
@@ -652,6 +734,29 @@ impl Settings {
                 format!("{:?} is not an address:port: {e}", self.metrics.listen),
             ));
         }
+        let a = &self.auth;
+        if !a.key_template.contains("{user}") {
+            return Err(ConfigError::invalid(
+                "auth.key_template",
+                format!("{:?} must contain {{user}}", a.key_template),
+            ));
+        }
+        if let Err(e) = a.algorithm.parse::<jsonwebtoken::Algorithm>() {
+            return Err(ConfigError::invalid(
+                "auth.algorithm",
+                format!(
+                    "{:?} is not a JWT algorithm (HS256, RS256, ES256, EdDSA, ...): {e}",
+                    a.algorithm
+                ),
+            ));
+        }
+        if a.secret.is_some() && a.secret_file.is_some() {
+            return Err(ConfigError::invalid(
+                "auth.secret_file",
+                "set either auth.secret or auth.secret_file, not both",
+            ));
+        }
+        positive("auth.ttl", a.ttl)?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::invalid(
                 "log.level",

@@ -15,6 +15,7 @@
 //! | [`daemon`] | the service: schedule, overlap guard, replica lock, reload, shutdown |
 //! | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
 //! | [`logging`] | log format and the level that SIGHUP can change |
+//! | [`auth`] | the auth path: issue, verify, revoke, revoke-all, list sessions |
 //!
 //! The binary (`src/main.rs`) only parses the command line, loads the
 //! settings and calls into these modules.
@@ -41,6 +42,7 @@
 //! # }
 //! ```
 
+pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod logging;

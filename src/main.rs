@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use token_sweeper::auth::TokenService;
 use token_sweeper::config::Settings;
 use token_sweeper::daemon::{Control, Daemon};
 use token_sweeper::redis::Connection;
@@ -41,11 +42,60 @@ enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Issue, verify, revoke and list tokens (the auth path, for operators).
+    Tokens {
+        #[command(subcommand)]
+        action: TokensCommand,
+    },
     /// Exit 0 if the daemon's /healthz answers 200 (for container HEALTHCHECKs).
     Healthcheck {
         /// Defaults to /healthz on metrics.listen (0.0.0.0 is asked as 127.0.0.1).
         #[arg(long)]
         url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Sign a token for a user and store its session; prints the token.
+    Issue {
+        /// The user id (the `sub` claim).
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. "24h" (default: auth.ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Extra claim, repeatable; VALUE is JSON if it parses, else a string.
+        #[arg(long = "claim", value_name = "KEY=VALUE")]
+        claims: Vec<String>,
+        /// Print the token with its claims as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a token (signature, expiry, session); prints its claims.
+    Verify {
+        /// The token; read from stdin when absent or "-".
+        token: Option<String>,
+    },
+    /// End the session of a token (the user comes from the token itself).
+    Revoke {
+        /// The token; read from stdin when absent or "-".
+        token: Option<String>,
+    },
+    /// End every session of a user.
+    RevokeAll {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+    },
+    /// List a user's active sessions.
+    List {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -97,6 +147,10 @@ fn run(
                     .map_err(|e| Failure::Runtime(e.into()))
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokens { action } => {
+            logging::init(&settings.log);
+            runtime()?.block_on(tokens(action, &settings))
         }
         Command::Healthcheck { url } => {
             let url = url.unwrap_or_else(|| {
@@ -239,6 +293,123 @@ fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+async fn tokens(action: TokensCommand, settings: &Settings) -> Result<ExitCode, Failure> {
+    let runtime_error = |e: anyhow::Error| Failure::Runtime(e);
+    let conn = Connection::connect(&settings.redis)
+        .await
+        .map_err(|e| runtime_error(e.into()))?;
+    let service = TokenService::new(conn, &settings.auth, settings.sweep.score_unit)
+        .map_err(|e| Failure::Usage(e.into()))?;
+    match action {
+        TokensCommand::Issue {
+            user,
+            ttl,
+            claims,
+            json,
+        } => {
+            let extra = parse_claims(&claims).map_err(Failure::Usage)?;
+            let issued = service
+                .issue(&user, ttl, extra)
+                .await
+                .map_err(|e| runtime_error(e.into()))?;
+            if json {
+                let out = serde_json::json!({
+                    "token": issued.token,
+                    "claims": issued.claims,
+                    "sessions_dropped": issued.sessions_dropped,
+                });
+                println!("{}", json_line(&out)?);
+            } else {
+                println!("{}", issued.token);
+            }
+        }
+        TokensCommand::Verify { token } => {
+            let token = token_argument(token).map_err(|e| runtime_error(e.into()))?;
+            let claims = service
+                .verify(&token)
+                .await
+                .map_err(|e| runtime_error(e.into()))?;
+            println!("{}", json_line(&claims)?);
+        }
+        TokensCommand::Revoke { token } => {
+            let token = token_argument(token).map_err(|e| runtime_error(e.into()))?;
+            let was_active = service
+                .revoke(&token)
+                .await
+                .map_err(|e| runtime_error(e.into()))?;
+            println!(
+                "{}",
+                if was_active {
+                    "revoked"
+                } else {
+                    "not active (already revoked or expired)"
+                }
+            );
+        }
+        TokensCommand::RevokeAll { user } => {
+            let ended = service
+                .revoke_all(&user)
+                .await
+                .map_err(|e| runtime_error(e.into()))?;
+            println!("ended {ended} active sessions of {user}");
+        }
+        TokensCommand::List { user, json } => {
+            let sessions = service
+                .list(&user)
+                .await
+                .map_err(|e| runtime_error(e.into()))?;
+            if json {
+                println!("{}", json_line(&sessions)?);
+            } else {
+                for session in &sessions {
+                    let expires = chrono::DateTime::from_timestamp_millis(
+                        (session.expires_at * 1000.0) as i64,
+                    )
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default();
+                    println!("{}  expires {expires}", session.id);
+                }
+                eprintln!("{} active sessions", sessions.len());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn json_line<T: serde::Serialize>(value: &T) -> Result<String, Failure> {
+    serde_json::to_string(value).map_err(|e| Failure::Runtime(e.into()))
+}
+
+/// `KEY=VALUE` pairs; VALUE is taken as JSON when it parses, else as a string.
+fn parse_claims(
+    pairs: &[String],
+) -> Result<serde_json::Map<String, serde_json::Value>, anyhow::Error> {
+    pairs
+        .iter()
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--claim {pair:?}: expected KEY=VALUE"))?;
+            let value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+            Ok((key.to_owned(), value))
+        })
+        .collect()
+}
+
+/// The token from the command line, or from stdin for "-" or none (keeps it
+/// out of shell history and `ps`).
+fn token_argument(token: Option<String>) -> std::io::Result<String> {
+    match token {
+        Some(token) if token != "-" => Ok(token),
+        _ => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            Ok(text.trim().to_owned())
+        }
+    }
 }
 
 /// One thread: the sweep is I/O-bound on one connection, and on a small
