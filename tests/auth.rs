@@ -324,9 +324,7 @@ async fn the_key_ttl_never_shrinks() {
 
     // A set someone made persistent on purpose stays persistent.
     let now = redis_now_ms(&mut c);
-    let _: () = c
-        .zadd("p-tokens", "legacy", now + 3_600_000)
-        .unwrap();
+    let _: () = c.zadd("p-tokens", "legacy", now + 3_600_000).unwrap();
     tokens.issue("p", None, no_claims()).await.unwrap();
     let ttl: i64 = c.pttl("p-tokens").unwrap();
     assert_eq!(ttl, -1);
@@ -343,9 +341,7 @@ async fn revoke_all_ends_every_session_and_list_shows_the_active_ones() {
             .unwrap();
     // An expired leftover is not an active session.
     let now = redis_now_ms(&mut c);
-    let _: () = c
-        .zadd("u-tokens", "stale", now - 1000)
-        .unwrap();
+    let _: () = c.zadd("u-tokens", "stale", now - 1000).unwrap();
     let other = tokens.issue("v", None, no_claims()).await.unwrap();
 
     let sessions = tokens.list("u").await.unwrap();

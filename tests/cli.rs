@@ -38,6 +38,11 @@ fn default_toml_names_every_key() {
     full.redis.username = Some("u".into());
     full.redis.password_file = Some("/p".into());
     full.sweep.schedule = Some("0 * * * * *".into());
+    full.auth.issuer = Some("i".into());
+    full.auth.audience = Some("a".into());
+    full.auth.secret_file = Some("/s".into());
+    full.auth.private_key_file = Some("/k".into());
+    full.auth.public_key_file = Some("/p".into());
     let dumped: toml::Table = toml::from_str(&full.to_redacted_toml().unwrap()).unwrap();
     for (section, keys) in dumped {
         assert!(
@@ -51,7 +56,11 @@ fn default_toml_names_every_key() {
             );
         }
     }
-    assert!(file.contains("password"), "redis.password is documented");
+    assert!(file.contains("PASSWORD"), "redis.password is documented");
+    assert!(
+        file.contains("TOKEN_SWEEPER__AUTH__SECRET"),
+        "auth.secret is documented"
+    );
 }
 
 #[test]
