@@ -280,6 +280,13 @@ pub struct RedisSettings {
     /// File whose content (trailing newline removed) is the password, e.g. a
     /// mounted Kubernetes secret.
     pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign the server's certificate, for
+    /// `rediss://` servers with a private CA (else the system trust store).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that require one (`tls-auth-clients yes`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// How long establishing a connection may take before the address is reported unreachable.
     #[serde(with = "human_duration")]
     pub connect_timeout: Duration,
@@ -296,6 +303,9 @@ impl Default for RedisSettings {
             username: None,
             password: None,
             password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             connect_timeout: Duration::from_secs(5),
             response_timeout: Duration::from_secs(30),
         }
@@ -505,7 +515,9 @@ pub struct AuthSettings {
     /// least this long, or a token inside the leeway may already be swept.
     #[serde(with = "human_duration")]
     pub leeway: Duration,
-    /// Keep at most this many sessions per user, dropping the oldest; 0 = no limit.
+    /// Keep at most this many sessions per user, dropping those that expire
+    /// first (the oldest, with one ttl); 0 = no limit. Sessions with the same
+    /// `exp` second tie, and which of them goes is unspecified.
     pub max_sessions: u32,
     /// HMAC secret (HS*): set it with `TOKEN_SWEEPER__AUTH__SECRET` or `secret_file`.
     pub secret: Option<Secret>,
@@ -671,6 +683,19 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "redis.password_file",
                 "set either redis.password or redis.password_file, not both",
+            ));
+        }
+        let tls_files = [&r.tls_ca_file, &r.tls_cert_file, &r.tls_key_file];
+        if tls_files.iter().any(|f| f.is_some()) && !r.url.starts_with("rediss://") {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                "redis.tls_* files are set, but the URL is not rediss:// (TLS)",
+            ));
+        }
+        if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "redis.tls_key_file",
+                "set redis.tls_cert_file and redis.tls_key_file together",
             ));
         }
         positive("redis.connect_timeout", r.connect_timeout)?;

@@ -23,7 +23,7 @@ pub enum RedisError {
         /// Why redis-rs rejected it.
         source: redis::RedisError,
     },
-    /// A secret could not be read.
+    /// A secret or certificate file could not be read.
     #[error(transparent)]
     Secret(#[from] crate::config::ConfigError),
     /// The server could not be reached, or the handshake (AUTH, SELECT) failed.
@@ -88,7 +88,11 @@ impl Connection {
         }
         let info = info.set_redis_settings(redis_info);
         let address = info.addr().to_string();
-        let client = Client::open(info).map_err(invalid)?;
+        let client = match tls_certificates(settings)? {
+            Some(certificates) => Client::build_with_tls(info, certificates),
+            None => Client::open(info),
+        }
+        .map_err(invalid)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.response_timeout));
@@ -148,6 +152,39 @@ impl Connection {
     }
 }
 
+/// The CA and client certificate files, read, when any is configured.
+/// Server-name checking stays on: the URL's host must match the certificate.
+fn tls_certificates(
+    settings: &RedisSettings,
+) -> Result<Option<redis::TlsCertificates>, RedisError> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            RedisError::Secret(crate::config::ConfigError::Invalid {
+                key: key.to_owned(),
+                message: format!("{}: {e}", path.display()),
+            })
+        })
+    };
+    let root_cert = match &settings.tls_ca_file {
+        Some(path) => Some(read("redis.tls_ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.tls_cert_file", cert)?,
+            client_key: read("redis.tls_key_file", key)?,
+        }),
+        _ => None,
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
 impl RedisError {
     /// True when the connection itself is gone (refused, reset, timed out),
     /// as opposed to Redis answering with an error: the caller should
@@ -160,6 +197,9 @@ impl RedisError {
                     || source.is_connection_dropped()
                     || source.is_timeout()
                     || source.is_connection_refusal()
+                    // The server became a replica (failover): reconnecting
+                    // finds the new primary.
+                    || source.code() == Some("READONLY")
             }
             Self::InvalidUrl { .. } | Self::Secret(_) => false,
         }

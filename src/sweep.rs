@@ -21,8 +21,9 @@
 //!    Redis always has work queued. `max_keys_per_second` paces the batches.
 //! 5. **Per-key errors.** A key that stopped being a sorted set between SCAN and
 //!    its pipeline (WRONGTYPE) is skipped and counted; other per-key errors
-//!    are counted and the first is kept for the report. Only a failure of the
-//!    connection itself ends the sweep.
+//!    are counted and the first is kept for the report. A failure of the
+//!    connection, a missing ACL permission (NOPERM) or a replica (READONLY)
+//!    ends the sweep.
 //!
 //! The sweep never touches a key's TTL and never writes anything but
 //! `ZREMRANGEBYSCORE`; an emptied set disappears because Redis deletes empty
@@ -363,6 +364,12 @@ pub async fn sweep_keys(
                 outcome.members_removed += removed;
             }
             Err(e) if e.code() == Some("WRONGTYPE") => outcome.skipped_wrong_type += 1,
+            // Not about one key: the ACL user lacks the command, or this is a
+            // replica. Every other key would fail the same way, so stop here
+            // with the server's own message (it names the command).
+            Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY")) => {
+                return Err(conn.error(command, e));
+            }
             Err(e) => {
                 outcome.errors += 1;
                 outcome

@@ -37,6 +37,9 @@ fn default_toml_names_every_key() {
     let mut full = Settings::default();
     full.redis.username = Some("u".into());
     full.redis.password_file = Some("/p".into());
+    full.redis.tls_ca_file = Some("/ca".into());
+    full.redis.tls_cert_file = Some("/c".into());
+    full.redis.tls_key_file = Some("/k".into());
     full.sweep.schedule = Some("0 * * * * *".into());
     full.auth.issuer = Some("i".into());
     full.auth.audience = Some("a".into());

@@ -1,0 +1,413 @@
+//! Least-privilege ACL users (the exact lines the README gives) and TLS with
+//! a test CA generated here, against real redis-servers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{count_members, run_sweeper, seed, wait_until, DaemonProcess, RedisServer};
+
+/// The `ACL SETUSER <user> ...` line of the README, split into arguments
+/// (a double-quoted selector stays one argument).
+fn readme_acl(user: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with(&format!("ACL SETUSER {user} ")))
+        .unwrap_or_else(|| panic!("README has no ACL SETUSER {user} line"));
+    let mut args = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let (arg, tail) = if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap();
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            rest.split_at(rest.find(' ').unwrap_or(rest.len()))
+        };
+        args.push(arg.to_owned());
+        rest = tail.trim_start();
+    }
+    args
+}
+
+/// Creates `user` from the README line with `password`, minus `without` permissions.
+fn create_user(server: &RedisServer, user: &str, password: &str, without: &[&str]) {
+    let mut c = server.conn();
+    let mut cmd = redis::cmd("ACL");
+    for arg in readme_acl(user).into_iter().skip(1) {
+        let arg = if arg.starts_with('>') {
+            format!(">{password}")
+        } else {
+            arg
+        };
+        cmd.arg(arg);
+    }
+    for permission in without {
+        cmd.arg(format!("-{permission}"));
+    }
+    let _: () = cmd.query(&mut c).unwrap();
+}
+
+#[test]
+fn the_sweeper_runs_as_its_restricted_acl_user() {
+    let server = RedisServer::start();
+    create_user(&server, "token-sweeper", "sweeper-pw", &[]);
+    let mut c = server.conn();
+    seed(&mut c, "u", 100);
+    let url = server.url();
+    let env = [
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+    ];
+
+    let dry = run_sweeper(&["sweep", "--dry-run"], &env);
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let out = run_sweeper(&["sweep", "--json"], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count_members(&mut c, "u"), (0, 100));
+
+    // The daemon takes, keeps and releases its lock with the same user.
+    seed(&mut c, "v", 10);
+    let mut daemon = DaemonProcess::start(&url, &env[1..], None);
+    wait_until(Duration::from_secs(10), "the daemon's sweep", || {
+        count_members(&mut c, "v").0 == 0
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)).0, Some(0));
+    assert!(
+        daemon.log_text().contains("released the replica lock"),
+        "{}",
+        daemon.log_text()
+    );
+
+    // Least privilege: it cannot delete a token set.
+    let mut restricted = redis::Client::open(format!(
+        "redis://token-sweeper:sweeper-pw@127.0.0.1:{}",
+        server.port
+    ))
+    .unwrap()
+    .get_connection()
+    .unwrap();
+    let del: redis::RedisResult<i64> = redis::cmd("DEL").arg("u1-tokens").query(&mut restricted);
+    assert_eq!(del.unwrap_err().code(), Some("NOPERM"));
+}
+
+#[test]
+fn a_sweeper_user_missing_a_permission_fails_naming_it() {
+    let server = RedisServer::start();
+    create_user(&server, "token-sweeper", "pw", &["zremrangebyscore"]);
+    let mut c = server.conn();
+    seed(&mut c, "u", 10);
+    let url = server.url();
+
+    let out = run_sweeper(
+        &["sweep"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+            ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+            ("TOKEN_SWEEPER__REDIS__PASSWORD", "pw"),
+        ],
+    );
+
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no permissions to run the 'zremrangebyscore' command"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(count_members(&mut c, "u"), (10, 10));
+}
+
+#[test]
+fn the_auth_module_runs_as_its_restricted_acl_user_and_names_a_missing_permission() {
+    let server = RedisServer::start();
+    create_user(&server, "token-auth", "auth-pw", &[]);
+    let url = server.url();
+    let env = [
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-auth"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "auth-pw"),
+        (
+            "TOKEN_SWEEPER__AUTH__SECRET",
+            "acl-test-secret-that-is-32-bytes-long",
+        ),
+        ("TOKEN_SWEEPER__AUTH__MAX_SESSIONS", "2"),
+    ];
+    let run = |args: &[&str]| {
+        let out = run_sweeper(args, &env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let first = run(&["tokens", "issue", "--user", "u"]);
+    run(&["tokens", "issue", "--user", "u"]);
+    let last = run(&["tokens", "issue", "--user", "u"]);
+    let sessions: serde_json::Value =
+        serde_json::from_str(&run(&["tokens", "list", "--user", "u", "--json"])).unwrap();
+    assert_eq!(
+        sessions.as_array().unwrap().len(),
+        2,
+        "max_sessions trimmed in the script"
+    );
+    run(&["tokens", "verify", &last]);
+    run(&["tokens", "revoke", &first]);
+    assert!(run(&["tokens", "revoke-all", "--user", "u"]).starts_with("ended "));
+
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("token-auth")
+        .arg("-zscore")
+        .query(&mut server.conn())
+        .unwrap();
+    let fresh = run(&["tokens", "issue", "--user", "w"]);
+    let denied = run_sweeper(&["tokens", "verify", &fresh], &env);
+    assert_eq!(denied.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("'zscore' command"), "{err}");
+}
+
+/// A test PKI made with openssl: a CA, a server certificate for `localhost`
+/// only, a client certificate, and an unrelated CA.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=token-sweeper test {ca}"),
+            ]);
+        }
+        std::fs::write(d.join("server.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &format!("{name}.pem"),
+            ]);
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+/// redis-server speaking only TLS on a free port; killed on drop.
+struct TlsRedis {
+    child: Child,
+    port: u16,
+}
+
+impl TlsRedis {
+    fn start(pki: &Pki, client_certs: &str) -> Self {
+        let port = common::free_port();
+        let child = Command::new(common::redis_server_bin())
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .args([
+                "--tls-cert-file",
+                &pki.arg("server.pem"),
+                "--tls-key-file",
+                &pki.arg("server.key"),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                &pki.arg("ca.pem"),
+                "--tls-auth-clients",
+                client_certs,
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(10), "the TLS port", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self { child, port }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sweep_tls(url: &str, files: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let files: Vec<(String, String)> = files
+        .iter()
+        .map(|(key, path)| {
+            (
+                format!("TOKEN_SWEEPER__REDIS__{key}"),
+                path.display().to_string(),
+            )
+        })
+        .collect();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("TOKEN_SWEEPER__REDIS__URL", url),
+        ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "5s"),
+    ];
+    env.extend(files.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let out = run_sweeper(&["sweep", "--json"], &env);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_with_a_private_ca_verifies_the_server_and_its_name() {
+    let pki = Pki::new();
+    let server = TlsRedis::start(&pki, "no");
+    let good = format!("rediss://localhost:{}", server.port);
+
+    let (code, err) = sweep_tls(&good, &[("TLS_CA_FILE", &pki.path("ca.pem"))]);
+    assert_eq!(code, Some(0), "{err}");
+
+    // Not signed by the configured CA, or not in the system store.
+    for files in [vec![("TLS_CA_FILE", pki.path("other-ca.pem"))], vec![]] {
+        let files: Vec<(&str, &Path)> = files.iter().map(|(k, p)| (*k, p.as_path())).collect();
+        let (code, err) = sweep_tls(&good, &files);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "cannot connect to Redis at localhost:{}",
+                server.port
+            )),
+            "{err}"
+        );
+        assert!(err.to_lowercase().contains("certificate"), "{err}");
+    }
+
+    // The certificate is for localhost, not for 127.0.0.1: server-name checking is on.
+    let by_ip = format!("rediss://127.0.0.1:{}", server.port);
+    let (code, err) = sweep_tls(&by_ip, &[("TLS_CA_FILE", &pki.path("ca.pem"))]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[test]
+fn tls_client_certificates_when_the_server_requires_them() {
+    let pki = Pki::new();
+    let server = TlsRedis::start(&pki, "yes");
+    let url = format!("rediss://localhost:{}", server.port);
+
+    let (code, err) = sweep_tls(&url, &[("TLS_CA_FILE", &pki.path("ca.pem"))]);
+    assert_eq!(code, Some(1), "without a client certificate: {err}");
+
+    let (code, err) = sweep_tls(
+        &url,
+        &[
+            ("TLS_CA_FILE", &pki.path("ca.pem")),
+            ("TLS_CERT_FILE", &pki.path("client.pem")),
+            ("TLS_KEY_FILE", &pki.path("client.key")),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn tls_files_need_a_rediss_url_and_come_in_pairs() {
+    let out = run_sweeper(
+        &["check-config"],
+        &[("TOKEN_SWEEPER__REDIS__TLS_CA_FILE", "/ca.pem")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("redis.url: redis.tls_* files are set, but the URL is not rediss://"));
+    let out = run_sweeper(
+        &["check-config"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", "rediss://localhost"),
+            ("TOKEN_SWEEPER__REDIS__TLS_CERT_FILE", "/c.pem"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("redis.tls_key_file: set redis.tls_cert_file and redis.tls_key_file together"));
+}
