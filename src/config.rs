@@ -207,6 +207,16 @@ impl ScoreUnit {
 }
 
 string_enum! {
+    /// How the Redis server is found.
+    RedisMode {
+        /// One server at `redis.url`.
+        Standalone = "standalone",
+        /// The primary that `redis.sentinels` name for `redis.master_name`.
+        Sentinel = "sentinel",
+    }
+}
+
+string_enum! {
     /// Where "now" comes from when computing the cutoff.
     ClockSource {
         /// Redis `TIME`: one clock for every sweeper and every writer.
@@ -272,6 +282,14 @@ pub struct RedisSettings {
     /// Any password in it is redacted when printed; prefer `password`.
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
+    /// `standalone`, or `sentinel` to find the primary through `sentinels`.
+    pub mode: RedisMode,
+    /// Sentinel URLs (`redis://host:26379`), in sentinel mode. From the
+    /// environment as one comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub sentinels: Vec<String>,
+    /// The master name the sentinels monitor, in sentinel mode.
+    pub master_name: Option<String>,
     /// ACL user name; overrides one given in the URL.
     pub username: Option<String>,
     /// Password; set it with `TOKEN_SWEEPER__REDIS__PASSWORD` or `password_file`,
@@ -300,6 +318,9 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            mode: RedisMode::Standalone,
+            sentinels: Vec::new(),
+            master_name: None,
             username: None,
             password: None,
             password_file: None,
@@ -340,6 +361,28 @@ pub(crate) fn read_secret(
             .map_err(|e| ConfigError::invalid(file_key, format!("{}: {e}", path.display()))),
         (None, None) => Ok(None),
     }
+}
+
+/// A TOML list, or (from the environment, where the config crate can only
+/// split lists by also re-typing every other variable) a comma-separated string.
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(list) => list,
+        ListOrString::String(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -684,6 +727,28 @@ impl Settings {
                 "redis.password_file",
                 "set either redis.password or redis.password_file, not both",
             ));
+        }
+        if r.mode == RedisMode::Sentinel {
+            if r.sentinels.is_empty() {
+                return Err(ConfigError::invalid(
+                    "redis.sentinels",
+                    "sentinel mode needs at least one sentinel URL",
+                ));
+            }
+            if r.master_name.as_deref().unwrap_or_default().is_empty() {
+                return Err(ConfigError::invalid(
+                    "redis.master_name",
+                    "sentinel mode needs the master name the sentinels monitor",
+                ));
+            }
+            for sentinel in &r.sentinels {
+                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(sentinel.as_str()) {
+                    return Err(ConfigError::invalid(
+                        "redis.sentinels",
+                        format!("{:?} is not a redis:// URL: {e}", redact_url(sentinel)),
+                    ));
+                }
+            }
         }
         let tls_files = [&r.tls_ca_file, &r.tls_cert_file, &r.tls_key_file];
         if tls_files.iter().any(|f| f.is_some()) && !r.url.starts_with("rediss://") {

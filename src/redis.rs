@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-use crate::config::{redact_url, RedisSettings};
+use crate::config::{redact_url, RedisMode, RedisSettings};
 
 /// A failure to reach or talk to Redis, naming the address.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,20 @@ pub enum RedisError {
         address: String,
         /// What redis-rs reported.
         source: redis::RedisError,
+    },
+    /// No sentinel could name the primary.
+    #[error("sentinel: no primary for {master_name:?}: {reasons}")]
+    NoPrimary {
+        /// `redis.master_name`.
+        master_name: String,
+        /// What each sentinel said.
+        reasons: String,
+    },
+    /// The server the sentinels named is not (or no longer) a primary.
+    #[error("Redis at {address} is not a primary (a failover is under way?)")]
+    NotPrimary {
+        /// `host:port` of the server.
+        address: String,
     },
     /// A command failed on an established connection.
     #[error("Redis at {address}: {what} failed: {source}")]
@@ -64,21 +78,56 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects with the URL, credentials and timeouts of `settings`.
+    /// Connects with the URL, credentials and timeouts of `settings`; in
+    /// sentinel mode, to the primary the sentinels name right now.
     ///
     /// # Errors
     /// [`RedisError::Connect`] naming the address when Redis cannot be reached
     /// within `connect_timeout` or rejects the credentials.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisError> {
+        let info = parse_url(&settings.url)?;
+        let info = match settings.mode {
+            RedisMode::Standalone => info,
+            RedisMode::Sentinel => {
+                let (host, port) = discover_primary(settings).await?;
+                let addr = match info.addr().clone() {
+                    ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure,
+                        tls_params,
+                    },
+                    _ => ConnectionAddr::Tcp(host, port),
+                };
+                info.set_addr(addr)
+            }
+        };
+        let conn = Self::open(info, settings).await?;
+        if settings.mode == RedisMode::Sentinel {
+            // The sentinels' view can lag a failover by a moment: make sure
+            // this really is the primary before sweeping it.
+            let mut probe = conn.clone();
+            let role: Vec<redis::Value> = probe.query("ROLE", &redis::cmd("ROLE")).await?;
+            if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                return Err(RedisError::NotPrimary {
+                    address: conn.address.clone(),
+                });
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Opens a connection to exactly `info`, with the credentials, TLS files
+    /// and timeouts of `settings`.
+    async fn open(info: ConnectionInfo, settings: &RedisSettings) -> Result<Self, RedisError> {
         let invalid = |source| RedisError::InvalidUrl {
             url: redact_url(&settings.url),
             source,
         };
-        let info = settings
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(invalid)?;
         let mut redis_info = info.redis_settings().clone();
         if let Some(user) = &settings.username {
             redis_info = redis_info.set_username(user);
@@ -88,7 +137,8 @@ impl Connection {
         }
         let info = info.set_redis_settings(redis_info);
         let address = info.addr().to_string();
-        let client = match tls_certificates(settings)? {
+        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        let client = match tls_certificates(settings)?.filter(|_| tls) {
             Some(certificates) => Client::build_with_tls(info, certificates),
             None => Client::open(info),
         }
@@ -152,6 +202,51 @@ impl Connection {
     }
 }
 
+fn parse_url(url: &str) -> Result<ConnectionInfo, RedisError> {
+    url.into_connection_info()
+        .map_err(|source| RedisError::InvalidUrl {
+            url: redact_url(url),
+            source,
+        })
+}
+
+/// Asks each sentinel in turn where the primary of `master_name` is.
+async fn discover_primary(settings: &RedisSettings) -> Result<(String, u16), RedisError> {
+    let name = settings.master_name.clone().unwrap_or_default();
+    let mut failures = Vec::new();
+    for sentinel_url in &settings.sentinels {
+        // Sentinels carry their own credentials in their URLs.
+        let sentinel_settings = RedisSettings {
+            url: sentinel_url.clone(),
+            username: None,
+            password: None,
+            password_file: None,
+            ..settings.clone()
+        };
+        let asked = async {
+            let mut sentinel =
+                Connection::open(parse_url(sentinel_url)?, &sentinel_settings).await?;
+            let mut ask = redis::cmd("SENTINEL");
+            ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&name);
+            sentinel
+                .query::<Option<(String, u16)>>("SENTINEL GET-MASTER-ADDR-BY-NAME", &ask)
+                .await
+        };
+        match asked.await {
+            Ok(Some(primary)) => return Ok(primary),
+            Ok(None) => failures.push(format!(
+                "{}: no master named {name:?}",
+                redact_url(sentinel_url)
+            )),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(RedisError::NoPrimary {
+        master_name: name,
+        reasons: failures.join("; "),
+    })
+}
+
 /// The CA and client certificate files, read, when any is configured.
 /// Server-name checking stays on: the URL's host must match the certificate.
 fn tls_certificates(
@@ -191,7 +286,7 @@ impl RedisError {
     /// reconnect rather than retry on the same connection.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Self::Connect { .. } => true,
+            Self::Connect { .. } | Self::NoPrimary { .. } | Self::NotPrimary { .. } => true,
             Self::Command { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_dropped()

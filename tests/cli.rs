@@ -38,6 +38,7 @@ fn default_toml_names_every_key() {
     full.redis.username = Some("u".into());
     full.redis.password_file = Some("/p".into());
     full.redis.tls_ca_file = Some("/ca".into());
+    full.redis.master_name = Some("m".into());
     full.redis.tls_cert_file = Some("/c".into());
     full.redis.tls_key_file = Some("/k".into());
     full.sweep.schedule = Some("0 * * * * *".into());
