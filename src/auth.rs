@@ -295,15 +295,7 @@ impl TokenService {
     /// [`AuthError::Invalid`], [`AuthError::Expired`] or [`AuthError::Revoked`].
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.decode(token, &self.validation)?;
-        let mut conn = self.conn.clone();
-        let score: Option<f64> = conn
-            .query(
-                "ZSCORE",
-                redis::cmd("ZSCORE")
-                    .arg(self.key_for(&claims.sub))
-                    .arg(self.member_of(token, &claims)),
-            )
-            .await?;
+        let score: Option<f64> = self.on_session("ZSCORE", token, &claims).await?;
         match score {
             None => Err(AuthError::Revoked),
             // The stored expiry is authoritative too: a session the sweeper
@@ -331,15 +323,7 @@ impl TokenService {
     /// [`AuthError::Invalid`] for a token that is not ours, or a Redis error.
     pub async fn revoke(&self, token: &str) -> Result<bool, AuthError> {
         let claims = self.decode(token, &self.revocation)?;
-        let mut conn = self.conn.clone();
-        let removed: u64 = conn
-            .query(
-                "ZREM",
-                redis::cmd("ZREM")
-                    .arg(self.key_for(&claims.sub))
-                    .arg(self.member_of(token, &claims)),
-            )
-            .await?;
+        let removed: u64 = self.on_session("ZREM", token, &claims).await?;
         Ok(removed == 1)
     }
 
@@ -393,6 +377,20 @@ impl TokenService {
                 expires_at: score / per_second,
             })
             .collect())
+    }
+
+    /// `command <the user's key> <the token's member>`: the one round trip of
+    /// `verify` (ZSCORE) and `revoke` (ZREM).
+    async fn on_session<T: redis::FromRedisValue>(
+        &self,
+        command: &'static str,
+        token: &str,
+        claims: &Claims,
+    ) -> Result<T, AuthError> {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(self.key_for(&claims.sub))
+            .arg(self.member_of(token, claims));
+        Ok(self.conn.clone().query(command, &cmd).await?)
     }
 
     fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, AuthError> {

@@ -182,29 +182,80 @@ fn sigterm_during_a_long_sweep_exits_0_within_the_timeout() {
     assert_eq!(lock, None, "the lock is released on shutdown");
 }
 
-#[test]
-fn a_second_signal_exits_at_once() {
-    let server = RedisServer::start();
+/// Starts a daemon whose start-up sweep hangs mid-batch: writes are paused,
+/// so its ZREMRANGEBYSCORE pipelines get no reply while SCAN still works.
+fn daemon_stuck_in_a_batch(server: &RedisServer, shutdown_timeout: &str) -> DaemonProcess {
     let mut c = server.conn();
-    seed(&mut c, "u", 20_000);
-    let mut daemon = DaemonProcess::start(
+    seed(&mut c, "u", 1_000);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query(&mut c)
+        .unwrap();
+    let daemon = DaemonProcess::start(
         &server.url(),
         &[
-            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "1000"),
-            // Blocking the channel send: a stop would wait for this long.
-            ("TOKEN_SWEEPER__SWEEP__SHUTDOWN_TIMEOUT", "60s"),
-            ("TOKEN_SWEEPER__SWEEP__BATCH_SIZE", "1000"),
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+            ("TOKEN_SWEEPER__SWEEP__SHUTDOWN_TIMEOUT", shutdown_timeout),
+            // The lock is a write too; without it the sweep reaches its batches.
+            ("TOKEN_SWEEPER__LOCK__ENABLED", "false"),
         ],
         None,
     );
     wait_until(Duration::from_secs(10), "the sweep to start", || {
         !daemon.events("sweep started").is_empty()
     });
+    std::thread::sleep(Duration::from_millis(300));
+    daemon
+}
+
+#[test]
+fn shutdown_timeout_bounds_a_sweep_stuck_in_a_batch() {
+    let server = RedisServer::start();
+    let mut daemon = daemon_stuck_in_a_batch(&server, "2s");
+
     daemon.signal("TERM");
+    let (code, took) = daemon.wait_exit(Duration::from_secs(15));
+
+    assert_eq!(code, Some(0), "{}", daemon.log_text());
+    assert!(
+        took >= Duration::from_millis(1500),
+        "it waited for the batch: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "but not past the timeout: {took:?}"
+    );
+    assert!(daemon
+        .log_text()
+        .contains("did not finish within sweep.shutdown_timeout"));
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut server.conn())
+        .unwrap();
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let server = RedisServer::start();
+    let mut daemon = daemon_stuck_in_a_batch(&server, "60s");
+
+    daemon.signal("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "still waiting for the batch"
+    );
     daemon.signal("TERM");
     let (code, took) = daemon.wait_exit(Duration::from_secs(10));
+
+    assert_eq!(code, Some(1), "{}", daemon.log_text());
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(code == Some(0) || code == Some(1), "{code:?}");
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut server.conn())
+        .unwrap();
 }
 
 #[test]
