@@ -5,8 +5,8 @@
 //! member = SHA-256 hex of the token (or the token, or its `jti`, per
 //! `auth.member`); score = the token's `exp` in `sweep.score_unit`; the key's
 //! TTL = the latest expiry in the set, never shortened. Every operation
-//! touches that one key only, so it works unchanged on Redis Cluster (write
-//! the template as `{{user}}-tokens` to hash-tag it). Needs Redis 7.0 or later
+//! touches that one key only, so the layout is cluster-safe (write the
+//! template as `{{user}}-tokens` to hash-tag it). Needs Redis 7.0 or later
 //! (`PEXPIREAT ... GT`).
 //!
 //! ```no_run

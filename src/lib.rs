@@ -10,7 +10,7 @@
 //! | module | concern |
 //! | --- | --- |
 //! | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment, validation |
-//! | [`redis`] | connecting to Redis, errors that name the address |
+//! | [`redis`] | connecting (standalone, sentinel, TLS, ACL user), reconnecting with backoff; errors name the address |
 //! | [`sweep`] | the sweep algorithm, top to bottom in one file; no scheduling, no HTTP |
 //! | [`daemon`] | the service: schedule, overlap guard, replica lock, reload, shutdown |
 //! | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
@@ -41,6 +41,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+#![deny(missing_docs)]
 
 pub mod auth;
 pub mod config;
