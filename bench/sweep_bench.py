@@ -65,7 +65,10 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="token-sweeper-data-")
     try:
         data = os.path.join(workdir, "data.resp")
-        expired = h.write_dataset(data, args.users, args.tokens, server.now_ms())
+        # Live tokens expire an hour or more from now, so that reloading the
+        # same data for later runs never turns a "live" token into an expired one.
+        expired = h.write_dataset(data, args.users, args.tokens, server.now_ms(),
+                                  live_ms=(3_600_000, 30 * h.DAY_MS))
         env = dict(os.environ, TOKEN_SWEEPER__REDIS__URL=server.url,
                    TOKEN_SWEEPER__SWEEP__PATTERN="*-tokens")
         rows = {"token-sweeper": [], "reference peer": []}

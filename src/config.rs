@@ -489,9 +489,9 @@ pub struct LockSettings {
     pub enabled: bool,
     /// The Redis key of the lock. Daemons that should share work use the same key.
     pub key: String,
-    /// While a sweep runs past its period, the lock is kept alive this long
-    /// at a time; if the holder dies, another daemon takes over within the
-    /// period plus this.
+    /// While a sweep runs, the lock is kept alive this long at a time
+    /// (renewed every third of it); if the holder dies, another daemon takes
+    /// over within the period plus this.
     #[serde(with = "human_duration")]
     pub ttl: Duration,
 }

@@ -223,7 +223,8 @@ impl Ticker {
     }
 }
 
-/// The replica lock: one key, `SET NX PX`, left to expire after the sweep.
+/// The replica lock: one key, taken if free (or already ours), kept alive
+/// while sweeping, then left to expire 90% into the period.
 struct ReplicaLock {
     key: String,
     /// Unique per process, so only the holder can extend or release.
@@ -248,6 +249,17 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
 end
 return 1";
 
+/// When a sweep ends: if still ours, let it live only until the end of the
+/// period's lease (`ARGV[2]` ms from now), or delete it if that has passed.
+const SETTLE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1";
+
 /// Deletes it only if ours.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -261,7 +273,7 @@ impl ReplicaLock {
         what: &'static str,
         ms: Duration,
     ) -> Result<bool, RedisError> {
-        let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script)
             .arg(1)
@@ -271,8 +283,16 @@ impl ReplicaLock {
         conn.query::<i64>(what, &cmd).await.map(|n| n == 1)
     }
 
+    /// Takes the lock for the sweep: at least `ttl`, so the keep-alive
+    /// (every ttl/3) always finds it, however short the period's lease.
     async fn acquire(&self, conn: &mut Connection, lease: Duration) -> Result<bool, RedisError> {
-        self.run(conn, ACQUIRE, "lock acquire", lease).await
+        self.run(conn, ACQUIRE, "lock acquire", lease.max(self.ttl))
+            .await
+    }
+
+    /// After the sweep: keep the lock only for what is left of the lease.
+    async fn settle(&self, conn: &mut Connection, left: Duration) -> Result<bool, RedisError> {
+        self.run(conn, SETTLE, "lock settle", left).await
     }
 
     async fn keep_alive(&self, conn: &mut Connection) -> Result<bool, RedisError> {
@@ -339,11 +359,13 @@ impl Round {
         };
 
         let mut took_lock = false;
+        let mut lease_ends = None;
         if let Some(lock) = &self.lock {
-            // 90% of the time to the next tick, taken now (after any jitter):
-            // the lease must end before the next tick, or the holder's own
-            // next tick would find it taken.
+            // 90% of the time to the next tick, from now (after any jitter):
+            // the lock marks this period as swept until just before the next
+            // tick, so the next period's sweep finds it free.
             let lease = self.schedule.time_to_next_tick().mul_f64(0.9);
+            lease_ends = Some(Instant::now() + lease);
             match lock.acquire(&mut conn, lease).await {
                 Ok(true) => took_lock = true,
                 Ok(false) => {
@@ -384,6 +406,13 @@ impl Round {
             }
             None => sweeping.await,
         };
+        if let (Some(lock), Some(lease_ends)) = (&self.lock, lease_ends) {
+            let left = lease_ends.saturating_duration_since(Instant::now());
+            if let Err(e) = lock.settle(&mut conn, left).await {
+                // It expires by itself within lock.ttl.
+                tracing::warn!(error = %e, "cannot settle the replica lock");
+            }
+        }
         self.metrics.set_lock_held(false);
         match result {
             Ok(report) => self.finished(&report, took_lock),

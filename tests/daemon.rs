@@ -512,3 +512,63 @@ fn an_unreachable_redis_at_start_does_not_stop_the_daemon() {
     assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 503);
     assert_eq!(http_get(daemon.metrics_port, "/healthz").unwrap().0, 200);
 }
+
+#[test]
+fn a_dead_lock_holder_is_taken_over_within_a_period_plus_the_lock_ttl() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 12_000);
+    let env = [
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+        ("TOKEN_SWEEPER__LOCK__TTL", "2s"),
+        // About 6 s per full sweep: three periods long.
+        ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "2000"),
+    ];
+    let mut holder = DaemonProcess::start(&server.url(), &env, None);
+    wait_until(
+        Duration::from_secs(10),
+        "the holder's sweep to start",
+        || !holder.events("sweep started").is_empty(),
+    );
+    let other = DaemonProcess::start(
+        &server.url(),
+        &[
+            env[0],
+            env[1],
+            env[2],
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ],
+        None,
+    );
+    // The holder's sweep outlives its 1.8 s lease; the keep-alive must keep
+    // the other daemon out for two ticks.
+    wait_until(
+        Duration::from_secs(10),
+        "two ticks skipped as locked",
+        || other.metric(SKIPPED_LOCKED) >= 2.0,
+    );
+    assert!(
+        other.events("sweep started").is_empty(),
+        "never two sweepers at once"
+    );
+    assert!(
+        holder.events("sweep finished").is_empty(),
+        "the holder is still sweeping"
+    );
+
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "the other daemon to take over",
+        || !other.events("sweep started").is_empty(),
+    );
+    let took = killed.elapsed();
+    // One period (2 s) plus the lock ttl (2 s), and a tick's latency.
+    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+    wait_until(Duration::from_secs(20), "everything expired swept", || {
+        count_members(&mut c, "u").0 == 0
+    });
+    assert_eq!(count_members(&mut c, "u").1, 12_000);
+}
