@@ -406,10 +406,13 @@ impl Round {
             }
             None => sweeping.await,
         };
-        if let (Some(lock), Some(lease_ends)) = (&self.lock, lease_ends) {
+        // On a lost connection, settling would only wait for a timeout; the
+        // lock expires by itself within lock.ttl.
+        let connection_lost =
+            matches!(&result, Err(SweepError::Redis(e)) if e.is_connection_lost());
+        if let (Some(lock), Some(lease_ends), false) = (&self.lock, lease_ends, connection_lost) {
             let left = lease_ends.saturating_duration_since(Instant::now());
             if let Err(e) = lock.settle(&mut conn, left).await {
-                // It expires by itself within lock.ttl.
                 tracing::warn!(error = %e, "cannot settle the replica lock");
             }
         }
