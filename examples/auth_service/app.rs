@@ -44,7 +44,7 @@ async fn login(State(tokens): State<Arc<TokenService>>, Json(login): Json<Login>
 
 async fn me(State(tokens): State<Arc<TokenService>>, headers: HeaderMap) -> Response {
     match authenticate(&tokens, &headers).await {
-        Ok((claims, _)) => Json(claims).into_response(),
+        Ok(claims) => Json(claims).into_response(),
         Err(response) => response,
     }
 }
@@ -62,7 +62,7 @@ async fn logout(State(tokens): State<Arc<TokenService>>, headers: HeaderMap) -> 
 
 async fn logout_all(State(tokens): State<Arc<TokenService>>, headers: HeaderMap) -> Response {
     let claims = match authenticate(&tokens, &headers).await {
-        Ok((claims, _)) => claims,
+        Ok(claims) => claims,
         Err(response) => return response,
     };
     match tokens.revoke_all(&claims.sub).await {
@@ -73,7 +73,7 @@ async fn logout_all(State(tokens): State<Arc<TokenService>>, headers: HeaderMap)
 
 async fn sessions(State(tokens): State<Arc<TokenService>>, headers: HeaderMap) -> Response {
     let claims = match authenticate(&tokens, &headers).await {
-        Ok((claims, _)) => claims,
+        Ok(claims) => claims,
         Err(response) => return response,
     };
     match tokens.list(&claims.sub).await {
@@ -82,17 +82,10 @@ async fn sessions(State(tokens): State<Arc<TokenService>>, headers: HeaderMap) -
     }
 }
 
-/// The caller's verified claims and token, or the 401 to send back.
-async fn authenticate<'a>(
-    tokens: &TokenService,
-    headers: &'a HeaderMap,
-) -> Result<(Claims, &'a str), Response> {
+/// The caller's verified claims, or the 401 to send back.
+async fn authenticate(tokens: &TokenService, headers: &HeaderMap) -> Result<Claims, Response> {
     let token = bearer(headers).ok_or_else(|| unauthorized("missing bearer token"))?;
-    tokens
-        .verify(token)
-        .await
-        .map(|claims| (claims, token))
-        .map_err(|e| failure(&e))
+    tokens.verify(token).await.map_err(|e| failure(&e))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
