@@ -23,7 +23,7 @@ def free_port() -> int:
 class PrivateRedis:
     """redis-server with persistence off, in a temporary directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra=()) -> None:
         if shutil.which("redis-server") is None:
             raise SystemExit("redis-server is not installed (apt-get install redis-server)")
         self.dir = tempfile.mkdtemp(prefix="token-sweeper-bench-")
@@ -32,7 +32,7 @@ class PrivateRedis:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                  "--save", "", "--appendonly", "no", "--dir", self.dir,
-                 "--logfile", "redis.log"],
+                 "--logfile", "redis.log", *extra],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._wait_ready():
                 return
@@ -87,18 +87,25 @@ def resp(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
-def write_dataset(path: str, users: int, tokens: int, now_ms: int, seed: int = 42,
-                  live_ms: tuple = (60_000, 30 * DAY_MS)) -> int:
+def write_dataset(path, users: int, tokens: int, now_ms: int, seed: int = 42,
+                  live_ms: tuple = (60_000, 30 * DAY_MS), route=None) -> int:
     """RESP for `users` sets of `tokens` members each, half of them expired
     (1 minute to 30 days ago), half live (expiring `live_ms[0]` to
     `live_ms[1]` from now); members are 64-hex digests as the auth
-    module writes them. Returns the number of expired members."""
+    module writes them. Returns the number of expired members.
+
+    With `route` (key -> index), `path` is a list of files and each key's
+    command goes to `path[route(key)]`: one file per cluster node."""
+    paths = path if route else [path]
+    route = route or (lambda key: 0)
     rng = random.Random(seed)
     expired = 0
-    with open(path, "wb") as f:
-        chunk = []
+    files = [open(p, "wb") for p in paths]
+    chunks = [[] for _ in paths]
+    try:
         for user in range(users):
-            parts = [b"ZADD", b"user%d-tokens" % user]
+            key = b"user%d-tokens" % user
+            parts = [b"ZADD", key]
             for t in range(tokens):
                 if t < tokens // 2:
                     score = now_ms - rng.randint(60_000, 30 * DAY_MS)
@@ -107,12 +114,38 @@ def write_dataset(path: str, users: int, tokens: int, now_ms: int, seed: int = 4
                     score = now_ms + rng.randint(*live_ms)
                 parts.append(b"%d" % score)
                 parts.append(b"%064x" % rng.getrandbits(256))
-            chunk.append(resp(*parts))
-            if len(chunk) == 10_000:
-                f.write(b"".join(chunk))
-                chunk.clear()
-        f.write(b"".join(chunk))
+            target = route(key)
+            chunks[target].append(resp(*parts))
+            if len(chunks[target]) == 10_000:
+                files[target].write(b"".join(chunks[target]))
+                chunks[target].clear()
+        for f, chunk in zip(files, chunks):
+            f.write(b"".join(chunk))
+    finally:
+        for f in files:
+            f.close()
     return expired
+
+
+def _crc16(data: bytes) -> int:
+    """CRC16-XMODEM, the checksum Redis Cluster hashes keys with."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key: bytes) -> int:
+    """The cluster slot of `key`, hash tags included."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return _crc16(key) % 16384
 
 
 def load(server: PrivateRedis, path: str) -> None:

@@ -276,7 +276,7 @@ impl TokenService {
             .arg(exp.saturating_mul(1000))
             .arg(self.max_sessions)
             .arg(self.now_score(now));
-        let sessions_dropped: u64 = match invocation.invoke_async(conn.raw()).await {
+        let sessions_dropped: u64 = match invocation.invoke_async(&mut conn).await {
             Ok(dropped) => dropped,
             Err(e) => return Err(conn.error("issue (EVALSHA)", e).into()),
         };
@@ -346,7 +346,7 @@ impl TokenService {
             .cmd("DEL")
             .arg(&key)
             .ignore();
-        let (active,): (u64,) = match pipe.query_async(conn.raw()).await {
+        let (active,): (u64,) = match pipe.query_async(&mut conn).await {
             Ok(reply) => reply,
             Err(e) => return Err(conn.error("revoke-all (MULTI)", e).into()),
         };

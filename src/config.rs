@@ -213,6 +213,8 @@ string_enum! {
         Standalone = "standalone",
         /// The primary that `redis.sentinels` name for `redis.master_name`.
         Sentinel = "sentinel",
+        /// A Redis Cluster, found through the seed nodes `redis.url` and `redis.nodes`.
+        Cluster = "cluster",
     }
 }
 
@@ -282,8 +284,14 @@ pub struct RedisSettings {
     /// Any password in it is redacted when printed; prefer `password`.
     #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
-    /// `standalone`, or `sentinel` to find the primary through `sentinels`.
+    /// `standalone`; `sentinel` to find the primary through `sentinels`;
+    /// `cluster` to sweep every primary of a Redis Cluster.
     pub mode: RedisMode,
+    /// More seed URLs in cluster mode, besides `url`: any one reachable node
+    /// is enough to learn the topology. From the environment as one
+    /// comma-separated string.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub nodes: Vec<String>,
     /// Sentinel URLs (`redis://host:26379`), in sentinel mode. From the
     /// environment as one comma-separated string.
     #[serde(deserialize_with = "list_or_comma_separated")]
@@ -319,6 +327,7 @@ impl Default for RedisSettings {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
             mode: RedisMode::Standalone,
+            nodes: Vec::new(),
             sentinels: Vec::new(),
             master_name: None,
             username: None,
@@ -430,8 +439,12 @@ pub struct SweepSettings {
     pub scan_count: u32,
     /// Keys per pipeline of ZREMRANGEBYSCORE.
     pub batch_size: u32,
-    /// Pipelines sent before waiting for the oldest one's replies.
+    /// Pipelines sent before waiting for the oldest one's replies (per node).
     pub max_in_flight: u32,
+    /// In cluster mode, how many primaries are swept at the same time. Each
+    /// primary is its own Redis process, so sweeping them in parallel is what
+    /// keeps every one of them busy.
+    pub max_parallel_nodes: u32,
     /// Upper bound on keys swept per second; 0 means no limit.
     pub max_keys_per_second: u64,
     /// Check a sample of sets before deleting anything: if their scores look
@@ -469,6 +482,7 @@ impl Default for SweepSettings {
             scan_count: 1000,
             batch_size: 1000,
             max_in_flight: 8,
+            max_parallel_nodes: 16,
             max_keys_per_second: 0,
             unit_guard: true,
             unit_guard_sample: 64,
@@ -750,6 +764,31 @@ impl Settings {
                 }
             }
         }
+        if r.mode == RedisMode::Cluster {
+            for seed in std::iter::once(&r.url).chain(&r.nodes) {
+                let key = if seed == &r.url {
+                    "redis.url"
+                } else {
+                    "redis.nodes"
+                };
+                match redis::IntoConnectionInfo::into_connection_info(seed.as_str()) {
+                    Err(e) => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{:?} is not a redis:// URL: {e}", redact_url(seed)),
+                        ))
+                    }
+                    // Cluster nodes have database 0 only.
+                    Ok(info) if info.redis_settings().db() != 0 => {
+                        return Err(ConfigError::invalid(
+                            key,
+                            format!("{:?}: Redis Cluster has only database 0", redact_url(seed)),
+                        ))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
         let tls_files = [&r.tls_ca_file, &r.tls_cert_file, &r.tls_key_file];
         if tls_files.iter().any(|f| f.is_some()) && !r.url.starts_with("rediss://") {
             return Err(ConfigError::invalid(
@@ -773,6 +812,7 @@ impl Settings {
         at_least_one("sweep.scan_count", s.scan_count.into())?;
         at_least_one("sweep.batch_size", s.batch_size.into())?;
         at_least_one("sweep.max_in_flight", s.max_in_flight.into())?;
+        at_least_one("sweep.max_parallel_nodes", s.max_parallel_nodes.into())?;
         if s.unit_guard {
             at_least_one("sweep.unit_guard_sample", s.unit_guard_sample.into())?;
         }

@@ -13,6 +13,7 @@
 //! falls behind (tokio-cron-scheduler issue #113). Each interval tick is a
 //! one-shot job instead, armed by this loop for the next planned time.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
@@ -27,7 +29,7 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use crate::config::{Settings, SweepSettings};
 use crate::logging::LogLevel;
 use crate::metrics::{Metrics, Readiness, SweepResult};
-use crate::redis::{Connection, Reconnecting, RedisError};
+use crate::redis::{lock, Connection, Reconnecting, RedisError};
 use crate::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
 
 /// What the outside world (signals, tests) asks of a running daemon.
@@ -223,16 +225,27 @@ impl Ticker {
     }
 }
 
-/// The replica lock: one key, taken if free (or already ours), kept alive
-/// while sweeping, then left to expire 90% into the period.
+/// The replica lock, as leases: one key per primary swept, taken if free
+/// (or already ours), kept alive while sweeping, then left to expire 90%
+/// into the period so the next period's sweep finds it free.
+///
+/// A single server has one lease, the key `lock.key` itself. A cluster has
+/// one per primary, `lock.key:host:port`, and the daemons register in
+/// `lock.key:daemons` so each first takes its share of the primaries
+/// (different ones for each daemon) and only then any primary still free:
+/// N daemons split M primaries, and a primary whose daemon died is still
+/// swept.
 struct ReplicaLock {
     key: String,
     /// Unique per process, so only the holder can extend or release.
     holder: String,
     ttl: Duration,
+    /// Every lease key this daemon has taken, shared across rounds, so that
+    /// shutdown can release them even if the round did not finish.
+    taken: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
-/// Takes the lock if it is free or already ours, for `ARGV[2]` ms.
+/// Takes the lease if it is free or already ours, for `ARGV[2]` ms.
 const ACQUIRE: &str = r"
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
@@ -265,44 +278,113 @@ const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// Registers `ARGV[1]` as a live daemon for `ARGV[2]` ms (score = expiry on
+/// the Redis clock), forgets expired ones, and returns this daemon's rank
+/// among the live ones (by name, so stable across rounds) and their number.
+const REGISTER: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], last[2])
+local daemons = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.sort(daemons)
+for i, name in ipairs(daemons) do
+  if name == ARGV[1] then return {i - 1, #daemons} end
+end
+return {0, #daemons}";
+
 impl ReplicaLock {
     async fn run(
         &self,
         conn: &mut Connection,
+        key: &str,
         script: &str,
         what: &'static str,
         ms: Duration,
     ) -> Result<bool, RedisError> {
         let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script)
-            .arg(1)
-            .arg(&self.key)
-            .arg(&self.holder)
-            .arg(ms);
+        cmd.arg(script).arg(1).arg(key).arg(&self.holder).arg(ms);
         conn.query::<i64>(what, &cmd).await.map(|n| n == 1)
     }
 
-    /// Takes the lock for the sweep: at least `ttl`, so the keep-alive
+    /// The lease key of a primary.
+    fn key_for(&self, conn: &Connection, node: &str) -> String {
+        if conn.is_cluster() {
+            format!("{}:{node}", self.key)
+        } else {
+            self.key.clone()
+        }
+    }
+
+    /// Takes a lease for the sweep: at least `ttl`, so the keep-alive
     /// (every ttl/3) always finds it, however short the period's lease.
-    async fn acquire(&self, conn: &mut Connection, lease: Duration) -> Result<bool, RedisError> {
-        self.run(conn, ACQUIRE, "lock acquire", lease.max(self.ttl))
+    async fn acquire(
+        &self,
+        conn: &mut Connection,
+        key: &str,
+        lease: Duration,
+    ) -> Result<bool, RedisError> {
+        let taken = self
+            .run(conn, key, ACQUIRE, "lock acquire", lease.max(self.ttl))
+            .await?;
+        if taken {
+            lock(&self.taken).insert(key.to_owned());
+        }
+        Ok(taken)
+    }
+
+    /// After the sweep: keep the lease only for what is left of the period's.
+    async fn settle(
+        &self,
+        conn: &mut Connection,
+        key: &str,
+        left: Duration,
+    ) -> Result<bool, RedisError> {
+        self.run(conn, key, SETTLE, "lock settle", left).await
+    }
+
+    async fn keep_alive(&self, conn: &mut Connection, key: &str) -> Result<bool, RedisError> {
+        self.run(conn, key, KEEP_ALIVE, "lock keep-alive", self.ttl)
             .await
     }
 
-    /// After the sweep: keep the lock only for what is left of the lease.
-    async fn settle(&self, conn: &mut Connection, left: Duration) -> Result<bool, RedisError> {
-        self.run(conn, SETTLE, "lock settle", left).await
-    }
-
-    async fn keep_alive(&self, conn: &mut Connection) -> Result<bool, RedisError> {
-        self.run(conn, KEEP_ALIVE, "lock keep-alive", self.ttl)
+    async fn release(&self, conn: &mut Connection, key: &str) -> Result<bool, RedisError> {
+        self.run(conn, key, RELEASE, "lock release", Duration::ZERO)
             .await
     }
 
-    async fn release(&self, conn: &mut Connection) -> Result<bool, RedisError> {
-        self.run(conn, RELEASE, "lock release", Duration::ZERO)
-            .await
+    /// The primaries this daemon should sweep: all of them for a single
+    /// server or a lone daemon; with N live daemons, M/N (rounded up)
+    /// starting at an offset given by this daemon's rank. The shares of all
+    /// live daemons cover every primary, so no daemon needs to take more.
+    async fn share_of(
+        &self,
+        conn: &mut Connection,
+        nodes: &[String],
+        registration: Duration,
+    ) -> Result<Vec<String>, RedisError> {
+        if !conn.is_cluster() || nodes.len() < 2 {
+            return Ok(nodes.to_vec());
+        }
+        let ms = u64::try_from(registration.as_millis()).unwrap_or(u64::MAX);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REGISTER)
+            .arg(1)
+            .arg(format!("{}:daemons", self.key))
+            .arg(&self.holder)
+            .arg(ms);
+        let (rank, daemons): (usize, usize) = conn.query("lock register", &cmd).await?;
+        let share = nodes.len().div_ceil(daemons.max(1));
+        Ok(nodes
+            .iter()
+            .cycle()
+            .skip(rank * share % nodes.len())
+            .take(share)
+            .cloned()
+            .collect())
     }
 }
 
@@ -326,22 +408,23 @@ struct Round {
     stop: watch::Receiver<bool>,
 }
 
-/// What the loop needs to know when a round ends.
-struct RoundEnd {
-    /// `Some(reason)` when the round failed; `/readyz` reports it.
-    failure: Option<String>,
-    /// The lock was taken by this round (released on shutdown).
-    took_lock: bool,
+/// What one round swept.
+struct RoundSweeps {
+    /// `None` when every primary of this daemon's share was leased by
+    /// another daemon this period.
+    report: Option<SweepReport>,
+    /// Primaries of the share leased by another daemon this period.
+    skipped: usize,
 }
 
 impl Round {
-    async fn run(self) -> RoundEnd {
+    async fn run(self) -> Option<String> {
         let mut stop = self.stop.clone();
         let stopped = async move {
             // Err: the sender is gone, which only happens at exit.
             let _ = stop.wait_for(|stop| *stop).await;
         };
-        tokio::pin!(stopped);
+        let stopped = stopped.shared();
 
         let jitter = self.settings.sweep.jitter;
         if self.trigger != Trigger::Manual && !jitter.is_zero() {
@@ -349,90 +432,130 @@ impl Round {
             let delay = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = &mut stopped => return RoundEnd { failure: None, took_lock: false },
+                () = stopped.clone() => return None,
             }
         }
 
-        let mut conn = match self.redis.get() {
+        let conn = match self.redis.get() {
             Ok(conn) => conn,
-            Err(reason) => return self.failed("connection", reason, false),
+            Err(reason) => return self.failed("connection", reason),
         };
-
-        let mut took_lock = false;
-        let mut lease_ends = None;
-        if let Some(lock) = &self.lock {
-            // 90% of the time to the next tick, from now (after any jitter):
-            // the lock marks this period as swept until just before the next
-            // tick, so the next period's sweep finds it free.
-            let lease = self.schedule.time_to_next_tick().mul_f64(0.9);
-            lease_ends = Some(Instant::now() + lease);
-            match lock.acquire(&mut conn, lease).await {
-                Ok(true) => took_lock = true,
-                Ok(false) => {
-                    self.metrics.count_sweep(SweepResult::SkippedLocked);
-                    tracing::info!(
-                        key = lock.key,
-                        "another daemon holds the replica lock for this period; skipping"
-                    );
-                    return RoundEnd {
-                        failure: None,
-                        took_lock,
-                    };
-                }
-                Err(e) => return self.failed_redis(&e, false),
-            }
-            self.metrics.set_lock_held(true);
+        let nodes = match conn.primaries().await {
+            Ok(nodes) => nodes,
+            Err(e) => return self.failed_redis(&e),
+        };
+        let swept = match &self.lock {
+            Some(lock) => self.sweep_leased(lock, &conn, &nodes, stopped).await,
+            None => self
+                .sweep(&conn, &nodes, stopped)
+                .await
+                .map(|report| RoundSweeps {
+                    report: Some(report),
+                    skipped: 0,
+                }),
+        };
+        match swept {
+            Ok(swept) => self.finished(&swept),
+            Err(SweepError::Redis(e)) => self.failed_redis(&e),
+            Err(e @ SweepError::UnitGuard { .. }) => self.failed("unit_guard", e.to_string()),
+            Err(e @ SweepError::ClockSkew { .. }) => self.failed("clock_skew", e.to_string()),
         }
+    }
 
+    async fn sweep(
+        &self,
+        conn: &Connection,
+        nodes: &[String],
+        stopped: impl Future<Output = ()>,
+    ) -> Result<SweepReport, SweepError> {
+        tracing::info!(trigger = ?self.trigger, nodes = nodes.len(), "sweep started");
         let metrics = self.metrics.clone();
         let progress = SweepProgress::with_batch_timer(move |rtt| {
             metrics.batch_duration.observe(rtt.as_secs_f64());
         });
-        tracing::info!(trigger = ?self.trigger, "sweep started");
-        let sweeping = sweep::sweep(
-            &conn,
+        sweep::sweep_nodes(
+            conn,
+            nodes,
             &self.settings.sweep,
             SweepMode::Remove,
             &progress,
             stopped,
-        );
-        let result = match &self.lock {
-            Some(lock) => {
-                let keep_alive = keep_lock_alive(lock, conn.clone());
-                tokio::select! {
-                    result = sweeping => result,
-                    never = keep_alive => match never {},
-                }
-            }
-            None => sweeping.await,
-        };
-        // On a lost connection, settling would only wait for a timeout; the
-        // lock expires by itself within lock.ttl.
-        let connection_lost =
-            matches!(&result, Err(SweepError::Redis(e)) if e.is_connection_lost());
-        if let (Some(lock), Some(lease_ends), false) = (&self.lock, lease_ends, connection_lost) {
-            let left = lease_ends.saturating_duration_since(Instant::now());
-            if let Err(e) = lock.settle(&mut conn, left).await {
-                tracing::warn!(error = %e, "cannot settle the replica lock");
-            }
-        }
-        self.metrics.set_lock_held(false);
-        match result {
-            Ok(report) => self.finished(&report, took_lock),
-            Err(SweepError::Redis(e)) => self.failed_redis(&e, took_lock),
-            Err(e @ SweepError::UnitGuard { .. }) => {
-                self.failed("unit_guard", e.to_string(), took_lock)
-            }
-            Err(e @ SweepError::ClockSkew { .. }) => {
-                self.failed("clock_skew", e.to_string(), took_lock)
-            }
-        }
+        )
+        .await
     }
 
-    fn finished(&self, report: &SweepReport, took_lock: bool) -> RoundEnd {
+    /// Sweeps the primaries of this daemon's share that it can lease.
+    async fn sweep_leased(
+        &self,
+        lock: &ReplicaLock,
+        conn: &Connection,
+        nodes: &[String],
+        stopped: impl Future<Output = ()>,
+    ) -> Result<RoundSweeps, SweepError> {
+        let mut conn = conn.clone();
+        // 90% of the time to the next tick, from now (after any jitter): the
+        // leases mark this period as swept until just before the next tick,
+        // so the next period's sweep finds them free.
+        let lease = self.schedule.time_to_next_tick().mul_f64(0.9);
+        let lease_ends = Instant::now() + lease;
+        // A daemon stays registered for two periods: one missed round does
+        // not hand its share to the others.
+        let registration = lease * 2 + lock.ttl;
+        let share = lock.share_of(&mut conn, nodes, registration).await?;
+        let mut taken = Vec::new();
+        let mut keys = Vec::new();
+        for node in &share {
+            let key = lock.key_for(&conn, node);
+            if lock.acquire(&mut conn, &key, lease).await? {
+                taken.push(node.clone());
+                keys.push(key);
+            }
+        }
+        let skipped = share.len() - taken.len();
+        if taken.is_empty() {
+            return Ok(RoundSweeps {
+                report: None,
+                skipped,
+            });
+        }
+        self.metrics.set_lock_held(keys.len());
+        let result = tokio::select! {
+            result = self.sweep(&conn, &taken, stopped) => result,
+            never = keep_leases_alive(lock, conn.clone(), &keys) => match never {},
+        };
+        // On a lost connection, settling would only wait for a timeout; the
+        // leases expire by themselves within lock.ttl.
+        let connection_lost =
+            matches!(&result, Err(SweepError::Redis(e)) if e.is_connection_lost());
+        if !connection_lost {
+            let left = lease_ends.saturating_duration_since(Instant::now());
+            for key in &keys {
+                if let Err(e) = lock.settle(&mut conn, key, left).await {
+                    tracing::warn!(error = %e, key, "cannot settle the lease");
+                }
+            }
+        }
+        self.metrics.set_lock_held(0);
+        Ok(RoundSweeps {
+            report: Some(result?),
+            skipped,
+        })
+    }
+
+    fn finished(&self, swept: &RoundSweeps) -> Option<String> {
+        let Some(report) = &swept.report else {
+            self.metrics.count_sweep(SweepResult::SkippedLocked);
+            tracing::info!(
+                key = self.settings.lock.key,
+                "another daemon holds the replica lock for this period; skipping"
+            );
+            return None;
+        };
         self.metrics.record_report(report);
         let result = if report.interrupted {
             SweepResult::Interrupted
+        } else if !report.unfinished_nodes.is_empty() {
+            SweepResult::Incomplete
         } else if report.errors > 0 {
             SweepResult::Error
         } else {
@@ -440,10 +563,13 @@ impl Round {
         };
         self.metrics.count_sweep(result);
         tracing::info!(
+            nodes = report.nodes.len(),
+            leased_by_others = swept.skipped,
             keys_scanned = report.keys_scanned,
             keys_changed = report.keys_changed,
             members_removed = report.members_removed,
             skipped_wrong_type = report.skipped_wrong_type,
+            keys_redirected = report.keys_redirected,
             errors = report.errors,
             duration_seconds = report.duration_seconds,
             keys_per_second = report.keys_per_second.round(),
@@ -451,52 +577,73 @@ impl Round {
             cutoff = report.cutoff,
             "sweep finished"
         );
-        let failure = match result {
-            SweepResult::Error => Some(format!(
-                "last sweep had {} per-key errors, first: {}",
+        let mut failures = Vec::new();
+        for node in &report.nodes {
+            if let Some(reason) = &node.unfinished_reason {
+                tracing::warn!(
+                    node = node.node,
+                    reason,
+                    "node not finished; the next sweep covers it"
+                );
+                failures.push(format!("{}: {reason}", node.node));
+            }
+        }
+        if report.errors > 0 {
+            failures.push(format!(
+                "{} per-key errors, first: {}",
                 report.errors,
                 report.first_error.as_deref().unwrap_or("unknown")
-            )),
-            _ => {
+            ));
+        }
+        match result {
+            SweepResult::Ok | SweepResult::Interrupted => {
                 self.metrics.mark_success();
                 None
             }
-        };
-        RoundEnd { failure, took_lock }
+            _ => {
+                if result == SweepResult::Incomplete {
+                    self.metrics.count_error("incomplete", 1);
+                }
+                Some(format!("last sweep: {}", failures.join("; ")))
+            }
+        }
     }
 
-    fn failed_redis(&self, e: &RedisError, took_lock: bool) -> RoundEnd {
+    fn failed_redis(&self, e: &RedisError) -> Option<String> {
         if e.is_connection_lost() {
             self.redis.lost(&e.to_string());
         }
-        self.failed("connection", e.to_string(), took_lock)
+        self.failed("connection", e.to_string())
     }
 
-    fn failed(&self, kind: &str, reason: String, took_lock: bool) -> RoundEnd {
+    fn failed(&self, kind: &str, reason: String) -> Option<String> {
         self.metrics.count_sweep(SweepResult::Error);
         self.metrics.count_error(kind, 1);
         tracing::error!(kind, "sweep failed: {reason}");
-        RoundEnd {
-            failure: Some(format!("last sweep failed: {reason}")),
-            took_lock,
-        }
+        Some(format!("last sweep failed: {reason}"))
     }
 }
 
-/// Extends the lock every third of its ttl while a sweep runs; never returns.
-async fn keep_lock_alive(lock: &ReplicaLock, mut conn: Connection) -> std::convert::Infallible {
-    let mut warned = false;
+/// Extends the leases every third of the ttl while a sweep runs; never returns.
+async fn keep_leases_alive(
+    lock: &ReplicaLock,
+    mut conn: Connection,
+    keys: &[String],
+) -> std::convert::Infallible {
+    let mut warned = BTreeSet::new();
     loop {
         tokio::time::sleep(lock.ttl / 3).await;
-        match lock.keep_alive(&mut conn).await {
-            Ok(true) => {}
-            // Not fatal: a second sweeper is redundant work, never a wrong deletion.
-            Ok(false) if !warned => {
-                warned = true;
-                tracing::warn!(key = lock.key, "lost the replica lock during a sweep");
+        for key in keys {
+            match lock.keep_alive(&mut conn, key).await {
+                Ok(true) => {}
+                // Not fatal: a second sweeper is redundant work, never a wrong deletion.
+                Ok(false) => {
+                    if warned.insert(key.clone()) {
+                        tracing::warn!(key, "lost a lease during a sweep");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, key, "cannot extend a lease"),
             }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot extend the replica lock"),
         }
     }
 }
@@ -582,9 +729,10 @@ impl Daemon {
             rand::rng().random::<u64>()
         );
         let (stop_tx, _) = watch::channel(false);
-        let mut running: Option<Pin<Box<dyn Future<Output = RoundEnd> + Send>>> = None;
+        // `Some(failure)` when the round failed; `/readyz` reports it.
+        let mut running: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>> = None;
         let mut overlap_logged = false;
-        let mut lock_taken = false;
+        let leases_taken = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
         let mut pending_start = self.settings.sweep.run_on_start;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -623,8 +771,7 @@ impl Daemon {
                         }
                     }, if running.is_some() => {
                         running = None;
-                        lock_taken |= end.took_lock;
-                        let _ = last_failure_tx.send(end.failure);
+                        let _ = last_failure_tx.send(end);
                         None
                     },
                 }
@@ -648,6 +795,7 @@ impl Daemon {
                     key: settings.lock.key.clone(),
                     holder: lock_holder.clone(),
                     ttl: settings.lock.ttl,
+                    taken: Arc::clone(&leases_taken),
                 })
             });
             running = Some(Box::pin(
@@ -671,9 +819,8 @@ impl Daemon {
         if let Some(round) = running.take() {
             let timeout = self.settings.sweep.shutdown_timeout;
             match tokio::time::timeout(timeout, round).await {
-                Ok(end) => lock_taken |= end.took_lock,
+                Ok(_) => {}
                 Err(_) => {
-                    lock_taken = true;
                     tracing::warn!(
                         ?timeout,
                         "sweep did not finish within sweep.shutdown_timeout"
@@ -681,8 +828,9 @@ impl Daemon {
                 }
             }
         }
-        if lock_taken && self.settings.lock.enabled {
-            release_lock(&self.settings, &redis, &lock_holder).await;
+        let taken = std::mem::take(&mut *lock(&leases_taken));
+        if !taken.is_empty() {
+            release_leases(&self.settings, &redis, &lock_holder, taken).await;
         }
         let _ = http_stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
@@ -717,19 +865,34 @@ impl Daemon {
     }
 }
 
-/// Releases the lock at shutdown so another daemon need not wait for it to expire.
-async fn release_lock(settings: &Settings, redis: &Reconnecting, holder: &str) {
+/// Releases the leases at shutdown so another daemon need not wait for them to expire.
+async fn release_leases(
+    settings: &Settings,
+    redis: &Reconnecting,
+    holder: &str,
+    keys: BTreeSet<String>,
+) {
     let lock = ReplicaLock {
         key: settings.lock.key.clone(),
         holder: holder.to_owned(),
         ttl: settings.lock.ttl,
+        taken: Arc::default(),
     };
     let Ok(mut conn) = redis.get() else { return };
-    match tokio::time::timeout(Duration::from_secs(2), lock.release(&mut conn)).await {
-        Ok(Ok(true)) => tracing::info!("released the replica lock"),
-        Ok(Ok(false)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the replica lock"),
-        Err(_) => tracing::warn!("releasing the replica lock timed out"),
+    let releasing = async {
+        for key in &keys {
+            match lock.release(&mut conn, key).await {
+                Ok(true) => tracing::info!(key, "released the replica lock"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, key, "cannot release the lease"),
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(2), releasing)
+        .await
+        .is_err()
+    {
+        tracing::warn!("releasing the leases timed out");
     }
 }
 

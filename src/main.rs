@@ -181,7 +181,7 @@ fn run(
             };
             let report = runtime()?.block_on(sweep_once(&settings, mode))?;
             print_report(&report, json);
-            if report.errors > 0 || report.interrupted {
+            if report.errors > 0 || report.interrupted || !report.unfinished_nodes.is_empty() {
                 Ok(ExitCode::from(1))
             } else {
                 Ok(ExitCode::SUCCESS)
@@ -269,6 +269,12 @@ fn print_report(report: &SweepReport, json: bool) {
         "  skipped (not zset)  {}",
         thousands(report.skipped_wrong_type)
     );
+    if report.keys_redirected > 0 {
+        println!(
+            "  redirected (moved)  {}",
+            thousands(report.keys_redirected)
+        );
+    }
     println!("  errors              {}", thousands(report.errors));
     println!(
         "  cutoff              {} ({})",
@@ -279,6 +285,27 @@ fn print_report(report: &SweepReport, json: bool) {
     }
     if let Some(first) = &report.first_error {
         println!("  first error         {first}");
+    }
+    if report.nodes.len() > 1 {
+        for node in &report.nodes {
+            let state = match &node.unfinished_reason {
+                Some(reason) => format!("NOT FINISHED: {reason}"),
+                None if node.finished => "finished".to_owned(),
+                None => "interrupted".to_owned(),
+            };
+            println!(
+                "  node {:<21} {} keys, {} removed, {state}",
+                node.node,
+                thousands(node.keys_scanned),
+                thousands(node.members_removed),
+            );
+        }
+    }
+    if !report.unfinished_nodes.is_empty() {
+        println!(
+            "  unfinished nodes    {} (the next sweep covers them)",
+            report.unfinished_nodes.join(", ")
+        );
     }
 }
 

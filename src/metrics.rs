@@ -12,8 +12,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::sweep::SweepReport;
@@ -37,6 +37,9 @@ pub enum SweepResult {
     Error,
     /// Stopped early by shutdown.
     Interrupted,
+    /// Some cluster primaries could not be finished (failed, or their slots
+    /// moved); the others were swept. `node_unfinished` names them.
+    Incomplete,
     /// A tick came while the previous sweep was still running.
     SkippedOverlap,
     /// Another daemon holds the replica lock for this period.
@@ -49,6 +52,7 @@ impl SweepResult {
             Self::Ok => "ok",
             Self::Error => "error",
             Self::Interrupted => "interrupted",
+            Self::Incomplete => "incomplete",
             Self::SkippedOverlap => "skipped_overlap",
             Self::SkippedLocked => "skipped_locked",
         }
@@ -64,10 +68,16 @@ pub struct Metrics {
     sweep_duration: Histogram,
     /// Per pipeline; observed by the sweep through [`crate::sweep::SweepProgress`].
     pub batch_duration: Histogram,
-    keys_scanned: IntCounter,
-    tokens_removed: IntCounter,
+    /// By `node` (`host:port` of the primary): per node, never per key.
+    keys_scanned: IntCounterVec,
+    tokens_removed: IntCounterVec,
     errors: IntCounterVec,
     last_success: Gauge,
+    /// By `node`: when each primary was last swept to the end, so an alert
+    /// can find a primary no daemon has finished for a while.
+    node_last_success: GaugeVec,
+    /// By `node`: 1 when the last sweep of that primary could not finish it.
+    node_unfinished: IntGaugeVec,
     redis_up: IntGauge,
     lock_held: IntGauge,
 }
@@ -98,10 +108,33 @@ impl Metrics {
             )
             .buckets(BATCH_BUCKETS.to_vec()),
         )?;
-        let keys_scanned = IntCounter::new(name("keys_scanned_total"), "Keys returned by SCAN.")?;
-        let tokens_removed = IntCounter::new(
-            name("tokens_removed_total"),
-            "Expired members removed from token sets.",
+        let keys_scanned = IntCounterVec::new(
+            Opts::new(
+                name("keys_scanned_total"),
+                "Keys returned by SCAN, by node.",
+            ),
+            &["node"],
+        )?;
+        let tokens_removed = IntCounterVec::new(
+            Opts::new(
+                name("tokens_removed_total"),
+                "Expired members removed from token sets, by node.",
+            ),
+            &["node"],
+        )?;
+        let node_last_success = GaugeVec::new(
+            Opts::new(
+                name("node_last_success_timestamp_seconds"),
+                "Unix time at which the last sweep of this node (primary) finished it.",
+            ),
+            &["node"],
+        )?;
+        let node_unfinished = IntGaugeVec::new(
+            Opts::new(
+                name("node_unfinished"),
+                "1 when the last sweep of this node could not finish it (failed, or its slots moved).",
+            ),
+            &["node"],
         )?;
         let errors = IntCounterVec::new(
             Opts::new(name("errors_total"), "Errors by kind."),
@@ -114,7 +147,8 @@ impl Metrics {
         let redis_up = IntGauge::new(name("redis_up"), "1 when Redis answered the last probe.")?;
         let lock_held = IntGauge::new(
             name("lock_held"),
-            "1 while this daemon holds the replica lock.",
+            "Leases this daemon holds while sweeping: 1 for the replica lock; in cluster \
+             mode, one per primary it sweeps.",
         )?;
         let build_info = IntGaugeVec::new(
             Opts::new(name("build_info"), "Always 1; the version is in the label."),
@@ -130,6 +164,8 @@ impl Metrics {
         registry.register(Box::new(tokens_removed.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(node_last_success.clone()))?;
+        registry.register(Box::new(node_unfinished.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(lock_held.clone()))?;
         registry.register(Box::new(build_info))?;
@@ -139,6 +175,7 @@ impl Metrics {
             SweepResult::Ok,
             SweepResult::Error,
             SweepResult::Interrupted,
+            SweepResult::Incomplete,
             SweepResult::SkippedOverlap,
             SweepResult::SkippedLocked,
         ] {
@@ -153,6 +190,8 @@ impl Metrics {
             tokens_removed,
             errors,
             last_success,
+            node_last_success,
+            node_unfinished,
             redis_up,
             lock_held,
         })
@@ -166,8 +205,23 @@ impl Metrics {
     /// Adds the numbers of a sweep that ran (completely or not).
     pub fn record_report(&self, report: &SweepReport) {
         self.sweep_duration.observe(report.duration_seconds);
-        self.keys_scanned.inc_by(report.keys_scanned);
-        self.tokens_removed.inc_by(report.members_removed);
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        for node in &report.nodes {
+            let label = [node.node.as_str()];
+            self.keys_scanned
+                .with_label_values(&label)
+                .inc_by(node.keys_scanned);
+            self.tokens_removed
+                .with_label_values(&label)
+                .inc_by(node.members_removed);
+            let unfinished = node.unfinished_reason.is_some();
+            self.node_unfinished
+                .with_label_values(&label)
+                .set(i64::from(unfinished));
+            if node.finished {
+                self.node_last_success.with_label_values(&label).set(now);
+            }
+        }
         if report.skipped_wrong_type > 0 {
             self.count_error("wrong_type", report.skipped_wrong_type);
         }
@@ -192,9 +246,10 @@ impl Metrics {
         self.redis_up.set(i64::from(up));
     }
 
-    /// Sets `lock_held`.
-    pub fn set_lock_held(&self, held: bool) {
-        self.lock_held.set(i64::from(held));
+    /// Sets `lock_held` to the number of leases held.
+    pub fn set_lock_held(&self, leases: usize) {
+        self.lock_held
+            .set(i64::try_from(leases).unwrap_or(i64::MAX));
     }
 
     /// The text exposition format.

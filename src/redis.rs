@@ -3,12 +3,24 @@
 //! One [`Connection`] is a multiplexed connection: cheap to clone, and every
 //! clone pipelines its requests onto the same socket. That is what lets a sweep
 //! keep several pipelines in flight without opening more connections.
+//!
+//! In cluster mode the [`Connection`] is redis-rs's cluster client, which
+//! routes keyed commands (the auth path, the lock) by slot. A sweep cannot go
+//! through it: SCAN is per node, and the client retries a whole pipeline on
+//! the node named by its first MOVED reply. So the sweep asks for the
+//! [`Connection::primaries`] and opens a [`Connection::node`] to each, and
+//! only keys that answer MOVED/ASK go back through the cluster client.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value,
+};
 
 use crate::config::{redact_url, RedisMode, RedisSettings};
 
@@ -48,6 +60,12 @@ pub enum RedisError {
         /// `host:port` of the server.
         address: String,
     },
+    /// The cluster named a node by an address that is not `host:port`.
+    #[error("cluster: node address {address:?} is not host:port")]
+    BadNodeAddress {
+        /// What the cluster said.
+        address: String,
+    },
     /// A command failed on an established connection.
     #[error("Redis at {address}: {what} failed: {source}")]
     Command {
@@ -60,13 +78,38 @@ pub enum RedisError {
     },
 }
 
-/// A connection to one Redis server.
+/// A connection to Redis: one server, one primary of a cluster, or a
+/// cluster as a whole.
+///
+/// Cheap to clone; clones share sockets. It is a redis-rs
+/// [`ConnectionLike`], so commands and pipelines run on it directly.
 #[derive(Clone)]
 pub struct Connection {
-    /// The multiplexed connection; clones share its socket.
-    inner: MultiplexedConnection,
-    /// `host:port`, for error messages.
+    link: Link,
+    /// `host:port` (for a whole cluster: its seeds), for error messages.
     address: String,
+}
+
+/// The three shapes of connection behind one API.
+#[derive(Clone)]
+enum Link {
+    /// One server: standalone, or the primary the sentinels named.
+    Server(MultiplexedConnection),
+    /// The cluster client: routes each keyed command to its slot's primary and
+    /// follows MOVED/ASK redirects itself. Keeps the settings to open
+    /// [`Link::Node`] connections with the same credentials and TLS.
+    Cluster {
+        client: ClusterConnection,
+        settings: Arc<RedisSettings>,
+    },
+    /// A direct connection to one primary of a cluster, for what must reach
+    /// exactly that node (SCAN, its pipelines), with the cluster client kept
+    /// for keys that turn out to live elsewhere.
+    Node {
+        direct: MultiplexedConnection,
+        client: ClusterConnection,
+        settings: Arc<RedisSettings>,
+    },
 }
 
 impl std::fmt::Debug for Connection {
@@ -77,9 +120,40 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match &mut self.link {
+            Link::Server(conn) | Link::Node { direct: conn, .. } => conn.req_packed_command(cmd),
+            Link::Cluster { client, .. } => client.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match &mut self.link {
+            Link::Server(conn) | Link::Node { direct: conn, .. } => {
+                conn.req_packed_commands(pipeline, offset, count)
+            }
+            Link::Cluster { client, .. } => client.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.link {
+            Link::Server(conn) | Link::Node { direct: conn, .. } => conn.get_db(),
+            Link::Cluster { client, .. } => client.get_db(),
+        }
+    }
+}
+
 impl Connection {
-    /// Connects with the URL, credentials and timeouts of `settings`; in
-    /// sentinel mode, to the primary the sentinels name right now.
+    /// Connects with the URL, credentials and timeouts of `settings`: in
+    /// sentinel mode to the primary the sentinels name right now, in cluster
+    /// mode to the cluster through its seed nodes.
     ///
     /// # Errors
     /// [`RedisError::Connect`] naming the address when Redis cannot be reached
@@ -88,22 +162,10 @@ impl Connection {
         let info = parse_url(&settings.url)?;
         let info = match settings.mode {
             RedisMode::Standalone => info,
+            RedisMode::Cluster => return Self::connect_cluster(settings).await,
             RedisMode::Sentinel => {
                 let (host, port) = discover_primary(settings).await?;
-                let addr = match info.addr().clone() {
-                    ConnectionAddr::TcpTls {
-                        insecure,
-                        tls_params,
-                        ..
-                    } => ConnectionAddr::TcpTls {
-                        host,
-                        port,
-                        insecure,
-                        tls_params,
-                    },
-                    _ => ConnectionAddr::Tcp(host, port),
-                };
-                info.set_addr(addr)
+                at_address(info, host, port)
             }
         };
         let conn = Self::open(info, settings).await?;
@@ -111,8 +173,8 @@ impl Connection {
             // The sentinels' view can lag a failover by a moment: make sure
             // this really is the primary before sweeping it.
             let mut probe = conn.clone();
-            let role: Vec<redis::Value> = probe.query("ROLE", &redis::cmd("ROLE")).await?;
-            if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+            let role: Vec<Value> = probe.query("ROLE", &redis::cmd("ROLE")).await?;
+            if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
                 return Err(RedisError::NotPrimary {
                     address: conn.address.clone(),
                 });
@@ -121,60 +183,160 @@ impl Connection {
         Ok(conn)
     }
 
+    /// The cluster client, from the seeds `redis.url` and `redis.nodes`.
+    async fn connect_cluster(settings: &RedisSettings) -> Result<Self, RedisError> {
+        let seeds = std::iter::once(&settings.url)
+            .chain(&settings.nodes)
+            .map(|url| with_credentials(parse_url(url)?, settings))
+            .collect::<Result<Vec<_>, RedisError>>()?;
+        let address = format!(
+            "cluster (seeds {})",
+            seeds
+                .iter()
+                .map(|seed| seed.addr().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let tls = seeds
+            .first()
+            .is_some_and(|seed| matches!(seed.addr(), ConnectionAddr::TcpTls { .. }));
+        let mut builder = ClusterClientBuilder::new(seeds)
+            .connection_timeout(settings.connect_timeout)
+            .response_timeout(settings.response_timeout);
+        if let Some(certificates) = tls_certificates(settings)?.filter(|_| tls) {
+            builder = builder.certs(certificates);
+        }
+        let client = builder.build().map_err(|source| RedisError::InvalidUrl {
+            url: redact_url(&settings.url),
+            source,
+        })?;
+        let connecting = client.get_async_connection();
+        let client = within(settings.connect_timeout, &address, connecting).await?;
+        Ok(Self {
+            link: Link::Cluster {
+                client,
+                settings: Arc::new(settings.clone()),
+            },
+            address,
+        })
+    }
+
     /// Opens a connection to exactly `info`, with the credentials, TLS files
     /// and timeouts of `settings`.
     async fn open(info: ConnectionInfo, settings: &RedisSettings) -> Result<Self, RedisError> {
-        let invalid = |source| RedisError::InvalidUrl {
-            url: redact_url(&settings.url),
-            source,
-        };
-        let mut redis_info = info.redis_settings().clone();
-        if let Some(user) = &settings.username {
-            redis_info = redis_info.set_username(user);
-        }
-        if let Some(password) = settings.resolved_password()? {
-            redis_info = redis_info.set_password(password.expose());
-        }
-        let info = info.set_redis_settings(redis_info);
-        let address = info.addr().to_string();
-        let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-        let client = match tls_certificates(settings)?.filter(|_| tls) {
-            Some(certificates) => Client::build_with_tls(info, certificates),
-            None => Client::open(info),
-        }
-        .map_err(invalid)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout))
-            .set_response_timeout(Some(settings.response_timeout));
-        // redis-rs applies the connection timeout to the TCP connect; the
-        // handshake (HELLO/AUTH/SELECT) is bounded by the response timeout. An
-        // outer bound makes "unreachable" come back within connect_timeout
-        // whatever stage hangs.
-        let connecting = client.get_multiplexed_async_connection_with_config(&config);
-        let inner = match tokio::time::timeout(settings.connect_timeout, connecting).await {
-            Ok(Ok(inner)) => inner,
-            Ok(Err(source)) => return Err(RedisError::Connect { address, source }),
-            Err(_elapsed) => {
-                return Err(RedisError::Connect {
-                    address,
-                    source: redis::RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {:?}", settings.connect_timeout),
-                    )),
-                })
-            }
-        };
-        Ok(Self { inner, address })
+        let direct = open_server(info, settings).await?;
+        Ok(Self {
+            address: direct.0,
+            link: Link::Server(direct.1),
+        })
     }
 
-    /// `host:port` of the server.
+    /// `host:port` of the server (for a cluster client, its seeds).
     pub fn address(&self) -> &str {
         &self.address
     }
 
-    /// The underlying redis-rs connection, for commands this crate does not wrap.
-    pub fn raw(&mut self) -> &mut MultiplexedConnection {
-        &mut self.inner
+    /// True for the cluster client and for connections to one of its primaries.
+    pub fn is_cluster(&self) -> bool {
+        !matches!(self.link, Link::Server(_))
+    }
+
+    /// The primaries to sweep, as `host:port`: the one server, or every
+    /// primary of the cluster that owns slots and is not marked failed,
+    /// in address order.
+    ///
+    /// # Errors
+    /// When the cluster cannot say (`CLUSTER NODES` failed).
+    pub async fn primaries(&self) -> Result<Vec<String>, RedisError> {
+        let Link::Cluster { client, .. } = &self.link else {
+            return Ok(vec![self.address.clone()]);
+        };
+        let mut client = client.clone();
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+        let nodes = client
+            .route_command(cluster_nodes_command(), routing)
+            .await
+            .and_then(|value| redis::from_redis_value::<String>(value).map_err(Into::into))
+            .map_err(|source| self.error("CLUSTER NODES", source))?;
+        let mut primaries: Vec<String> = parse_cluster_nodes(&nodes)
+            .into_iter()
+            .filter(ClusterNode::is_serving_primary)
+            .map(|node| node.address)
+            .collect();
+        primaries.sort();
+        primaries.dedup();
+        Ok(primaries)
+    }
+
+    /// A connection to the primary at `address` (one of [`Connection::primaries`]):
+    /// commands on it go to exactly that node. For a single server, itself.
+    ///
+    /// # Errors
+    /// When the node cannot be reached.
+    pub async fn node(&self, address: &str) -> Result<Self, RedisError> {
+        let (Link::Cluster { client, settings }
+        | Link::Node {
+            client, settings, ..
+        }) = &self.link
+        else {
+            return Ok(self.clone());
+        };
+        let (host, port) = match address.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((host, Ok(port))) => (host.trim_matches(['[', ']']).to_owned(), port),
+            _ => {
+                return Err(RedisError::BadNodeAddress {
+                    address: address.to_owned(),
+                })
+            }
+        };
+        let info = at_address(parse_url(&settings.url)?, host, port);
+        let (address, direct) = open_server(info, settings).await?;
+        Ok(Self {
+            link: Link::Node {
+                direct,
+                client: client.clone(),
+                settings: Arc::clone(settings),
+            },
+            address,
+        })
+    }
+
+    /// For a connection to one cluster node: the cluster client, which routes
+    /// a key to wherever its slot lives now. `None` otherwise.
+    pub fn cluster(&self) -> Option<Self> {
+        match &self.link {
+            Link::Node {
+                client, settings, ..
+            } => Some(Self {
+                link: Link::Cluster {
+                    client: client.clone(),
+                    settings: Arc::clone(settings),
+                },
+                address: "cluster".to_owned(),
+            }),
+            Link::Cluster { .. } => Some(self.clone()),
+            Link::Server(_) => None,
+        }
+    }
+
+    /// For a connection to one cluster node: the slots it serves, with any
+    /// migration in progress (`CLUSTER NODES`, its own line). Two equal
+    /// answers around a scan, neither with a migration, mean the scan saw
+    /// every key of those slots. `None` for a single server.
+    ///
+    /// # Errors
+    /// When the node does not answer.
+    pub async fn slot_assignment(&mut self) -> Result<Option<String>, RedisError> {
+        if !matches!(self.link, Link::Node { .. }) {
+            return Ok(None);
+        }
+        let nodes: String = self
+            .query("CLUSTER NODES", &cluster_nodes_command())
+            .await?;
+        Ok(parse_cluster_nodes(&nodes)
+            .into_iter()
+            .find(|node| node.flags.iter().any(|f| f == "myself"))
+            .map(|node| node.slots))
     }
 
     /// Wraps a redis-rs error with this connection's address and the step that failed.
@@ -195,11 +357,142 @@ impl Connection {
         what: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T, RedisError> {
-        match cmd.query_async(&mut self.inner).await {
+        match cmd.query_async(self).await {
             Ok(value) => Ok(value),
             Err(source) => Err(self.error(what, source)),
         }
     }
+}
+
+/// Opens one server connection; returns it with its `host:port`.
+async fn open_server(
+    info: ConnectionInfo,
+    settings: &RedisSettings,
+) -> Result<(String, MultiplexedConnection), RedisError> {
+    let invalid = |source| RedisError::InvalidUrl {
+        url: redact_url(&settings.url),
+        source,
+    };
+    let info = with_credentials(info, settings)?;
+    let address = info.addr().to_string();
+    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let client = match tls_certificates(settings)?.filter(|_| tls) {
+        Some(certificates) => Client::build_with_tls(info, certificates),
+        None => Client::open(info),
+    }
+    .map_err(invalid)?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(settings.connect_timeout))
+        .set_response_timeout(Some(settings.response_timeout));
+    // redis-rs applies the connection timeout to the TCP connect; the
+    // handshake (HELLO/AUTH/SELECT) is bounded by the response timeout. An
+    // outer bound makes "unreachable" come back within connect_timeout
+    // whatever stage hangs.
+    let connecting = client.get_multiplexed_async_connection_with_config(&config);
+    let conn = within(settings.connect_timeout, &address, connecting).await?;
+    Ok((address, conn))
+}
+
+/// Awaits a connection attempt for at most `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    address: &str,
+    connecting: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisError> {
+    let failed = |source| RedisError::Connect {
+        address: address.to_owned(),
+        source,
+    };
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(failed(source)),
+        Err(_elapsed) => Err(failed(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )))),
+    }
+}
+
+/// `info` with the user name and password of `settings`, where set.
+fn with_credentials(
+    info: ConnectionInfo,
+    settings: &RedisSettings,
+) -> Result<ConnectionInfo, RedisError> {
+    let mut redis_info = info.redis_settings().clone();
+    if let Some(user) = &settings.username {
+        redis_info = redis_info.set_username(user);
+    }
+    if let Some(password) = settings.resolved_password()? {
+        redis_info = redis_info.set_password(password.expose());
+    }
+    Ok(info.set_redis_settings(redis_info))
+}
+
+/// `info` pointed at another host and port, keeping its TLS settings.
+fn at_address(info: ConnectionInfo, host: String, port: u16) -> ConnectionInfo {
+    let addr = match info.addr().clone() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            tls_params,
+        },
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    info.set_addr(addr)
+}
+
+fn cluster_nodes_command() -> redis::Cmd {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("NODES");
+    cmd
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, PartialEq, Eq)]
+struct ClusterNode {
+    /// `host:port` clients use.
+    address: String,
+    /// `myself`, `master`, `slave`, `fail?`, `fail`, ...
+    flags: Vec<String>,
+    /// The slot fields, space-separated: ranges (`0-5460`) and migrations
+    /// (`[93->-<node id>]`, `[93-<-<node id>]`).
+    slots: String,
+}
+
+impl ClusterNode {
+    /// A primary that owns slots and that the cluster has not declared failed.
+    fn is_serving_primary(&self) -> bool {
+        self.flags.iter().any(|f| f == "master")
+            && !self.flags.iter().any(|f| f == "fail")
+            && self
+                .slots
+                .split(' ')
+                .any(|s| !s.is_empty() && !s.starts_with('['))
+    }
+}
+
+/// Parses `CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> <master>
+/// <ping-sent> <pong-recv> <config-epoch> <link-state> <slot> <slot> ...`.
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let endpoint = fields.get(1)?;
+            let address = endpoint.split(['@', ',']).next()?.to_owned();
+            let flags = fields.get(2)?.split(',').map(str::to_owned).collect();
+            let slots = fields.get(8..).unwrap_or_default().join(" ");
+            Some(ClusterNode {
+                address,
+                flags,
+                slots,
+            })
+        })
+        .collect()
 }
 
 fn parse_url(url: &str) -> Result<ConnectionInfo, RedisError> {
@@ -295,8 +588,11 @@ impl RedisError {
                     // The server became a replica (failover): reconnecting
                     // finds the new primary.
                     || source.code() == Some("READONLY")
+                    // The cluster is reconfiguring (failover, lost quorum).
+                    || source.code() == Some("CLUSTERDOWN")
+                    || source.kind() == redis::ErrorKind::ClusterConnectionNotFound
             }
-            Self::InvalidUrl { .. } | Self::Secret(_) => false,
+            Self::InvalidUrl { .. } | Self::Secret(_) | Self::BadNodeAddress { .. } => false,
         }
     }
 }
@@ -454,7 +750,8 @@ impl Reconnecting {
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the
-/// states guarded here are replaced whole, never left half-written.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// states guarded with it (here and in the daemon) are replaced or inserted
+/// into whole, never left half-written.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -25,16 +25,26 @@
 //!    connection, a missing ACL permission (NOPERM) or a replica (READONLY)
 //!    ends the sweep.
 //!
+//! 6. **Cluster.** Steps 2 to 5 run once per primary, on a connection of its
+//!    own (SCAN is per node), up to `sweep.max_parallel_nodes` at a time; the
+//!    unit guard of every primary passes before any primary deletes. A key
+//!    whose slot moved answers MOVED/ASK and is swept again through the
+//!    cluster client, once. A primary counts as finished only when its scan
+//!    ran to the end and its slot assignment was the same, with no migration,
+//!    before and after; otherwise it is named in `unfinished_nodes` and the
+//!    next sweep, which reads the topology afresh, covers it. A standalone
+//!    server is the one-node case of the same loop.
+//!
 //! The sweep never touches a key's TTL and never writes anything but
 //! `ZREMRANGEBYSCORE`; an emptied set disappears because Redis deletes empty
 //! sorted sets.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -92,6 +102,36 @@ pub enum SweepError {
     },
 }
 
+/// Counts of one sweep (or of one node in it), updated as batches complete.
+#[derive(Default)]
+struct Counters {
+    keys_scanned: AtomicU64,
+    keys_changed: AtomicU64,
+    members_removed: AtomicU64,
+    skipped_wrong_type: AtomicU64,
+    keys_redirected: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, outcome: &BatchOutcome) {
+        let pairs = [
+            (&self.keys_changed, outcome.keys_changed),
+            (&self.members_removed, outcome.members_removed),
+            (&self.skipped_wrong_type, outcome.skipped_wrong_type),
+            (&self.keys_redirected, outcome.keys_redirected),
+            (&self.errors, outcome.errors),
+        ];
+        for (counter, n) in pairs {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
 /// Live counters of a running sweep.
 ///
 /// The sweep adds to them as batches complete; a progress display or a
@@ -99,11 +139,7 @@ pub enum SweepError {
 /// [`SweepReport`] is built from them, so the two never disagree.
 #[derive(Default)]
 pub struct SweepProgress {
-    keys_scanned: AtomicU64,
-    keys_changed: AtomicU64,
-    members_removed: AtomicU64,
-    skipped_wrong_type: AtomicU64,
-    errors: AtomicU64,
+    total: Counters,
     /// The first per-key error message, so a report can say what went wrong.
     first_error: Mutex<Option<String>>,
     /// Told the round-trip time of every pipeline (for a latency histogram).
@@ -133,24 +169,37 @@ impl SweepProgress {
 
     /// Keys returned by SCAN so far.
     pub fn keys_scanned(&self) -> u64 {
-        self.keys_scanned.load(Ordering::Relaxed)
+        Counters::get(&self.total.keys_scanned)
     }
 
     /// Members removed (or, in a dry run, found expired) so far.
     pub fn members_removed(&self) -> u64 {
-        self.members_removed.load(Ordering::Relaxed)
+        Counters::get(&self.total.members_removed)
+    }
+}
+
+/// Where one node's sweep adds its counts: the sweep's totals and the node's own.
+#[derive(Clone)]
+struct Tally<'a> {
+    progress: &'a SweepProgress,
+    node: Arc<Counters>,
+}
+
+impl Tally<'_> {
+    fn scanned(&self, keys: usize) {
+        let keys = keys as u64;
+        self.progress
+            .total
+            .keys_scanned
+            .fetch_add(keys, Ordering::Relaxed);
+        self.node.keys_scanned.fetch_add(keys, Ordering::Relaxed);
     }
 
     fn add(&self, outcome: &BatchOutcome) {
-        self.keys_changed
-            .fetch_add(outcome.keys_changed, Ordering::Relaxed);
-        self.members_removed
-            .fetch_add(outcome.members_removed, Ordering::Relaxed);
-        self.skipped_wrong_type
-            .fetch_add(outcome.skipped_wrong_type, Ordering::Relaxed);
-        self.errors.fetch_add(outcome.errors, Ordering::Relaxed);
+        self.progress.total.add(outcome);
+        self.node.add(outcome);
         if let Some(message) = &outcome.first_error {
-            if let Ok(mut first) = self.first_error.lock() {
+            if let Ok(mut first) = self.progress.first_error.lock() {
                 first.get_or_insert_with(|| message.clone());
             }
         }
@@ -174,6 +223,9 @@ pub struct SweepReport {
     pub members_removed: u64,
     /// Keys skipped because they stopped being sorted sets mid-sweep.
     pub skipped_wrong_type: u64,
+    /// Keys that had moved to another cluster node (MOVED/ASK) and were
+    /// swept there through the cluster client.
+    pub keys_redirected: u64,
     /// Per-key command errors other than WRONGTYPE.
     pub errors: u64,
     /// The first of those errors, if any.
@@ -185,6 +237,34 @@ pub struct SweepReport {
     /// True when a shutdown request stopped the scan early; the keys not yet
     /// scanned were left for the next sweep.
     pub interrupted: bool,
+    /// Nodes that failed or whose slots moved while they were swept: some of
+    /// their keys may not have been seen. The next sweep covers them.
+    pub unfinished_nodes: Vec<String>,
+    /// Per node (one entry for a single server, one per primary of a cluster).
+    pub nodes: Vec<NodeReport>,
+}
+
+/// What one sweep did on one node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// `host:port`.
+    pub node: String,
+    /// Keys returned by SCAN on this node.
+    pub keys_scanned: u64,
+    /// Keys that had at least one expired member.
+    pub keys_changed: u64,
+    /// Expired members removed (in a dry run: that would be removed).
+    pub members_removed: u64,
+    /// Keys skipped because they stopped being sorted sets.
+    pub skipped_wrong_type: u64,
+    /// Keys swept through the cluster client after MOVED/ASK.
+    pub keys_redirected: u64,
+    /// Per-key command errors other than WRONGTYPE.
+    pub errors: u64,
+    /// True when every key of this node's slots was seen.
+    pub finished: bool,
+    /// Why not, when not finished.
+    pub unfinished_reason: Option<String>,
 }
 
 /// What one pipeline of keys did.
@@ -196,13 +276,16 @@ pub struct BatchOutcome {
     pub members_removed: u64,
     /// Keys that were not sorted sets.
     pub skipped_wrong_type: u64,
+    /// Keys that answered MOVED/ASK and were swept through the cluster client.
+    pub keys_redirected: u64,
     /// Other per-key errors.
     pub errors: u64,
     /// The first of those errors.
     pub first_error: Option<String>,
 }
 
-/// Runs one sweep over every key matching `settings.pattern`.
+/// Runs one sweep over every key matching `settings.pattern`, on every
+/// primary of `conn` (the one server, or each primary of a cluster).
 ///
 /// `shutdown` ends the scan early when it completes: pipelines already sent
 /// finish and are counted, nothing more is sent, and the report says
@@ -210,10 +293,31 @@ pub struct BatchOutcome {
 /// to the end.
 ///
 /// # Errors
-/// [`SweepError`] when the connection fails, or when the clock check or the
-/// unit guard refuses to sweep (in which case nothing was deleted).
+/// [`SweepError`] when Redis cannot be reached (in a cluster: no primary
+/// could be swept), or when the clock check or the unit guard refuses to
+/// sweep (in which case nothing was deleted). A cluster sweep that reached
+/// only some primaries returns a report naming the others in
+/// [`SweepReport::unfinished_nodes`].
 pub async fn sweep(
     conn: &Connection,
+    settings: &SweepSettings,
+    mode: SweepMode,
+    progress: &SweepProgress,
+    shutdown: impl Future<Output = ()>,
+) -> Result<SweepReport, SweepError> {
+    let nodes = conn.primaries().await?;
+    sweep_nodes(conn, &nodes, settings, mode, progress, shutdown).await
+}
+
+/// [`sweep`] over the given primaries only (addresses from
+/// [`Connection::primaries`]); the daemon uses it to sweep the primaries
+/// it holds leases on.
+///
+/// # Errors
+/// As [`sweep`].
+pub async fn sweep_nodes(
+    conn: &Connection,
+    nodes: &[String],
     settings: &SweepSettings,
     mode: SweepMode,
     progress: &SweepProgress,
@@ -222,46 +326,83 @@ pub async fn sweep(
     let started = Instant::now();
     let now_micros = read_clock(conn, settings).await?;
     let cutoff = cutoff_for(now_micros, settings.grace, settings.score_unit);
-    tracing::debug!(cutoff, unit = %settings.score_unit, ?mode, "sweep starting");
+    tracing::debug!(cutoff, unit = %settings.score_unit, ?mode, nodes = nodes.len(), "sweep starting");
+    let parallel = usize::try_from(settings.max_parallel_nodes)
+        .unwrap_or(1)
+        .max(1);
+    let shutdown = Box::pin(shutdown).shared();
 
-    // Capacity = max_in_flight: the scanner may run one channel's worth ahead of
-    // the pipelines, which bounds memory to about 2 * max_in_flight batches.
-    let in_flight = usize::try_from(settings.max_in_flight).unwrap_or(1).max(1);
-    let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Vec<u8>>>(in_flight);
+    // Every node's unit guard passes before any node deletes: a wrong unit
+    // seen on the last primary must not find the first one already swept.
+    // (The futures are made by an iterator, not a stream combinator: a
+    // closure over borrowed items there trips rustc's higher-ranked `Send`
+    // check for the daemon's boxed future. They are lazy either way.)
+    let starts: Vec<_> = nodes
+        .iter()
+        .map(|address| {
+            NodeSweep::start(
+                conn,
+                address,
+                settings,
+                now_micros,
+                progress,
+                shutdown.clone(),
+            )
+        })
+        .collect();
+    let started_nodes: Vec<Result<NodeSweep<'_>, NodeFailed>> = stream::iter(starts)
+        .buffered(parallel)
+        .try_collect()
+        .await?;
 
-    let scanner = Scanner::new(conn.clone(), settings, now_micros, progress);
-    let scanning = scanner.run(batches_tx, shutdown);
-    let removing = stream::poll_fn(|cx| batches_rx.poll_recv(cx))
-        .map(|batch| {
-            let mut conn = conn.clone();
+    let finishes: Vec<_> = started_nodes
+        .into_iter()
+        .map(|node| {
+            let shutdown = shutdown.clone();
             async move {
-                let sent = Instant::now();
-                let outcome = sweep_keys(&mut conn, &batch, cutoff, mode).await;
-                if let Some(timer) = &progress.batch_timer {
-                    timer(sent.elapsed());
+                match node {
+                    Ok(node) => node.finish(cutoff, mode, shutdown).await,
+                    Err(failed) => failed.report(),
                 }
-                outcome
             }
         })
-        .buffer_unordered(in_flight)
-        .map_err(SweepError::from)
-        .try_for_each(|outcome| {
-            progress.add(&outcome);
-            std::future::ready(Ok(()))
-        });
-    let (interrupted, ()) = tokio::try_join!(scanning, removing)?;
+        .collect();
+    let ended: Vec<(NodeReport, Option<RedisError>)> = stream::iter(finishes)
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+
+    let mut nodes = Vec::with_capacity(ended.len());
+    let mut failures = Vec::new();
+    for (report, failure) in ended {
+        failures.extend(failure);
+        nodes.push(report);
+    }
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    // Every node failed: that is Redis failing (down, wrong credentials, no
+    // permission), reported as such rather than as a partial sweep.
+    if failures.len() == nodes.len() {
+        if let Some(failure) = failures.into_iter().next() {
+            return Err(failure.into());
+        }
+    }
+    let interrupted = nodes
+        .iter()
+        .any(|n| !n.finished && n.unfinished_reason.is_none());
 
     let duration = started.elapsed();
+    let totals = &progress.total;
     let keys_scanned = progress.keys_scanned();
     Ok(SweepReport {
         mode,
         cutoff,
         score_unit: settings.score_unit.to_string(),
         keys_scanned,
-        keys_changed: progress.keys_changed.load(Ordering::Relaxed),
+        keys_changed: Counters::get(&totals.keys_changed),
         members_removed: progress.members_removed(),
-        skipped_wrong_type: progress.skipped_wrong_type.load(Ordering::Relaxed),
-        errors: progress.errors.load(Ordering::Relaxed),
+        skipped_wrong_type: Counters::get(&totals.skipped_wrong_type),
+        keys_redirected: Counters::get(&totals.keys_redirected),
+        errors: Counters::get(&totals.errors),
         first_error: progress
             .first_error
             .lock()
@@ -270,7 +411,201 @@ pub async fn sweep(
         duration_seconds: duration.as_secs_f64(),
         keys_per_second: rate(keys_scanned, duration),
         interrupted,
+        unfinished_nodes: nodes
+            .iter()
+            .filter(|n| n.unfinished_reason.is_some())
+            .map(|n| n.node.clone())
+            .collect(),
+        nodes,
     })
+}
+
+/// A node that could not be swept at all.
+struct NodeFailed {
+    address: String,
+    error: RedisError,
+}
+
+impl NodeFailed {
+    fn report(self) -> (NodeReport, Option<RedisError>) {
+        let report = NodeReport::new(
+            self.address,
+            &Counters::default(),
+            Some(self.error.to_string()),
+        );
+        (report, Some(self.error))
+    }
+}
+
+impl NodeReport {
+    fn new(node: String, counts: &Counters, unfinished_reason: Option<String>) -> Self {
+        Self {
+            node,
+            keys_scanned: Counters::get(&counts.keys_scanned),
+            keys_changed: Counters::get(&counts.keys_changed),
+            members_removed: Counters::get(&counts.members_removed),
+            skipped_wrong_type: Counters::get(&counts.skipped_wrong_type),
+            keys_redirected: Counters::get(&counts.keys_redirected),
+            errors: Counters::get(&counts.errors),
+            finished: false,
+            unfinished_reason,
+        }
+    }
+}
+
+/// One node's sweep, between its unit guard and its end.
+struct NodeSweep<'a> {
+    address: String,
+    /// Direct to the node; SCAN and the pipelines go here.
+    conn: Connection,
+    /// The node's slot assignment before the scan (`None`: not a cluster).
+    assignment: Option<String>,
+    scanner: Scanner<'a>,
+    tally: Tally<'a>,
+    settings: &'a SweepSettings,
+    /// Shutdown came during the unit-guard sample.
+    interrupted: bool,
+}
+
+impl<'a> NodeSweep<'a> {
+    /// Connects to the node and runs its unit guard. The outer error aborts
+    /// the whole sweep (unit guard); the inner one is this node failing.
+    async fn start(
+        conn: &Connection,
+        address: &str,
+        settings: &'a SweepSettings,
+        now_micros: i128,
+        progress: &'a SweepProgress,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Result<NodeSweep<'a>, NodeFailed>, SweepError> {
+        let failed = |error| {
+            Ok(Err(NodeFailed {
+                address: address.to_owned(),
+                error,
+            }))
+        };
+        let mut node_conn = match conn.node(address).await {
+            Ok(node_conn) => node_conn,
+            Err(e) => return failed(e),
+        };
+        let assignment = match node_conn.slot_assignment().await {
+            Ok(assignment) => assignment,
+            Err(e) => return failed(e),
+        };
+        let tally = Tally {
+            progress,
+            node: Arc::default(),
+        };
+        let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
+        let sample = if settings.unit_guard {
+            usize::try_from(settings.unit_guard_sample).unwrap_or(usize::MAX)
+        } else {
+            0
+        };
+        let interrupted = match scanner.fill(sample, shutdown).await {
+            Ok(interrupted) => interrupted,
+            Err(e) => return failed(e),
+        };
+        if !interrupted && sample > 0 {
+            let keys = &scanner.pending[..scanner.pending.len().min(sample)];
+            match check_units(&mut node_conn, keys, settings.score_unit, now_micros).await {
+                Ok(()) => {}
+                Err(SweepError::Redis(e)) => return failed(e),
+                Err(refused) => return Err(refused),
+            }
+        }
+        Ok(Ok(NodeSweep {
+            address: address.to_owned(),
+            conn: node_conn,
+            assignment,
+            scanner,
+            tally,
+            settings,
+            interrupted,
+        }))
+    }
+
+    /// Scans the rest of the node and removes, up to `max_in_flight`
+    /// pipelines at a time; then checks the slots did not move meanwhile.
+    async fn finish(
+        mut self,
+        cutoff: i64,
+        mode: SweepMode,
+        shutdown: impl Future<Output = ()>,
+    ) -> (NodeReport, Option<RedisError>) {
+        let scanned = if self.interrupted {
+            Ok(true)
+        } else {
+            self.scan_and_remove(cutoff, mode, shutdown).await
+        };
+        let (finished, reason, error) = match scanned {
+            // Interrupted: unfinished, but nothing went wrong.
+            Ok(true) => (false, None, None),
+            Ok(false) => match self.check_assignment().await {
+                Ok(None) => (true, None, None),
+                Ok(Some(reason)) => (false, Some(reason), None),
+                Err(e) => (false, Some(e.to_string()), Some(e)),
+            },
+            Err(e) => (false, Some(e.to_string()), Some(e)),
+        };
+        let mut report = NodeReport::new(self.address, &self.tally.node, reason);
+        report.finished = finished;
+        (report, error)
+    }
+
+    /// Returns whether `shutdown` cut the scan short.
+    async fn scan_and_remove(
+        &mut self,
+        cutoff: i64,
+        mode: SweepMode,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<bool, RedisError> {
+        // Capacity = max_in_flight: the scanner may run one channel's worth
+        // ahead of the pipelines, which bounds memory to about
+        // 2 * max_in_flight batches per node.
+        let in_flight = usize::try_from(self.settings.max_in_flight)
+            .unwrap_or(1)
+            .max(1);
+        let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Vec<u8>>>(in_flight);
+        let scanning = self.scanner.run(batches_tx, shutdown);
+        let conn = &self.conn;
+        let tally = &self.tally;
+        let removing = stream::poll_fn(|cx| batches_rx.poll_recv(cx))
+            .map(|batch| {
+                let mut conn = conn.clone();
+                async move {
+                    let sent = Instant::now();
+                    let outcome = sweep_keys(&mut conn, &batch, cutoff, mode).await;
+                    if let Some(timer) = &tally.progress.batch_timer {
+                        timer(sent.elapsed());
+                    }
+                    outcome
+                }
+            })
+            .buffer_unordered(in_flight)
+            .try_for_each(|outcome| {
+                tally.add(&outcome);
+                std::future::ready(Ok(()))
+            });
+        let (interrupted, ()) = tokio::try_join!(scanning, removing)?;
+        Ok(interrupted)
+    }
+
+    /// `Some(reason)` when the node's slots moved or were migrating while it
+    /// was scanned: keys may have left ahead of the cursor unseen.
+    async fn check_assignment(&mut self) -> Result<Option<String>, RedisError> {
+        let Some(before) = self.assignment.take() else {
+            return Ok(None);
+        };
+        let after = self.conn.slot_assignment().await?.unwrap_or_default();
+        Ok(if before != after {
+            Some("its slots changed during the sweep (resharding or failover)".to_owned())
+        } else if before.contains('[') {
+            Some("a slot migration was in progress during the sweep".to_owned())
+        } else {
+            None
+        })
+    }
 }
 
 /// "Now" in microseconds since the Unix epoch, after the clock-skew check.
@@ -330,8 +665,13 @@ pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> i64 {
 /// Sends one pipeline over `keys`: `ZREMRANGEBYSCORE key -inf cutoff`
 /// (or `ZCOUNT` in a dry run), and tallies the replies.
 ///
-/// Public so that callers sweeping keys they found another way (one node of a
-/// cluster, a list of users) use the exact same command.
+/// On a connection to one cluster node, keys that answer MOVED or ASK (their
+/// slot moved) are sent again, one command each, through the cluster client,
+/// which follows the redirect. A redirected key did nothing where it was
+/// first sent, so it is counted once, where it lives now.
+///
+/// Public so that callers sweeping keys they found another way (a list of
+/// users) use the exact same command.
 ///
 /// # Errors
 /// [`RedisError::Command`] when the pipeline as a whole fails (connection
@@ -346,59 +686,112 @@ pub async fn sweep_keys(
         SweepMode::Remove => "ZREMRANGEBYSCORE",
         SweepMode::DryRun => "ZCOUNT",
     };
+    let sweep_cmd = |key: &[u8]| {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(key).arg("-inf").arg(cutoff);
+        cmd
+    };
     let mut pipe = redis::pipe();
     for key in keys {
-        pipe.cmd(command).arg(key).arg("-inf").arg(cutoff);
+        pipe.add_command(sweep_cmd(key));
     }
     let replies: Vec<redis::RedisResult<u64>> =
-        match pipe.ignore_errors().query_async(conn.raw()).await {
+        match pipe.ignore_errors().query_async(&mut *conn).await {
             Ok(replies) => replies,
             Err(e) => return Err(conn.error(command, e)),
         };
     let mut outcome = BatchOutcome::default();
-    for reply in replies {
+    let mut moved = Vec::new();
+    for (key, reply) in keys.iter().zip(replies) {
         match reply {
-            Ok(0) => {}
-            Ok(removed) => {
-                outcome.keys_changed += 1;
-                outcome.members_removed += removed;
-            }
-            Err(e) if e.code() == Some("WRONGTYPE") => outcome.skipped_wrong_type += 1,
-            // Not about one key: the ACL user lacks the command, or this is a
-            // replica. Every other key would fail the same way, so stop here
-            // with the server's own message (it names the command).
-            Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY")) => {
-                return Err(conn.error(command, e));
-            }
-            Err(e) => {
-                outcome.errors += 1;
-                outcome
-                    .first_error
-                    .get_or_insert_with(|| format!("{command}: {e}"));
-            }
+            Err(e) if is_redirect(&e) => moved.push(key),
+            reply => outcome
+                .tally(command, reply)
+                .map_err(|e| conn.error(command, e))?,
         }
+    }
+    if moved.is_empty() {
+        return Ok(outcome);
+    }
+    let Some(cluster) = conn.cluster() else {
+        // A single server answering MOVED is a cluster node swept as standalone.
+        outcome.errors += moved.len() as u64;
+        outcome.first_error.get_or_insert_with(|| {
+            format!(
+                "{command}: MOVED: {} is a Redis Cluster node; set redis.mode = \"cluster\"",
+                conn.address()
+            )
+        });
+        return Ok(outcome);
+    };
+    let retries = moved.iter().map(|key| {
+        let mut cluster = cluster.clone();
+        let cmd = sweep_cmd(key);
+        async move { cmd.query_async::<u64>(&mut cluster).await }
+    });
+    for reply in futures_util::future::join_all(retries).await {
+        outcome.keys_redirected += 1;
+        outcome
+            .tally(command, reply)
+            .map_err(|e| cluster.error(command, e))?;
     }
     Ok(outcome)
 }
 
-/// The SCAN side of a sweep: pages through the keyspace, holds back the
-/// unit-guard sample, paces, and hands batches to the pipelines.
+/// MOVED or ASK: the key's slot is served by another node.
+fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK"))
+}
+
+impl BatchOutcome {
+    /// Counts one key's reply. Errors that are not about the key (missing ACL
+    /// permission, a replica, a cluster that is down) are returned: every other key would fail the
+    /// same way, so the node's sweep stops with the server's own message.
+    fn tally(
+        &mut self,
+        command: &str,
+        reply: redis::RedisResult<u64>,
+    ) -> Result<(), redis::RedisError> {
+        match reply {
+            Ok(0) => {}
+            Ok(removed) => {
+                self.keys_changed += 1;
+                self.members_removed += removed;
+            }
+            Err(e) if e.code() == Some("WRONGTYPE") => self.skipped_wrong_type += 1,
+            // CLUSTERDOWN: the node refuses keyed commands until the
+            // cluster is whole again; the next sweep retries it.
+            Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY" | "CLUSTERDOWN")) => {
+                return Err(e)
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("{command}: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The SCAN side of one node's sweep: pages through its keyspace, paces, and
+/// hands batches to the pipelines.
 struct Scanner<'a> {
     conn: Connection,
     settings: &'a SweepSettings,
-    now_micros: i128,
-    progress: &'a SweepProgress,
+    tally: Tally<'a>,
     /// Keys per batch, lowered under a rate limit so pacing stays smooth.
     batch_size: usize,
+    /// Where the next SCAN continues.
+    cursor: u64,
+    /// The last SCAN returned cursor 0: the node has no more keys to give.
+    finished: bool,
+    /// Keys scanned, not yet sent.
+    pending: Vec<Vec<u8>>,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(
-        conn: Connection,
-        settings: &'a SweepSettings,
-        now_micros: i128,
-        progress: &'a SweepProgress,
-    ) -> Self {
+    fn new(conn: Connection, settings: &'a SweepSettings, tally: Tally<'a>) -> Self {
         let mut batch_size = usize::try_from(settings.batch_size).unwrap_or(usize::MAX);
         if settings.max_keys_per_second > 0 {
             // About ten batches a second: a limit of 50/s should not mean one
@@ -409,68 +802,73 @@ impl<'a> Scanner<'a> {
         Self {
             conn,
             settings,
-            now_micros,
-            progress,
+            tally,
             batch_size: batch_size.max(1),
+            cursor: 0,
+            finished: false,
+            pending: Vec::new(),
         }
     }
 
-    /// Returns whether `shutdown` cut the scan short.
+    /// One SCAN page into `pending`, unless `shutdown` comes first (true).
+    async fn next_page(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool, RedisError> {
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(self.cursor)
+            .arg("MATCH")
+            .arg(&self.settings.pattern)
+            .arg("COUNT")
+            .arg(self.settings.scan_count)
+            .arg("TYPE")
+            .arg("zset");
+        let (cursor, keys) = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Ok(true),
+            page = self.conn.query::<(u64, Vec<Vec<u8>>)>("SCAN", &scan) => page?,
+        };
+        self.cursor = cursor;
+        self.finished = cursor == 0;
+        self.tally.scanned(keys.len());
+        self.pending.extend(keys);
+        Ok(false)
+    }
+
+    /// Scans until at least `keys` keys are pending or the node is exhausted
+    /// (for the unit guard's sample). Returns whether `shutdown` came first.
+    async fn fill(
+        &mut self,
+        keys: usize,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<bool, RedisError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        while self.pending.len() < keys && !self.finished {
+            if self.next_page(&mut shutdown).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Scans to the end, sending full batches as they fill. Returns whether
+    /// `shutdown` cut the scan short.
     async fn run(
-        mut self,
+        &mut self,
         batches: mpsc::Sender<Vec<Vec<u8>>>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<bool, SweepError> {
+    ) -> Result<bool, RedisError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        let mut cursor: u64 = 0;
-        let mut pending: Vec<Vec<u8>> = Vec::new();
-        let mut guard_sample = if self.settings.unit_guard {
-            usize::try_from(self.settings.unit_guard_sample).unwrap_or(usize::MAX)
-        } else {
-            0
-        };
         let pacer = Pacer::new(self.settings.max_keys_per_second);
         let mut sent: u64 = 0;
         loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&self.settings.pattern)
-                .arg("COUNT")
-                .arg(self.settings.scan_count)
-                .arg("TYPE")
-                .arg("zset");
-            let page = tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(true),
-                page = self.conn.query::<(u64, Vec<Vec<u8>>)>("SCAN", &scan) => page?,
-            };
-            let keys;
-            (cursor, keys) = page;
-            self.progress
-                .keys_scanned
-                .fetch_add(keys.len() as u64, Ordering::Relaxed);
-            pending.extend(keys);
-            let finished = cursor == 0;
-
-            if guard_sample > 0 {
-                if pending.len() < guard_sample && !finished {
-                    continue;
-                }
-                let sample = &pending[..pending.len().min(guard_sample)];
-                check_units(
-                    &mut self.conn,
-                    sample,
-                    self.settings.score_unit,
-                    self.now_micros,
-                )
-                .await?;
-                guard_sample = 0;
-            }
-
-            while pending.len() >= self.batch_size || (finished && !pending.is_empty()) {
-                let rest = pending.split_off(pending.len().min(self.batch_size));
-                let batch = std::mem::replace(&mut pending, rest);
+            while self.pending.len() >= self.batch_size
+                || (self.finished && !self.pending.is_empty())
+            {
+                let rest = self
+                    .pending
+                    .split_off(self.pending.len().min(self.batch_size));
+                let batch = std::mem::replace(&mut self.pending, rest);
                 sent += batch.len() as u64;
                 pacer.wait_for(sent).await;
                 if batches.send(batch).await.is_err() {
@@ -479,8 +877,11 @@ impl<'a> Scanner<'a> {
                     return Ok(false);
                 }
             }
-            if finished {
+            if self.finished {
                 return Ok(false);
+            }
+            if self.next_page(&mut shutdown).await? {
+                return Ok(true);
             }
         }
     }
@@ -572,7 +973,7 @@ async fn check_units(
             .arg(1);
     }
     let replies: Vec<redis::RedisResult<HighestScore>> =
-        match pipe.ignore_errors().query_async(conn.raw()).await {
+        match pipe.ignore_errors().query_async(&mut *conn).await {
             Ok(replies) => replies,
             Err(e) => return Err(conn.error("ZREVRANGEBYSCORE (unit guard)", e).into()),
         };

@@ -32,8 +32,19 @@ fn metrics_count_exactly_what_was_removed() {
 
     assert_eq!(count_members(&mut c, "u"), (0, 500));
     let m = |s: &str| common::metric(&scrape, s).unwrap_or(f64::NAN);
-    assert_eq!(m("token_sweeper_tokens_removed_total"), 500.0, "{scrape}");
-    assert_eq!(m("token_sweeper_keys_scanned_total"), 500.0);
+    let node = format!("{{node=\"127.0.0.1:{}\"}}", server.port);
+    assert_eq!(
+        m(&format!("token_sweeper_tokens_removed_total{node}")),
+        500.0,
+        "{scrape}"
+    );
+    assert_eq!(m(&format!("token_sweeper_keys_scanned_total{node}")), 500.0);
+    assert!(
+        m(&format!(
+            "token_sweeper_node_last_success_timestamp_seconds{node}"
+        )) > 1.7e9
+    );
+    assert_eq!(m(&format!("token_sweeper_node_unfinished{node}")), 0.0);
     assert_eq!(m("token_sweeper_sweep_duration_seconds_count"), 1.0);
     assert!(m("token_sweeper_batch_duration_seconds_count") >= 1.0);
     assert_eq!(m("token_sweeper_redis_up"), 1.0);
@@ -74,7 +85,11 @@ fn keeps_sweeping_over_many_interval_ticks() {
     }
 
     assert!(daemon.metric(OK) >= 6.0, "{}", daemon.scrape());
-    assert_eq!(daemon.metric("token_sweeper_tokens_removed_total"), 120.0);
+    let removed = format!(
+        "token_sweeper_tokens_removed_total{{node=\"127.0.0.1:{}\"}}",
+        server.port
+    );
+    assert_eq!(daemon.metric(&removed), 120.0);
 }
 
 #[test]

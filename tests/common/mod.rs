@@ -5,6 +5,8 @@
 //! each other's data (nor touch the Redis that may run on port 6379).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -104,6 +106,16 @@ impl RedisServer {
     /// A blocking connection for setting up and inspecting data.
     pub fn conn(&self) -> redis::Connection {
         self.client().get_connection().expect("connection")
+    }
+
+    /// Whether the process is still running (not killed, not exited).
+    pub fn is_running(&self) -> bool {
+        // try_wait needs &mut; a signal-0 probe does not.
+        Command::new("kill")
+            .args(["-0", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Stops the server (as a crash would: no save).
@@ -404,4 +416,46 @@ pub fn count_members(conn: &mut redis::Connection, prefix: &str) -> (usize, usiz
         live += members.iter().filter(|m| *m == "live").count();
     }
     (expired, live)
+}
+
+/// The `ACL SETUSER <user> ...` line of the README, split into arguments
+/// (a double-quoted selector stays one argument).
+pub fn readme_acl(user: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with(&format!("ACL SETUSER {user} ")))
+        .unwrap_or_else(|| panic!("README has no ACL SETUSER {user} line"));
+    let mut args = Vec::new();
+    let mut rest = line.trim();
+    while !rest.is_empty() {
+        let (arg, tail) = if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').unwrap();
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            rest.split_at(rest.find(' ').unwrap_or(rest.len()))
+        };
+        args.push(arg.to_owned());
+        rest = tail.trim_start();
+    }
+    args
+}
+
+/// Creates `user` from the README line with `password`, minus `without` permissions.
+pub fn create_user(server: &RedisServer, user: &str, password: &str, without: &[&str]) {
+    let mut c = server.conn();
+    let mut cmd = redis::cmd("ACL");
+    for arg in readme_acl(user).into_iter().skip(1) {
+        let arg = if arg.starts_with('>') {
+            format!(">{password}")
+        } else {
+            arg
+        };
+        cmd.arg(arg);
+    }
+    for permission in without {
+        cmd.arg(format!("-{permission}"));
+    }
+    let _: () = cmd.query(&mut c).unwrap();
 }

@@ -1,0 +1,562 @@
+//! Redis Cluster: the sweep, the auth module, resharding, failover and
+//! several daemons, against local clusters of real redis-server processes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::cluster::{slot_of, RedisCluster};
+use common::{redis_now_ms, run_sweeper, wait_until, DaemonProcess};
+use redis::Commands;
+use token_sweeper::auth::{AuthError, TokenService};
+use token_sweeper::config::{AuthSettings, ScoreUnit, Secret};
+use token_sweeper::redis::Connection;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Keys spread over every slot range: plain user ids, hash-tagged ids
+/// (`{42}-tokens`, the documented Cluster form), and several users sharing
+/// one tag (all in one slot).
+fn user_keys(users: usize) -> Vec<String> {
+    (0..users)
+        .map(|n| match n % 3 {
+            0 => format!("user{n}-tokens"),
+            1 => format!("{{{n}}}-tokens"),
+            _ => format!("{{team{}}}:user{n}-tokens", n % 7),
+        })
+        .collect()
+}
+
+/// Two expired and two live members in every key; returns Redis "now" (ms).
+fn seed(cluster: &RedisCluster, keys: &[String]) -> i64 {
+    let mut conn = cluster.conn();
+    let now = redis_now_ms(&mut cluster.nodes[0].conn());
+    for chunk in keys.chunks(500) {
+        let mut pipe = redis::cluster::cluster_pipe();
+        for key in chunk {
+            pipe.cmd("ZADD")
+                .arg(key)
+                .arg(now - HOUR_MS)
+                .arg("expired-1")
+                .arg(now - 1_000)
+                .arg("expired-2")
+                .arg(now + HOUR_MS)
+                .arg("live-1")
+                .arg(now + 48 * HOUR_MS)
+                .arg("live-2")
+                .ignore();
+        }
+        let () = pipe.query(&mut conn).unwrap();
+    }
+    now
+}
+
+/// (expired, live) members left over `keys`, read through the cluster.
+fn left(cluster: &RedisCluster, keys: &[String]) -> (usize, usize) {
+    let mut conn = cluster.conn();
+    let mut expired = 0;
+    let mut live = 0;
+    for key in keys {
+        let members: Vec<String> = conn.zrange(key, 0, -1).unwrap();
+        expired += members.iter().filter(|m| m.starts_with("expired")).count();
+        live += members.iter().filter(|m| m.starts_with("live")).count();
+    }
+    (expired, live)
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn sweep_json(cluster: &RedisCluster, extra: &[(&'static str, &str)]) -> serde_json::Value {
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.extend_from_slice(extra);
+    let out = run_sweeper(&["sweep", "--json"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: exit {:?}\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report
+}
+
+#[test]
+fn one_sweep_removes_exactly_the_expired_members_on_every_primary() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(3000);
+    seed(&cluster, &keys);
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    for primary in &primaries {
+        let on_node = cluster.keys_on(&primary.address, "*-tokens").len();
+        assert!(
+            on_node > 500,
+            "{} holds only {on_node} keys",
+            primary.address
+        );
+    }
+    // A non-token key and a token-named key of the wrong type on some node.
+    let mut conn = cluster.conn();
+    let _: () = conn.set("session-cache", "x").unwrap();
+    let _: () = conn.set("{7}:legacy-tokens", "not a zset").unwrap();
+
+    let report = sweep_json(&cluster, &[]);
+    assert_eq!(report["keys_scanned"], 3000, "{report}");
+    assert_eq!(report["keys_changed"], 3000, "{report}");
+    assert_eq!(report["members_removed"], 6000, "{report}");
+    assert_eq!(
+        report["skipped_wrong_type"], 0,
+        "SCAN TYPE zset skips strings"
+    );
+    assert_eq!(left(&cluster, &keys), (0, 6000));
+
+    // Per node: every primary was swept to the end, and the per-node
+    // numbers add up to what each node holds.
+    let nodes = report["nodes"].as_array().unwrap();
+    let addresses: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = primaries.iter().map(|p| p.address.as_str()).collect();
+    assert_eq!(addresses, expected);
+    for node in nodes {
+        assert_eq!(node["finished"], true, "{node}");
+        let held = cluster
+            .keys_on(node["node"].as_str().unwrap(), "*-tokens")
+            .into_iter()
+            .filter(|key| key != "{7}:legacy-tokens")
+            .count();
+        assert_eq!(node["keys_scanned"], held as u64, "{node}");
+    }
+    assert_eq!(report["unfinished_nodes"], serde_json::json!([]));
+}
+
+#[test]
+fn dry_run_counts_on_every_primary_and_changes_nothing() {
+    let cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(900);
+    seed(&cluster, &keys);
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.push(("TOKEN_SWEEPER__SWEEP__MAX_PARALLEL_NODES", "1"));
+    let out = run_sweeper(&["sweep", "--dry-run", "--json"], &env);
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["members_removed"], 1800);
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(left(&cluster, &keys), (1800, 1800));
+
+    let out = run_sweeper(&["sweep", "--json"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["members_removed"], 1800, "one node at a time");
+    assert_eq!(left(&cluster, &keys), (0, 1800));
+}
+
+#[test]
+fn the_unit_guard_of_any_primary_stops_the_sweep_before_any_deletion() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(600);
+    let now = seed(&cluster, &keys);
+    // One primary's sets hold seconds, not milliseconds: the last node in
+    // address order, so the other nodes' guards pass first.
+    let last = cluster.primaries().pop().unwrap();
+    let mut c = cluster.conn();
+    for key in cluster.keys_on(&last.address, "*-tokens") {
+        let _: () = c.del(&key).unwrap();
+        let _: () = c.zadd(&key, "seconds", now / 1000 + 3600).unwrap();
+    }
+
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.push(("TOKEN_SWEEPER__SWEEP__MAX_PARALLEL_NODES", "1"));
+    let out = run_sweeper(&["sweep"], &env);
+
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unit guard"), "{stderr}");
+    let (expired, _) = left(&cluster, &keys);
+    let seeded_expired = 2 * keys.len() - 2 * cluster.keys_on(&last.address, "*-tokens").len();
+    assert_eq!(expired, seeded_expired, "nothing deleted anywhere");
+}
+
+fn hs256() -> AuthSettings {
+    AuthSettings {
+        secret: Some(Secret::new("a-test-secret-that-is-32-bytes-long!!")),
+        ..AuthSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn the_auth_module_works_unchanged_on_a_cluster() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let conn = Connection::connect(&cluster.settings().redis)
+        .await
+        .unwrap();
+    // The documented Cluster form: the user id is the hash tag.
+    let auth = AuthSettings {
+        key_template: "{{user}}-tokens".to_owned(),
+        ..hs256()
+    };
+    let service = TokenService::new(conn, &auth, ScoreUnit::Milliseconds).unwrap();
+    let claims = serde_json::Map::new();
+
+    // Enough users to land on every primary.
+    let mut tokens = BTreeMap::new();
+    for user in 0..60 {
+        let user = format!("u{user}");
+        let a = service.issue(&user, None, claims.clone()).await.unwrap();
+        let b = service.issue(&user, None, claims.clone()).await.unwrap();
+        tokens.insert(user, (a, b));
+    }
+    let mut c = cluster.conn();
+    let mut nodes_used = BTreeSet::new();
+    for primary in cluster.primaries() {
+        if !cluster.keys_on(&primary.address, "{u*}-tokens").is_empty() {
+            nodes_used.insert(primary.address);
+        }
+    }
+    assert_eq!(nodes_used.len(), 3, "users on every primary");
+
+    for (user, (a, b)) in &tokens {
+        assert_eq!(&service.verify(&a.token).await.unwrap().sub, user);
+        service.revoke(&a.token).await.unwrap();
+        assert!(matches!(
+            service.verify(&a.token).await,
+            Err(AuthError::Revoked)
+        ));
+        assert_eq!(service.list(user).await.unwrap().len(), 1);
+        assert_eq!(service.revoke_all(user).await.unwrap(), 1);
+        assert!(matches!(
+            service.verify(&b.token).await,
+            Err(AuthError::Revoked)
+        ));
+        let exists: bool = c.exists(format!("{{{user}}}-tokens")).unwrap();
+        assert!(!exists);
+    }
+}
+
+/// Moves every key of `slot` from the primary `from` to the primary `to`,
+/// the way `redis-cli --cluster reshard` does.
+fn migrate_slot(cluster: &mut RedisCluster, slot: u16, from: &str, to: &str) {
+    let ids: BTreeMap<String, String> = cluster
+        .topology()
+        .into_iter()
+        .map(|n| (n.address, n.id))
+        .collect();
+    let to_port: u16 = to.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut source = cluster.node(from).conn();
+    let mut target = cluster.node(to).conn();
+    let setslot = |conn: &mut redis::Connection, state: &str, id: &str| {
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(id)
+            .query(conn)
+            .unwrap();
+    };
+    setslot(&mut target, "IMPORTING", &ids[from]);
+    setslot(&mut source, "MIGRATING", &ids[to]);
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(50)
+            .query(&mut source)
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to_port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query(&mut source)
+            .unwrap();
+        // Slowly, so the migration spans a good part of the sweep.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    setslot(&mut target, "NODE", &ids[to]);
+    setslot(&mut source, "NODE", &ids[to]);
+    for node in cluster.primaries() {
+        let mut conn = cluster.node(&node.address).conn();
+        let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&ids[to])
+            .query(&mut conn);
+    }
+}
+
+#[test]
+fn a_slot_migration_during_a_sweep_removes_nothing_live_and_the_next_sweep_finishes() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let mut keys = user_keys(6000);
+    // 1500 users in one slot, so that migrating it takes a while.
+    let hot: Vec<String> = (0..1500).map(|n| format!("{{hot}}:u{n}-tokens")).collect();
+    keys.extend(hot.iter().cloned());
+    seed(&cluster, &keys);
+    let slot = slot_of(&mut cluster.nodes[0].conn(), "{hot}");
+    let primaries = cluster.primaries();
+    let owner =
+        |address: &str, cluster: &mut RedisCluster| !cluster.keys_on(address, "{hot}*").is_empty();
+    let from = primaries
+        .iter()
+        .find(|p| owner(&p.address, &mut cluster))
+        .unwrap()
+        .address
+        .clone();
+    let to = primaries
+        .iter()
+        .find(|p| p.address != from)
+        .unwrap()
+        .address
+        .clone();
+
+    // A paced sweep (about 2.5 s per primary) in the background...
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.push(("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "1000"));
+    env.push(("TOKEN_SWEEPER__SWEEP__BATCH_SIZE", "50"));
+    let sweep = std::thread::scope(|scope| {
+        let sweeping = scope.spawn(|| run_sweeper(&["sweep", "--json"], &env));
+        // ... while the hot slot moves.
+        std::thread::sleep(Duration::from_millis(300));
+        migrate_slot(&mut cluster, slot, &from, &to);
+        assert!(
+            !sweeping.is_finished(),
+            "the migration must overlap the sweep"
+        );
+        sweeping.join().unwrap()
+    });
+    let first: serde_json::Value = serde_json::from_slice(&sweep.stdout).unwrap();
+
+    let total_expired = 2 * keys.len();
+    let (expired_after_first, live) = left(&cluster, &keys);
+    assert_eq!(live, 2 * keys.len(), "no live member removed: {first}");
+    assert_eq!(
+        first["members_removed"].as_u64().unwrap() as usize,
+        total_expired - expired_after_first,
+        "the report counts each removal once: {first}"
+    );
+    let unfinished: BTreeSet<&str> = first["unfinished_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        unfinished,
+        BTreeSet::from([from.as_str(), to.as_str()]),
+        "the nodes whose slots moved are named: {first}"
+    );
+    assert_eq!(sweep.status.code(), Some(1), "an incomplete sweep exits 1");
+
+    let second = sweep_json(&cluster, &[]);
+    assert_eq!(
+        second["unfinished_nodes"],
+        serde_json::json!([]),
+        "{second}"
+    );
+    assert_eq!(left(&cluster, &keys), (0, 2 * keys.len()));
+    assert_eq!(
+        first["members_removed"].as_u64().unwrap() + second["members_removed"].as_u64().unwrap(),
+        total_expired as u64,
+        "every expired member counted exactly once over the two sweeps"
+    );
+}
+
+#[test]
+fn a_killed_primary_is_replaced_by_its_replica_and_the_daemon_keeps_sweeping() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let keys = user_keys(1500);
+    seed(&cluster, &keys);
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.extend([
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+        ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "1s"),
+        ("TOKEN_SWEEPER__REDIS__RESPONSE_TIMEOUT", "2s"),
+    ]);
+    let url = env[1].1.to_owned();
+    let daemon = DaemonProcess::start(&url, &env, None);
+
+    daemon.signal("USR1");
+    wait_until(Duration::from_secs(20), "the first sweep", || {
+        daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}") == 1.0
+    });
+    assert_eq!(left(&cluster, &keys), (0, 3000));
+
+    // Kill the primary of the first seed; its replica takes over.
+    let victim = cluster.primaries()[0].clone();
+    cluster.node(&victim.address).kill();
+    wait_until(
+        Duration::from_secs(30),
+        "the replica to be promoted",
+        || {
+            let primaries = cluster.primaries();
+            primaries.len() == 3 && primaries.iter().all(|p| p.address != victim.address)
+        },
+    );
+    cluster.wait_healthy(3);
+    let survivor = cluster.primaries()[0].address.clone();
+    let now = redis_now_ms(&mut cluster.node(&survivor).conn());
+    let mut c = cluster.conn();
+    for key in &keys {
+        let _: () = c.zadd(key, "expired-again", now - 1).unwrap();
+    }
+
+    // Sweeps may fail while the daemon's view catches up; one succeeds.
+    wait_until(
+        Duration::from_secs(60),
+        "a complete sweep after the failover",
+        || {
+            daemon.signal("USR1");
+            std::thread::sleep(Duration::from_millis(1500));
+            daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}") >= 2.0
+        },
+    );
+    assert_eq!(left(&cluster, &keys), (0, 3000), "{}", daemon.log_text());
+    let scrape = daemon.scrape();
+    let new_primaries = cluster.primaries();
+    for primary in &new_primaries {
+        let series = format!(
+            "token_sweeper_node_unfinished{{node=\"{}\"}}",
+            primary.address
+        );
+        assert_eq!(common::metric(&scrape, &series), Some(0.0), "{scrape}");
+    }
+    wait_until(Duration::from_secs(10), "/readyz", || {
+        common::http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+}
+
+#[test]
+fn two_daemons_split_the_primaries_between_them() {
+    let cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(1500);
+    seed(&cluster, &keys);
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.extend([
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+        ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ("TOKEN_SWEEPER__LOCK__TTL", "3s"),
+    ]);
+    let url = env[1].1.to_owned();
+    let a = DaemonProcess::start(&url, &env, None);
+    let b = DaemonProcess::start(&url, &env, None);
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+
+    // The nodes each daemon has swept, from its per-node metrics.
+    let swept_by = |daemon: &DaemonProcess| -> BTreeSet<String> {
+        let scrape = daemon.scrape();
+        primaries
+            .iter()
+            .filter(|node| {
+                let series =
+                    format!("token_sweeper_node_last_success_timestamp_seconds{{node=\"{node}\"}}");
+                common::metric(&scrape, &series).is_some()
+            })
+            .cloned()
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "both daemons to sweep primaries",
+        || !swept_by(&a).is_empty() && !swept_by(&b).is_empty(),
+    );
+    let (by_a, by_b) = (swept_by(&a), swept_by(&b));
+    let all: BTreeSet<String> = by_a.union(&by_b).cloned().collect();
+    assert_eq!(all.len(), 3, "a: {by_a:?}, b: {by_b:?}");
+    assert_eq!(left(&cluster, &keys), (0, 3000));
+
+    // Within one period, the primaries' leases are held by both daemons:
+    // each took its share instead of one taking all.
+    let holders = |c: &mut redis::cluster::ClusterConnection| -> BTreeSet<u32> {
+        primaries
+            .iter()
+            .filter_map(|node| {
+                let holder: Option<String> = c.get(format!("token-sweeper:lock:{node}")).ok()?;
+                holder?.split(':').nth(1)?.parse().ok()
+            })
+            .collect()
+    };
+    let mut c = cluster.conn();
+    wait_until(
+        Duration::from_secs(20),
+        "leases held by both daemons at once",
+        || holders(&mut c) == BTreeSet::from([a.pid(), b.pid()]),
+    );
+}
+
+#[tokio::test]
+async fn the_readme_acl_users_work_on_a_cluster_and_a_missing_permission_is_named() {
+    let cluster = RedisCluster::start(3, 0);
+    for node in &cluster.nodes {
+        common::create_user(node, "token-sweeper", "sweeper-pw", &[]);
+        common::create_user(node, "token-auth", "auth-pw", &[]);
+    }
+    let keys = user_keys(600);
+    seed(&cluster, &keys);
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.extend([
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+    ]);
+
+    // The one-shot sweep and the daemon with its per-primary leases.
+    let out = run_sweeper(&["sweep", "--dry-run"], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = env[1].1.to_owned();
+    let daemon = DaemonProcess::start(&url, &env, None);
+    wait_until(Duration::from_secs(20), "the daemon's sweep", || {
+        daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}") >= 1.0
+    });
+    assert_eq!(left(&cluster, &keys), (0, 1200), "{}", daemon.log_text());
+    drop(daemon);
+
+    // The auth module as its user, with the hash-tagged template.
+    let mut settings = cluster.settings();
+    settings.redis.username = Some("token-auth".to_owned());
+    settings.redis.password = Some(Secret::new("auth-pw"));
+    let auth = AuthSettings {
+        key_template: "{{user}}-tokens".to_owned(),
+        ..hs256()
+    };
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let service = TokenService::new(conn, &auth, ScoreUnit::Milliseconds).unwrap();
+    for user in ["alice", "bob", "carol", "dave"] {
+        let issued = service
+            .issue(user, None, serde_json::Map::new())
+            .await
+            .unwrap();
+        assert_eq!(service.verify(&issued.token).await.unwrap().sub, user);
+        assert_eq!(service.list(user).await.unwrap().len(), 1);
+        assert_eq!(service.revoke_all(user).await.unwrap(), 1);
+    }
+
+    // One permission fewer on every node: the sweep says which.
+    for node in &cluster.nodes {
+        common::create_user(node, "token-sweeper", "sweeper-pw", &["cluster|nodes"]);
+    }
+    let out = run_sweeper(&["sweep"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'cluster|nodes' command"), "{err}");
+}
