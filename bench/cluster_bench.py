@@ -9,8 +9,9 @@ Starts three cluster-enabled redis-servers on free loopback ports and joins
 them with `redis-cli --cluster create`, loads the same data as
 bench/sweep_bench.py split by hash slot over the primaries, and runs
 `token-sweeper sweep` in cluster mode with `sweep.max_parallel_nodes` = 3 and
-= 1, reloading the data before each run. Reports wall time, keys/s, peak RSS
-and each primary's Redis main-thread busy fraction over the sweep (INFO cpu).
+= 1, reloading the data before each run. Reports wall time, keys/s, each
+primary's Redis main-thread busy fraction over the sweep (INFO cpu), the
+sweeper's own CPU (user + system, as a fraction of one core) and its peak RSS.
 Every run checks that exactly the expired members were removed and that no
 primary was left unfinished.
 """
@@ -20,7 +21,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis_harness as h  # noqa: E402
@@ -67,8 +67,7 @@ def main() -> None:
         raise SystemExit(f"{args.binary} not found: cargo build --release")
 
     nodes = start_cluster()
-    workdir = tempfile.mkdtemp(prefix="token-sweeper-cluster-")
-    try:
+    with h.servers_and_scratch(nodes, prefix="token-sweeper-cluster-") as workdir:
         owners = slot_owners(nodes[0])
         index = {n.port: i for i, n in enumerate(nodes)}
         files = [os.path.join(workdir, f"node{i}.resp") for i in range(PRIMARIES)]
@@ -88,7 +87,7 @@ def main() -> None:
                     node.cli("FLUSHALL")
                     h.load(node, data)
                 before = [n.main_thread_cpu() for n in nodes]
-                wall, rss, out = h.run_measured(
+                wall, rss, cpu, out = h.run_measured(
                     [args.binary, "sweep", "--json"],
                     dict(env, TOKEN_SWEEPER__SWEEP__MAX_PARALLEL_NODES=str(parallel)))
                 busy = [(n.main_thread_cpu() - b) / wall for n, b in zip(nodes, before)]
@@ -98,24 +97,19 @@ def main() -> None:
                                      f"{expired}, unfinished {report['unfinished_nodes']}")
                 if sum(n.dbsize() for n in nodes) != args.users:
                     raise SystemExit(f"{name}: sets lost")
-                rows[name].append((wall, rss, busy))
-    finally:
-        for node in nodes:
-            node.stop()
-        for name in os.listdir(workdir):
-            os.unlink(os.path.join(workdir, name))
-        os.rmdir(workdir)
+                rows[name].append((wall, rss, busy, cpu / wall))
 
     print(f"dataset: {args.users:,} users x {args.tokens} tokens, {expired:,} expired, "
           f"on {PRIMARIES} primaries; {args.runs} run(s), medians; {os.cpu_count()} cores")
-    print("| sweep | wall s | keys/s | Redis busy per primary | peak RSS MB |")
-    print("|---|---:|---:|---|---:|")
+    print("| sweep | wall s | keys/s | Redis busy per primary | sweeper CPU | peak RSS MB |")
+    print("|---|---:|---:|---|---:|---:|")
     for name, runs in rows.items():
         wall = statistics.median(r[0] for r in runs)
         rss = max(r[1] for r in runs)
         busy = [statistics.median(r[2][i] for r in runs) for i in range(PRIMARIES)]
+        cpu = statistics.median(r[3] for r in runs)
         print(f"| {name} | {wall:.2f} | {args.users / wall:,.0f} | "
-              f"{' / '.join(f'{b:.0%}' for b in busy)} | {rss / 1e6:.1f} |")
+              f"{' / '.join(f'{b:.0%}' for b in busy)} | {cpu:.0%} | {rss / 1e6:.1f} |")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ loopback port, and a fast loader of token sets.
 
 Nothing here talks to a Redis it did not start.
 """
+import collections
+import contextlib
 import os
 import random
 import shutil
@@ -80,6 +82,19 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def servers_and_scratch(servers, prefix: str):
+    """Yields a temporary directory for data files; stops `servers` and
+    removes the directory however the block ends."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def resp(*parts: bytes) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
     for p in parts:
@@ -154,20 +169,24 @@ def load(server: PrivateRedis, path: str) -> None:
                        check=True, stdout=subprocess.DEVNULL)
 
 
-def run_measured(argv, env=None):
-    """Runs a command; returns (wall seconds, peak RSS bytes, stdout).
+Measured = collections.namedtuple("Measured", "wall rss cpu out")
 
-    Peak RSS comes from GNU time, not from our own wait4(): Linux carries the
-    forking process's RSS high-water mark across exec, so a child of this
-    (large) Python process would report Python's footprint as its own."""
+
+def run_measured(argv, env=None) -> Measured:
+    """Runs a command; returns its wall seconds, peak RSS bytes, CPU seconds
+    (user + system) and stdout.
+
+    Peak RSS and CPU come from GNU time, not from our own wait4(): Linux
+    carries the forking process's RSS high-water mark across exec, so a child
+    of this (large) Python process would report Python's footprint as its own."""
     if not os.path.exists("/usr/bin/time"):
         raise SystemExit("/usr/bin/time is missing: apt-get install time")
-    with tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss_file:
+    with tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as stats_file:
         started = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file.name, *argv],
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", stats_file.name, *argv],
                               stdout=subprocess.PIPE, env=env)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise SystemExit(f"{argv[0]} failed with exit code {proc.returncode}")
-        peak_kib = int(rss_file.read().strip().splitlines()[-1])
-    return wall, peak_kib * 1024, proc.stdout.decode()
+        peak_kib, user, system = stats_file.read().strip().splitlines()[-1].split()
+    return Measured(wall, int(peak_kib) * 1024, float(user) + float(system), proc.stdout.decode())

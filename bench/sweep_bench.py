@@ -16,7 +16,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis_harness as h  # noqa: E402
@@ -26,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(server, argv, env=None):
     cpu_before = server.main_thread_cpu()
-    wall, rss, out = h.run_measured(argv, env)
+    wall, rss, _cpu, out = h.run_measured(argv, env)
     busy = (server.main_thread_cpu() - cpu_before) / wall
     return wall, rss, busy, out
 
@@ -62,8 +61,7 @@ def main() -> None:
             raise SystemExit("the reference peer needs redis-py: pip install redis")
 
     server = h.PrivateRedis()
-    workdir = tempfile.mkdtemp(prefix="token-sweeper-data-")
-    try:
+    with h.servers_and_scratch([server], prefix="token-sweeper-data-") as workdir:
         data = os.path.join(workdir, "data.resp")
         # Live tokens expire an hour or more from now, so that reloading the
         # same data for later runs never turns a "live" token into an expired one.
@@ -94,11 +92,6 @@ def main() -> None:
                 raise SystemExit(f"reference peer removed {out.strip()}, expected {expired}")
             check_left(server, args.users, args.tokens)
             rows["reference peer"].append((wall, rss, busy))
-    finally:
-        server.stop()
-        for name in os.listdir(workdir):
-            os.unlink(os.path.join(workdir, name))
-        os.rmdir(workdir)
 
     print(f"dataset: {args.users:,} users x {args.tokens} tokens, {expired:,} expired; "
           f"{args.runs} run(s), medians; {os.cpu_count()} cores")

@@ -556,7 +556,7 @@ impl Round {
             SweepResult::Interrupted
         } else if !report.unfinished_nodes.is_empty() {
             SweepResult::Incomplete
-        } else if report.errors > 0 {
+        } else if report.counts.errors > 0 {
             SweepResult::Error
         } else {
             SweepResult::Ok
@@ -565,12 +565,12 @@ impl Round {
         tracing::info!(
             nodes = report.nodes.len(),
             leased_by_others = swept.skipped,
-            keys_scanned = report.keys_scanned,
-            keys_changed = report.keys_changed,
-            members_removed = report.members_removed,
-            skipped_wrong_type = report.skipped_wrong_type,
-            keys_redirected = report.keys_redirected,
-            errors = report.errors,
+            keys_scanned = report.counts.keys_scanned,
+            keys_changed = report.counts.keys_changed,
+            members_removed = report.counts.members_removed,
+            skipped_wrong_type = report.counts.skipped_wrong_type,
+            keys_redirected = report.counts.keys_redirected,
+            errors = report.counts.errors,
             duration_seconds = report.duration_seconds,
             keys_per_second = report.keys_per_second.round(),
             interrupted = report.interrupted,
@@ -588,10 +588,10 @@ impl Round {
                 failures.push(format!("{}: {reason}", node.node));
             }
         }
-        if report.errors > 0 {
+        if report.counts.errors > 0 {
             failures.push(format!(
                 "{} per-key errors, first: {}",
-                report.errors,
+                report.counts.errors,
                 report.first_error.as_deref().unwrap_or("unknown")
             ));
         }

@@ -10,9 +10,9 @@
 //! | module | concern |
 //! | --- | --- |
 //! | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment, validation |
-//! | [`redis`] | connecting (standalone, sentinel, TLS, ACL user), reconnecting with backoff; errors name the address |
-//! | [`sweep`] | the sweep algorithm, top to bottom in one file; no scheduling, no HTTP |
-//! | [`daemon`] | the service: schedule, overlap guard, replica lock, reload, shutdown |
+//! | [`redis`] | connecting (standalone, sentinel, cluster, TLS, ACL user), reconnecting with backoff; errors name the address |
+//! | [`sweep`] | the sweep algorithm (per primary on a cluster), top to bottom in one file; no scheduling, no HTTP |
+//! | [`daemon`] | the service: schedule, overlap guard, replica lock (per-primary leases on a cluster), reload, shutdown |
 //! | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
 //! | [`logging`] | log format and the level that SIGHUP can change |
 //! | [`auth`] | the auth path: issue, verify, revoke, revoke-all, list sessions |
@@ -37,7 +37,7 @@
 //!     std::future::pending(),
 //! )
 //! .await?;
-//! println!("removed {} expired tokens", report.members_removed);
+//! println!("removed {} expired tokens", report.counts.members_removed);
 //! # Ok(())
 //! # }
 //! ```

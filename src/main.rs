@@ -181,7 +181,8 @@ fn run(
             };
             let report = runtime()?.block_on(sweep_once(&settings, mode))?;
             print_report(&report, json);
-            if report.errors > 0 || report.interrupted || !report.unfinished_nodes.is_empty() {
+            if report.counts.errors > 0 || report.interrupted || !report.unfinished_nodes.is_empty()
+            {
                 Ok(ExitCode::from(1))
             } else {
                 Ok(ExitCode::SUCCESS)
@@ -254,7 +255,7 @@ fn print_report(report: &SweepReport, json: bool) {
     };
     println!(
         "swept {} keys in {:.2}s ({}/s){}",
-        thousands(report.keys_scanned),
+        thousands(report.counts.keys_scanned),
         report.duration_seconds,
         thousands(report.keys_per_second as u64),
         if report.interrupted {
@@ -263,19 +264,22 @@ fn print_report(report: &SweepReport, json: bool) {
             ""
         }
     );
-    println!("  keys changed        {}", thousands(report.keys_changed));
-    println!("  {removed} {}", thousands(report.members_removed));
+    println!(
+        "  keys changed        {}",
+        thousands(report.counts.keys_changed)
+    );
+    println!("  {removed} {}", thousands(report.counts.members_removed));
     println!(
         "  skipped (not zset)  {}",
-        thousands(report.skipped_wrong_type)
+        thousands(report.counts.skipped_wrong_type)
     );
-    if report.keys_redirected > 0 {
+    if report.counts.keys_redirected > 0 {
         println!(
             "  redirected (moved)  {}",
-            thousands(report.keys_redirected)
+            thousands(report.counts.keys_redirected)
         );
     }
-    println!("  errors              {}", thousands(report.errors));
+    println!("  errors              {}", thousands(report.counts.errors));
     println!(
         "  cutoff              {} ({})",
         report.cutoff, report.score_unit
@@ -296,8 +300,8 @@ fn print_report(report: &SweepReport, json: bool) {
             println!(
                 "  node {:<21} {} keys, {} removed, {state}",
                 node.node,
-                thousands(node.keys_scanned),
-                thousands(node.members_removed),
+                thousands(node.counts.keys_scanned),
+                thousands(node.counts.members_removed),
             );
         }
     }

@@ -210,10 +210,10 @@ impl Metrics {
             let label = [node.node.as_str()];
             self.keys_scanned
                 .with_label_values(&label)
-                .inc_by(node.keys_scanned);
+                .inc_by(node.counts.keys_scanned);
             self.tokens_removed
                 .with_label_values(&label)
-                .inc_by(node.members_removed);
+                .inc_by(node.counts.members_removed);
             let unfinished = node.unfinished_reason.is_some();
             self.node_unfinished
                 .with_label_values(&label)
@@ -222,11 +222,11 @@ impl Metrics {
                 self.node_last_success.with_label_values(&label).set(now);
             }
         }
-        if report.skipped_wrong_type > 0 {
-            self.count_error("wrong_type", report.skipped_wrong_type);
+        if report.counts.skipped_wrong_type > 0 {
+            self.count_error("wrong_type", report.counts.skipped_wrong_type);
         }
-        if report.errors > 0 {
-            self.count_error("command", report.errors);
+        if report.counts.errors > 0 {
+            self.count_error("command", report.counts.errors);
         }
     }
 

@@ -281,13 +281,10 @@ impl Connection {
         else {
             return Ok(self.clone());
         };
-        let (host, port) = match address.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
-            Some((host, Ok(port))) => (host.trim_matches(['[', ']']).to_owned(), port),
-            _ => {
-                return Err(RedisError::BadNodeAddress {
-                    address: address.to_owned(),
-                })
-            }
+        let Some((host, port)) = split_address(address) else {
+            return Err(RedisError::BadNodeAddress {
+                address: address.to_owned(),
+            });
         };
         let info = at_address(parse_url(&settings.url)?, host, port);
         let (address, direct) = open_server(info, settings).await?;
@@ -312,10 +309,51 @@ impl Connection {
                     client: client.clone(),
                     settings: Arc::clone(settings),
                 },
-                address: "cluster".to_owned(),
+                address: format!("cluster (redirected from {})", self.address),
             }),
             Link::Cluster { .. } => Some(self.clone()),
             Link::Server(_) => None,
+        }
+    }
+
+    /// Runs `cmd` on the cluster node at `address` right after `ASKING`, in
+    /// one pipeline, so that nothing else sharing the connection comes
+    /// between the two: the way to reach a key whose slot is being migrated
+    /// to that node (an ASK reply). redis-rs follows ASK itself, but sends
+    /// `ASKING` and the command separately, and under concurrency another
+    /// request's command can take the `ASKING` meant for this one.
+    ///
+    /// # Errors
+    /// What the node answered, or why it could not be reached; an
+    /// invalid-client-config error on a connection that is not to a cluster.
+    pub async fn query_asking<T: redis::FromRedisValue>(
+        &self,
+        address: &str,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        let (Link::Cluster { client, .. } | Link::Node { client, .. }) = &self.link else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "ASKING needs a Redis Cluster connection",
+            )));
+        };
+        let Some((host, port)) = split_address(address) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "ASK names a node that is not host:port",
+                address.to_owned(),
+            )));
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("ASKING").add_command(cmd.clone());
+        let route = SingleNodeRoutingInfo::ByAddress { host, port };
+        let replies = client.clone().route_pipeline(pipe, 0, 2, route).await?;
+        match replies.into_iter().last() {
+            Some(reply) => redis::from_redis_value(reply).map_err(Into::into),
+            None => Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no reply to the command after ASKING",
+            ))),
         }
     }
 
@@ -362,6 +400,12 @@ impl Connection {
             Err(source) => Err(self.error(what, source)),
         }
     }
+}
+
+/// `host:port` (`[::1]:port` for IPv6) as its parts.
+fn split_address(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
 }
 
 /// Opens one server connection; returns it with its `host:port`.

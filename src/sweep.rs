@@ -102,7 +102,26 @@ pub enum SweepError {
     },
 }
 
-/// Counts of one sweep (or of one node in it), updated as batches complete.
+/// What a sweep, one node of it, or one pipeline counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Keys returned by SCAN (Redis may return a key twice while it rehashes).
+    pub keys_scanned: u64,
+    /// Keys that had at least one expired member.
+    pub keys_changed: u64,
+    /// Expired members removed (in a dry run: that would be removed).
+    pub members_removed: u64,
+    /// Keys skipped because they stopped being sorted sets between SCAN and
+    /// their pipeline.
+    pub skipped_wrong_type: u64,
+    /// Keys that had moved to another cluster node (MOVED/ASK) and were
+    /// swept there through the cluster client.
+    pub keys_redirected: u64,
+    /// Per-key command errors other than WRONGTYPE.
+    pub errors: u64,
+}
+
+/// [`Counts`] that concurrent tasks add to.
 #[derive(Default)]
 struct Counters {
     keys_scanned: AtomicU64,
@@ -114,21 +133,42 @@ struct Counters {
 }
 
 impl Counters {
-    fn add(&self, outcome: &BatchOutcome) {
-        let pairs = [
-            (&self.keys_changed, outcome.keys_changed),
-            (&self.members_removed, outcome.members_removed),
-            (&self.skipped_wrong_type, outcome.skipped_wrong_type),
-            (&self.keys_redirected, outcome.keys_redirected),
-            (&self.errors, outcome.errors),
+    fn fields(&self) -> [&AtomicU64; 6] {
+        [
+            &self.keys_scanned,
+            &self.keys_changed,
+            &self.members_removed,
+            &self.skipped_wrong_type,
+            &self.keys_redirected,
+            &self.errors,
+        ]
+    }
+
+    fn add(&self, counts: &Counts) {
+        let values = [
+            counts.keys_scanned,
+            counts.keys_changed,
+            counts.members_removed,
+            counts.skipped_wrong_type,
+            counts.keys_redirected,
+            counts.errors,
         ];
-        for (counter, n) in pairs {
+        for (counter, n) in self.fields().into_iter().zip(values) {
             counter.fetch_add(n, Ordering::Relaxed);
         }
     }
 
-    fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    fn snapshot(&self) -> Counts {
+        let [keys_scanned, keys_changed, members_removed, skipped_wrong_type, keys_redirected, errors] =
+            self.fields().map(|counter| counter.load(Ordering::Relaxed));
+        Counts {
+            keys_scanned,
+            keys_changed,
+            members_removed,
+            skipped_wrong_type,
+            keys_redirected,
+            errors,
+        }
     }
 }
 
@@ -169,12 +209,12 @@ impl SweepProgress {
 
     /// Keys returned by SCAN so far.
     pub fn keys_scanned(&self) -> u64 {
-        Counters::get(&self.total.keys_scanned)
+        self.total.keys_scanned.load(Ordering::Relaxed)
     }
 
     /// Members removed (or, in a dry run, found expired) so far.
     pub fn members_removed(&self) -> u64 {
-        Counters::get(&self.total.members_removed)
+        self.total.members_removed.load(Ordering::Relaxed)
     }
 }
 
@@ -187,17 +227,18 @@ struct Tally<'a> {
 
 impl Tally<'_> {
     fn scanned(&self, keys: usize) {
-        let keys = keys as u64;
-        self.progress
-            .total
-            .keys_scanned
-            .fetch_add(keys, Ordering::Relaxed);
-        self.node.keys_scanned.fetch_add(keys, Ordering::Relaxed);
+        self.add(&BatchOutcome {
+            counts: Counts {
+                keys_scanned: keys as u64,
+                ..Counts::default()
+            },
+            first_error: None,
+        });
     }
 
     fn add(&self, outcome: &BatchOutcome) {
-        self.progress.total.add(outcome);
-        self.node.add(outcome);
+        self.progress.total.add(&outcome.counts);
+        self.node.add(&outcome.counts);
         if let Some(message) = &outcome.first_error {
             if let Ok(mut first) = self.progress.first_error.lock() {
                 first.get_or_insert_with(|| message.clone());
@@ -215,19 +256,9 @@ pub struct SweepReport {
     pub cutoff: i64,
     /// Unit of `cutoff`.
     pub score_unit: String,
-    /// Keys returned by SCAN (Redis may return a key twice while it rehashes).
-    pub keys_scanned: u64,
-    /// Keys that had at least one expired member.
-    pub keys_changed: u64,
-    /// Expired members removed (in a dry run: that would be removed).
-    pub members_removed: u64,
-    /// Keys skipped because they stopped being sorted sets mid-sweep.
-    pub skipped_wrong_type: u64,
-    /// Keys that had moved to another cluster node (MOVED/ASK) and were
-    /// swept there through the cluster client.
-    pub keys_redirected: u64,
-    /// Per-key command errors other than WRONGTYPE.
-    pub errors: u64,
+    /// What it counted, over every node (flattened into the JSON report).
+    #[serde(flatten)]
+    pub counts: Counts,
     /// The first of those errors, if any.
     pub first_error: Option<String>,
     /// Wall time of the sweep.
@@ -249,18 +280,9 @@ pub struct SweepReport {
 pub struct NodeReport {
     /// `host:port`.
     pub node: String,
-    /// Keys returned by SCAN on this node.
-    pub keys_scanned: u64,
-    /// Keys that had at least one expired member.
-    pub keys_changed: u64,
-    /// Expired members removed (in a dry run: that would be removed).
-    pub members_removed: u64,
-    /// Keys skipped because they stopped being sorted sets.
-    pub skipped_wrong_type: u64,
-    /// Keys swept through the cluster client after MOVED/ASK.
-    pub keys_redirected: u64,
-    /// Per-key command errors other than WRONGTYPE.
-    pub errors: u64,
+    /// What it counted on this node (flattened into the JSON report).
+    #[serde(flatten)]
+    pub counts: Counts,
     /// True when every key of this node's slots was seen.
     pub finished: bool,
     /// Why not, when not finished.
@@ -270,17 +292,9 @@ pub struct NodeReport {
 /// What one pipeline of keys did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// Keys that had at least one expired member.
-    pub keys_changed: u64,
-    /// Members removed (or counted, in a dry run).
-    pub members_removed: u64,
-    /// Keys that were not sorted sets.
-    pub skipped_wrong_type: u64,
-    /// Keys that answered MOVED/ASK and were swept through the cluster client.
-    pub keys_redirected: u64,
-    /// Other per-key errors.
-    pub errors: u64,
-    /// The first of those errors.
+    /// Its counts (`keys_scanned` stays 0: the scan counts those).
+    pub counts: Counts,
+    /// The first per-key error other than WRONGTYPE.
     pub first_error: Option<String>,
 }
 
@@ -391,25 +405,19 @@ pub async fn sweep_nodes(
         .any(|n| !n.finished && n.unfinished_reason.is_none());
 
     let duration = started.elapsed();
-    let totals = &progress.total;
-    let keys_scanned = progress.keys_scanned();
+    let counts = progress.total.snapshot();
     Ok(SweepReport {
         mode,
         cutoff,
         score_unit: settings.score_unit.to_string(),
-        keys_scanned,
-        keys_changed: Counters::get(&totals.keys_changed),
-        members_removed: progress.members_removed(),
-        skipped_wrong_type: Counters::get(&totals.skipped_wrong_type),
-        keys_redirected: Counters::get(&totals.keys_redirected),
-        errors: Counters::get(&totals.errors),
+        keys_per_second: rate(counts.keys_scanned, duration),
+        counts,
         first_error: progress
             .first_error
             .lock()
             .ok()
             .and_then(|first| first.clone()),
         duration_seconds: duration.as_secs_f64(),
-        keys_per_second: rate(keys_scanned, duration),
         interrupted,
         unfinished_nodes: nodes
             .iter()
@@ -441,12 +449,7 @@ impl NodeReport {
     fn new(node: String, counts: &Counters, unfinished_reason: Option<String>) -> Self {
         Self {
             node,
-            keys_scanned: Counters::get(&counts.keys_scanned),
-            keys_changed: Counters::get(&counts.keys_changed),
-            members_removed: Counters::get(&counts.members_removed),
-            skipped_wrong_type: Counters::get(&counts.skipped_wrong_type),
-            keys_redirected: Counters::get(&counts.keys_redirected),
-            errors: Counters::get(&counts.errors),
+            counts: counts.snapshot(),
             finished: false,
             unfinished_reason,
         }
@@ -665,10 +668,11 @@ pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> i64 {
 /// Sends one pipeline over `keys`: `ZREMRANGEBYSCORE key -inf cutoff`
 /// (or `ZCOUNT` in a dry run), and tallies the replies.
 ///
-/// On a connection to one cluster node, keys that answer MOVED or ASK (their
-/// slot moved) are sent again, one command each, through the cluster client,
-/// which follows the redirect. A redirected key did nothing where it was
-/// first sent, so it is counted once, where it lives now.
+/// On a connection to one cluster node, keys that answer MOVED (their slot
+/// moved) are sent again, one command each, through the cluster client, which
+/// routes them by slot; keys that answer ASK (their slot is being migrated)
+/// go to the node named, after `ASKING`. A redirected key did nothing where
+/// it was first sent, so it is counted once, where it lives now.
 ///
 /// Public so that callers sweeping keys they found another way (a list of
 /// users) use the exact same command.
@@ -704,7 +708,11 @@ pub async fn sweep_keys(
     let mut moved = Vec::new();
     for (key, reply) in keys.iter().zip(replies) {
         match reply {
-            Err(e) if is_redirect(&e) => moved.push(key),
+            Err(e) if e.code() == Some("MOVED") => moved.push((key, None)),
+            Err(e) if e.code() == Some("ASK") => {
+                let importing = e.redirect_node().map(|(address, _slot)| address.to_owned());
+                moved.push((key, importing));
+            }
             reply => outcome
                 .tally(command, reply)
                 .map_err(|e| conn.error(command, e))?,
@@ -715,7 +723,7 @@ pub async fn sweep_keys(
     }
     let Some(cluster) = conn.cluster() else {
         // A single server answering MOVED is a cluster node swept as standalone.
-        outcome.errors += moved.len() as u64;
+        outcome.counts.errors += moved.len() as u64;
         outcome.first_error.get_or_insert_with(|| {
             format!(
                 "{command}: MOVED: {} is a Redis Cluster node; set redis.mode = \"cluster\"",
@@ -724,23 +732,25 @@ pub async fn sweep_keys(
         });
         return Ok(outcome);
     };
-    let retries = moved.iter().map(|key| {
+    let retries = moved.iter().map(|(key, redirect)| {
         let mut cluster = cluster.clone();
         let cmd = sweep_cmd(key);
-        async move { cmd.query_async::<u64>(&mut cluster).await }
+        async move {
+            match redirect {
+                // The slot is being migrated: the key is at the node named.
+                Some(importing) => cluster.query_asking::<u64>(importing, &cmd).await,
+                // The slot moved for good: the cluster client routes by slot.
+                None => cmd.query_async::<u64>(&mut cluster).await,
+            }
+        }
     });
     for reply in futures_util::future::join_all(retries).await {
-        outcome.keys_redirected += 1;
+        outcome.counts.keys_redirected += 1;
         outcome
             .tally(command, reply)
             .map_err(|e| cluster.error(command, e))?;
     }
     Ok(outcome)
-}
-
-/// MOVED or ASK: the key's slot is served by another node.
-fn is_redirect(e: &redis::RedisError) -> bool {
-    matches!(e.code(), Some("MOVED" | "ASK"))
 }
 
 impl BatchOutcome {
@@ -755,17 +765,17 @@ impl BatchOutcome {
         match reply {
             Ok(0) => {}
             Ok(removed) => {
-                self.keys_changed += 1;
-                self.members_removed += removed;
+                self.counts.keys_changed += 1;
+                self.counts.members_removed += removed;
             }
-            Err(e) if e.code() == Some("WRONGTYPE") => self.skipped_wrong_type += 1,
+            Err(e) if e.code() == Some("WRONGTYPE") => self.counts.skipped_wrong_type += 1,
             // CLUSTERDOWN: the node refuses keyed commands until the
             // cluster is whole again; the next sweep retries it.
             Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY" | "CLUSTERDOWN")) => {
                 return Err(e)
             }
             Err(e) => {
-                self.errors += 1;
+                self.counts.errors += 1;
                 self.first_error
                     .get_or_insert_with(|| format!("{command}: {e}"));
             }

@@ -378,11 +378,17 @@ async fn the_sweeper_and_the_module_agree_on_the_unit() {
         settings.sweep.score_unit = unit;
 
         let before = sweep_with(&settings, SweepMode::Remove).await.unwrap();
-        assert_eq!(before.members_removed, 0, "{unit}: nothing expired yet");
+        assert_eq!(
+            before.counts.members_removed, 0,
+            "{unit}: nothing expired yet"
+        );
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let after = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-        assert_eq!(after.members_removed, 1, "{unit}: the 1s token is swept");
+        assert_eq!(
+            after.counts.members_removed, 1,
+            "{unit}: the 1s token is swept"
+        );
         assert!(matches!(
             tokens.verify(&short.token).await,
             Err(AuthError::Expired)

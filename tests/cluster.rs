@@ -13,6 +13,7 @@ use redis::Commands;
 use token_sweeper::auth::{AuthError, TokenService};
 use token_sweeper::config::{AuthSettings, ScoreUnit, Secret};
 use token_sweeper::redis::Connection;
+use token_sweeper::sweep::{sweep_keys, SweepMode};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -559,4 +560,107 @@ async fn the_readme_acl_users_work_on_a_cluster_and_a_missing_permission_is_name
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'cluster|nodes' command"), "{err}");
+}
+
+#[tokio::test]
+async fn keys_that_answer_moved_or_ask_are_swept_through_the_cluster_once() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(900);
+    let now = seed(&cluster, &keys);
+    let primaries = cluster.primaries();
+    let (a, b) = (primaries[0].address.clone(), primaries[1].address.clone());
+    let conn = Connection::connect(&cluster.settings().redis)
+        .await
+        .unwrap();
+    let mut on_a = conn.node(&a).await.unwrap();
+
+    // MOVED: node A is sent keys that live on node B.
+    let b_keys: Vec<Vec<u8>> = cluster
+        .keys_on(&b, "*-tokens")
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    let outcome = sweep_keys(&mut on_a, &b_keys, now - 1, SweepMode::Remove)
+        .await
+        .unwrap();
+    assert_eq!(outcome.counts.keys_redirected, b_keys.len() as u64);
+    assert_eq!(outcome.counts.members_removed, 2 * b_keys.len() as u64);
+    assert_eq!(outcome.counts.errors, 0, "{:?}", outcome.first_error);
+
+    // ASK: a slot of node A half migrated to node B.
+    let a_keys = cluster.keys_on(&a, "*-tokens");
+    let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for key in a_keys {
+        by_slot
+            .entry(slot_of(&mut cluster.nodes[0].conn(), &key))
+            .or_default()
+            .push(key);
+    }
+    let (slot, slot_keys) = by_slot
+        .into_iter()
+        .max_by_key(|(_, keys)| keys.len())
+        .unwrap();
+    assert!(slot_keys.len() >= 2, "a slot with several keys");
+    let ids: BTreeMap<String, String> = cluster
+        .topology()
+        .into_iter()
+        .map(|n| (n.address, n.id))
+        .collect();
+    let b_port: u16 = b.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut source = cluster.node(&a).conn();
+    let mut target = cluster.node(&b).conn();
+    let () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("IMPORTING")
+        .arg(&ids[&a])
+        .query(&mut target)
+        .unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("MIGRATING")
+        .arg(&ids[&b])
+        .query(&mut source)
+        .unwrap();
+    let moved = &slot_keys[..slot_keys.len() / 2];
+    let () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(b_port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(moved)
+        .query(&mut source)
+        .unwrap();
+
+    let batch: Vec<Vec<u8>> = slot_keys.iter().map(|k| k.clone().into_bytes()).collect();
+    let outcome = sweep_keys(&mut on_a, &batch, now - 1, SweepMode::Remove)
+        .await
+        .unwrap();
+    assert_eq!(outcome.counts.keys_redirected, moved.len() as u64);
+    assert_eq!(outcome.counts.members_removed, 2 * slot_keys.len() as u64);
+    assert_eq!(outcome.counts.errors, 0, "{:?}", outcome.first_error);
+    for key in moved {
+        // The target serves the importing slot only right after ASKING.
+        let (_, members): ((), Vec<String>) = redis::pipe()
+            .cmd("ASKING")
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut target)
+            .unwrap();
+        assert_eq!(members, ["live-1", "live-2"], "{key} on the target");
+    }
+    for key in &slot_keys[moved.len()..] {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut source)
+            .unwrap();
+        assert_eq!(members, ["live-1", "live-2"], "{key} on the source");
+    }
 }

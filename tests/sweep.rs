@@ -31,10 +31,10 @@ async fn removes_expired_members_and_keeps_live_ones() {
         .await
         .unwrap();
 
-    assert_eq!(report.keys_scanned, 50);
-    assert_eq!(report.keys_changed, 50);
-    assert_eq!(report.members_removed, 100);
-    assert_eq!(report.errors, 0);
+    assert_eq!(report.counts.keys_scanned, 50);
+    assert_eq!(report.counts.keys_changed, 50);
+    assert_eq!(report.counts.members_removed, 100);
+    assert_eq!(report.counts.errors, 0);
     for user in 0..50 {
         let left: Vec<String> = c.zrange(format!("user{user}-tokens"), 0, -1).unwrap();
         assert_eq!(left, ["live-1", "live-2"], "user{user}");
@@ -65,7 +65,7 @@ async fn boundary_members_at_the_cutoff_go_and_one_unit_later_stay() {
     .await
     .unwrap();
 
-    assert_eq!(outcome.members_removed, 2);
+    assert_eq!(outcome.counts.members_removed, 2);
     let left: Vec<String> = c.zrange("b-tokens", 0, -1).unwrap();
     assert_eq!(left, ["fraction-above", "above"]);
 }
@@ -95,7 +95,7 @@ async fn the_cutoff_is_redis_time_and_nothing_above_it_is_removed() {
     let left = members(&mut c, b"dense-tokens");
     assert!(left.iter().all(|(_, score)| *score > report.cutoff as f64));
     let removed = 401 - left.len() as u64;
-    assert_eq!(removed, report.members_removed);
+    assert_eq!(removed, report.counts.members_removed);
     assert_eq!(removed as i64, report.cutoff - (before - 200) + 1);
 }
 
@@ -115,7 +115,7 @@ async fn grace_keeps_recently_expired_tokens() {
 
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-    assert_eq!(report.members_removed, 1);
+    assert_eq!(report.counts.members_removed, 1);
     let left: Vec<String> = c.zrange("g-tokens", 0, -1).unwrap();
     assert_eq!(left, ["expired-a-minute-ago"]);
 }
@@ -140,7 +140,7 @@ async fn infinite_scores_minus_inf_is_expired_plus_inf_never() {
         .await
         .unwrap();
 
-    assert_eq!(report.members_removed, 1);
+    assert_eq!(report.counts.members_removed, 1);
     let left: Vec<String> = c.zrange("inf-tokens", 0, -1).unwrap();
     assert_eq!(left, ["live", "plus"]);
 }
@@ -179,8 +179,11 @@ async fn non_matching_keys_and_other_types_are_untouched() {
         .await
         .unwrap();
 
-    assert_eq!(report.keys_scanned, 0, "TYPE zset filters the others out");
-    assert_eq!(report.members_removed, 0);
+    assert_eq!(
+        report.counts.keys_scanned, 0,
+        "TYPE zset filters the others out"
+    );
+    assert_eq!(report.counts.members_removed, 0);
     let board: Vec<(String, f64)> = c.zrange_withscores("leaderboard", 0, -1).unwrap();
     assert_eq!(board, [("alice".to_owned(), 1.0)]);
     let archive: i64 = c.zcard("user1-tokens-archive").unwrap();
@@ -210,7 +213,7 @@ async fn key_ttls_are_kept() {
         .await
         .unwrap();
 
-    assert_eq!(report.members_removed, 2);
+    assert_eq!(report.counts.members_removed, 2);
     let ttl: i64 = c.pttl("ttl-tokens").unwrap();
     assert!(ttl > HOUR_MS - 60_000 && ttl <= HOUR_MS, "pttl {ttl}");
     let no_ttl: i64 = c.pttl("persist-tokens").unwrap();
@@ -240,8 +243,8 @@ async fn odd_key_names_are_swept_byte_for_byte() {
         .await
         .unwrap();
 
-    assert_eq!(report.keys_scanned, odd.len() as u64);
-    assert_eq!(report.members_removed, odd.len() as u64);
+    assert_eq!(report.counts.keys_scanned, odd.len() as u64);
+    assert_eq!(report.counts.members_removed, odd.len() as u64);
     for key in &odd {
         let left: Vec<String> = c.zrange(key, 0, -1).unwrap();
         assert_eq!(left, ["live"], "{}", String::from_utf8_lossy(key));
@@ -261,7 +264,7 @@ async fn a_pattern_with_glob_characters_matches_only_what_it_says() {
 
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-    assert_eq!(report.members_removed, 1);
+    assert_eq!(report.counts.members_removed, 1);
     let b: i64 = c.zcard("tenant-b:u1-tokens").unwrap();
     assert_eq!(b, 1);
 }
@@ -291,8 +294,11 @@ async fn dry_run_counts_and_changes_nothing() {
         .unwrap();
 
     assert_eq!(report.mode, SweepMode::DryRun);
-    assert_eq!(report.members_removed, 21, "what a real sweep would remove");
-    assert_eq!(report.keys_changed, 21);
+    assert_eq!(
+        report.counts.members_removed, 21,
+        "what a real sweep would remove"
+    );
+    assert_eq!(report.counts.keys_changed, 21);
     assert_eq!(snapshot(&mut c), before);
 }
 
@@ -317,9 +323,12 @@ async fn a_key_that_is_no_longer_a_sorted_set_is_skipped_and_counted() {
         .await
         .unwrap();
 
-    assert_eq!(outcome.skipped_wrong_type, 1);
-    assert_eq!(outcome.errors, 0);
-    assert_eq!(outcome.members_removed, 2, "the keys around it were swept");
+    assert_eq!(outcome.counts.skipped_wrong_type, 1);
+    assert_eq!(outcome.counts.errors, 0);
+    assert_eq!(
+        outcome.counts.members_removed, 2,
+        "the keys around it were swept"
+    );
     let s: String = c.get("became-a-string-tokens").unwrap();
     assert_eq!(s, "x");
 }
@@ -353,7 +362,7 @@ async fn keys_changing_type_during_a_sweep_never_fail_it() {
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
     flipper.join().unwrap();
 
-    assert_eq!(report.errors, 0);
+    assert_eq!(report.counts.errors, 0);
     let zsets_left: Vec<String> = redis::cmd("SCAN")
         .arg(0)
         .arg("COUNT")
@@ -462,7 +471,7 @@ async fn unit_guard_can_be_turned_off() {
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
     // The guard is off: seconds read as milliseconds are in 1970, so they go.
-    assert_eq!(report.members_removed, 1);
+    assert_eq!(report.counts.members_removed, 1);
 }
 
 #[tokio::test]
@@ -477,7 +486,7 @@ async fn seconds_unit_sweeps_jwt_exp_scores() {
 
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-    assert_eq!(report.members_removed, 1);
+    assert_eq!(report.counts.members_removed, 1);
     assert!((now_s..=now_s + 5).contains(&report.cutoff));
     let left: Vec<String> = c.zrange("jwt-tokens", 0, -1).unwrap();
     assert_eq!(left, ["live"]);
@@ -502,8 +511,8 @@ async fn many_keys_across_many_scan_pages_and_batches() {
 
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-    assert_eq!(report.members_removed, 25_000);
-    assert_eq!(report.keys_changed, 25_000);
+    assert_eq!(report.counts.members_removed, 25_000);
+    assert_eq!(report.counts.keys_changed, 25_000);
     let total: i64 = (0..25_000)
         .map(|u| c.zcard::<_, i64>(format!("u{u}-tokens")).unwrap())
         .sum();
@@ -524,7 +533,7 @@ async fn max_keys_per_second_paces_the_sweep() {
 
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-    assert_eq!(report.members_removed, 300);
+    assert_eq!(report.counts.members_removed, 300);
     // A lower bound only: a slow machine makes it longer, never shorter.
     assert!(
         report.duration_seconds >= 1.0,
@@ -553,7 +562,7 @@ async fn shutdown_stops_the_scan_and_says_so() {
     .unwrap();
 
     assert!(report.interrupted);
-    assert_eq!(report.members_removed, 0);
+    assert_eq!(report.counts.members_removed, 0);
 }
 
 /// Random sets with random scores around now, in both units: after one sweep,
@@ -610,6 +619,9 @@ async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
                 report.cutoff
             );
         }
-        assert_eq!(report.members_removed, expected_removed, "round {round}");
+        assert_eq!(
+            report.counts.members_removed, expected_removed,
+            "round {round}"
+        );
     }
 }
