@@ -29,7 +29,7 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use crate::config::{Settings, SweepSettings};
 use crate::logging::LogLevel;
 use crate::metrics::{Metrics, Readiness, SweepResult};
-use crate::redis::{lock, Connection, Reconnecting, RedisError};
+use crate::redis::{lock, Connection, Primary, Reconnecting, RedisError};
 use crate::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
 
 /// What the outside world (signals, tests) asks of a running daemon.
@@ -310,12 +310,15 @@ impl ReplicaLock {
         conn.query::<i64>(what, &cmd).await.map(|n| n == 1)
     }
 
-    /// The lease key of a primary.
-    fn key_for(&self, conn: &Connection, node: &str) -> String {
-        if conn.is_cluster() {
-            format!("{}:{node}", self.key)
-        } else {
+    /// The lease key of a primary: `lock.key` for a single server; in a
+    /// cluster `lock.key:host:port{tag}`, hash-tagged into one of that
+    /// primary's own slots, so a primary that is down takes only its own
+    /// lease with it.
+    fn key_for(&self, primary: &Primary) -> String {
+        if primary.slots.is_empty() {
             self.key.clone()
+        } else {
+            primary.key_on(&format!("{}:{}", self.key, primary.address))
         }
     }
 
@@ -360,14 +363,16 @@ impl ReplicaLock {
     /// server or a lone daemon; with N live daemons, M/N (rounded up)
     /// starting at an offset given by this daemon's rank. The shares of all
     /// live daemons cover every primary, so no daemon needs to take more.
+    /// If the registry cannot be reached (its primary is down), all of them:
+    /// the leases still keep two daemons off one primary.
     async fn share_of(
         &self,
         conn: &mut Connection,
-        nodes: &[String],
+        nodes: &[Primary],
         registration: Duration,
-    ) -> Result<Vec<String>, RedisError> {
+    ) -> Vec<Primary> {
         if !conn.is_cluster() || nodes.len() < 2 {
-            return Ok(nodes.to_vec());
+            return nodes.to_vec();
         }
         let ms = u64::try_from(registration.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = redis::cmd("EVAL");
@@ -376,15 +381,21 @@ impl ReplicaLock {
             .arg(format!("{}:daemons", self.key))
             .arg(&self.holder)
             .arg(ms);
-        let (rank, daemons): (usize, usize) = conn.query("lock register", &cmd).await?;
+        let (rank, daemons): (usize, usize) = match conn.query("lock register", &cmd).await {
+            Ok(ranked) => ranked,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register with the other daemons; trying every primary");
+                return nodes.to_vec();
+            }
+        };
         let share = nodes.len().div_ceil(daemons.max(1));
-        Ok(nodes
+        nodes
             .iter()
             .cycle()
             .skip(rank * share % nodes.len())
             .take(share)
             .cloned()
-            .collect())
+            .collect()
     }
 }
 
@@ -440,14 +451,14 @@ impl Round {
             Ok(conn) => conn,
             Err(reason) => return self.failed("connection", reason),
         };
-        let nodes = match conn.primaries().await {
-            Ok(nodes) => nodes,
+        let primaries = match conn.primaries().await {
+            Ok(primaries) => primaries,
             Err(e) => return self.failed_redis(&e),
         };
         let swept = match &self.lock {
-            Some(lock) => self.sweep_leased(lock, &conn, &nodes, stopped).await,
+            Some(lock) => self.sweep_leased(lock, &conn, &primaries, stopped).await,
             None => self
-                .sweep(&conn, &nodes, stopped)
+                .sweep(&conn, &primaries, stopped)
                 .await
                 .map(|report| RoundSweeps {
                     report: Some(report),
@@ -465,17 +476,18 @@ impl Round {
     async fn sweep(
         &self,
         conn: &Connection,
-        nodes: &[String],
+        primaries: &[Primary],
         stopped: impl Future<Output = ()>,
     ) -> Result<SweepReport, SweepError> {
-        tracing::info!(trigger = ?self.trigger, nodes = nodes.len(), "sweep started");
+        tracing::info!(trigger = ?self.trigger, nodes = primaries.len(), "sweep started");
+        let nodes: Vec<String> = primaries.iter().map(|p| p.address.clone()).collect();
         let metrics = self.metrics.clone();
         let progress = SweepProgress::with_batch_timer(move |rtt| {
             metrics.batch_duration.observe(rtt.as_secs_f64());
         });
         sweep::sweep_nodes(
             conn,
-            nodes,
+            &nodes,
             &self.settings.sweep,
             SweepMode::Remove,
             &progress,
@@ -489,7 +501,7 @@ impl Round {
         &self,
         lock: &ReplicaLock,
         conn: &Connection,
-        nodes: &[String],
+        nodes: &[Primary],
         stopped: impl Future<Output = ()>,
     ) -> Result<RoundSweeps, SweepError> {
         let mut conn = conn.clone();
@@ -501,17 +513,28 @@ impl Round {
         // A daemon stays registered for two periods: one missed round does
         // not hand its share to the others.
         let registration = lease * 2 + lock.ttl;
-        let share = lock.share_of(&mut conn, nodes, registration).await?;
+        let share = lock.share_of(&mut conn, nodes, registration).await;
         let mut taken = Vec::new();
         let mut keys = Vec::new();
-        for node in &share {
-            let key = lock.key_for(&conn, node);
-            if lock.acquire(&mut conn, &key, lease).await? {
-                taken.push(node.clone());
-                keys.push(key);
+        let mut skipped = 0;
+        for primary in share {
+            let key = lock.key_for(&primary);
+            match lock.acquire(&mut conn, &key, lease).await {
+                Ok(true) => keys.push(key),
+                Ok(false) => {
+                    skipped += 1;
+                    continue;
+                }
+                // A single server's lock: Redis is failing; nothing to sweep.
+                Err(e) if !conn.is_cluster() => return Err(e.into()),
+                // A cluster lease lives on its own primary, so that primary
+                // is down or failing: its sweep will say how.
+                Err(e) => {
+                    tracing::warn!(error = %e, node = primary.address, "cannot take the lease")
+                }
             }
+            taken.push(primary);
         }
-        let skipped = share.len() - taken.len();
         if taken.is_empty() {
             return Ok(RoundSweeps {
                 report: None,

@@ -200,9 +200,18 @@ impl Connection {
         let tls = seeds
             .first()
             .is_some_and(|seed| matches!(seed.addr(), ConnectionAddr::TcpTls { .. }));
+        // redis-rs retries a failing request 16 times with waits from 1.28 s
+        // up: over a minute before a command for a dead primary's slot fails.
+        // A few quick retries still follow MOVED/ASK (those retry at once)
+        // and ride out a failover's few seconds; anything longer is left to
+        // the next sweep.
         let mut builder = ClusterClientBuilder::new(seeds)
             .connection_timeout(settings.connect_timeout)
-            .response_timeout(settings.response_timeout);
+            .response_timeout(settings.response_timeout)
+            .overall_response_timeout(Some(settings.response_timeout))
+            .retries(5)
+            .min_retry_wait(100)
+            .max_retry_wait(2000);
         if let Some(certificates) = tls_certificates(settings)?.filter(|_| tls) {
             builder = builder.certs(certificates);
         }
@@ -241,15 +250,17 @@ impl Connection {
         !matches!(self.link, Link::Server(_))
     }
 
-    /// The primaries to sweep, as `host:port`: the one server, or every
-    /// primary of the cluster that owns slots and is not marked failed,
-    /// in address order.
+    /// The primaries to sweep, in address order: the one server, or every
+    /// primary of the cluster that owns slots.
     ///
     /// # Errors
     /// When the cluster cannot say (`CLUSTER NODES` failed).
-    pub async fn primaries(&self) -> Result<Vec<String>, RedisError> {
+    pub async fn primaries(&self) -> Result<Vec<Primary>, RedisError> {
         let Link::Cluster { client, .. } = &self.link else {
-            return Ok(vec![self.address.clone()]);
+            return Ok(vec![Primary {
+                address: self.address.clone(),
+                slots: Vec::new(),
+            }]);
         };
         let mut client = client.clone();
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
@@ -258,14 +269,36 @@ impl Connection {
             .await
             .and_then(|value| redis::from_redis_value::<String>(value).map_err(Into::into))
             .map_err(|source| self.error("CLUSTER NODES", source))?;
-        let mut primaries: Vec<String> = parse_cluster_nodes(&nodes)
+        let mut primaries: Vec<Primary> = parse_cluster_nodes(&nodes)
             .into_iter()
-            .filter(ClusterNode::is_serving_primary)
-            .map(|node| node.address)
+            .filter(ClusterNode::owns_slots)
+            .map(|node| Primary {
+                slots: node.slot_ranges(),
+                address: node.address,
+            })
             .collect();
-        primaries.sort();
-        primaries.dedup();
+        primaries.sort_by(|a, b| a.address.cmp(&b.address));
+        primaries.dedup_by(|a, b| a.address == b.address);
         Ok(primaries)
+    }
+
+    /// PING: on a cluster, one node's answer (redis-rs would ask every
+    /// primary, and one primary down would make the whole client look lost).
+    ///
+    /// # Errors
+    /// Why Redis did not answer.
+    pub async fn ping(&mut self) -> Result<(), RedisError> {
+        let ping = redis::cmd("PING");
+        match &self.link {
+            Link::Cluster { client, .. } => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+                match client.clone().route_command(ping, routing).await {
+                    Ok(_) => Ok(()),
+                    Err(source) => Err(self.error("PING", source)),
+                }
+            }
+            _ => self.query::<String>("PING", &ping).await.map(drop),
+        }
     }
 
     /// A connection to the primary at `address` (one of [`Connection::primaries`]):
@@ -496,6 +529,69 @@ fn cluster_nodes_command() -> redis::Cmd {
     cmd
 }
 
+/// A primary to sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Primary {
+    /// `host:port`, as the cluster announces it (or as configured).
+    pub address: String,
+    /// The slots it serves (empty for a single server).
+    pub slots: Vec<std::ops::RangeInclusive<u16>>,
+}
+
+impl Primary {
+    /// A key prefixed `prefix` whose slot this primary serves, so that a
+    /// command on it runs on this primary: for a cluster, `prefix{tag}` with
+    /// a hash tag found for one of its slots; for a single server, `prefix`.
+    pub fn key_on(&self, prefix: &str) -> String {
+        if self.slots.is_empty() {
+            return prefix.to_owned();
+        }
+        // About one try in (16384 / slots served); a primary serves at
+        // least one slot, so the search ends within a few hundred thousand.
+        (0u32..)
+            .map(|n| n.to_string())
+            .find(|tag| {
+                let slot = key_slot(tag.as_bytes());
+                self.slots.iter().any(|range| range.contains(&slot))
+            })
+            .map(|tag| format!("{prefix}{{{tag}}}"))
+            .unwrap_or_else(|| prefix.to_owned())
+    }
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag, or of
+/// the whole key without one, modulo 16384.
+///
+/// ```
+/// use token_sweeper::redis::key_slot;
+///
+/// assert_eq!(key_slot(b"foo"), 12182);
+/// assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+/// ```
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 /// One line of `CLUSTER NODES`.
 #[derive(Debug, PartialEq, Eq)]
 struct ClusterNode {
@@ -509,10 +605,23 @@ struct ClusterNode {
 }
 
 impl ClusterNode {
-    /// A primary that owns slots and that the cluster has not declared failed.
-    fn is_serving_primary(&self) -> bool {
+    /// A primary that owns slots. A failed one counts too: its keys are not
+    /// swept while it is down, and the sweep must say so rather than skip
+    /// it. (After a failover the old primary owns no slots any more.)
+    /// The slot ranges (`0-5460`, or a single `93`), without migrations.
+    fn slot_ranges(&self) -> Vec<std::ops::RangeInclusive<u16>> {
+        self.slots
+            .split(' ')
+            .filter(|s| !s.is_empty() && !s.starts_with('['))
+            .filter_map(|s| {
+                let (start, end) = s.split_once('-').unwrap_or((s, s));
+                Some(start.parse().ok()?..=end.parse().ok()?)
+            })
+            .collect()
+    }
+
+    fn owns_slots(&self) -> bool {
         self.flags.iter().any(|f| f == "master")
-            && !self.flags.iter().any(|f| f == "fail")
             && self
                 .slots
                 .split(' ')
@@ -774,9 +883,8 @@ impl Reconnecting {
     /// Why Redis is not answering.
     pub async fn ping(self: &std::sync::Arc<Self>, timeout: Duration) -> Result<(), String> {
         let mut conn = self.get()?;
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(timeout, conn.query::<String>("PING", &ping)).await {
-            Ok(Ok(_)) => Ok(()),
+        match tokio::time::timeout(timeout, conn.ping()).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 let reason = e.to_string();
                 if e.is_connection_lost() {
@@ -798,4 +906,56 @@ impl Reconnecting {
 /// into whole, never left half-written.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES: &str = "\
+07c3 127.0.0.1:30004@31004,host-a slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922 [93->-292f]
+292f 127.0.0.1:30003@31003 myself,master - 0 0 3 connected 10923-16383 93
+e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-5460
+9fa1 127.0.0.1:30005@31005 master - 0 1426238317741 5 connected
+";
+
+    #[test]
+    fn primaries_are_the_masters_owning_slots_even_failed_ones() {
+        let nodes = parse_cluster_nodes(NODES);
+        let owning: Vec<(&str, Vec<std::ops::RangeInclusive<u16>>)> = nodes
+            .iter()
+            .filter(|n| n.owns_slots())
+            .map(|n| (n.address.as_str(), n.slot_ranges()))
+            .collect();
+        assert_eq!(
+            owning,
+            [
+                ("127.0.0.1:30002", vec![5461..=10922]),
+                ("127.0.0.1:30003", vec![10923..=16383, 93..=93]),
+                ("127.0.0.1:30001", vec![0..=92, 94..=5460]),
+            ]
+        );
+        // The migration marker stays in the assignment the sweep compares.
+        assert_eq!(nodes[1].slots, "5461-10922 [93->-292f]");
+    }
+
+    #[test]
+    fn a_key_on_a_primary_hashes_into_its_slots() {
+        let primary = Primary {
+            address: "127.0.0.1:30003".to_owned(),
+            slots: vec![93..=93],
+        };
+        let key = primary.key_on("token-sweeper:lock:127.0.0.1:30003");
+        assert!(
+            key.starts_with("token-sweeper:lock:127.0.0.1:30003{"),
+            "{key}"
+        );
+        assert_eq!(key_slot(key.as_bytes()), 93);
+        let single = Primary {
+            address: "127.0.0.1:6379".to_owned(),
+            slots: Vec::new(),
+        };
+        assert_eq!(single.key_on("token-sweeper:lock"), "token-sweeper:lock");
+    }
 }

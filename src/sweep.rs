@@ -319,7 +319,12 @@ pub async fn sweep(
     progress: &SweepProgress,
     shutdown: impl Future<Output = ()>,
 ) -> Result<SweepReport, SweepError> {
-    let nodes = conn.primaries().await?;
+    let nodes: Vec<String> = conn
+        .primaries()
+        .await?
+        .into_iter()
+        .map(|primary| primary.address)
+        .collect();
     sweep_nodes(conn, &nodes, settings, mode, progress, shutdown).await
 }
 

@@ -443,7 +443,7 @@ fn a_killed_primary_is_replaced_by_its_replica_and_the_daemon_keeps_sweeping() {
 
 #[test]
 fn two_daemons_split_the_primaries_between_them() {
-    let cluster = RedisCluster::start(3, 0);
+    let mut cluster = RedisCluster::start(3, 0);
     let keys = user_keys(1500);
     seed(&cluster, &keys);
     let env = cluster.env();
@@ -482,21 +482,23 @@ fn two_daemons_split_the_primaries_between_them() {
     assert_eq!(left(&cluster, &keys), (0, 3000));
 
     // Within one period, the primaries' leases are held by both daemons:
-    // each took its share instead of one taking all.
-    let holders = |c: &mut redis::cluster::ClusterConnection| -> BTreeSet<u32> {
-        primaries
-            .iter()
-            .filter_map(|node| {
-                let holder: Option<String> = c.get(format!("token-sweeper:lock:{node}")).ok()?;
-                holder?.split(':').nth(1)?.parse().ok()
-            })
-            .collect()
+    // each took its share instead of one taking all. Each lease lives on
+    // its own primary (`token-sweeper:lock:<node>{tag}`).
+    let mut holders = || -> BTreeSet<u32> {
+        let mut pids = BTreeSet::new();
+        for node in &primaries {
+            let pattern = format!("token-sweeper:lock:{node}{{*");
+            for key in cluster.keys_on(node, &pattern) {
+                let holder: Option<String> = cluster.node(node).conn().get(&key).unwrap();
+                pids.extend(holder.and_then(|h| h.split(':').nth(1)?.parse::<u32>().ok()));
+            }
+        }
+        pids
     };
-    let mut c = cluster.conn();
     wait_until(
         Duration::from_secs(20),
         "leases held by both daemons at once",
-        || holders(&mut c) == BTreeSet::from([a.pid(), b.pid()]),
+        || holders() == BTreeSet::from([a.pid(), b.pid()]),
     );
 }
 
@@ -663,4 +665,61 @@ async fn keys_that_answer_moved_or_ask_are_swept_through_the_cluster_once() {
             .unwrap();
         assert_eq!(members, ["live-1", "live-2"], "{key} on the source");
     }
+}
+
+#[test]
+fn a_primary_that_is_down_is_named_unfinished_and_the_others_are_swept() {
+    // Without full coverage required, the other primaries keep serving.
+    let mut cluster = RedisCluster::start_with(3, 0, &["--cluster-require-full-coverage", "no"]);
+    let keys = user_keys(900);
+    seed(&cluster, &keys);
+    let primaries = cluster.primaries();
+    let down = primaries[2].address.clone();
+    let down_keys = cluster.keys_on(&down, "*-tokens");
+    cluster.node(&down).kill();
+    let alive_keys: Vec<String> = keys
+        .iter()
+        .filter(|k| !down_keys.contains(k))
+        .cloned()
+        .collect();
+
+    let env = cluster.env();
+    let env = env_refs(&env);
+    let out = run_sweeper(&["sweep", "--json"], &env);
+    assert_eq!(out.status.code(), Some(1), "an incomplete sweep exits 1");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["unfinished_nodes"],
+        serde_json::json!([down]),
+        "{report}"
+    );
+    assert_eq!(
+        report["members_removed"],
+        2 * alive_keys.len() as u64,
+        "{report}"
+    );
+    assert_eq!(left(&cluster, &alive_keys), (0, 2 * alive_keys.len()));
+
+    // The daemon says the same in its metrics and /readyz.
+    let url = env[1].1.to_owned();
+    let daemon = DaemonProcess::start(
+        &url,
+        &[
+            env[0],
+            env[2],
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+            ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "1s"),
+        ],
+        None,
+    );
+    wait_until(Duration::from_secs(20), "an incomplete sweep", || {
+        daemon.metric("token_sweeper_sweeps_total{result=\"incomplete\"}") >= 1.0
+    });
+    let unfinished =
+        |node: &str| daemon.metric(&format!("token_sweeper_node_unfinished{{node=\"{node}\"}}"));
+    assert_eq!(unfinished(&down), 1.0, "{}", daemon.scrape());
+    assert_eq!(unfinished(&primaries[0].address), 0.0);
+    let (code, body) = common::http_get(daemon.metrics_port, "/readyz").unwrap();
+    assert_eq!(code, 503);
+    assert!(body.contains(&down), "{body}");
 }

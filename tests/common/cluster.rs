@@ -28,12 +28,17 @@ impl RedisCluster {
     /// `primaries` primaries with `replicas` replicas each. Node timeout 1 s,
     /// so a killed primary's replica takes over within a few seconds.
     pub fn start(primaries: usize, replicas: usize) -> Self {
+        Self::start_with(primaries, replicas, &[])
+    }
+
+    /// [`RedisCluster::start`] with extra `redis-server` arguments for every node.
+    pub fn start_with(primaries: usize, replicas: usize, extra: &[&str]) -> Self {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
                 // The cluster bus needs a port of its own; the default
                 // (port + 10000) may be past 65535 for an ephemeral port.
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -46,7 +51,9 @@ impl RedisCluster {
                     // take over; the default waits 5 s before syncing.
                     "--repl-diskless-sync-delay",
                     "0",
-                ])
+                ];
+                args.extend_from_slice(extra);
+                RedisServer::start_with(&args)
             })
             .collect();
         let addresses: Vec<String> = nodes
