@@ -15,7 +15,6 @@ sweeper's own CPU (user + system, as a fraction of one core) and its peak RSS.
 Every run checks that exactly the expired members were removed and that no
 primary was left unfinished.
 """
-import argparse
 import json
 import os
 import statistics
@@ -25,7 +24,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis_harness as h  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRIMARIES = 3
 
 
@@ -57,14 +55,7 @@ def slot_owners(node):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--users", type=int, default=1_000_000)
-    ap.add_argument("--tokens", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=1, help="runs of each; medians reported")
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/token-sweeper"))
-    args = ap.parse_args()
-    if not os.path.exists(args.binary):
-        raise SystemExit(f"{args.binary} not found: cargo build --release")
+    args = h.sweep_bench_args(__doc__)
 
     nodes = start_cluster()
     with h.servers_and_scratch(nodes, prefix="token-sweeper-cluster-") as workdir:

@@ -3,6 +3,7 @@ loopback port, and a fast loader of token sets.
 
 Nothing here talks to a Redis it did not start.
 """
+import argparse
 import collections
 import contextlib
 import os
@@ -14,6 +15,24 @@ import tempfile
 import time
 
 DAY_MS = 86_400_000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sweep_bench_args(doc: str, *extra):
+    """Parses the options both sweep benchmarks share (--users, --tokens,
+    --runs, --binary) plus `extra` (argument-name, keyword-dict) pairs, and
+    checks the binary was built."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--tokens", type=int, default=4)
+    ap.add_argument("--runs", type=int, default=1, help="runs of each; medians reported")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/token-sweeper"))
+    for name, options in extra:
+        ap.add_argument(name, **options)
+    args = ap.parse_args()
+    if not os.path.exists(args.binary):
+        raise SystemExit(f"{args.binary} not found: cargo build --release")
+    return args
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ members removed/s, the Redis main thread's CPU busy fraction over the sweep
 (INFO cpu) and each sweeper's peak RSS. Every run checks that exactly the
 expired members were removed.
 """
-import argparse
 import json
 import os
 import statistics
@@ -20,7 +19,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import redis_harness as h  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure(server, argv, env=None):
@@ -43,17 +41,12 @@ def check_left(server, users, tokens):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--users", type=int, default=1_000_000)
-    ap.add_argument("--tokens", type=int, default=4)
-    ap.add_argument("--runs", type=int, default=1, help="runs of each; medians reported")
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/token-sweeper"))
-    ap.add_argument("--no-peer", action="store_true", help="skip the reference peer")
-    ap.add_argument("--check-targets", action="store_true",
-                    help="exit 1 unless wall <= 0.5x peer, Redis busy >= 80%%, RSS <= 25 MB")
-    args = ap.parse_args()
-    if not os.path.exists(args.binary):
-        raise SystemExit(f"{args.binary} not found: cargo build --release")
+    args = h.sweep_bench_args(
+        __doc__,
+        ("--no-peer", dict(action="store_true", help="skip the reference peer")),
+        ("--check-targets", dict(
+            action="store_true",
+            help="exit 1 unless wall <= 0.5x peer, Redis busy >= 80%%, RSS <= 25 MB")))
     if not args.no_peer:
         try:
             import redis  # noqa: F401
@@ -85,7 +78,7 @@ def main() -> None:
                 continue
             server.cli("FLUSHALL")
             h.load(server, data)
-            peer = [sys.executable, os.path.join(ROOT, "bench/reference_peer.py"),
+            peer = [sys.executable, os.path.join(h.ROOT, "bench/reference_peer.py"),
                     server.url, "*-tokens", str(server.now_ms())]
             wall, rss, busy, out = measure(server, peer)
             if int(out) != expired:
