@@ -470,7 +470,6 @@ struct NodeSweep<'a> {
     assignment: Option<String>,
     scanner: Scanner<'a>,
     tally: Tally<'a>,
-    settings: &'a SweepSettings,
     /// Shutdown came during the unit-guard sample.
     interrupted: bool,
 }
@@ -528,7 +527,6 @@ impl<'a> NodeSweep<'a> {
             assignment,
             scanner,
             tally,
-            settings,
             interrupted,
         }))
     }
@@ -571,7 +569,7 @@ impl<'a> NodeSweep<'a> {
         // Capacity = max_in_flight: the scanner may run one channel's worth
         // ahead of the pipelines, which bounds memory to about
         // 2 * max_in_flight batches per node.
-        let in_flight = usize::try_from(self.settings.max_in_flight)
+        let in_flight = usize::try_from(self.scanner.settings.max_in_flight)
             .unwrap_or(1)
             .max(1);
         let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Vec<u8>>>(in_flight);

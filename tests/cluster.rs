@@ -380,16 +380,12 @@ fn a_killed_primary_is_replaced_by_its_replica_and_the_daemon_keeps_sweeping() {
     let mut cluster = RedisCluster::start(3, 1);
     let keys = user_keys(1500);
     seed(&cluster, &keys);
-    let env = cluster.env();
-    let mut env = env_refs(&env);
-    env.extend([
+    let daemon = cluster.daemon(&[
         ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
         ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
         ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "1s"),
         ("TOKEN_SWEEPER__REDIS__RESPONSE_TIMEOUT", "2s"),
     ]);
-    let url = env[1].1.to_owned();
-    let daemon = DaemonProcess::start(&url, &env, None);
 
     daemon.signal("USR1");
     wait_until(Duration::from_secs(20), "the first sweep", || {
@@ -446,16 +442,13 @@ fn two_daemons_split_the_primaries_between_them() {
     let mut cluster = RedisCluster::start(3, 0);
     let keys = user_keys(1500);
     seed(&cluster, &keys);
-    let env = cluster.env();
-    let mut env = env_refs(&env);
-    env.extend([
+    let env = [
         ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
         ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
         ("TOKEN_SWEEPER__LOCK__TTL", "3s"),
-    ]);
-    let url = env[1].1.to_owned();
-    let a = DaemonProcess::start(&url, &env, None);
-    let b = DaemonProcess::start(&url, &env, None);
+    ];
+    let a = cluster.daemon(&env);
+    let b = cluster.daemon(&env);
     let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
 
     // The nodes each daemon has swept, from its per-node metrics.
@@ -511,12 +504,13 @@ async fn the_readme_acl_users_work_on_a_cluster_and_a_missing_permission_is_name
     }
     let keys = user_keys(600);
     seed(&cluster, &keys);
-    let env = cluster.env();
-    let mut env = env_refs(&env);
-    env.extend([
+    let user = [
         ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
         ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
-    ]);
+    ];
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.extend(user);
 
     // The one-shot sweep and the daemon with its per-primary leases.
     let out = run_sweeper(&["sweep", "--dry-run"], &env);
@@ -526,8 +520,7 @@ async fn the_readme_acl_users_work_on_a_cluster_and_a_missing_permission_is_name
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let url = env[1].1.to_owned();
-    let daemon = DaemonProcess::start(&url, &env, None);
+    let daemon = cluster.daemon(&user);
     wait_until(Duration::from_secs(20), "the daemon's sweep", || {
         daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}") >= 1.0
     });
@@ -701,17 +694,10 @@ fn a_primary_that_is_down_is_named_unfinished_and_the_others_are_swept() {
     assert_eq!(left(&cluster, &alive_keys), (0, 2 * alive_keys.len()));
 
     // The daemon says the same in its metrics and /readyz.
-    let url = env[1].1.to_owned();
-    let daemon = DaemonProcess::start(
-        &url,
-        &[
-            env[0],
-            env[2],
-            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
-            ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "1s"),
-        ],
-        None,
-    );
+    let daemon = cluster.daemon(&[
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+        ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "1s"),
+    ]);
     wait_until(Duration::from_secs(20), "an incomplete sweep", || {
         daemon.metric("token_sweeper_sweeps_total{result=\"incomplete\"}") >= 1.0
     });

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::{free_port, wait_until, RedisServer};
+use super::{free_port, wait_until, DaemonProcess, RedisServer};
 
 /// A cluster owned by one test.
 pub struct RedisCluster {
@@ -149,6 +149,14 @@ impl RedisCluster {
             ("TOKEN_SWEEPER__REDIS__URL", self.nodes[0].url()),
             ("TOKEN_SWEEPER__REDIS__NODES", self.node_urls()),
         ]
+    }
+
+    /// `token-sweeper run` against this cluster, with `extra` environment.
+    pub fn daemon(&self, extra: &[(&str, &str)]) -> DaemonProcess {
+        let env = self.env();
+        let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        DaemonProcess::start(&self.nodes[0].url(), &all, None)
     }
 
     /// Settings for the library, pointing at this cluster.
