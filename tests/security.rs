@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    count_members, create_user, run_sweeper, seed, wait_until, DaemonProcess, RedisServer,
+    count_members, create_user, run_sweeper, seed, wait_until, write_file, DaemonProcess,
+    RedisServer,
 };
 
 #[test]
@@ -371,4 +372,326 @@ fn tls_files_need_a_rediss_url_and_come_in_pairs() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("redis.tls_key_file: set redis.tls_cert_file and redis.tls_key_file together"));
+}
+
+/// `text` percent-encoded for a URL: every byte but the unreserved ones
+/// (RFC 3986), in upper-case hex, so it is valid in userinfo and query alike.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One command of the property test: what to run, and what it must exit with.
+struct Leak {
+    what: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    /// Exit codes that mean the command went down the intended path.
+    codes: &'static [i32],
+}
+
+/// For random passwords drawn from every printable ASCII character, given in
+/// every way a password can be given (the password setting, a password file,
+/// in a URL percent-encoded or raw, in sentinel and seed URLs, in a unix
+/// socket URL's query, in a config file), no command prints it, raw or
+/// percent-encoded, on stdout or stderr: not check-config, not a sweep
+/// against a refusing or unreachable server, not a malformed URL, not the
+/// tokens commands, not sentinel or cluster discovery that fails.
+#[test]
+fn no_output_ever_contains_a_redis_password() {
+    use rand::{Rng, SeedableRng};
+
+    // A live server whose password is never the one given: the handshake
+    // is refused (WRONGPASS), the path where a password is most likely to
+    // be echoed.
+    let server = RedisServer::start_with(&["--requirepass", "the-real-one"]);
+    let live = server.port;
+    // Ports nobody listens on: connection refused.
+    let refused: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5ec2e7);
+
+    for round in 0..12 {
+        let len = rng.random_range(12..=24);
+        let mut password: String = (0..len)
+            .map(|_| char::from(rng.random_range(0x20u8..=0x7e)))
+            .collect();
+        // Every round has the characters that break naive redaction.
+        let tricky = ['/', '@', ':', '?', '#', '%', '&', ','];
+        password.insert(
+            rng.random_range(0..=password.len()),
+            tricky[round % tricky.len()],
+        );
+        let encoded = percent_encode(&password);
+        // The HMAC secret of the auth path, also random, must not show either.
+        let auth_secret: String = (0..rng.random_range(32..=40))
+            .map(|_| char::from(rng.random_range(0x20u8..=0x7e)))
+            .collect();
+        let file = write_file(dir.path(), &format!("pw{round}"), &format!("{password}\n"));
+        let toml_escaped = toml::Value::String(password.clone()).to_string();
+        let config_ok = write_file(
+            dir.path(),
+            &format!("ok{round}.toml"),
+            &format!(
+                "[redis]\npassword = {toml_escaped}\nurl = \"redis://u:{encoded}@127.0.0.1:{}\"\n",
+                refused[0]
+            ),
+        );
+        // Written as is: often not valid TOML, so the parser's error is printed.
+        let config_raw = write_file(
+            dir.path(),
+            &format!("raw{round}.toml"),
+            &format!("[redis]\npassword = \"{password}\"\n"),
+        );
+        let at = |port: u16| format!("redis://u:{encoded}@127.0.0.1:{port}");
+        let secret = ("TOKEN_SWEEPER__AUTH__SECRET", auth_secret.clone());
+        let fast = ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "2s".to_owned());
+        let url = |u: String| ("TOKEN_SWEEPER__REDIS__URL", u);
+        let pw_env = ("TOKEN_SWEEPER__REDIS__PASSWORD", password.clone());
+        let sentinel_env = vec![
+            ("TOKEN_SWEEPER__REDIS__MODE", "sentinel".to_owned()),
+            ("TOKEN_SWEEPER__REDIS__MASTER_NAME", "mymaster".to_owned()),
+            (
+                "TOKEN_SWEEPER__REDIS__SENTINELS",
+                format!("{},{},{}", at(refused[1]), at(live), at(refused[2])),
+            ),
+            url(at(refused[0])),
+            pw_env.clone(),
+            fast.clone(),
+        ];
+        let cluster_env = vec![
+            ("TOKEN_SWEEPER__REDIS__MODE", "cluster".to_owned()),
+            url(at(refused[0])),
+            (
+                "TOKEN_SWEEPER__REDIS__NODES",
+                format!("{},{}", at(live), at(refused[1])),
+            ),
+            fast.clone(),
+        ];
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let with_config = |path: &Path| {
+            vec![
+                "check-config".to_owned(),
+                "--config".to_owned(),
+                path.display().to_string(),
+            ]
+        };
+        let cases = vec![
+            Leak {
+                what: "check-config, every URL setting",
+                args: args(&["check-config"]),
+                env: sentinel_env
+                    .iter()
+                    .cloned()
+                    .chain([(
+                        "TOKEN_SWEEPER__REDIS__NODES",
+                        format!("{},{}", at(refused[1]), at(live)),
+                    )])
+                    .collect(),
+                codes: &[0],
+            },
+            Leak {
+                what: "check-config, the auth secret",
+                args: args(&["check-config"]),
+                env: vec![secret.clone(), pw_env.clone()],
+                codes: &[0],
+            },
+            Leak {
+                what: "tokens issue, server refuses the password",
+                args: args(&["tokens", "issue", "--user", "u"]),
+                env: vec![
+                    url(format!("redis://127.0.0.1:{live}")),
+                    pw_env.clone(),
+                    secret.clone(),
+                ],
+                codes: &[1],
+            },
+            Leak {
+                what: "check-config, a config file",
+                args: with_config(&config_ok),
+                env: vec![],
+                codes: &[0],
+            },
+            Leak {
+                what: "check-config, a config file with the password unescaped",
+                args: with_config(&config_raw),
+                env: vec![],
+                codes: &[0, 2],
+            },
+            Leak {
+                what: "sweep, password setting, server refuses it",
+                args: args(&["sweep"]),
+                env: vec![url(format!("redis://127.0.0.1:{live}")), pw_env.clone()],
+                codes: &[1],
+            },
+            Leak {
+                what: "sweep, password file, nothing listening",
+                args: args(&["sweep", "--json"]),
+                env: vec![
+                    url(format!("redis://127.0.0.1:{}", refused[0])),
+                    (
+                        "TOKEN_SWEEPER__REDIS__PASSWORD_FILE",
+                        file.display().to_string(),
+                    ),
+                ],
+                codes: &[1],
+            },
+            Leak {
+                what: "sweep, password in the URL, server refuses it",
+                args: args(&["sweep"]),
+                env: vec![url(at(live))],
+                codes: &[1],
+            },
+            Leak {
+                what: "sweep, password unencoded in the URL",
+                args: args(&["sweep"]),
+                env: vec![url(format!(
+                    "redis://u:{password}@127.0.0.1:{}",
+                    refused[0]
+                ))],
+                codes: &[1, 2],
+            },
+            Leak {
+                what: "sweep, password in a unix socket URL's query",
+                args: args(&["sweep"]),
+                env: vec![url(format!(
+                    "unix:///nonexistent/redis.sock?user=u&pass={encoded}&db=1"
+                ))],
+                codes: &[1],
+            },
+            Leak {
+                what: "check-config, password in a redis+unix URL's query",
+                args: args(&["check-config"]),
+                env: vec![url(format!("redis+unix:///run/redis.sock?pass={encoded}"))],
+                codes: &[0],
+            },
+            Leak {
+                what: "tokens list, server refuses the password",
+                args: args(&["tokens", "list", "--user", "u"]),
+                env: vec![url(at(live)), secret.clone()],
+                codes: &[1],
+            },
+            Leak {
+                what: "tokens list, password setting, nothing listening",
+                args: args(&["tokens", "list", "--user", "u"]),
+                env: vec![url(at(refused[0])), pw_env.clone(), secret.clone()],
+                codes: &[1],
+            },
+            Leak {
+                what: "sweep, sentinels unreachable or refusing",
+                args: args(&["sweep"]),
+                env: sentinel_env.clone(),
+                codes: &[1],
+            },
+            Leak {
+                what: "sweep, cluster seeds unreachable or refusing",
+                args: args(&["sweep"]),
+                env: cluster_env.clone(),
+                codes: &[1],
+            },
+        ];
+        let forms = [
+            password.clone(),
+            encoded.clone(),
+            encoded.to_lowercase(),
+            auth_secret.clone(),
+        ];
+        for case in &cases {
+            let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
+            let env: Vec<(&str, &str)> = case.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let out = run_sweeper(&args, &env);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let code = out.status.code().unwrap_or(-1);
+            assert!(
+                case.codes.contains(&code),
+                "round {round}, {}: exit {code}: {text}",
+                case.what
+            );
+            for form in &forms {
+                assert!(
+                    !text.contains(form.as_str()),
+                    "round {round}, {}: the password {password:?} is printed as {form:?}:\n{text}",
+                    case.what
+                );
+            }
+        }
+    }
+}
+
+/// The daemon's log, through failed connects, reloads that change the mode
+/// and the URLs, a reload that is refused, and sentinel discovery that
+/// fails, never holds the password (logging at debug, everything included).
+#[test]
+fn the_daemon_never_logs_a_password() {
+    let server = RedisServer::start_with(&["--requirepass", "the-real-one"]);
+    let refused = common::free_port();
+    let password = "daemon/pa?ss#word@:%&,x";
+    let encoded = percent_encode(password);
+    let at = |port: u16| format!("redis://u:{encoded}@127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = |text: &str| write_file(dir.path(), "c.toml", text);
+    let file = config("[sweep]\ninterval = \"1s\"\n");
+    let url = at(server.port);
+    let daemon = DaemonProcess::start(
+        &url,
+        &[
+            ("TOKEN_SWEEPER__LOG__LEVEL", "debug"),
+            ("TOKEN_SWEEPER__REDIS__PASSWORD", password),
+            ("TOKEN_SWEEPER__REDIS__CONNECT_TIMEOUT", "1s"),
+        ],
+        Some(&file),
+    );
+    let reloads = |daemon: &DaemonProcess, n: usize| {
+        wait_until(Duration::from_secs(10), "the reload", || {
+            let log = daemon.log_text();
+            log.matches("configuration reloaded").count() + log.matches("reload failed").count()
+                >= n
+        });
+    };
+    // Sentinel mode: every sentinel refuses or is not there.
+    config(&format!(
+        "[sweep]\ninterval = \"1s\"\n[redis]\nmode = \"sentinel\"\nmaster_name = \"m\"\n\
+         sentinels = [\"{}\", \"{}\"]\n",
+        at(refused),
+        at(server.port)
+    ));
+    daemon.signal("HUP");
+    reloads(&daemon, 1);
+    wait_until(
+        Duration::from_secs(10),
+        "a failed sentinel discovery",
+        || daemon.log_text().contains("sentinel: no primary"),
+    );
+    // A URL that does not parse: the reload is refused.
+    config(&format!(
+        "[redis]\nmode = \"cluster\"\nnodes = [\"redis://u:{password}@127.0.0.1:{refused}\"]\n"
+    ));
+    daemon.signal("HUP");
+    reloads(&daemon, 2);
+    // Cluster mode with seeds that refuse.
+    config(&format!(
+        "[redis]\nmode = \"cluster\"\nnodes = [\"{}\"]\n",
+        at(refused)
+    ));
+    daemon.signal("HUP");
+    reloads(&daemon, 3);
+    wait_until(Duration::from_secs(10), "a failed cluster connect", || {
+        daemon.log_text().contains("cluster (seeds")
+    });
+
+    let log = daemon.log_text();
+    assert!(log.contains("reload failed"), "{log}");
+    for form in [password.to_owned(), encoded.clone(), encoded.to_lowercase()] {
+        assert!(!log.contains(&form), "{form:?} in the log:\n{log}");
+    }
 }
