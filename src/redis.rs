@@ -685,36 +685,20 @@ async fn discover_primary(settings: &RedisSettings) -> Result<(String, u16), Red
     })
 }
 
-/// The CA and client certificate files, read, when any is configured.
-/// Server-name checking stays on: the URL's host must match the certificate.
+/// The CA and client certificate files, read and checked, when any is
+/// configured. Server-name checking stays on: the URL's host must match the
+/// certificate.
 fn tls_certificates(
     settings: &RedisSettings,
 ) -> Result<Option<redis::TlsCertificates>, RedisError> {
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            RedisError::Secret(crate::config::ConfigError::Invalid {
-                key: key.to_owned(),
-                message: format!("{}: {e}", path.display()),
-            })
-        })
-    };
-    let root_cert = match &settings.tls_ca_file {
-        Some(path) => Some(read("redis.tls_ca_file", path)?),
-        None => None,
-    };
-    let client_tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read("redis.tls_cert_file", cert)?,
-            client_key: read("redis.tls_key_file", key)?,
-        }),
-        _ => None,
-    };
-    if root_cert.is_none() && client_tls.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(redis::TlsCertificates {
-        client_tls,
-        root_cert,
+    Ok(settings.tls_files()?.map(|files| redis::TlsCertificates {
+        client_tls: files
+            .client
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: files.ca,
     }))
 }
 

@@ -628,6 +628,156 @@ fn no_output_ever_contains_a_redis_password() {
     }
 }
 
+/// Each TLS file is parsed by check-config and at start: an empty, garbage,
+/// or wrong-kind file, or a key that is not the certificate's, is one line
+/// naming the key, exit 2; not a handshake error later ("UnknownIssuer",
+/// "peer sent no certificates") or a connection retried forever.
+#[test]
+fn tls_files_are_parsed_at_start_naming_the_key() {
+    let pki = Pki::new();
+    let server = TlsRedis::start(&pki, "yes");
+    let url = format!("rediss://localhost:{}", server.port);
+    let d = pki.dir.path();
+    let empty = write_file(d, "empty.pem", "");
+    let text = write_file(d, "text.pem", "not a certificate\n");
+    let armored = write_file(
+        d,
+        "armored.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let bad_key = write_file(
+        d,
+        "bad.key",
+        "-----BEGIN PRIVATE KEY-----\nAAAAAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let missing = d.join("missing.pem");
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let good = [
+        ("TLS_CA_FILE", ca.clone()),
+        ("TLS_CERT_FILE", cert.clone()),
+        ("TLS_KEY_FILE", key.clone()),
+    ];
+    // (the file replaced, by what, what the one line must say)
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        ("TLS_CA_FILE", empty.clone(), "redis.tls_ca_file: "),
+        ("TLS_CA_FILE", text.clone(), "redis.tls_ca_file: "),
+        ("TLS_CA_FILE", armored.clone(), "redis.tls_ca_file: "),
+        ("TLS_CA_FILE", pki.path("ca.key"), "redis.tls_ca_file: "),
+        ("TLS_CA_FILE", missing.clone(), "redis.tls_ca_file: "),
+        ("TLS_CERT_FILE", empty.clone(), "redis.tls_cert_file: "),
+        ("TLS_CERT_FILE", text.clone(), "redis.tls_cert_file: "),
+        ("TLS_CERT_FILE", armored.clone(), "redis.tls_cert_file: "),
+        ("TLS_KEY_FILE", empty.clone(), "redis.tls_key_file: "),
+        ("TLS_KEY_FILE", text.clone(), "redis.tls_key_file: "),
+        ("TLS_KEY_FILE", bad_key.clone(), "redis.tls_key_file: "),
+        ("TLS_KEY_FILE", cert.clone(), "redis.tls_key_file: "),
+        // A valid key, but not the one of the client certificate.
+        (
+            "TLS_KEY_FILE",
+            pki.path("other-ca.key"),
+            "redis.tls_key_file: ",
+        ),
+    ];
+    let files_env = |files: &[(&str, PathBuf)]| -> Vec<(String, String)> {
+        files
+            .iter()
+            .map(|(k, p)| {
+                (
+                    format!("TOKEN_SWEEPER__REDIS__{k}"),
+                    p.display().to_string(),
+                )
+            })
+            .chain([("TOKEN_SWEEPER__REDIS__URL".to_owned(), url.clone())])
+            .collect()
+    };
+    let run = |args: &[&str], env: &[(String, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = run_sweeper(args, &env);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, err) = run(&["check-config"], &files_env(&good));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = run(&["sweep"], &files_env(&good));
+    assert_eq!(code, Some(0), "the good files connect: {err}");
+
+    for (replaced, file, expected) in &cases {
+        let files: Vec<(&str, PathBuf)> = good
+            .iter()
+            .map(|(k, p)| {
+                (
+                    *k,
+                    if k == replaced {
+                        file.clone()
+                    } else {
+                        p.clone()
+                    },
+                )
+            })
+            .collect();
+        for command in ["check-config", "sweep"] {
+            let (code, err) = run(&[command], &files_env(&files));
+            let case = format!("{command} with {replaced} = {}", file.display());
+            assert_eq!(code, Some(2), "{case}: {err}");
+            assert!(err.contains(expected), "{case}: {err}");
+            assert!(err.contains(&file.display().to_string()), "{case}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{case}: {err}");
+        }
+    }
+}
+
+/// A reload that points a TLS setting at a bad file is refused, naming the
+/// key, and the daemon keeps the files it has.
+#[test]
+fn a_reload_with_a_bad_tls_file_keeps_the_previous_configuration() {
+    let pki = Pki::new();
+    let server = TlsRedis::start(&pki, "no");
+    let url = format!("rediss://localhost:{}", server.port);
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = write_file(dir.path(), "garbage.pem", "garbage\n");
+    let config = |ca: &Path| {
+        format!(
+            "[redis]\ntls_ca_file = {}\n[sweep]\ninterval = \"1s\"\n",
+            toml::Value::String(ca.display().to_string())
+        )
+    };
+    let file = write_file(dir.path(), "c.toml", &config(&pki.path("ca.pem")));
+    let daemon = DaemonProcess::start(&url, &[], Some(&file));
+    let swept = |daemon: &DaemonProcess| {
+        common::metric(
+            &daemon.scrape(),
+            "token_sweeper_sweeps_total{result=\"ok\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(10), "a first sweep over TLS", || {
+        swept(&daemon) >= 1.0
+    });
+
+    write_file(dir.path(), "c.toml", &config(&garbage));
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the refused reload logged", || {
+        daemon.log_text().contains("reload failed")
+    });
+    let log = daemon.log_text();
+    let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(line.contains("redis.tls_ca_file: "), "{line}");
+    assert!(line.contains("garbage.pem"), "{line}");
+    let before = swept(&daemon);
+    wait_until(
+        Duration::from_secs(10),
+        "sweeps go on with the old files",
+        || swept(&daemon) >= before + 2.0,
+    );
+}
+
 /// The daemon's log, through failed connects, reloads that change the mode
 /// and the URLs, a reload that is refused, and sentinel discovery that
 /// fails, never holds the password (logging at debug, everything included).
