@@ -728,6 +728,28 @@ fn is_scheme(text: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
 }
 
+/// Largest `sweep.scan_count`. One SCAN call runs to its end inside Redis's
+/// single thread, visiting about COUNT buckets of the keyspace: every other
+/// client waits that long (100 000 buckets: a few milliseconds), and the
+/// reply holds up to that many keys. A huge COUNT walks the whole keyspace in
+/// one call and returns every key at once.
+pub const MAX_SCAN_COUNT: u32 = 100_000;
+
+/// Largest `sweep.batch_size`. Redis's pipelining guide suggests batches of
+/// about 10 000 commands; a longer pipeline only grows the buffers on both
+/// sides, its replies included.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+
+/// Largest `sweep.max_in_flight`. Redis runs one command at a time, so more
+/// pipelines in flight only hide network latency, while each holds a batch
+/// of keys: a primary's sweep holds about (2 × max_in_flight + 1) batches,
+/// at the two maxima 650 000 keys (some 65 MB with 100-byte keys).
+pub const MAX_IN_FLIGHT: u32 = 32;
+
+/// Largest `sweep.unit_guard_sample`. The sampled keys are held until each
+/// has been read; a few dozen already tell seconds from milliseconds.
+pub const MAX_UNIT_GUARD_SAMPLE: u32 = 10_000;
+
 /// What a sweep does and how hard it pushes Redis.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -746,11 +768,13 @@ pub struct SweepSettings {
     /// remove live tokens.
     #[serde(with = "human_duration")]
     pub max_clock_skew: Duration,
-    /// SCAN COUNT hint: how many slots Redis visits per SCAN call.
+    /// SCAN COUNT hint: how many slots Redis visits per SCAN call, at most
+    /// [`MAX_SCAN_COUNT`].
     pub scan_count: u32,
-    /// Keys per pipeline of ZREMRANGEBYSCORE.
+    /// Keys per pipeline of ZREMRANGEBYSCORE, at most [`MAX_BATCH_SIZE`].
     pub batch_size: u32,
-    /// Pipelines sent before waiting for the oldest one's replies (per node).
+    /// Pipelines sent before waiting for the oldest one's replies (per
+    /// node), at most [`MAX_IN_FLIGHT`].
     pub max_in_flight: u32,
     /// In cluster mode, how many primaries are swept at the same time. Each
     /// primary is its own Redis process, so sweeping them in parallel is what
@@ -761,7 +785,7 @@ pub struct SweepSettings {
     /// Check a sample of sets before deleting anything: if their scores look
     /// like the other unit, abort. Turn off only for data that is known odd.
     pub unit_guard: bool,
-    /// How many sets the unit guard inspects.
+    /// How many sets the unit guard inspects, at most [`MAX_UNIT_GUARD_SAMPLE`].
     pub unit_guard_sample: u32,
     /// Daemon schedule as an interval (`"5m"`): whole seconds, at least 1s.
     /// Exactly one of `interval` and `schedule` may be set.
@@ -1093,12 +1117,19 @@ impl Settings {
         if s.pattern.is_empty() {
             return Err(ConfigError::invalid("sweep.pattern", "must not be empty"));
         }
-        at_least_one("sweep.scan_count", s.scan_count.into())?;
-        at_least_one("sweep.batch_size", s.batch_size.into())?;
-        at_least_one("sweep.max_in_flight", s.max_in_flight.into())?;
-        at_least_one("sweep.max_parallel_nodes", s.max_parallel_nodes.into())?;
-        if s.unit_guard {
-            at_least_one("sweep.unit_guard_sample", s.unit_guard_sample.into())?;
+        between_one_and("sweep.scan_count", s.scan_count, MAX_SCAN_COUNT)?;
+        between_one_and("sweep.batch_size", s.batch_size, MAX_BATCH_SIZE)?;
+        between_one_and("sweep.max_in_flight", s.max_in_flight, MAX_IN_FLIGHT)?;
+        // Not bounded: each primary is its own Redis process, and the
+        // cluster's size bounds how many run at once.
+        between_one_and("sweep.max_parallel_nodes", s.max_parallel_nodes, u32::MAX)?;
+        // The bound holds with the guard off too: it is one reload from on.
+        if s.unit_guard || s.unit_guard_sample > MAX_UNIT_GUARD_SAMPLE {
+            between_one_and(
+                "sweep.unit_guard_sample",
+                s.unit_guard_sample,
+                MAX_UNIT_GUARD_SAMPLE,
+            )?;
         }
         match (&s.schedule, s.interval) {
             (Some(_), Some(_)) => {
@@ -1137,6 +1168,17 @@ impl Settings {
         if self.lock.enabled {
             if self.lock.key.is_empty() {
                 return Err(ConfigError::invalid("lock.key", "must not be empty"));
+            }
+            if self.lock.key.contains(['{', '}']) {
+                return Err(ConfigError::invalid(
+                    "lock.key",
+                    format!(
+                        "must not contain {{ or }}, got {:?}: on a Redis Cluster each primary's \
+                         lease is the key plus a hash tag of its own, and a hash tag in the key \
+                         would put every lease on one primary",
+                        self.lock.key
+                    ),
+                ));
             }
             if self.lock.ttl < Duration::from_secs(1) {
                 return Err(ConfigError::invalid("lock.ttl", "must be at least 1s"));
@@ -1196,9 +1238,15 @@ fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn at_least_one(key: &str, value: u64) -> Result<(), ConfigError> {
+fn between_one_and(key: &str, value: u32, max: u32) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::invalid(key, "must be at least 1, got 0"));
+    }
+    if value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be at most {max}, got {value}"),
+        ));
     }
     Ok(())
 }

@@ -165,6 +165,39 @@ fn bad_values_exit_2_with_one_line_naming_the_key() {
             "log.format: expected \"text\" or \"json\", got \"xml\"",
         ),
         (Some("[sweep\n"), &[], "c.toml"),
+        // Upper bounds: one huge value would hold a node's keys in memory
+        // or block Redis for a whole-keyspace SCAN.
+        (
+            Some("[sweep]\nbatch_size = 10001\n"),
+            &[],
+            "sweep.batch_size: must be at most 10000, got 10001",
+        ),
+        (
+            None,
+            &[("TOKEN_SWEEPER__SWEEP__SCAN_COUNT", "4294967295")],
+            "sweep.scan_count: must be at most 100000, got 4294967295",
+        ),
+        (
+            Some("[sweep]\nmax_in_flight = 33\n"),
+            &[],
+            "sweep.max_in_flight: must be at most 32, got 33",
+        ),
+        (
+            Some("[sweep]\nunit_guard_sample = 10001\n"),
+            &[],
+            "sweep.unit_guard_sample: must be at most 10000, got 10001",
+        ),
+        // A hash tag in the lock key would put every cluster lease on one primary.
+        (
+            Some("[lock]\nkey = \"{sweeper}:lock\"\n"),
+            &[],
+            "lock.key: must not contain",
+        ),
+        (
+            None,
+            &[("TOKEN_SWEEPER__LOCK__KEY", "lock}")],
+            "lock.key: must not contain",
+        ),
     ];
     for (toml, env, expected) in cases {
         let (code, _, err) = check_config(*toml, env);
@@ -172,6 +205,17 @@ fn bad_values_exit_2_with_one_line_naming_the_key() {
         assert!(err.contains(expected), "{toml:?} {env:?}: got {err:?}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
     }
+}
+
+#[test]
+fn the_upper_bounds_themselves_are_accepted() {
+    let (code, out, err) = check_config(
+        Some("[sweep]\nbatch_size = 10000\nscan_count = 100000\nmax_in_flight = 32\nunit_guard_sample = 10000\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("batch_size = 10000\n"), "{out}");
+    assert!(out.contains("scan_count = 100000\n"), "{out}");
 }
 
 #[test]
