@@ -59,7 +59,9 @@ fn tempfile_dir() -> anyhow::Result<String> {
 
 async fn run(port: u16, seconds: u64) -> anyhow::Result<()> {
     let redis_settings = RedisSettings {
-        url: format!("redis://127.0.0.1:{port}"),
+        url: format!("redis://127.0.0.1:{port}")
+            .parse()
+            .map_err(anyhow::Error::msg)?,
         ..RedisSettings::default()
     };
     let conn = loop {

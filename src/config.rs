@@ -282,8 +282,7 @@ mod human_duration_option {
 pub struct RedisSettings {
     /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
     /// Any password in it is redacted when printed; prefer `password`.
-    #[serde(serialize_with = "serialize_redacted_url")]
-    pub url: String,
+    pub url: RedisUrl,
     /// `standalone`; `sentinel` to find the primary through `sentinels`;
     /// `cluster` to sweep every primary of a Redis Cluster.
     pub mode: RedisMode,
@@ -291,11 +290,11 @@ pub struct RedisSettings {
     /// is enough to learn the topology. From the environment as one
     /// comma-separated string.
     #[serde(deserialize_with = "list_or_comma_separated")]
-    pub nodes: Vec<String>,
+    pub nodes: Vec<RedisUrl>,
     /// Sentinel URLs (`redis://host:26379`), in sentinel mode. From the
     /// environment as one comma-separated string.
     #[serde(deserialize_with = "list_or_comma_separated")]
-    pub sentinels: Vec<String>,
+    pub sentinels: Vec<RedisUrl>,
     /// The master name the sentinels monitor, in sentinel mode.
     pub master_name: Option<String>,
     /// ACL user name; overrides one given in the URL.
@@ -325,7 +324,7 @@ pub struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
-            url: "redis://127.0.0.1:6379".to_owned(),
+            url: RedisUrl::default(),
             mode: RedisMode::Standalone,
             nodes: Vec::new(),
             sentinels: Vec::new(),
@@ -356,6 +355,116 @@ impl RedisSettings {
     }
 }
 
+/// The files of `redis.tls_*`, read and parsed: what a TLS connection is
+/// set up with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The PEM text of `redis.tls_ca_file`: one or more CA certificates.
+    pub ca: Option<Vec<u8>>,
+    /// The PEM texts of `redis.tls_cert_file` and `redis.tls_key_file`: a
+    /// certificate chain and the private key of its first certificate.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .field("client", &self.client.as_ref().map(|_| Secret::REDACTED))
+            .finish()
+    }
+}
+
+impl RedisSettings {
+    /// The TLS files, read and checked the way the TLS library will use
+    /// them, or `None` when none is set: the CA file holds at least one
+    /// certificate and nothing that fails to parse as one, the certificate
+    /// file likewise, and the key file holds a private key that is the key
+    /// of the certificate. Each problem names its key and file; without
+    /// these checks an empty CA file is silently ignored (the handshake then
+    /// fails with "UnknownIssuer") and a bad client certificate shows as the
+    /// server's "peer sent no certificates".
+    ///
+    /// # Errors
+    /// The first file that cannot be read or is not what its key needs.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let read = |key: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ConfigError::invalid(key, format!("{}: {e}", path.display())))
+        };
+        let certificates = |key: &str, path: &Path, pem: &[u8]| {
+            let bad =
+                |what: String| ConfigError::invalid(key, format!("{}: {what}", path.display()));
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("not PEM: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad(
+                    "no certificate in it (a PEM -----BEGIN CERTIFICATE----- block)".to_owned(),
+                ));
+            }
+            for (n, cert) in certs.iter().enumerate() {
+                // Parses the certificate as X.509, which PEM armour alone does not.
+                rustls::RootCertStore::empty()
+                    .add(cert.clone())
+                    .map_err(|e| bad(format!("certificate {} is not valid X.509: {e}", n + 1)))?;
+            }
+            Ok(certs)
+        };
+        let ca = match &self.tls_ca_file {
+            Some(path) => {
+                let pem = read("redis.tls_ca_file", path)?;
+                certificates("redis.tls_ca_file", path, &pem)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let client = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert_path), Some(key_path)) => {
+                let cert_pem = read("redis.tls_cert_file", cert_path)?;
+                let chain = certificates("redis.tls_cert_file", cert_path, &cert_pem)?;
+                let key_pem = read("redis.tls_key_file", key_path)?;
+                let bad_key = |what: String| {
+                    ConfigError::invalid(
+                        "redis.tls_key_file",
+                        format!("{}: {what}", key_path.display()),
+                    )
+                };
+                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+                    let why = match e {
+                        rustls::pki_types::pem::Error::NoItemsFound => String::new(),
+                        other => format!(": {other}"),
+                    };
+                    bad_key(format!(
+                        "no private key in it (an unencrypted PEM PKCS#8, PKCS#1 or SEC1 key){why}"
+                    ))
+                })?;
+                let provider = rustls::crypto::ring::default_provider();
+                match rustls::sign::CertifiedKey::from_der(chain, key, &provider) {
+                    Ok(_) => {}
+                    Err(rustls::Error::InconsistentKeys(_)) => {
+                        return Err(bad_key(format!(
+                            "is not the key of the certificate in redis.tls_cert_file ({})",
+                            cert_path.display()
+                        )))
+                    }
+                    Err(e) => return Err(bad_key(format!("not a usable private key: {e}"))),
+                }
+                Some((cert_pem, key_pem))
+            }
+            // Validation reports a certificate without its key and the reverse.
+            _ => None,
+        };
+        if ca.is_none() && client.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(TlsFiles { ca, client }))
+    }
+}
+
 /// Reads a secret given either inline or as a file; validation has already
 /// made sure not both are set.
 pub(crate) fn read_secret(
@@ -373,17 +482,20 @@ pub(crate) fn read_secret(
 }
 
 /// A TOML list, or (from the environment, where the config crate can only
-/// split lists by also re-typing every other variable) a comma-separated string.
-fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<String>, D::Error> {
+/// split lists by also re-typing every other variable) a comma-separated
+/// string; each item parsed.
+fn list_or_comma_separated<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum ListOrString {
         List(Vec<String>),
         String(String),
     }
-    Ok(match ListOrString::deserialize(d)? {
+    let items = match ListOrString::deserialize(d)? {
         ListOrString::List(list) => list,
         ListOrString::String(text) => text
             .split(',')
@@ -391,31 +503,252 @@ fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect(),
-    })
+    };
+    items
+        .iter()
+        .map(|item| item.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
-fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&redact_url(url))
+/// A Redis URL of the settings (`redis.url`, `redis.nodes`,
+/// `redis.sentinels`): parsed once, when the settings are read, and only
+/// ever printed redacted.
+///
+/// `Display`, `Debug` and `Serialize` all write [`redact_url`]'s form, and
+/// the error for a URL that does not parse shows that form too, so neither
+/// `check-config`, an error message nor a log line can show a password the
+/// URL holds. Connecting uses [`RedisUrl::connection_info`].
+#[derive(Clone)]
+pub struct RedisUrl {
+    text: String,
+    info: redis::ConnectionInfo,
 }
 
-/// Replaces the password of a Redis URL with [`Secret::REDACTED`].
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => {
-            format!("{scheme}://{user}:{}@{host}{path}", Secret::REDACTED)
-        }
-        // `redis://secret@host` puts the password in the user position.
-        None => format!("{scheme}://{}@{host}{path}", Secret::REDACTED),
+impl RedisUrl {
+    /// Where Redis is by default.
+    pub const DEFAULT: &'static str = "redis://127.0.0.1:6379";
+
+    /// Parses a `redis://`, `rediss://` or `unix://` URL as redis-rs does.
+    ///
+    /// # Errors
+    /// One line saying why, with the URL redacted.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let redacted = redact_url(text);
+        // The url crate says what is wrong ("invalid port number"); redis-rs
+        // only says "did not parse". Neither message quotes the input.
+        let reason = match url::Url::parse(text) {
+            Err(e) => e.to_string(),
+            Ok(_) => match redis::IntoConnectionInfo::into_connection_info(text) {
+                Ok(info) => {
+                    return Ok(Self {
+                        text: text.to_owned(),
+                        info,
+                    })
+                }
+                // The detail, when there is one, quotes part of the URL
+                // (the `protocol` value): leave it out.
+                Err(e) => match e.detail() {
+                    Some(detail) => e.to_string().replace(detail, Secret::REDACTED),
+                    None => e.to_string(),
+                },
+            },
+        };
+        let hint = if text.contains('@') {
+            " (percent-encode / ? # @ : % and spaces in a user name or password, e.g. / as %2F)"
+        } else {
+            ""
+        };
+        Err(format!(
+            "{redacted:?} is not a redis:// or rediss:// URL: {reason}{hint}"
+        ))
+    }
+
+    /// What redis-rs connects with: address, credentials, database, TLS.
+    pub fn connection_info(&self) -> &redis::ConnectionInfo {
+        &self.info
+    }
+
+    /// True for `rediss://` (TLS).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.info.addr(), redis::ConnectionAddr::TcpTls { .. })
     }
 }
+
+impl Default for RedisUrl {
+    fn default() -> Self {
+        match Self::parse(Self::DEFAULT) {
+            Ok(url) => url,
+            // A constant that parses: the unit test `the_default_url_parses`
+            // runs exactly this.
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+}
+
+impl PartialEq for RedisUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.text))
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RedisUrl")
+            .field(&redact_url(&self.text))
+            .finish()
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&redact_url(&self.text))
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(text.trim()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A Redis URL with everything that can hold a secret replaced by
+/// [`Secret::REDACTED`]: the password (the whole user part when it has no
+/// `:`), and every query value but a `db` number or a `protocol` version
+/// (unix socket URLs carry `pass=` there).
+///
+/// Written for URLs that do not parse as much as for those that do: the
+/// user part ends at the *last* `@` (a password may hold `/`, `?`, `@`), a
+/// port that is not a number is redacted (a password that lost its `@`),
+/// an `@` after a `?` or `#` leaves nothing but the scheme, and text with
+/// no `://` that is not a unix socket URL is redacted whole.
+pub fn redact_url(url: &str) -> String {
+    const REDACTED: &str = Secret::REDACTED;
+    let (scheme, separator, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if is_scheme(scheme) => (scheme, "://", rest),
+        _ => match url.split_once(':') {
+            Some((scheme, rest)) if scheme.ends_with("unix") && is_scheme(scheme) => {
+                (scheme, ":", rest)
+            }
+            _ => return REDACTED.to_owned(),
+        },
+    };
+    let mut out = format!("{scheme}{separator}");
+    let tail = match rest.rfind('@') {
+        None => rest,
+        // Either a password holding `?` or `#`, or an `@` in the query:
+        // no part can be told apart from a secret.
+        Some(at) if rest.find(['?', '#']).is_some_and(|q| q < at) => {
+            return out + REDACTED;
+        }
+        Some(at) => {
+            match rest[..at].split_once(':') {
+                Some((user, _password)) => out += &format!("{user}:{REDACTED}@"),
+                // `redis://secret@host` puts the password in the user position.
+                None => out += &format!("{REDACTED}@"),
+            }
+            &rest[at + 1..]
+        }
+    };
+    let (tail, fragment) = match tail.split_once('#') {
+        Some((tail, fragment)) => (tail, Some(fragment)),
+        None => (tail, None),
+    };
+    let (host_path, query) = match tail.split_once('?') {
+        Some((host_path, query)) => (host_path, Some(query)),
+        None => (tail, None),
+    };
+    let (authority, path) = host_path.split_at(host_path.find('/').unwrap_or(host_path.len()));
+    // `[::1]:6379`: the port follows the bracket.
+    let port_at = if authority.starts_with('[') {
+        authority.find("]:").map(|i| i + 1)
+    } else {
+        authority.find(':')
+    };
+    match port_at {
+        Some(i) if !authority[i + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            out += &format!("{}:{REDACTED}", &authority[..i]);
+        }
+        _ => out += authority,
+    }
+    out += path;
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                // Only values that cannot be a secret: a short number, or
+                // a protocol redis-rs knows.
+                Some(("db", value))
+                    if (1..=4).contains(&value.len())
+                        && value.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    pair.to_owned()
+                }
+                Some(("protocol", "2" | "3" | "resp2" | "resp3")) => pair.to_owned(),
+                Some((key, _))
+                    if ["db", "protocol", "user", "username", "pass", "password"]
+                        .contains(&key) =>
+                {
+                    format!("{key}={REDACTED}")
+                }
+                _ => REDACTED.to_owned(),
+            })
+            .collect();
+        out += &format!("?{}", pairs.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out += "#";
+        out += if fragment == "insecure" {
+            fragment
+        } else {
+            REDACTED
+        };
+    }
+    out
+}
+
+/// A URL scheme (RFC 3986): a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+}
+
+/// Largest `sweep.scan_count`. One SCAN call runs to its end inside Redis's
+/// single thread, visiting about COUNT buckets of the keyspace: every other
+/// client waits that long (100 000 buckets: a few milliseconds), and the
+/// reply holds up to that many keys. A huge COUNT walks the whole keyspace in
+/// one call and returns every key at once.
+pub const MAX_SCAN_COUNT: u32 = 100_000;
+
+/// Largest `sweep.batch_size`. Redis's pipelining guide suggests batches of
+/// about 10 000 commands; a longer pipeline only grows the buffers on both
+/// sides, its replies included.
+pub const MAX_BATCH_SIZE: u32 = 10_000;
+
+/// Largest `sweep.max_in_flight`. Redis runs one command at a time, so more
+/// pipelines in flight only hide network latency, while each holds a batch
+/// of keys: a primary's sweep holds about (2 × max_in_flight + 1) batches,
+/// at the two maxima 650 000 keys (some 65 MB with 100-byte keys).
+pub const MAX_IN_FLIGHT: u32 = 32;
+
+/// Largest `sweep.unit_guard_sample`. The sampled keys are held until each
+/// has been read; a few dozen already tell seconds from milliseconds.
+pub const MAX_UNIT_GUARD_SAMPLE: u32 = 10_000;
 
 /// What a sweep does and how hard it pushes Redis.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -435,11 +768,13 @@ pub struct SweepSettings {
     /// remove live tokens.
     #[serde(with = "human_duration")]
     pub max_clock_skew: Duration,
-    /// SCAN COUNT hint: how many slots Redis visits per SCAN call.
+    /// SCAN COUNT hint: how many slots Redis visits per SCAN call, at most
+    /// [`MAX_SCAN_COUNT`].
     pub scan_count: u32,
-    /// Keys per pipeline of ZREMRANGEBYSCORE.
+    /// Keys per pipeline of ZREMRANGEBYSCORE, at most [`MAX_BATCH_SIZE`].
     pub batch_size: u32,
-    /// Pipelines sent before waiting for the oldest one's replies (per node).
+    /// Pipelines sent before waiting for the oldest one's replies (per
+    /// node), at most [`MAX_IN_FLIGHT`].
     pub max_in_flight: u32,
     /// In cluster mode, how many primaries are swept at the same time. Each
     /// primary is its own Redis process, so sweeping them in parallel is what
@@ -450,7 +785,7 @@ pub struct SweepSettings {
     /// Check a sample of sets before deleting anything: if their scores look
     /// like the other unit, abort. Turn off only for data that is known odd.
     pub unit_guard: bool,
-    /// How many sets the unit guard inspects.
+    /// How many sets the unit guard inspects, at most [`MAX_UNIT_GUARD_SAMPLE`].
     pub unit_guard_sample: u32,
     /// Daemon schedule as an interval (`"5m"`): whole seconds, at least 1s.
     /// Exactly one of `interval` and `schedule` may be set.
@@ -727,15 +1062,6 @@ impl Settings {
     /// A [`ConfigError`] naming the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let r = &self.redis;
-        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(r.url.as_str()) {
-            return Err(ConfigError::invalid(
-                "redis.url",
-                format!(
-                    "{:?} is not a redis:// or rediss:// URL: {e}",
-                    redact_url(&r.url)
-                ),
-            ));
-        }
         if r.password.is_some() && r.password_file.is_some() {
             return Err(ConfigError::invalid(
                 "redis.password_file",
@@ -755,42 +1081,23 @@ impl Settings {
                     "sentinel mode needs the master name the sentinels monitor",
                 ));
             }
-            for sentinel in &r.sentinels {
-                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(sentinel.as_str()) {
+        }
+        if r.mode == RedisMode::Cluster {
+            // The URLs parsed when they were read; what is left is what a
+            // cluster allows.
+            for (key, seed) in std::iter::once(("redis.url", &r.url))
+                .chain(r.nodes.iter().map(|seed| ("redis.nodes", seed)))
+            {
+                if seed.connection_info().redis_settings().db() != 0 {
                     return Err(ConfigError::invalid(
-                        "redis.sentinels",
-                        format!("{:?} is not a redis:// URL: {e}", redact_url(sentinel)),
+                        key,
+                        format!("{:?}: Redis Cluster has only database 0", seed.to_string()),
                     ));
                 }
             }
         }
-        if r.mode == RedisMode::Cluster {
-            for seed in std::iter::once(&r.url).chain(&r.nodes) {
-                let key = if seed == &r.url {
-                    "redis.url"
-                } else {
-                    "redis.nodes"
-                };
-                match redis::IntoConnectionInfo::into_connection_info(seed.as_str()) {
-                    Err(e) => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            format!("{:?} is not a redis:// URL: {e}", redact_url(seed)),
-                        ))
-                    }
-                    // Cluster nodes have database 0 only.
-                    Ok(info) if info.redis_settings().db() != 0 => {
-                        return Err(ConfigError::invalid(
-                            key,
-                            format!("{:?}: Redis Cluster has only database 0", redact_url(seed)),
-                        ))
-                    }
-                    Ok(_) => {}
-                }
-            }
-        }
         let tls_files = [&r.tls_ca_file, &r.tls_cert_file, &r.tls_key_file];
-        if tls_files.iter().any(|f| f.is_some()) && !r.url.starts_with("rediss://") {
+        if tls_files.iter().any(|f| f.is_some()) && !r.url.is_tls() {
             return Err(ConfigError::invalid(
                 "redis.url",
                 "redis.tls_* files are set, but the URL is not rediss:// (TLS)",
@@ -802,6 +1109,7 @@ impl Settings {
                 "set redis.tls_cert_file and redis.tls_key_file together",
             ));
         }
+        r.tls_files()?;
         positive("redis.connect_timeout", r.connect_timeout)?;
         positive("redis.response_timeout", r.response_timeout)?;
 
@@ -809,12 +1117,19 @@ impl Settings {
         if s.pattern.is_empty() {
             return Err(ConfigError::invalid("sweep.pattern", "must not be empty"));
         }
-        at_least_one("sweep.scan_count", s.scan_count.into())?;
-        at_least_one("sweep.batch_size", s.batch_size.into())?;
-        at_least_one("sweep.max_in_flight", s.max_in_flight.into())?;
-        at_least_one("sweep.max_parallel_nodes", s.max_parallel_nodes.into())?;
-        if s.unit_guard {
-            at_least_one("sweep.unit_guard_sample", s.unit_guard_sample.into())?;
+        between_one_and("sweep.scan_count", s.scan_count, MAX_SCAN_COUNT)?;
+        between_one_and("sweep.batch_size", s.batch_size, MAX_BATCH_SIZE)?;
+        between_one_and("sweep.max_in_flight", s.max_in_flight, MAX_IN_FLIGHT)?;
+        // Not bounded: each primary is its own Redis process, and the
+        // cluster's size bounds how many run at once.
+        between_one_and("sweep.max_parallel_nodes", s.max_parallel_nodes, u32::MAX)?;
+        // The bound holds with the guard off too: it is one reload from on.
+        if s.unit_guard || s.unit_guard_sample > MAX_UNIT_GUARD_SAMPLE {
+            between_one_and(
+                "sweep.unit_guard_sample",
+                s.unit_guard_sample,
+                MAX_UNIT_GUARD_SAMPLE,
+            )?;
         }
         match (&s.schedule, s.interval) {
             (Some(_), Some(_)) => {
@@ -853,6 +1168,17 @@ impl Settings {
         if self.lock.enabled {
             if self.lock.key.is_empty() {
                 return Err(ConfigError::invalid("lock.key", "must not be empty"));
+            }
+            if self.lock.key.contains(['{', '}']) {
+                return Err(ConfigError::invalid(
+                    "lock.key",
+                    format!(
+                        "must not contain {{ or }}, got {:?}: on a Redis Cluster each primary's \
+                         lease is the key plus a hash tag of its own, and a hash tag in the key \
+                         would put every lease on one primary",
+                        self.lock.key
+                    ),
+                ));
             }
             if self.lock.ttl < Duration::from_secs(1) {
                 return Err(ConfigError::invalid("lock.ttl", "must be at least 1s"));
@@ -912,14 +1238,21 @@ fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn at_least_one(key: &str, value: u64) -> Result<(), ConfigError> {
+fn between_one_and(key: &str, value: u32, max: u32) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(ConfigError::invalid(key, "must be at least 1, got 0"));
+    }
+    if value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be at most {max}, got {value}"),
+        ));
     }
     Ok(())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -931,7 +1264,85 @@ mod tests {
         );
         assert_eq!(redact_url("rediss://p4ss@h"), "rediss://<redacted>@h");
         assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact_url("redis://[::1]:6379/0"), "redis://[::1]:6379/0");
         assert_eq!(redact_url("redis://:p@ss@h"), "redis://:<redacted>@h");
+        assert_eq!(redact_url("http://localhost"), "http://localhost");
+        assert_eq!(
+            redact_url("rediss://:pw@h:6380/#insecure"),
+            "rediss://:<redacted>@h:6380/#insecure"
+        );
+    }
+
+    #[test]
+    fn redact_url_finds_passwords_that_break_the_url() {
+        // `/` in the password: the user part still ends at the last `@`.
+        assert_eq!(
+            redact_url("redis://u:ab/cd+ef=@h:6379/1"),
+            "redis://u:<redacted>@h:6379/1"
+        );
+        // `?` or `#` before the `@`: nothing can be told apart.
+        assert_eq!(redact_url("redis://u:a?b@h"), "redis://<redacted>");
+        assert_eq!(redact_url("redis://u:a#b@h"), "redis://<redacted>");
+        // An `@` in a query: the same.
+        assert_eq!(
+            redact_url("unix:///s.sock?user=a@b&pass=x"),
+            "unix://<redacted>"
+        );
+        // A password that lost its `@` shows as a port.
+        assert_eq!(redact_url("redis://:sec:ret"), "redis://:<redacted>");
+        assert_eq!(redact_url("redis://h:sec"), "redis://h:<redacted>");
+        // Not a URL at all: may be a secret in the wrong setting.
+        assert_eq!(redact_url("hunter2"), "<redacted>");
+        assert_eq!(redact_url("hunter:2"), "<redacted>");
+    }
+
+    #[test]
+    fn redact_url_hides_query_values_but_db_and_protocol() {
+        assert_eq!(
+            redact_url("unix:///run/r.sock?user=u&pass=s3cret&db=2"),
+            "unix:///run/r.sock?user=<redacted>&pass=<redacted>&db=2"
+        );
+        assert_eq!(
+            redact_url("redis+unix:/run/r.sock?pass=s3cret"),
+            "redis+unix:/run/r.sock?pass=<redacted>"
+        );
+        assert_eq!(
+            redact_url("redis://h/?protocol=resp3&password=x&x=y"),
+            "redis://h/?protocol=resp3&password=<redacted>&<redacted>"
+        );
+        assert_eq!(
+            redact_url("unix:///s?db=secret&protocol=s3cret&db=12345"),
+            "unix:///s?db=<redacted>&protocol=<redacted>&db=<redacted>"
+        );
+    }
+
+    #[test]
+    fn the_default_url_parses() {
+        let url = RedisUrl::parse(RedisUrl::DEFAULT).unwrap();
+        assert_eq!(url.to_string(), RedisUrl::DEFAULT);
+        assert_eq!(RedisUrl::default(), url);
+    }
+
+    #[test]
+    fn a_url_prints_redacted_every_way() {
+        let url = RedisUrl::parse("redis://u:s3cret@h:1/2").unwrap();
+        for printed in [
+            url.to_string(),
+            format!("{url:?}"),
+            serde_json::to_string(&url).unwrap(),
+        ] {
+            assert!(!printed.contains("s3cret"), "{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
+        assert_eq!(
+            url.connection_info().redis_settings().password(),
+            Some("s3cret")
+        );
+        let err = RedisUrl::parse("redis://u:s3/cret@h:1").unwrap_err();
+        assert!(!err.contains("cret"), "{err}");
+        assert!(err.contains("invalid port number"), "{err}");
+        let err = RedisUrl::parse("redis://h/?protocol=s3cret").unwrap_err();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -18,24 +18,25 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value,
-};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, Value};
 
-use crate::config::{redact_url, RedisMode, RedisSettings};
+use crate::config::{RedisMode, RedisSettings};
 
 /// A failure to reach or talk to Redis, naming the address.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    /// The settings do not describe a usable connection.
-    #[error("redis.url: {url}: {source}")]
-    InvalidUrl {
-        /// The URL, password redacted.
-        url: String,
-        /// Why redis-rs rejected it.
+    /// redis-rs could not set up a client with the settings (the URLs
+    /// parsed and the TLS files were checked when the settings were read,
+    /// so this is what those checks cannot see).
+    #[error("cannot set up a Redis client for {address}: {source}")]
+    Client {
+        /// `host:port` (for a cluster, its seeds).
+        address: String,
+        /// What redis-rs reported.
         source: redis::RedisError,
     },
-    /// A secret or certificate file could not be read.
+    /// A password or TLS file could not be read or is not usable (it
+    /// changed since the settings were read), naming its key.
     #[error(transparent)]
     Secret(#[from] crate::config::ConfigError),
     /// The server could not be reached, or the handshake (AUTH, SELECT) failed.
@@ -159,7 +160,7 @@ impl Connection {
     /// [`RedisError::Connect`] naming the address when Redis cannot be reached
     /// within `connect_timeout` or rejects the credentials.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisError> {
-        let info = parse_url(&settings.url)?;
+        let info = settings.url.connection_info().clone();
         let info = match settings.mode {
             RedisMode::Standalone => info,
             RedisMode::Cluster => return Self::connect_cluster(settings).await,
@@ -187,7 +188,7 @@ impl Connection {
     async fn connect_cluster(settings: &RedisSettings) -> Result<Self, RedisError> {
         let seeds = std::iter::once(&settings.url)
             .chain(&settings.nodes)
-            .map(|url| with_credentials(parse_url(url)?, settings))
+            .map(|url| with_credentials(url.connection_info().clone(), settings))
             .collect::<Result<Vec<_>, RedisError>>()?;
         let address = format!(
             "cluster (seeds {})",
@@ -215,8 +216,8 @@ impl Connection {
         if let Some(certificates) = tls_certificates(settings)?.filter(|_| tls) {
             builder = builder.certs(certificates);
         }
-        let client = builder.build().map_err(|source| RedisError::InvalidUrl {
-            url: redact_url(&settings.url),
+        let client = builder.build().map_err(|source| RedisError::Client {
+            address: address.clone(),
             source,
         })?;
         let connecting = client.get_async_connection();
@@ -319,7 +320,7 @@ impl Connection {
                 address: address.to_owned(),
             });
         };
-        let info = at_address(parse_url(&settings.url)?, host, port);
+        let info = at_address(settings.url.connection_info().clone(), host, port);
         let (address, direct) = open_server(info, settings).await?;
         Ok(Self {
             link: Link::Node {
@@ -446,12 +447,12 @@ async fn open_server(
     info: ConnectionInfo,
     settings: &RedisSettings,
 ) -> Result<(String, MultiplexedConnection), RedisError> {
-    let invalid = |source| RedisError::InvalidUrl {
-        url: redact_url(&settings.url),
-        source,
-    };
     let info = with_credentials(info, settings)?;
     let address = info.addr().to_string();
+    let invalid = |source| RedisError::Client {
+        address: address.clone(),
+        source,
+    };
     let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     let client = match tls_certificates(settings)?.filter(|_| tls) {
         Some(certificates) => Client::build_with_tls(info, certificates),
@@ -648,14 +649,6 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
-fn parse_url(url: &str) -> Result<ConnectionInfo, RedisError> {
-    url.into_connection_info()
-        .map_err(|source| RedisError::InvalidUrl {
-            url: redact_url(url),
-            source,
-        })
-}
-
 /// Asks each sentinel in turn where the primary of `master_name` is.
 async fn discover_primary(settings: &RedisSettings) -> Result<(String, u16), RedisError> {
     let name = settings.master_name.clone().unwrap_or_default();
@@ -671,7 +664,8 @@ async fn discover_primary(settings: &RedisSettings) -> Result<(String, u16), Red
         };
         let asked = async {
             let mut sentinel =
-                Connection::open(parse_url(sentinel_url)?, &sentinel_settings).await?;
+                Connection::open(sentinel_url.connection_info().clone(), &sentinel_settings)
+                    .await?;
             let mut ask = redis::cmd("SENTINEL");
             ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&name);
             sentinel
@@ -680,10 +674,8 @@ async fn discover_primary(settings: &RedisSettings) -> Result<(String, u16), Red
         };
         match asked.await {
             Ok(Some(primary)) => return Ok(primary),
-            Ok(None) => failures.push(format!(
-                "{}: no master named {name:?}",
-                redact_url(sentinel_url)
-            )),
+            // The URL's Display is redacted.
+            Ok(None) => failures.push(format!("{sentinel_url}: no master named {name:?}")),
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -693,36 +685,20 @@ async fn discover_primary(settings: &RedisSettings) -> Result<(String, u16), Red
     })
 }
 
-/// The CA and client certificate files, read, when any is configured.
-/// Server-name checking stays on: the URL's host must match the certificate.
+/// The CA and client certificate files, read and checked, when any is
+/// configured. Server-name checking stays on: the URL's host must match the
+/// certificate.
 fn tls_certificates(
     settings: &RedisSettings,
 ) -> Result<Option<redis::TlsCertificates>, RedisError> {
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            RedisError::Secret(crate::config::ConfigError::Invalid {
-                key: key.to_owned(),
-                message: format!("{}: {e}", path.display()),
-            })
-        })
-    };
-    let root_cert = match &settings.tls_ca_file {
-        Some(path) => Some(read("redis.tls_ca_file", path)?),
-        None => None,
-    };
-    let client_tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
-        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-            client_cert: read("redis.tls_cert_file", cert)?,
-            client_key: read("redis.tls_key_file", key)?,
-        }),
-        _ => None,
-    };
-    if root_cert.is_none() && client_tls.is_none() {
-        return Ok(None);
-    }
-    Ok(Some(redis::TlsCertificates {
-        client_tls,
-        root_cert,
+    Ok(settings.tls_files()?.map(|files| redis::TlsCertificates {
+        client_tls: files
+            .client
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: files.ca,
     }))
 }
 
@@ -745,7 +721,7 @@ impl RedisError {
                     || source.code() == Some("CLUSTERDOWN")
                     || source.kind() == redis::ErrorKind::ClusterConnectionNotFound
             }
-            Self::InvalidUrl { .. } | Self::Secret(_) | Self::BadNodeAddress { .. } => false,
+            Self::Client { .. } | Self::Secret(_) | Self::BadNodeAddress { .. } => false,
         }
     }
 }

@@ -91,7 +91,7 @@ fn environment_overrides_the_file() {
     assert_eq!(s.sweep.pattern, "from-file:*");
     assert_eq!(s.sweep.scan_count, 20);
     assert_eq!(s.sweep.grace, Duration::from_secs(90));
-    assert_eq!(s.redis.url, "redis://file:1");
+    assert_eq!(s.redis.url, "redis://file:1".parse().unwrap());
     assert_eq!(
         s.redis.password.as_ref().map(|p| p.expose()),
         Some("1e5"),
@@ -165,12 +165,197 @@ fn bad_values_exit_2_with_one_line_naming_the_key() {
             "log.format: expected \"text\" or \"json\", got \"xml\"",
         ),
         (Some("[sweep\n"), &[], "c.toml"),
+        // Upper bounds: one huge value would hold a node's keys in memory
+        // or block Redis for a whole-keyspace SCAN.
+        (
+            Some("[sweep]\nbatch_size = 10001\n"),
+            &[],
+            "sweep.batch_size: must be at most 10000, got 10001",
+        ),
+        (
+            None,
+            &[("TOKEN_SWEEPER__SWEEP__SCAN_COUNT", "4294967295")],
+            "sweep.scan_count: must be at most 100000, got 4294967295",
+        ),
+        (
+            Some("[sweep]\nmax_in_flight = 33\n"),
+            &[],
+            "sweep.max_in_flight: must be at most 32, got 33",
+        ),
+        (
+            Some("[sweep]\nunit_guard_sample = 10001\n"),
+            &[],
+            "sweep.unit_guard_sample: must be at most 10000, got 10001",
+        ),
+        // A hash tag in the lock key would put every cluster lease on one primary.
+        (
+            Some("[lock]\nkey = \"{sweeper}:lock\"\n"),
+            &[],
+            "lock.key: must not contain",
+        ),
+        (
+            None,
+            &[("TOKEN_SWEEPER__LOCK__KEY", "lock}")],
+            "lock.key: must not contain",
+        ),
     ];
     for (toml, env, expected) in cases {
         let (code, _, err) = check_config(*toml, env);
         assert_eq!(code, 2, "{toml:?} {env:?}: {err}");
         assert!(err.contains(expected), "{toml:?} {env:?}: got {err:?}");
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    }
+}
+
+#[test]
+fn the_upper_bounds_themselves_are_accepted() {
+    let (code, out, err) = check_config(
+        Some("[sweep]\nbatch_size = 10000\nscan_count = 100000\nmax_in_flight = 32\nunit_guard_sample = 10000\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("batch_size = 10000\n"), "{out}");
+    assert!(out.contains("scan_count = 100000\n"), "{out}");
+}
+
+#[test]
+fn every_url_setting_is_redacted_in_check_config() {
+    let (code, out, err) = check_config(
+        None,
+        &[
+            ("TOKEN_SWEEPER__REDIS__MODE", "sentinel"),
+            ("TOKEN_SWEEPER__REDIS__MASTER_NAME", "mymaster"),
+            (
+                "TOKEN_SWEEPER__REDIS__SENTINELS",
+                "redis://:sentinel-secret@s1:26379,redis://admin:other%2Fsecret@s2:26379",
+            ),
+            (
+                "TOKEN_SWEEPER__REDIS__NODES",
+                "redis://seed-secret@n1:6379,rediss://u:seed%40secret@n2:6380/0",
+            ),
+            (
+                "TOKEN_SWEEPER__REDIS__URL",
+                "unix:///run/redis.sock?user=app&pass=socket-secret&db=2",
+            ),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for secret in [
+        "sentinel-secret",
+        "other%2Fsecret",
+        "seed-secret",
+        "seed%40secret",
+        "socket-secret",
+    ] {
+        assert!(!out.contains(secret), "{secret} printed:\n{out}");
+    }
+    assert!(
+        out.contains(
+            r#"sentinels = ["redis://:<redacted>@s1:26379", "redis://admin:<redacted>@s2:26379"]"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            r#"nodes = ["redis://<redacted>@n1:6379", "rediss://u:<redacted>@n2:6380/0"]"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"url = "unix:///run/redis.sock?user=<redacted>&pass=<redacted>&db=2""#),
+        "{out}"
+    );
+
+    let (code, out, err) = check_config(
+        Some("[redis]\nurl = \"redis+unix:///run/redis.sock?pass=plus-secret\"\n"),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("plus-secret"), "{out}");
+    assert!(
+        out.contains("redis+unix:///run/redis.sock?pass=<redacted>"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_unix_socket_url_carries_its_password_in_the_query_and_never_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let server = RedisServer::start_with(&[
+        "--unixsocket",
+        socket.to_str().unwrap(),
+        "--requirepass",
+        "sock/et-pw",
+    ]);
+    let mut c = redis::Client::open(format!("redis://:sock%2Fet-pw@127.0.0.1:{}", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = c.zadd("u-tokens", "old", 1).unwrap();
+    let url = format!("unix://{}?pass=sock%2Fet-pw", socket.display());
+
+    let out = run_sweeper(&["sweep", "--json"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["members_removed"], 1);
+
+    let wrong = url.replace("sock%2Fet-pw", "wrong%2Fpw");
+    let out = run_sweeper(&["sweep"], &[("TOKEN_SWEEPER__REDIS__URL", &wrong)]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot connect to Redis at {}", socket.display())),
+        "{err}"
+    );
+    assert!(!err.contains("wrong"), "{err}");
+
+    let (code, out, err) = check_config(None, &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("sock%2Fet-pw") && !out.contains("sock/et-pw"),
+        "{out}"
+    );
+    assert!(out.contains("?pass=<redacted>"), "{out}");
+}
+
+#[test]
+fn a_malformed_url_names_its_key_and_never_prints_its_password() {
+    // An unencoded `/` ends the authority: the URL no longer parses, and
+    // the password is no longer where a redaction by the first `/` looks.
+    let password = "ab/cd+ef=";
+    let malformed = format!("redis://admin:{password}@10.0.0.1:6379");
+    for (key, env) in [
+        (
+            "redis.url",
+            vec![("TOKEN_SWEEPER__REDIS__URL", malformed.clone())],
+        ),
+        (
+            "redis.sentinels",
+            vec![
+                ("TOKEN_SWEEPER__REDIS__MODE", "sentinel".to_owned()),
+                ("TOKEN_SWEEPER__REDIS__MASTER_NAME", "m".to_owned()),
+                ("TOKEN_SWEEPER__REDIS__SENTINELS", malformed.clone()),
+            ],
+        ),
+        (
+            "redis.nodes",
+            vec![
+                ("TOKEN_SWEEPER__REDIS__MODE", "cluster".to_owned()),
+                ("TOKEN_SWEEPER__REDIS__NODES", malformed.clone()),
+            ],
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for command in ["check-config", "sweep"] {
+            let out = run_sweeper(&[command], &env);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{key} {command}: {err}");
+            assert!(err.contains(&format!("{key}: ")), "{key} {command}: {err}");
+            assert!(!err.contains("cd+ef"), "{key} {command}: {err}");
+            assert!(err.contains("percent-encode"), "{key} {command}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        }
     }
 }
 

@@ -163,7 +163,11 @@ impl RedisCluster {
     pub fn settings(&self) -> token_sweeper::config::Settings {
         let mut settings = super::settings_for(&self.nodes[0]);
         settings.redis.mode = token_sweeper::config::RedisMode::Cluster;
-        settings.redis.nodes = self.nodes.iter().map(RedisServer::url).collect();
+        settings.redis.nodes = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().unwrap())
+            .collect();
         settings
     }
 

@@ -179,7 +179,7 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// Settings pointing at `server`, with everything else at its default.
 pub fn settings_for(server: &RedisServer) -> token_sweeper::config::Settings {
     let mut settings = token_sweeper::config::Settings::default();
-    settings.redis.url = server.url();
+    settings.redis.url = server.url().parse().unwrap();
     settings
 }
 
