@@ -454,30 +454,90 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// SIGTERM/SIGINT: shut down (a second one exits at once); SIGHUP: reload;
 /// SIGUSR1: sweep now.
+///
+/// The task that reads the signals never waits on the daemon: once shutdown
+/// has begun the daemon reads no more controls, and a task blocked on a full
+/// channel would never see the second stop signal. So the second stop is
+/// decided here, and reloads and sweeps are handed over when the daemon
+/// takes them, several of one kind in the meantime counting as one (one
+/// reload reads the file as it is by then; one extra sweep does what any
+/// number would).
 fn forward_signals(controls: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
     use futures_util::StreamExt;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     tokio::spawn(async move {
-        let mut stopping = false;
-        while let Some(signal) = signals.next().await {
-            let control = match signal {
-                SIGHUP => Control::Reload,
-                SIGUSR1 => Control::SweepNow,
-                _ if stopping => {
-                    eprintln!("token-sweeper: second stop signal, exiting now");
-                    std::process::exit(1);
-                }
-                _ => {
-                    stopping = true;
-                    Control::Shutdown
-                }
-            };
-            if controls.send(control).await.is_err() {
-                return;
+        let mut pending = PendingControls::default();
+        let mut daemon_gone = false;
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Some(SIGHUP) => pending.ask(Control::Reload),
+                    Some(SIGUSR1) => pending.ask(Control::SweepNow),
+                    Some(_) if pending.stopping => {
+                        eprintln!("token-sweeper: second stop signal, exiting now");
+                        std::process::exit(1);
+                    }
+                    Some(_) => pending.ask(Control::Shutdown),
+                    None => return,
+                },
+                permit = controls.reserve(), if !daemon_gone && pending.any() => match permit {
+                    Ok(permit) => {
+                        if let Some(control) = pending.take() {
+                            permit.send(control);
+                        }
+                    }
+                    // Keep reading signals: a second stop must still exit.
+                    Err(_) => daemon_gone = true,
+                },
             }
         }
     });
     Ok(())
+}
+
+/// Controls asked for by signals and not yet taken by the daemon.
+#[derive(Default)]
+struct PendingControls {
+    /// A stop signal came; the next one exits.
+    stopping: bool,
+    shutdown: bool,
+    reload: bool,
+    sweep_now: bool,
+}
+
+impl PendingControls {
+    /// Notes `control` for the daemon. After a stop, reloads and sweeps are
+    /// dropped: the daemon would not read them.
+    fn ask(&mut self, control: Control) {
+        match control {
+            Control::Shutdown => {
+                *self = Self {
+                    stopping: true,
+                    shutdown: true,
+                    ..Self::default()
+                }
+            }
+            _ if self.stopping => {}
+            Control::Reload => self.reload = true,
+            Control::SweepNow => self.sweep_now = true,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.shutdown || self.reload || self.sweep_now
+    }
+
+    /// The next control to hand over: shutdown first; then a reload, so
+    /// that a sweep asked for with it runs the new settings.
+    fn take(&mut self) -> Option<Control> {
+        if std::mem::take(&mut self.shutdown) {
+            Some(Control::Shutdown)
+        } else if std::mem::take(&mut self.reload) {
+            Some(Control::Reload)
+        } else {
+            std::mem::take(&mut self.sweep_now).then_some(Control::SweepNow)
+        }
+    }
 }
