@@ -2,6 +2,7 @@
 //! and calls into the library. Exit codes: 0 success, 1 runtime failure,
 //! 2 bad usage or configuration.
 
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use token_sweeper::auth::TokenService;
 use token_sweeper::config::Settings;
 use token_sweeper::daemon::{Control, Daemon};
 use token_sweeper::redis::Connection;
-use token_sweeper::sweep::{self, SweepMode, SweepProgress, SweepReport};
+use token_sweeper::sweep::{self, Counts, SweepMode, SweepProgress, SweepReport};
 use token_sweeper::{logging, metrics};
 
 /// Keeps Redis JWT allowlists clean.
@@ -109,9 +110,13 @@ enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = Settings::load(cli.config.as_deref())
-        .map_err(|e| Failure::Usage(e.into()))
-        .and_then(|settings| run(cli.command.unwrap_or(Command::Run), cli.config, settings));
+    let settings = Settings::load(cli.config.as_deref()).map_err(|e| Failure::Usage(e.into()));
+    let outcome = match cli.command.unwrap_or(Command::Run) {
+        // Its own path: `--json` prints its object even when the settings
+        // do not load.
+        Command::Sweep { dry_run, json } => sweep_command(settings, dry_run, json),
+        command => settings.and_then(|settings| run(command, cli.config, settings)),
+    };
     match outcome {
         Ok(code) => code,
         Err(Failure::Usage(e)) => {
@@ -172,34 +177,131 @@ fn run(
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sweep { dry_run, json } => {
-            logging::init(&settings.log);
-            let mode = if dry_run {
-                SweepMode::DryRun
-            } else {
-                SweepMode::Remove
-            };
-            let report = runtime()?.block_on(sweep_once(&settings, mode))?;
-            print_report(&report, json);
-            if report.counts.errors > 0 || report.interrupted || !report.unfinished_nodes.is_empty()
-            {
-                Ok(ExitCode::from(1))
-            } else {
-                Ok(ExitCode::SUCCESS)
-            }
+        Command::Sweep { dry_run, json } => sweep_command(Ok(settings), dry_run, json),
+    }
+}
+
+/// `sweep`: one sweep now. With `--json`, stdout gets exactly one JSON
+/// object whatever happens: the report, or the error with what had been
+/// done by then.
+fn sweep_command(
+    settings: Result<Settings, Failure>,
+    dry_run: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let output = SweepOutput {
+        mode: if dry_run {
+            SweepMode::DryRun
+        } else {
+            SweepMode::Remove
+        },
+        json,
+        started: Instant::now(),
+        progress: Arc::new(SweepProgress::default()),
+    };
+    let swept = settings.and_then(|settings| {
+        logging::init(&settings.log);
+        runtime()?.block_on(sweep_once(&settings, &output))
+    });
+    let report = match swept {
+        Ok(report) => report,
+        Err(failure) => {
+            output.print_failure(&failure.to_string());
+            return Err(failure);
+        }
+    };
+    output.print_report(&report);
+    if report.counts.errors > 0 || report.interrupted || !report.unfinished_nodes.is_empty() {
+        Ok(ExitCode::from(1))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// What a one-shot sweep prints, and what it has counted so far.
+#[derive(Clone)]
+struct SweepOutput {
+    mode: SweepMode,
+    json: bool,
+    started: Instant,
+    progress: Arc<SweepProgress>,
+}
+
+/// The `sweep --json` object of a sweep that succeeded: the report, and a
+/// null `error`, so that a script can always read `.error`.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    #[serde(flatten)]
+    report: &'a SweepReport,
+    error: Option<String>,
+}
+
+/// The `sweep --json` object of a sweep that failed or never started: the
+/// error and what had been done when it stopped.
+#[derive(serde::Serialize)]
+struct JsonFailure {
+    mode: SweepMode,
+    error: String,
+    #[serde(flatten)]
+    counts: Counts,
+    first_error: Option<String>,
+    duration_seconds: f64,
+}
+
+impl SweepOutput {
+    fn print_report(&self, report: &SweepReport) {
+        if self.json {
+            print_json(&JsonReport {
+                report,
+                error: None,
+            });
+        } else {
+            print_report(report);
+        }
+    }
+
+    /// In `--json` mode, the object for a failure (the error itself goes to
+    /// stderr either way).
+    fn print_failure(&self, error: &str) {
+        if self.json {
+            print_json(&JsonFailure {
+                mode: self.mode,
+                error: error.to_owned(),
+                counts: self.progress.counts(),
+                first_error: self.progress.first_error(),
+                duration_seconds: self.started.elapsed().as_secs_f64(),
+            });
         }
     }
 }
 
-async fn sweep_once(settings: &Settings, mode: SweepMode) -> Result<SweepReport, Failure> {
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("token-sweeper: cannot encode the report: {e}"),
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Self::Usage(e) | Self::Runtime(e)) = self;
+        e.fmt(f)
+    }
+}
+
+async fn sweep_once(settings: &Settings, output: &SweepOutput) -> Result<SweepReport, Failure> {
+    let quitting = output.clone();
+    let interrupted = watch_interrupts(move || {
+        quitting.print_failure("interrupted twice: quit before the batches in flight finished");
+    });
     let conn = Connection::connect(&settings.redis)
         .await
         .map_err(|e| Failure::Runtime(e.into()))?;
-    let progress = Arc::new(SweepProgress::default());
+    let progress = &output.progress;
     let display = std::io::stderr()
         .is_terminal()
-        .then(|| tokio::spawn(show_progress(Arc::clone(&progress))));
-    let result = sweep::sweep(&conn, &settings.sweep, mode, &progress, interrupted()).await;
+        .then(|| tokio::spawn(show_progress(Arc::clone(progress))));
+    let result = sweep::sweep(&conn, &settings.sweep, output.mode, progress, interrupted).await;
     if let Some(display) = display {
         display.abort();
         eprint!("\r\x1b[2K");
@@ -207,20 +309,33 @@ async fn sweep_once(settings: &Settings, mode: SweepMode) -> Result<SweepReport,
     result.map_err(|e| Failure::Runtime(e.into()))
 }
 
-/// Completes on the first Ctrl-C, so the sweep stops sending and finishes what
-/// is in flight; a second Ctrl-C exits at once.
-async fn interrupted() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // No signal handler could be installed: never interrupt.
-        std::future::pending::<()>().await;
-    }
-    eprintln!(
-        "token-sweeper: interrupted, finishing the batches in flight (Ctrl-C again to quit now)"
-    );
-    tokio::spawn(async {
+/// Watches Ctrl-C from now on. The future returned completes on the first,
+/// so the sweep stops sending and finishes what is in flight; the second
+/// exits at once, after `on_quit`.
+///
+/// The watching runs in a task of its own: the sweep polls the future only
+/// between SCAN pages, and a sweep stuck on a batch must still quit on the
+/// second Ctrl-C.
+fn watch_interrupts(on_quit: impl FnOnce() + Send + 'static) -> impl Future<Output = ()> {
+    let (interrupt, mut interrupted) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        // Without a signal handler, never interrupt: `interrupt` is dropped.
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!(
+            "token-sweeper: interrupted, finishing the batches in flight (Ctrl-C again to quit now)"
+        );
+        let _ = interrupt.send(true);
         let _ = tokio::signal::ctrl_c().await;
+        on_quit();
         std::process::exit(1);
     });
+    async move {
+        if interrupted.wait_for(|&stop| stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Redraws one status line on stderr until aborted.
@@ -241,14 +356,7 @@ async fn show_progress(progress: Arc<SweepProgress>) {
     }
 }
 
-fn print_report(report: &SweepReport, json: bool) {
-    if json {
-        match serde_json::to_string(report) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("token-sweeper: cannot encode the report: {e}"),
-        }
-        return;
-    }
+fn print_report(report: &SweepReport) {
     let removed = match report.mode {
         SweepMode::Remove => "members removed    ",
         SweepMode::DryRun => "members expired    ",
@@ -454,30 +562,90 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// SIGTERM/SIGINT: shut down (a second one exits at once); SIGHUP: reload;
 /// SIGUSR1: sweep now.
+///
+/// The task that reads the signals never waits on the daemon: once shutdown
+/// has begun the daemon reads no more controls, and a task blocked on a full
+/// channel would never see the second stop signal. So the second stop is
+/// decided here, and reloads and sweeps are handed over when the daemon
+/// takes them, several of one kind in the meantime counting as one (one
+/// reload reads the file as it is by then; one extra sweep does what any
+/// number would).
 fn forward_signals(controls: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
     use futures_util::StreamExt;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     tokio::spawn(async move {
-        let mut stopping = false;
-        while let Some(signal) = signals.next().await {
-            let control = match signal {
-                SIGHUP => Control::Reload,
-                SIGUSR1 => Control::SweepNow,
-                _ if stopping => {
-                    eprintln!("token-sweeper: second stop signal, exiting now");
-                    std::process::exit(1);
-                }
-                _ => {
-                    stopping = true;
-                    Control::Shutdown
-                }
-            };
-            if controls.send(control).await.is_err() {
-                return;
+        let mut pending = PendingControls::default();
+        let mut daemon_gone = false;
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Some(SIGHUP) => pending.ask(Control::Reload),
+                    Some(SIGUSR1) => pending.ask(Control::SweepNow),
+                    Some(_) if pending.stopping => {
+                        eprintln!("token-sweeper: second stop signal, exiting now");
+                        std::process::exit(1);
+                    }
+                    Some(_) => pending.ask(Control::Shutdown),
+                    None => return,
+                },
+                permit = controls.reserve(), if !daemon_gone && pending.any() => match permit {
+                    Ok(permit) => {
+                        if let Some(control) = pending.take() {
+                            permit.send(control);
+                        }
+                    }
+                    // Keep reading signals: a second stop must still exit.
+                    Err(_) => daemon_gone = true,
+                },
             }
         }
     });
     Ok(())
+}
+
+/// Controls asked for by signals and not yet taken by the daemon.
+#[derive(Default)]
+struct PendingControls {
+    /// A stop signal came; the next one exits.
+    stopping: bool,
+    shutdown: bool,
+    reload: bool,
+    sweep_now: bool,
+}
+
+impl PendingControls {
+    /// Notes `control` for the daemon. After a stop, reloads and sweeps are
+    /// dropped: the daemon would not read them.
+    fn ask(&mut self, control: Control) {
+        match control {
+            Control::Shutdown => {
+                *self = Self {
+                    stopping: true,
+                    shutdown: true,
+                    ..Self::default()
+                }
+            }
+            _ if self.stopping => {}
+            Control::Reload => self.reload = true,
+            Control::SweepNow => self.sweep_now = true,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.shutdown || self.reload || self.sweep_now
+    }
+
+    /// The next control to hand over: shutdown first; then a reload, so
+    /// that a sweep asked for with it runs the new settings.
+    fn take(&mut self) -> Option<Control> {
+        if std::mem::take(&mut self.shutdown) {
+            Some(Control::Shutdown)
+        } else if std::mem::take(&mut self.reload) {
+            Some(Control::Reload)
+        } else {
+            std::mem::take(&mut self.sweep_now).then_some(Control::SweepNow)
+        }
+    }
 }

@@ -3,18 +3,23 @@
 //! Names follow Prometheus conventions: prefix `token_sweeper_`, base units,
 //! `_total` on counters, and no label that grows with users or keys.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use tokio::sync::{watch, Notify};
 
 use crate::sweep::SweepReport;
 
@@ -80,6 +85,8 @@ pub struct Metrics {
     node_unfinished: IntGaugeVec,
     redis_up: IntGauge,
     lock_held: IntGauge,
+    /// By `reason`: HTTP connections the server closed to protect itself.
+    http_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -150,6 +157,15 @@ impl Metrics {
             "Leases this daemon holds while sweeping: 1 for the replica lock; in cluster \
              mode, one per primary it sweeps.",
         )?;
+        let http_closed = IntCounterVec::new(
+            Opts::new(
+                name("http_connections_closed_total"),
+                "HTTP connections closed by the server to protect itself, by reason: evicted \
+                 (the oldest idle one, to make room), refused (every slot answering a request), \
+                 timeout (no complete request head in time, or idle too long).",
+            ),
+            &["reason"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(name("build_info"), "Always 1; the version is in the label."),
             &["version"],
@@ -168,6 +184,7 @@ impl Metrics {
         registry.register(Box::new(node_unfinished.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(lock_held.clone()))?;
+        registry.register(Box::new(http_closed.clone()))?;
         registry.register(Box::new(build_info))?;
         // Series that exist from the start read 0 instead of being absent,
         // so rate() and alerts work before the first event.
@@ -180,6 +197,9 @@ impl Metrics {
             SweepResult::SkippedLocked,
         ] {
             sweeps.with_label_values(&[result.label()]);
+        }
+        for reason in HttpClosed::ALL {
+            http_closed.with_label_values(&[reason.label()]);
         }
         Ok(Self {
             registry,
@@ -194,6 +214,7 @@ impl Metrics {
             node_unfinished,
             redis_up,
             lock_held,
+            http_closed,
         })
     }
 
@@ -241,6 +262,10 @@ impl Metrics {
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     }
 
+    fn count_http_closed(&self, reason: HttpClosed) {
+        self.http_closed.with_label_values(&[reason.label()]).inc();
+    }
+
     /// Sets `redis_up`.
     pub fn set_redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
@@ -275,26 +300,306 @@ struct Endpoints<R> {
     readiness: R,
 }
 
+/// Most HTTP connections open at once. Prometheus, a probe or two and the
+/// `healthcheck` command need a handful; whatever a flood of clients does,
+/// the rest of the process's descriptors stay for Redis (the sweep, the
+/// cluster client, reconnecting).
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// How long a client has to send the head of a request (request line and
+/// headers): from when its connection opens, and again from each response
+/// on a kept-alive connection, so it is the idle timeout too.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest request head accepted; a larger one is answered 431. The
+/// endpoints need a few hundred bytes.
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+
+/// A connection's read buffer at most (hyper's minimum is 8 KiB): with the
+/// connection cap, bounds what clients can make the server hold.
+const MAX_READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// How long open connections may finish their requests at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown`
 /// completes.
 ///
-/// # Errors
-/// When the server fails while running.
+/// Whatever clients do, the server holds at most [`MAX_HTTP_CONNECTIONS`]
+/// connections, each with a bounded buffer, and closes one that has not sent
+/// a complete request head within [`HEADER_READ_TIMEOUT`]. When a connection
+/// arrives over the cap, the oldest connection not answering a request right
+/// now is closed to make room (a slow or idle client has had the longest to
+/// send its request); only when every one is answering a request is the new
+/// one closed. So a flood of slow clients cannot keep a probe from getting
+/// its answer. Accept errors (such as running out of descriptors) are
+/// logged and waited out.
 pub async fn serve<R: Readiness>(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
     readiness: R,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let state = Arc::new(Endpoints { metrics, readiness });
+) {
+    let state = Arc::new(Endpoints {
+        metrics: metrics.clone(),
+        readiness,
+    });
     let app = axum::Router::new()
         .route("/metrics", get(metrics_page::<R>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready::<R>))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_READ_BUFFER_BYTES);
+    let connections = Arc::new(Connections::new(MAX_HTTP_CONNECTIONS));
+    let (stop, stopping) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            // Reaps ended connections so the set does not grow.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        let admitted = match connections.admit() {
+            Admission::Admitted(admitted) => admitted,
+            Admission::Evicted(admitted) => {
+                metrics.count_http_closed(HttpClosed::Evicted);
+                admitted
+            }
+            Admission::Refused => {
+                metrics.count_http_closed(HttpClosed::Refused);
+                // Dropping the stream closes it at once.
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = AnswerMarking {
+            router: TowerToHyperService::new(app.clone()),
+            slot: Arc::clone(&admitted.slot),
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tasks.spawn(serve_connection(
+            connection,
+            admitted,
+            stopping.clone(),
+            metrics.clone(),
+        ));
+        // Lets the new connection read the request it may already have sent
+        // before further arrivals could count it among the oldest idle ones.
+        tokio::task::yield_now().await;
+    }
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    // Dropping `tasks` closes whatever is still open.
+}
+
+/// Why the server closed an HTTP connection; the `reason` label of
+/// `http_connections_closed_total`.
+#[derive(Clone, Copy)]
+enum HttpClosed {
+    Evicted,
+    Refused,
+    Timeout,
+}
+
+impl HttpClosed {
+    const ALL: [Self; 3] = [Self::Evicted, Self::Refused, Self::Timeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Evicted => "evicted",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// Runs one connection until it ends, is evicted (dropping it closes the
+/// socket), or the server stops (it may then finish its request).
+async fn serve_connection(
+    connection: hyper::server::conn::http1::Connection<
+        TokioIo<tokio::net::TcpStream>,
+        AnswerMarking,
+    >,
+    admitted: Admitted,
+    mut stopping: watch::Receiver<bool>,
+    metrics: Metrics,
+) {
+    let mut connection = std::pin::pin!(connection);
+    let stop = async move {
+        // The guard `wait_for` returns must not live across an await.
+        let _ = stopping.wait_for(|stop| *stop).await.map(drop);
+    };
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = admitted.slot.evict.notified() => return,
+        () = stop => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if ended.is_err_and(|e| e.is_timeout()) {
+        metrics.count_http_closed(HttpClosed::Timeout);
+    }
+}
+
+/// An accept that failed. Running out of descriptors (EMFILE) is the likely
+/// cause and passes as connections close: wait a moment rather than spin.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind;
+    // The client gave up before it was accepted: nothing to do.
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "metrics: cannot accept an HTTP connection; retrying in 500ms");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// The open HTTP connections, oldest first.
+struct Connections {
+    max: usize,
+    table: Mutex<ConnectionTable>,
+}
+
+#[derive(Default)]
+struct ConnectionTable {
+    next_id: u64,
+    /// By id; ids only grow, so the first entry is the oldest connection.
+    open: BTreeMap<u64, Arc<Slot>>,
+}
+
+/// One open connection, as the table sees it.
+#[derive(Default)]
+struct Slot {
+    /// True while a request on it is being answered.
+    answering: AtomicBool,
+    /// Told when the connection must close to make room.
+    evict: Notify,
+}
+
+/// A connection let in; leaves the table when dropped.
+struct Admitted {
+    connections: Arc<Connections>,
+    id: u64,
+    slot: Arc<Slot>,
+}
+
+enum Admission {
+    /// Under the cap.
+    Admitted(Admitted),
+    /// At the cap: the oldest connection not answering a request was closed.
+    Evicted(Admitted),
+    /// At the cap, every connection answering a request: close the new one.
+    Refused,
+}
+
+impl Connections {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            table: Mutex::new(ConnectionTable::default()),
+        }
+    }
+
+    fn admit(self: &Arc<Self>) -> Admission {
+        let mut table = crate::redis::lock(&self.table);
+        let mut evicted = false;
+        if table.open.len() >= self.max {
+            let idle = table
+                .open
+                .iter()
+                .find(|(_, slot)| !slot.answering.load(Ordering::Relaxed))
+                .map(|(&id, _)| id);
+            let Some(victim) = idle.and_then(|id| table.open.remove(&id)) else {
+                return Admission::Refused;
+            };
+            victim.evict.notify_one();
+            evicted = true;
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let slot = Arc::new(Slot::default());
+        table.open.insert(id, Arc::clone(&slot));
+        let admitted = Admitted {
+            connections: Arc::clone(self),
+            id,
+            slot,
+        };
+        if evicted {
+            Admission::Evicted(admitted)
+        } else {
+            Admission::Admitted(admitted)
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        crate::redis::lock(&self.connections.table)
+            .open
+            .remove(&self.id);
+    }
+}
+
+/// The router, marking its connection's slot as answering while a request
+/// is handled, so that it is not the one evicted meanwhile.
+#[derive(Clone)]
+struct AnswerMarking {
+    router: TowerToHyperService<axum::Router>,
+    slot: Arc<Slot>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AnswerMarking {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let answering = Answering::mark(&self.slot);
+        let answer = self.router.call(request);
+        Box::pin(async move {
+            let response = answer.await;
+            drop(answering);
+            response
+        })
+    }
+}
+
+/// Marks a slot as answering a request until dropped (also when the answer
+/// is abandoned half-way).
+struct Answering(Arc<Slot>);
+
+impl Answering {
+    fn mark(slot: &Arc<Slot>) -> Self {
+        slot.answering.store(true, Ordering::Relaxed);
+        Self(Arc::clone(slot))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.store(false, Ordering::Relaxed);
+    }
 }
 
 async fn metrics_page<R: Readiness>(State(state): State<Arc<Endpoints<R>>>) -> impl IntoResponse {
@@ -344,4 +649,59 @@ pub async fn http_get_status(url: &str, timeout: Duration) -> Result<u16, String
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("{url}: not an HTTP response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admitted(admission: Admission) -> (Admitted, bool) {
+        match admission {
+            Admission::Admitted(a) => (a, false),
+            Admission::Evicted(a) => (a, true),
+            Admission::Refused => panic!("refused"),
+        }
+    }
+
+    #[test]
+    fn over_the_cap_the_oldest_idle_connection_makes_room() {
+        let connections = Arc::new(Connections::new(3));
+        let (first, _) = admitted(connections.admit());
+        let (second, _) = admitted(connections.admit());
+        let (third, evicted) = admitted(connections.admit());
+        assert!(!evicted);
+
+        // The oldest is answering a request: the next oldest goes.
+        let busy = Answering::mark(&first.slot);
+        let (fourth, evicted) = admitted(connections.admit());
+        assert!(evicted);
+        let open: Vec<u64> = crate::redis::lock(&connections.table)
+            .open
+            .keys()
+            .copied()
+            .collect();
+        assert_eq!(open, [first.id, third.id, fourth.id]);
+        drop(second);
+
+        // Every one answering: the newcomer is refused.
+        let _busy = [&third, &fourth].map(|a| Answering::mark(&a.slot));
+        assert!(matches!(connections.admit(), Admission::Refused));
+
+        // Done answering: the oldest goes again.
+        drop(busy);
+        let (_, evicted) = admitted(connections.admit());
+        assert!(evicted);
+        assert!(!crate::redis::lock(&connections.table)
+            .open
+            .contains_key(&first.id));
+    }
+
+    #[test]
+    fn a_closed_connection_leaves_the_table() {
+        let connections = Arc::new(Connections::new(1));
+        let (only, _) = admitted(connections.admit());
+        drop(only);
+        let (_, evicted) = admitted(connections.admit());
+        assert!(!evicted, "room again");
+    }
 }

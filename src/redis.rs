@@ -11,6 +11,7 @@
 //! [`Connection::primaries`] and opens a [`Connection::node`] to each, and
 //! only keys that answer MOVED/ASK go back through the cluster client.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, Value};
 
-use crate::config::{RedisMode, RedisSettings};
+use crate::config::{RedisMode, RedisSettings, RedisUrl};
 
 /// A failure to reach or talk to Redis, naming the address.
 #[derive(Debug, thiserror::Error)]
@@ -160,26 +161,33 @@ impl Connection {
     /// [`RedisError::Connect`] naming the address when Redis cannot be reached
     /// within `connect_timeout` or rejects the credentials.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisError> {
-        let info = settings.url.connection_info().clone();
-        let info = match settings.mode {
-            RedisMode::Standalone => info,
-            RedisMode::Cluster => return Self::connect_cluster(settings).await,
-            RedisMode::Sentinel => {
-                let (host, port) = discover_primary(settings).await?;
-                at_address(info, host, port)
+        match settings.mode {
+            RedisMode::Standalone => {
+                Self::open(settings.url.connection_info().clone(), settings).await
             }
-        };
+            RedisMode::Cluster => Self::connect_cluster(settings).await,
+            RedisMode::Sentinel => discover_primary(settings).await,
+        }
+    }
+
+    /// Opens the server at `info` and makes sure it is a primary: a sentinel
+    /// can name a replica (its view lags a failover, or it monitors another
+    /// server under the same name), and sweeping or writing sessions there
+    /// would fail.
+    ///
+    /// # Errors
+    /// [`RedisError::NotPrimary`] when ROLE says anything but `master`.
+    async fn open_primary(
+        info: ConnectionInfo,
+        settings: &RedisSettings,
+    ) -> Result<Self, RedisError> {
         let conn = Self::open(info, settings).await?;
-        if settings.mode == RedisMode::Sentinel {
-            // The sentinels' view can lag a failover by a moment: make sure
-            // this really is the primary before sweeping it.
-            let mut probe = conn.clone();
-            let role: Vec<Value> = probe.query("ROLE", &redis::cmd("ROLE")).await?;
-            if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
-                return Err(RedisError::NotPrimary {
-                    address: conn.address.clone(),
-                });
-            }
+        let mut probe = conn.clone();
+        let role: Vec<Value> = probe.query("ROLE", &redis::cmd("ROLE")).await?;
+        if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
+            return Err(RedisError::NotPrimary {
+                address: conn.address.clone(),
+            });
         }
         Ok(conn)
     }
@@ -649,40 +657,90 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
-/// Asks each sentinel in turn where the primary of `master_name` is.
-async fn discover_primary(settings: &RedisSettings) -> Result<(String, u16), RedisError> {
+/// Per `redis.master_name`, the sentinel (its URL) whose answer last led to
+/// a confirmed primary: asked first the next time, in this process, whoever
+/// connects (the daemon's reconnects, the auth path).
+static PREFERRED_SENTINEL: Mutex<BTreeMap<String, RedisUrl>> = Mutex::new(BTreeMap::new());
+
+/// Connects to the primary of `redis.master_name`, asking the sentinels in
+/// turn: the one that answered well last time first, then the others in
+/// their configured order. An answer counts only when the server it names
+/// can be reached and says (ROLE) that it is a primary; otherwise the next
+/// sentinel is asked, so one stale, misconfigured or lying sentinel first in
+/// the list does not stop every connection.
+async fn discover_primary(settings: &RedisSettings) -> Result<Connection, RedisError> {
     let name = settings.master_name.clone().unwrap_or_default();
+    let info = settings.url.connection_info().clone();
+    let preferred = lock(&PREFERRED_SENTINEL).get(&name).cloned();
+    let mut sentinels: Vec<&RedisUrl> = settings.sentinels.iter().collect();
+    // Stable: the others keep their configured order.
+    sentinels.sort_by_key(|url| Some(*url) != preferred.as_ref());
     let mut failures = Vec::new();
-    for sentinel_url in &settings.sentinels {
-        // Sentinels carry their own credentials in their URLs.
-        let sentinel_settings = RedisSettings {
-            url: sentinel_url.clone(),
-            username: None,
-            password: None,
-            password_file: None,
-            ..settings.clone()
+    // Several sentinels usually name the same server: one try each round.
+    let mut tried = BTreeSet::new();
+    for sentinel_url in sentinels {
+        // Display is redacted.
+        let sentinel = sentinel_url.to_string();
+        let (host, port) = match ask_sentinel(sentinel_url, &name, settings).await {
+            Ok(Some(primary)) => primary,
+            Ok(None) => {
+                failures.push(format!("{sentinel}: no master named {name:?}"));
+                continue;
+            }
+            Err(e) => {
+                failures.push(format!("{sentinel}: {e}"));
+                continue;
+            }
         };
-        let asked = async {
-            let mut sentinel =
-                Connection::open(sentinel_url.connection_info().clone(), &sentinel_settings)
-                    .await?;
-            let mut ask = redis::cmd("SENTINEL");
-            ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&name);
-            sentinel
-                .query::<Option<(String, u16)>>("SENTINEL GET-MASTER-ADDR-BY-NAME", &ask)
-                .await
-        };
-        match asked.await {
-            Ok(Some(primary)) => return Ok(primary),
-            // The URL's Display is redacted.
-            Ok(None) => failures.push(format!("{sentinel_url}: no master named {name:?}")),
-            Err(e) => failures.push(e.to_string()),
+        let named = at_address(info.clone(), host, port);
+        let address = named.addr().to_string();
+        if !tried.insert(address.clone()) {
+            failures.push(format!("{sentinel}: names {address} (tried above)"));
+            continue;
+        }
+        match Connection::open_primary(named, settings).await {
+            Ok(conn) => {
+                if !failures.is_empty() {
+                    tracing::warn!(
+                        master_name = %name,
+                        sentinel = %sentinel,
+                        passed_over = %failures.join("; "),
+                        "sentinel: found the primary after passing over other sentinels"
+                    );
+                }
+                lock(&PREFERRED_SENTINEL).insert(name, sentinel_url.clone());
+                return Ok(conn);
+            }
+            Err(e) => failures.push(format!("{sentinel}: names {address}: {e}")),
         }
     }
     Err(RedisError::NoPrimary {
         master_name: name,
         reasons: failures.join("; "),
     })
+}
+
+/// One sentinel's answer to `SENTINEL GET-MASTER-ADDR-BY-NAME`.
+async fn ask_sentinel(
+    sentinel_url: &RedisUrl,
+    name: &str,
+    settings: &RedisSettings,
+) -> Result<Option<(String, u16)>, RedisError> {
+    // Sentinels carry their own credentials in their URLs.
+    let sentinel_settings = RedisSettings {
+        url: sentinel_url.clone(),
+        username: None,
+        password: None,
+        password_file: None,
+        ..settings.clone()
+    };
+    let mut sentinel =
+        Connection::open(sentinel_url.connection_info().clone(), &sentinel_settings).await?;
+    let mut ask = redis::cmd("SENTINEL");
+    ask.arg("GET-MASTER-ADDR-BY-NAME").arg(name);
+    sentinel
+        .query("SENTINEL GET-MASTER-ADDR-BY-NAME", &ask)
+        .await
 }
 
 /// The CA and client certificate files, read and checked, when any is

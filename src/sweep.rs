@@ -216,6 +216,17 @@ impl SweepProgress {
     pub fn members_removed(&self) -> u64 {
         self.total.members_removed.load(Ordering::Relaxed)
     }
+
+    /// Everything counted so far: after a sweep that failed, what it had
+    /// done when it stopped (pipelines whose replies were lost not included).
+    pub fn counts(&self) -> Counts {
+        self.total.snapshot()
+    }
+
+    /// The first per-key error so far.
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().ok().and_then(|first| first.clone())
+    }
 }
 
 /// Where one node's sweep adds its counts: the sweep's totals and the node's own.
@@ -410,18 +421,14 @@ pub async fn sweep_nodes(
         .any(|n| !n.finished && n.unfinished_reason.is_none());
 
     let duration = started.elapsed();
-    let counts = progress.total.snapshot();
+    let counts = progress.counts();
     Ok(SweepReport {
         mode,
         cutoff,
         score_unit: settings.score_unit.to_string(),
         keys_per_second: rate(counts.keys_scanned, duration),
         counts,
-        first_error: progress
-            .first_error
-            .lock()
-            .ok()
-            .and_then(|first| first.clone()),
+        first_error: progress.first_error(),
         duration_seconds: duration.as_secs_f64(),
         interrupted,
         unfinished_nodes: nodes

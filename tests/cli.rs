@@ -573,15 +573,8 @@ fn database_index_from_the_url() {
 /// Uses libfaketime on the sweeper (redis-server's jemalloc does not run under it).
 #[test]
 fn clock_skew_between_host_and_redis_refuses_to_sweep() {
-    let lib = std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(|entry| {
-            let path = entry.ok()?.path().join("faketime/libfaketime.so.1");
-            path.exists().then_some(path)
-        })
-        .next()
-        .expect("libfaketime is missing: apt-get install faketime (.ci/test does)");
-    let lib = lib.to_str().unwrap();
+    let lib = libfaketime();
+    let lib = lib.as_str();
     let server = RedisServer::start();
     let mut c = server.conn();
     let now = redis_now_ms(&mut c);
@@ -608,6 +601,254 @@ fn clock_skew_between_host_and_redis_refuses_to_sweep() {
         let n: i64 = c.zcard("u-tokens").unwrap();
         assert_eq!(n, 1, "{clock}: the live token survives");
     }
+}
+
+/// The path of libfaketime, to run the sweeper with a host clock of its own.
+fn libfaketime() -> String {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path().join("faketime/libfaketime.so.1");
+            path.exists().then_some(path)
+        })
+        .next()
+        .expect("libfaketime is missing: apt-get install faketime (.ci/test does)")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// `sweep --json` output: exactly one JSON object on one line.
+fn json_object(out: &std::process::Output) -> serde_json::Value {
+    let text = stdout(out);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one JSON line on stdout: {text:?}; stderr: {}",
+        stderr(out)
+    );
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(value.is_object(), "{value}");
+    value
+}
+
+#[test]
+fn sweep_json_reports_a_failure_to_connect() {
+    let url = format!("redis://127.0.0.1:{}", common::free_port());
+    for args in [&["sweep", "--json"][..], &["sweep", "--dry-run", "--json"]] {
+        let out = run_sweeper(args, &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let report = json_object(&out);
+        let error = report["error"].as_str().unwrap();
+        assert!(
+            error.contains("cannot connect to Redis at 127.0.0.1:"),
+            "{error}"
+        );
+        assert!(stderr(&out).contains(error), "the same error on stderr");
+        assert_eq!(report["keys_scanned"], 0);
+        assert_eq!(report["members_removed"], 0);
+        let mode = if args.contains(&"--dry-run") {
+            "dry_run"
+        } else {
+            "remove"
+        };
+        assert_eq!(report["mode"], mode);
+    }
+}
+
+#[test]
+fn sweep_json_reports_a_bad_configuration() {
+    let out = run_sweeper(
+        &["sweep", "--json"],
+        &[("TOKEN_SWEEPER__SWEEP__SCORE_UNIT", "minutes")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let report = json_object(&out);
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("sweep.score_unit"), "{error}");
+    assert_eq!(report["keys_scanned"], 0);
+}
+
+#[test]
+fn sweep_json_reports_the_unit_guard_and_the_clock_check() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    // Scores in seconds while sweep.score_unit is "ms".
+    for user in 0..20 {
+        let _: () = c
+            .zadd(format!("s{user}-tokens"), "live", now / 1000 + 3600)
+            .unwrap();
+    }
+    let url = server.url();
+    let out = run_sweeper(&["sweep", "--json"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json_object(&out);
+    assert!(
+        report["error"].as_str().unwrap().starts_with("unit guard:"),
+        "{report}"
+    );
+    assert_eq!(report["members_removed"], 0);
+    let left: i64 = c.zcard("s0-tokens").unwrap();
+    assert_eq!(left, 1, "nothing deleted");
+
+    let lib = libfaketime();
+    let out = common::sweeper(
+        &["sweep", "--json"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", &url),
+            ("TOKEN_SWEEPER__SWEEP__UNIT_GUARD", "false"),
+            ("LD_PRELOAD", &lib),
+            ("FAKETIME", "+2h"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json_object(&out);
+    assert!(
+        report["error"].as_str().unwrap().starts_with("clock skew:"),
+        "{report}"
+    );
+    assert_eq!(report["keys_scanned"], 0);
+}
+
+/// Seeds `users` sets `m{n}-tokens`, each with one expired and one live member.
+fn seed_many(c: &mut redis::Connection, users: usize) {
+    let now = redis_now_ms(c);
+    for chunk in (0..users).collect::<Vec<_>>().chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for user in chunk {
+            pipe.cmd("ZADD")
+                .arg(format!("m{user}-tokens"))
+                .arg(now - 60_000)
+                .arg("expired")
+                .arg(now + 3_600_000)
+                .arg("live")
+                .ignore();
+        }
+        let _: () = pipe.query(c).unwrap();
+    }
+}
+
+/// Expired members left in the `m{n}-tokens` sets.
+fn expired_left(c: &mut redis::Connection, users: usize) -> u64 {
+    let mut pipe = redis::pipe();
+    for user in 0..users {
+        pipe.zscore(format!("m{user}-tokens"), "expired");
+    }
+    let scores: Vec<Option<f64>> = pipe.query(c).unwrap();
+    scores.iter().flatten().count() as u64
+}
+
+#[test]
+fn sweep_json_reports_the_counts_so_far_when_redis_is_lost_mid_sweep() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let users = 20_000;
+    seed_many(&mut c, users);
+    let url = server.url();
+    let child = common::sweeper(
+        &["sweep", "--json"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", &url),
+            // About ten seconds for the whole keyspace.
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "2000"),
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    common::wait_until(Duration::from_secs(10), "some keys swept", || {
+        expired_left(&mut c, users) < users as u64 - 500
+    });
+    // The replies to those removals reach the sweeper well within this.
+    std::thread::sleep(Duration::from_millis(200));
+    // Drops the sweeper's connection (this one is spared).
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut c)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json_object(&out);
+    assert!(report["error"].is_string(), "{report}");
+    let removed = users as u64 - expired_left(&mut c, users);
+    let reported = report["members_removed"].as_u64().unwrap();
+    // Only pipelines whose replies arrived are counted.
+    assert!(
+        reported >= 500 && reported <= removed,
+        "reported {reported}, removed {removed}"
+    );
+    assert!(report["keys_scanned"].as_u64().unwrap() >= reported);
+    assert!(removed < users as u64, "stopped before the end");
+
+    let next = run_sweeper(&["sweep", "--json"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
+    assert_eq!(next.status.code(), Some(0), "{}", stderr(&next));
+    let report = json_object(&next);
+    assert_eq!(report["error"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["members_removed"], users as u64 - removed);
+    assert_eq!(expired_left(&mut c, users), 0);
+}
+
+/// A second Ctrl-C quits at once, and still prints the one JSON object.
+#[test]
+fn sweep_json_reports_a_second_interrupt() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed_many(&mut c, 1_000);
+    // Writes are held: the sweep's pipelines get no reply.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query(&mut c)
+        .unwrap();
+    let url = server.url();
+    let mut child = common::sweeper(&["sweep", "--json"], &[("TOKEN_SWEEPER__REDIS__URL", &url)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let interrupt = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -INT");
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    interrupt();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "waiting for its batches"
+    );
+    interrupt();
+    let started = Instant::now();
+    let out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut c).unwrap();
+
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json_object(&out);
+    assert!(
+        report["error"].as_str().unwrap().contains("interrupted"),
+        "{report}"
+    );
+    assert_eq!(report["members_removed"], 0);
 }
 
 #[test]

@@ -277,6 +277,43 @@ fn a_second_signal_exits_at_once() {
         .unwrap();
 }
 
+/// Once shutdown began the daemon reads no more controls: reloads asked for
+/// after that must not stand in the way of the second stop signal.
+#[test]
+fn a_second_signal_exits_at_once_after_a_burst_of_reloads() {
+    let server = RedisServer::start();
+    let mut daemon = daemon_stuck_in_a_batch(&server, "60s");
+
+    daemon.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // Apart, so that each is delivered on its own rather than merged by the
+    // kernel into one pending SIGHUP.
+    for _ in 0..12 {
+        daemon.signal("HUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "still waiting for the batch"
+    );
+    daemon.signal("TERM");
+    let (code, took) = daemon.wait_exit(Duration::from_secs(20));
+
+    assert_eq!(code, Some(1), "{}", daemon.log_text());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        daemon
+            .log_text()
+            .contains("second stop signal, exiting now"),
+        "{}",
+        daemon.log_text()
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query(&mut server.conn())
+        .unwrap();
+}
+
 #[test]
 fn sighup_reloads_the_pattern_and_a_broken_file_keeps_the_old_config() {
     let server = RedisServer::start();
