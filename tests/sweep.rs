@@ -625,3 +625,54 @@ async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
         );
     }
 }
+
+/// Sweeps as the README's `token-sweeper` ACL user minus `without`, through
+/// the binary; returns (exit code, stderr).
+fn sweep_as_user_without(
+    server: &RedisServer,
+    without: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    common::create_user(server, "token-sweeper", "sweeper-pw", without);
+    let url = server.url();
+    let mut all = vec![
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+    ];
+    all.extend_from_slice(env);
+    let out = common::run_sweeper(&["sweep"], &all);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 9, defect 1: a user created before the guard existed cannot run
+/// its read. Seconds-scored data swept as milliseconds would lose every
+/// live member; the guard must stop the sweep instead of reading "no answer"
+/// as "all clear".
+#[test]
+fn a_unit_guard_refused_by_acl_stops_the_sweep_before_any_deletion() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    for user in 0..20 {
+        let key = format!("u{user}-tokens");
+        let _: () = c.zadd(&key, "live", now_s + 3600).unwrap();
+        let _: () = c.zadd(&key, "old", now_s - 3600).unwrap();
+    }
+
+    let (code, err) = sweep_as_user_without(&server, &["zrevrangebyscore"], &[]);
+
+    for user in 0..20 {
+        let n: i64 = c.zcard(format!("u{user}-tokens")).unwrap();
+        assert_eq!(n, 2, "u{user}-tokens: nothing may be deleted ({err})");
+    }
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("unit guard"), "{err}");
+    // redis-rs prints the NOPERM code as "NoPerm".
+    assert!(err.contains("NoPerm"), "{err}");
+    assert!(err.contains("'zrevrangebyscore' command"), "{err}");
+}
