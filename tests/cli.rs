@@ -388,15 +388,8 @@ fn database_index_from_the_url() {
 /// Uses libfaketime on the sweeper (redis-server's jemalloc does not run under it).
 #[test]
 fn clock_skew_between_host_and_redis_refuses_to_sweep() {
-    let lib = std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(|entry| {
-            let path = entry.ok()?.path().join("faketime/libfaketime.so.1");
-            path.exists().then_some(path)
-        })
-        .next()
-        .expect("libfaketime is missing: apt-get install faketime (.ci/test does)");
-    let lib = lib.to_str().unwrap();
+    let lib = common::libfaketime();
+    let lib = lib.as_str();
     let server = RedisServer::start();
     let mut c = server.conn();
     let now = redis_now_ms(&mut c);
