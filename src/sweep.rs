@@ -1,19 +1,29 @@
 //! One sweep: remove every expired member from every token set.
 //!
-//! The algorithm, in the order it runs:
+//! Every check before the first deletion fails closed: an answer that is not
+//! what the check needs (a refused command, a reply of the wrong shape, an
+//! impossible clock) stops the sweep with [`SweepError::SafetyCheck`] naming
+//! the check, and is never read as "all clear". The algorithm, in the order
+//! it runs:
 //!
 //! 1. **Clock.** "Now" comes from Redis `TIME` (or the host clock); the two are
 //!    compared and the sweep refuses to run when they disagree by more than
 //!    `sweep.max_clock_skew`, because a clock running ahead removes live tokens.
-//!    `cutoff = floor((now - grace) / unit)`; members with `score <= cutoff` are
-//!    expired. Rounding down only ever keeps a member longer.
+//!    `TIME` must answer two decimal integers; a host clock before 1970 is
+//!    refused. `cutoff = floor((now - grace) / unit)`; members with
+//!    `score <= cutoff` are expired. Rounding down only ever keeps a member
+//!    longer; a cutoff above 2^53, which Redis would round, is refused.
 //! 2. **Scan.** `SCAN cursor MATCH pattern COUNT n TYPE zset`, one page at a
 //!    time. Keys are handed on in batches through a bounded channel, so memory
 //!    holds at most a few batches whatever the size of the keyspace.
-//! 3. **Unit guard.** The first `unit_guard_sample` keys are held back and their
-//!    highest finite score is read. If any looks like the other unit (seconds
-//!    while sweeping milliseconds would delete every live token), the sweep
-//!    stops before a single deletion.
+//! 3. **Unit guard.** The keys scanned first are held back and their highest
+//!    finite score is read, until `unit_guard_sample` have had one (reading at
+//!    most [`GUARD_READ_FACTOR`] times that many keys). If any looks like the
+//!    other unit (seconds while sweeping milliseconds would delete every live
+//!    token), the sweep stops before a single deletion. Every key read must
+//!    give a definite answer; one with nothing to say (deleted since SCAN,
+//!    only `+inf` members) is fine, but if none had a finite score and the
+//!    node has keys left unread, the guard refuses: it has no evidence.
 //! 4. **Remove.** Each batch becomes one pipeline of
 //!    `ZREMRANGEBYSCORE key -inf cutoff` (`ZCOUNT` in a dry run). Up to
 //!    `max_in_flight` pipelines are outstanding on the one multiplexed
@@ -24,16 +34,19 @@
 //!    are counted and the first is kept for the report. A failure of the
 //!    connection, a missing ACL permission (NOPERM) or a replica (READONLY)
 //!    ends the sweep.
-//!
-//! 6. **Cluster.** Steps 2 to 5 run once per primary, on a connection of its
-//!    own (SCAN is per node), up to `sweep.max_parallel_nodes` at a time; the
-//!    unit guard of every primary passes before any primary deletes. A key
-//!    whose slot moved answers MOVED/ASK and is swept again through the
-//!    cluster client, once. A primary counts as finished only when its scan
-//!    ran to the end and its slot assignment was the same, with no migration,
-//!    before and after; otherwise it is named in `unfinished_nodes` and the
-//!    next sweep, which reads the topology afresh, covers it. A standalone
-//!    server is the one-node case of the same loop.
+//! 6. **Cluster.** The primaries come from `CLUSTER NODES`, parsed strictly
+//!    (a malformed line, or no primary serving slots, stops the sweep).
+//!    Steps 2 to 5 run once per primary, on a connection of its own (SCAN is
+//!    per node), up to `sweep.max_parallel_nodes` at a time; the unit guard
+//!    of every primary passes before any primary deletes. A key whose slot
+//!    moved answers MOVED/ASK and is read (guard) or swept again where it
+//!    lives now, once. A primary counts as finished only when, by its own
+//!    `CLUSTER NODES` line, it served the slots it was chosen for when its
+//!    sweep started, its scan ran to the end, and its slots and config epoch
+//!    were the same, with no migration, before and after; otherwise it is
+//!    named in `unfinished_nodes` and the next sweep, which reads the
+//!    topology afresh, covers it. A standalone server is the one-node case
+//!    of the same loop.
 //!
 //! The sweep never touches a key's TTL and never writes anything but
 //! `ZREMRANGEBYSCORE`; an emptied set disappears because Redis deletes empty
@@ -697,7 +710,11 @@ impl<'a> NodeSweep<'a> {
         // answer with one after it: `slot_assignment` errors otherwise.
         let after = self.conn.slot_assignment().await?;
         Ok(if after.as_ref() != Some(&before) {
-            Some("its slots changed during the sweep (resharding or failover)".to_owned())
+            Some(
+                "its slots or configuration epoch changed during the sweep (resharding or \
+                 failover)"
+                    .to_owned(),
+            )
         } else if !before.migrations.is_empty() {
             Some("a slot migration was in progress during the sweep".to_owned())
         } else {
