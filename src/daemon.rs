@@ -470,6 +470,9 @@ impl Round {
             Err(SweepError::Redis(e)) => self.failed_redis(&e),
             Err(e @ SweepError::UnitGuard { .. }) => self.failed("unit_guard", e.to_string()),
             Err(e @ SweepError::ClockSkew { .. }) => self.failed("clock_skew", e.to_string()),
+            Err(e @ SweepError::SafetyCheck { check, .. }) => {
+                self.failed(check.label(), e.to_string())
+            }
         }
     }
 
@@ -480,14 +483,13 @@ impl Round {
         stopped: impl Future<Output = ()>,
     ) -> Result<SweepReport, SweepError> {
         tracing::info!(trigger = ?self.trigger, nodes = primaries.len(), "sweep started");
-        let nodes: Vec<String> = primaries.iter().map(|p| p.address.clone()).collect();
         let metrics = self.metrics.clone();
         let progress = SweepProgress::with_batch_timer(move |rtt| {
             metrics.batch_duration.observe(rtt.as_secs_f64());
         });
         sweep::sweep_nodes(
             conn,
-            &nodes,
+            primaries,
             &self.settings.sweep,
             SweepMode::Remove,
             &progress,

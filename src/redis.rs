@@ -68,6 +68,17 @@ pub enum RedisError {
         /// What the cluster said.
         address: String,
     },
+    /// Redis answered, but not with what the step needs (a malformed
+    /// `CLUSTER NODES`, a reply of the wrong shape).
+    #[error("Redis at {address}: {what}: unexpected reply: {reason}")]
+    BadReply {
+        /// `host:port` of the server.
+        address: String,
+        /// The command or step, e.g. `CLUSTER NODES`.
+        what: &'static str,
+        /// What was wrong with the reply (never its content: it may hold tokens).
+        reason: String,
+    },
     /// A command failed on an established connection.
     #[error("Redis at {address}: {what} failed: {source}")]
     Command {
@@ -263,7 +274,10 @@ impl Connection {
     /// primary of the cluster that owns slots.
     ///
     /// # Errors
-    /// When the cluster cannot say (`CLUSTER NODES` failed).
+    /// When the cluster cannot say: `CLUSTER NODES` failed, has a line that
+    /// does not parse, or names no primary that serves slots. A cluster
+    /// always has one; "none" is a reply the sweep cannot use, never
+    /// "nothing to sweep".
     pub async fn primaries(&self) -> Result<Vec<Primary>, RedisError> {
         let Link::Cluster { client, .. } = &self.link else {
             return Ok(vec![Primary {
@@ -278,17 +292,7 @@ impl Connection {
             .await
             .and_then(|value| redis::from_redis_value::<String>(value).map_err(Into::into))
             .map_err(|source| self.error("CLUSTER NODES", source))?;
-        let mut primaries: Vec<Primary> = parse_cluster_nodes(&nodes)
-            .into_iter()
-            .filter(ClusterNode::owns_slots)
-            .map(|node| Primary {
-                slots: node.slot_ranges(),
-                address: node.address,
-            })
-            .collect();
-        primaries.sort_by(|a, b| a.address.cmp(&b.address));
-        primaries.dedup_by(|a, b| a.address == b.address);
-        Ok(primaries)
+        primaries_in(&nodes).map_err(|reason| self.bad_reply("CLUSTER NODES", reason))
     }
 
     /// PING: on a cluster, one node's answer (redis-rs would ask every
@@ -391,7 +395,9 @@ impl Connection {
         let route = SingleNodeRoutingInfo::ByAddress { host, port };
         let replies = client.clone().route_pipeline(pipe, 0, 2, route).await?;
         match replies.into_iter().last() {
-            Some(reply) => redis::from_redis_value(reply).map_err(Into::into),
+            // Through `RedisResult` so that an error reply keeps its code
+            // (NOPERM, MOVED, ...) instead of becoming a type error.
+            Some(reply) => redis::from_redis_value::<redis::RedisResult<T>>(reply)?,
             None => Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "no reply to the command after ASKING",
@@ -399,24 +405,34 @@ impl Connection {
         }
     }
 
-    /// For a connection to one cluster node: the slots it serves, with any
-    /// migration in progress (`CLUSTER NODES`, its own line). Two equal
-    /// answers around a scan, neither with a migration, mean the scan saw
-    /// every key of those slots. `None` for a single server.
+    /// For a connection to one cluster node: what it says it serves (its
+    /// own, `myself`, line of `CLUSTER NODES`). Two equal answers around a
+    /// scan, neither with a migration, mean the scan saw every key of those
+    /// slots. `None` for a single server, and only for one.
     ///
     /// # Errors
-    /// When the node does not answer.
-    pub async fn slot_assignment(&mut self) -> Result<Option<String>, RedisError> {
+    /// When the node does not answer, or its answer does not parse or has
+    /// no line (or several) flagged `myself`: without it nothing proves the
+    /// node's scan covered its slots.
+    pub async fn slot_assignment(&mut self) -> Result<Option<SlotAssignment>, RedisError> {
         if !matches!(self.link, Link::Node { .. }) {
             return Ok(None);
         }
         let nodes: String = self
             .query("CLUSTER NODES", &cluster_nodes_command())
             .await?;
-        Ok(parse_cluster_nodes(&nodes)
-            .into_iter()
-            .find(|node| node.flags.iter().any(|f| f == "myself"))
-            .map(|node| node.slots))
+        own_assignment(&nodes)
+            .map(Some)
+            .map_err(|reason| self.bad_reply("CLUSTER NODES", reason))
+    }
+
+    /// A [`RedisError::BadReply`] from this connection.
+    pub fn bad_reply(&self, what: &'static str, reason: String) -> RedisError {
+        RedisError::BadReply {
+            address: self.address.clone(),
+            what,
+            reason,
+        }
     }
 
     /// Wraps a redis-rs error with this connection's address and the step that failed.
@@ -601,6 +617,23 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc % 16384
 }
 
+/// What a cluster node says it serves: its own (`myself`) line of
+/// `CLUSTER NODES`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotAssignment {
+    /// Flagged `master` (a replica serves no slots).
+    pub primary: bool,
+    /// Its configuration epoch: a failover or a finished migration to it
+    /// raises it, so it tells a reconfiguration even when the slots are
+    /// the same again.
+    pub config_epoch: u64,
+    /// The slots it serves, as ranges in the order listed.
+    pub slots: Vec<std::ops::RangeInclusive<u16>>,
+    /// Migrations in progress, as listed (`[93->-<node id>]` migrating,
+    /// `[93-<-<node id>]` importing).
+    pub migrations: Vec<String>,
+}
+
 /// One line of `CLUSTER NODES`.
 #[derive(Debug, PartialEq, Eq)]
 struct ClusterNode {
@@ -608,53 +641,137 @@ struct ClusterNode {
     address: String,
     /// `myself`, `master`, `slave`, `fail?`, `fail`, ...
     flags: Vec<String>,
-    /// The slot fields, space-separated: ranges (`0-5460`) and migrations
-    /// (`[93->-<node id>]`, `[93-<-<node id>]`).
-    slots: String,
+    config_epoch: u64,
+    /// Slot ranges (`0-5460`, or a single `93` as `93..=93`).
+    slots: Vec<std::ops::RangeInclusive<u16>>,
+    /// Migration markers (`[93->-<node id>]`, `[93-<-<node id>]`).
+    migrations: Vec<String>,
 }
 
 impl ClusterNode {
+    fn is_primary(&self) -> bool {
+        self.flags.iter().any(|f| f == "master")
+    }
+
     /// A primary that owns slots. A failed one counts too: its keys are not
     /// swept while it is down, and the sweep must say so rather than skip
     /// it. (After a failover the old primary owns no slots any more.)
-    /// The slot ranges (`0-5460`, or a single `93`), without migrations.
-    fn slot_ranges(&self) -> Vec<std::ops::RangeInclusive<u16>> {
-        self.slots
-            .split(' ')
-            .filter(|s| !s.is_empty() && !s.starts_with('['))
-            .filter_map(|s| {
-                let (start, end) = s.split_once('-').unwrap_or((s, s));
-                Some(start.parse().ok()?..=end.parse().ok()?)
-            })
-            .collect()
-    }
-
     fn owns_slots(&self) -> bool {
-        self.flags.iter().any(|f| f == "master")
-            && self
-                .slots
-                .split(' ')
-                .any(|s| !s.is_empty() && !s.starts_with('['))
+        self.is_primary() && !self.slots.is_empty()
     }
 }
 
+/// The primaries that serve slots, by address, from `CLUSTER NODES`; an
+/// error when there are none.
+fn primaries_in(text: &str) -> Result<Vec<Primary>, String> {
+    let mut primaries: Vec<Primary> = parse_cluster_nodes(text)?
+        .into_iter()
+        .filter(ClusterNode::owns_slots)
+        .map(|node| Primary {
+            slots: node.slots,
+            address: node.address,
+        })
+        .collect();
+    if primaries.is_empty() {
+        return Err("no primary serves any slot".to_owned());
+    }
+    primaries.sort_by(|a, b| a.address.cmp(&b.address));
+    primaries.dedup_by(|a, b| a.address == b.address);
+    Ok(primaries)
+}
+
+/// The node's own line of `CLUSTER NODES`: exactly one must be flagged
+/// `myself`.
+fn own_assignment(text: &str) -> Result<SlotAssignment, String> {
+    let mut mine = parse_cluster_nodes(text)?
+        .into_iter()
+        .filter(|node| node.flags.iter().any(|f| f == "myself"));
+    match (mine.next(), mine.next()) {
+        (Some(node), None) => Ok(SlotAssignment {
+            primary: node.is_primary(),
+            config_epoch: node.config_epoch,
+            slots: node.slots,
+            migrations: node.migrations,
+        }),
+        (None, _) => Err("no line flagged myself".to_owned()),
+        (Some(_), Some(_)) => Err("more than one line flagged myself".to_owned()),
+    }
+}
+
+/// The highest hash slot.
+const LAST_SLOT: u16 = 16383;
+
 /// Parses `CLUSTER NODES`: `<id> <ip:port@cport[,hostname]> <flags> <master>
 /// <ping-sent> <pong-recv> <config-epoch> <link-state> <slot> <slot> ...`.
-fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+///
+/// Strict: a line that does not have that form is an error naming the line
+/// number and what is wrong, never skipped. A skipped line would be a
+/// primary (and its slots) the sweep silently leaves out, or the node's own
+/// line missing from the check that decides whether its scan was complete.
+fn parse_cluster_nodes(text: &str) -> Result<Vec<ClusterNode>, String> {
     text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let endpoint = fields.get(1)?;
-            let address = endpoint.split(['@', ',']).next()?.to_owned();
-            let flags = fields.get(2)?.split(',').map(str::to_owned).collect();
-            let slots = fields.get(8..).unwrap_or_default().join(" ");
-            Some(ClusterNode {
-                address,
-                flags,
-                slots,
-            })
-        })
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| parse_node_line(line).map_err(|why| format!("line {}: {why}", n + 1)))
         .collect()
+}
+
+fn parse_node_line(line: &str) -> Result<ClusterNode, String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [_id, endpoint, flags, _primary_id, _ping, _pong, epoch, _link, slot_fields @ ..] =
+        fields.as_slice()
+    else {
+        return Err(format!("{} fields, at least 8 expected", fields.len()));
+    };
+    let address = endpoint.split(['@', ',']).next().unwrap_or_default();
+    if split_address(address).is_none() {
+        return Err(format!("address {address:?} is not host:port"));
+    }
+    let config_epoch = epoch
+        .parse()
+        .map_err(|_| format!("config epoch {epoch:?} is not a number"))?;
+    let mut slots = Vec::new();
+    let mut migrations = Vec::new();
+    for field in slot_fields {
+        if let Some(marker) = field.strip_prefix('[') {
+            let slot = marker
+                .split_once("->-")
+                .or_else(|| marker.split_once("-<-"))
+                .filter(|(_, rest)| rest.ends_with(']'))
+                .map(|(slot, _)| slot);
+            if slot.and_then(parse_slot).is_none() {
+                return Err(format!(
+                    "slot migration {field:?} is not [slot->-id] or [slot-<-id]"
+                ));
+            }
+            migrations.push((*field).to_owned());
+            continue;
+        }
+        let (start, end) = field.split_once('-').unwrap_or((field, field));
+        match (parse_slot(start), parse_slot(end)) {
+            (Some(start), Some(end)) if start <= end => slots.push(start..=end),
+            _ => {
+                return Err(format!(
+                    "slot range {field:?} is not slot or slot-slot (0-{LAST_SLOT})"
+                ))
+            }
+        }
+    }
+    Ok(ClusterNode {
+        address: address.to_owned(),
+        flags: flags.split(',').map(str::to_owned).collect(),
+        config_epoch,
+        slots,
+        migrations,
+    })
+}
+
+fn parse_slot(text: &str) -> Option<u16> {
+    // Digits only: `parse` would also take a sign.
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|slot| *slot <= LAST_SLOT)
 }
 
 /// Per `redis.master_name`, the sentinel (its URL) whose answer last led to
@@ -779,7 +896,10 @@ impl RedisError {
                     || source.code() == Some("CLUSTERDOWN")
                     || source.kind() == redis::ErrorKind::ClusterConnectionNotFound
             }
-            Self::Client { .. } | Self::Secret(_) | Self::BadNodeAddress { .. } => false,
+            Self::Client { .. }
+            | Self::Secret(_)
+            | Self::BadNodeAddress { .. }
+            | Self::BadReply { .. } => false,
         }
     }
 }
@@ -943,6 +1063,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -956,11 +1077,11 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
 
     #[test]
     fn primaries_are_the_masters_owning_slots_even_failed_ones() {
-        let nodes = parse_cluster_nodes(NODES);
+        let nodes = parse_cluster_nodes(NODES).unwrap();
         let owning: Vec<(&str, Vec<std::ops::RangeInclusive<u16>>)> = nodes
             .iter()
             .filter(|n| n.owns_slots())
-            .map(|n| (n.address.as_str(), n.slot_ranges()))
+            .map(|n| (n.address.as_str(), n.slots.clone()))
             .collect();
         assert_eq!(
             owning,
@@ -970,8 +1091,103 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
                 ("127.0.0.1:30001", vec![0..=92, 94..=5460]),
             ]
         );
-        // The migration marker stays in the assignment the sweep compares.
-        assert_eq!(nodes[1].slots, "5461-10922 [93->-292f]");
+        // The migration marker stays for the check that decides "finished".
+        assert_eq!(nodes[1].migrations, ["[93->-292f]"]);
+        assert_eq!(nodes[2].config_epoch, 3);
+    }
+
+    #[test]
+    fn a_malformed_cluster_nodes_line_is_an_error_naming_it_never_skipped() {
+        let good = "292f 127.0.0.1:30003@31003 myself,master - 0 0 3 connected 0-16383\n";
+        assert_eq!(parse_cluster_nodes(good).unwrap().len(), 1);
+        for (bad, why) in [
+            ("292f 127.0.0.1:30003@31003 myself,master - 0 0", "fields"),
+            (
+                "292f nowhere@31003 myself,master - 0 0 3 connected 0-1",
+                "host:port",
+            ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 x connected 0-1",
+                "epoch",
+            ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected 0-16384",
+                "slot range",
+            ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected 10-5",
+                "slot range",
+            ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected +5",
+                "slot range",
+            ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected [93-x]",
+                "migration",
+            ),
+        ] {
+            let text = format!("{good}{bad}\n");
+            let err = parse_cluster_nodes(&text).unwrap_err();
+            assert!(
+                err.starts_with("line 2: ") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        // Importing and migrating markers both parse.
+        let marked =
+            "292f 127.0.0.1:30003@31003 myself,master - 0 0 3 connected 1-2 [3-<-ab] [1->-cd]";
+        assert_eq!(parse_cluster_nodes(marked).unwrap()[0].migrations.len(), 2);
+    }
+
+    #[test]
+    fn no_primary_serving_slots_is_an_error_not_nothing_to_sweep() {
+        let fresh = "66d6 :53703@47567 myself,master - 0 0 0 connected\n";
+        assert_eq!(
+            primaries_in(fresh).unwrap_err(),
+            "no primary serves any slot"
+        );
+        assert_eq!(primaries_in("").unwrap_err(), "no primary serves any slot");
+        let only_replicas_own_nothing = "\
+07c3 127.0.0.1:30004@31004 myself,slave e7d1 0 1 4 connected
+e7d1 127.0.0.1:30001@31001 master - 0 1 1 connected
+";
+        assert!(primaries_in(only_replicas_own_nothing).is_err());
+        let primaries = primaries_in(NODES).unwrap();
+        assert_eq!(primaries.len(), 3);
+    }
+
+    #[test]
+    fn a_node_answers_for_itself_with_exactly_one_myself_line() {
+        let own = own_assignment(NODES).unwrap();
+        assert_eq!(
+            own,
+            SlotAssignment {
+                primary: true,
+                config_epoch: 3,
+                slots: vec![10923..=16383, 93..=93],
+                migrations: Vec::new(),
+            }
+        );
+        // Before, a reply without its own line read as "not a cluster node":
+        // the node counted as finished whatever its slots did.
+        let without_myself = NODES.replace("myself,master", "master");
+        assert_eq!(
+            own_assignment(&without_myself).unwrap_err(),
+            "no line flagged myself"
+        );
+        let twice = NODES.replace("master,fail", "myself,master");
+        assert_eq!(
+            own_assignment(&twice).unwrap_err(),
+            "more than one line flagged myself"
+        );
+        let replica = own_assignment(
+            &NODES
+                .replace("myself,master", "x")
+                .replace("slave", "myself,slave"),
+        )
+        .unwrap();
+        assert!(!replica.primary && replica.slots.is_empty());
     }
 
     #[test]

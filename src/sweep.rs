@@ -1,19 +1,29 @@
 //! One sweep: remove every expired member from every token set.
 //!
-//! The algorithm, in the order it runs:
+//! Every check before the first deletion fails closed: an answer that is not
+//! what the check needs (a refused command, a reply of the wrong shape, an
+//! impossible clock) stops the sweep with [`SweepError::SafetyCheck`] naming
+//! the check, and is never read as "all clear". The algorithm, in the order
+//! it runs:
 //!
 //! 1. **Clock.** "Now" comes from Redis `TIME` (or the host clock); the two are
 //!    compared and the sweep refuses to run when they disagree by more than
 //!    `sweep.max_clock_skew`, because a clock running ahead removes live tokens.
-//!    `cutoff = floor((now - grace) / unit)`; members with `score <= cutoff` are
-//!    expired. Rounding down only ever keeps a member longer.
+//!    `TIME` must answer two decimal integers; a host clock before 1970 is
+//!    refused. `cutoff = floor((now - grace) / unit)`; members with
+//!    `score <= cutoff` are expired. Rounding down only ever keeps a member
+//!    longer; a cutoff above 2^53, which Redis would round, is refused.
 //! 2. **Scan.** `SCAN cursor MATCH pattern COUNT n TYPE zset`, one page at a
 //!    time. Keys are handed on in batches through a bounded channel, so memory
 //!    holds at most a few batches whatever the size of the keyspace.
-//! 3. **Unit guard.** The first `unit_guard_sample` keys are held back and their
-//!    highest finite score is read. If any looks like the other unit (seconds
-//!    while sweeping milliseconds would delete every live token), the sweep
-//!    stops before a single deletion.
+//! 3. **Unit guard.** The keys scanned first are held back and their highest
+//!    finite score is read, until `unit_guard_sample` have had one (reading at
+//!    most [`GUARD_READ_FACTOR`] times that many keys). If any looks like the
+//!    other unit (seconds while sweeping milliseconds would delete every live
+//!    token), the sweep stops before a single deletion. Every key read must
+//!    give a definite answer; one with nothing to say (deleted since SCAN,
+//!    only `+inf` members) is fine, but if none had a finite score and the
+//!    node has keys left unread, the guard refuses: it has no evidence.
 //! 4. **Remove.** Each batch becomes one pipeline of
 //!    `ZREMRANGEBYSCORE key -inf cutoff` (`ZCOUNT` in a dry run). Up to
 //!    `max_in_flight` pipelines are outstanding on the one multiplexed
@@ -24,16 +34,19 @@
 //!    are counted and the first is kept for the report. A failure of the
 //!    connection, a missing ACL permission (NOPERM) or a replica (READONLY)
 //!    ends the sweep.
-//!
-//! 6. **Cluster.** Steps 2 to 5 run once per primary, on a connection of its
-//!    own (SCAN is per node), up to `sweep.max_parallel_nodes` at a time; the
-//!    unit guard of every primary passes before any primary deletes. A key
-//!    whose slot moved answers MOVED/ASK and is swept again through the
-//!    cluster client, once. A primary counts as finished only when its scan
-//!    ran to the end and its slot assignment was the same, with no migration,
-//!    before and after; otherwise it is named in `unfinished_nodes` and the
-//!    next sweep, which reads the topology afresh, covers it. A standalone
-//!    server is the one-node case of the same loop.
+//! 6. **Cluster.** The primaries come from `CLUSTER NODES`, parsed strictly
+//!    (a malformed line, or no primary serving slots, stops the sweep).
+//!    Steps 2 to 5 run once per primary, on a connection of its own (SCAN is
+//!    per node), up to `sweep.max_parallel_nodes` at a time; the unit guard
+//!    of every primary passes before any primary deletes. A key whose slot
+//!    moved answers MOVED/ASK and is read (guard) or swept again where it
+//!    lives now, once. A primary counts as finished only when, by its own
+//!    `CLUSTER NODES` line, it served the slots it was chosen for when its
+//!    sweep started, its scan ran to the end, and its slots and config epoch
+//!    were the same, with no migration, before and after; otherwise it is
+//!    named in `unfinished_nodes` and the next sweep, which reads the
+//!    topology afresh, covers it. A standalone server is the one-node case
+//!    of the same loop.
 //!
 //! The sweep never touches a key's TTL and never writes anything but
 //! `ZREMRANGEBYSCORE`; an emptied set disappears because Redis deletes empty
@@ -49,7 +62,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{ClockSource, ScoreUnit, SweepSettings};
-use crate::redis::{Connection, RedisError};
+use crate::redis::{Connection, Primary, RedisError, SlotAssignment};
+use redis::Value;
 
 /// Whether the sweep deletes or only counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -64,9 +78,21 @@ pub enum SweepMode {
 /// Why a sweep stopped before finishing.
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    /// The connection failed (unreachable, timed out, closed).
+    /// The connection failed (unreachable, timed out, closed), or a command
+    /// outside the safety checks failed. When the connection was lost during
+    /// a safety check, this variant (not [`SweepError::SafetyCheck`]) says
+    /// so, naming the check in the failed step, so that a daemon reconnects.
     #[error(transparent)]
     Redis(#[from] RedisError),
+    /// A safety check could not get the answer it needs (a refused command,
+    /// a reply of the wrong shape, an impossible clock); nothing was deleted.
+    #[error("{check} could not run, so nothing was deleted: {reason}")]
+    SafetyCheck {
+        /// The check.
+        check: Check,
+        /// Why it could not run.
+        reason: String,
+    },
     /// The sampled scores contradict `sweep.score_unit`; nothing was deleted.
     #[error(
         "unit guard: sweep.score_unit is \"{configured}\" but {suspicious} of {sampled} sampled \
@@ -100,6 +126,66 @@ pub enum SweepError {
         /// The configured limit.
         max: Duration,
     },
+}
+
+/// The checks that run before a sweep deletes anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Reading "now": Redis `TIME` or the host clock.
+    Clock,
+    /// Comparing the Redis clock with the host clock.
+    ClockSkew,
+    /// Turning "now" and the grace into the score cutoff.
+    Cutoff,
+    /// Reading the primaries of a cluster from `CLUSTER NODES`.
+    ClusterTopology,
+    /// Reading sampled scores to confirm `sweep.score_unit`.
+    UnitGuard,
+}
+
+impl Check {
+    /// A short name for metrics labels: `clock`, `clock_skew`, `cutoff`,
+    /// `cluster_topology`, `unit_guard`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Clock => "clock",
+            Self::ClockSkew => "clock_skew",
+            Self::Cutoff => "cutoff",
+            Self::ClusterTopology => "cluster_topology",
+            Self::UnitGuard => "unit_guard",
+        }
+    }
+
+    /// The check stopped on `error`. A lost connection stays
+    /// [`SweepError::Redis`], which a daemon answers by reconnecting; any
+    /// other failure (Redis answered, but not with what the check needs) is
+    /// [`SweepError::SafetyCheck`]. Either way the sweep stops here.
+    fn failed(self, error: RedisError) -> SweepError {
+        if error.is_connection_lost() {
+            SweepError::Redis(error)
+        } else {
+            self.refused(error.to_string())
+        }
+    }
+
+    fn refused(self, reason: String) -> SweepError {
+        SweepError::SafetyCheck {
+            check: self,
+            reason,
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Clock => "the clock check",
+            Self::ClockSkew => "the clock skew check",
+            Self::Cutoff => "the cutoff check",
+            Self::ClusterTopology => "the cluster topology check",
+            Self::UnitGuard => "the unit guard",
+        })
+    }
 }
 
 /// What a sweep, one node of it, or one pipeline counted.
@@ -319,10 +405,10 @@ pub struct BatchOutcome {
 ///
 /// # Errors
 /// [`SweepError`] when Redis cannot be reached (in a cluster: no primary
-/// could be swept), or when the clock check or the unit guard refuses to
-/// sweep (in which case nothing was deleted). A cluster sweep that reached
-/// only some primaries returns a report naming the others in
-/// [`SweepReport::unfinished_nodes`].
+/// could be swept), or when a safety check (clock, skew, cutoff, cluster
+/// topology, unit guard) refuses to sweep or cannot run, in which case
+/// nothing was deleted. A cluster sweep that reached only some primaries
+/// returns a report naming the others in [`SweepReport::unfinished_nodes`].
 pub async fn sweep(
     conn: &Connection,
     settings: &SweepSettings,
@@ -330,32 +416,42 @@ pub async fn sweep(
     progress: &SweepProgress,
     shutdown: impl Future<Output = ()>,
 ) -> Result<SweepReport, SweepError> {
-    let nodes: Vec<String> = conn
+    let nodes = conn
         .primaries()
-        .await?
-        .into_iter()
-        .map(|primary| primary.address)
-        .collect();
+        .await
+        .map_err(|e| Check::ClusterTopology.failed(e))?;
     sweep_nodes(conn, &nodes, settings, mode, progress, shutdown).await
 }
 
-/// [`sweep`] over the given primaries only (addresses from
-/// [`Connection::primaries`]); the daemon uses it to sweep the primaries
-/// it holds leases on.
+/// [`sweep`] over the given primaries only (from [`Connection::primaries`]);
+/// the daemon uses it to sweep the primaries it holds leases on. A primary
+/// counts as finished only if, when its sweep starts, it still serves
+/// exactly the slots given here: the caller chose it to cover them.
 ///
 /// # Errors
-/// As [`sweep`].
+/// As [`sweep`]; an empty `nodes` is a [`Check::ClusterTopology`] error:
+/// there is always at least one primary, so "none" is a caller's mistake,
+/// never a successful sweep of nothing.
 pub async fn sweep_nodes(
     conn: &Connection,
-    nodes: &[String],
+    nodes: &[Primary],
     settings: &SweepSettings,
     mode: SweepMode,
     progress: &SweepProgress,
     shutdown: impl Future<Output = ()>,
 ) -> Result<SweepReport, SweepError> {
     let started = Instant::now();
+    if nodes.is_empty() {
+        return Err(Check::ClusterTopology.refused("no primary to sweep".to_owned()));
+    }
     let now_micros = read_clock(conn, settings).await?;
-    let cutoff = cutoff_for(now_micros, settings.grace, settings.score_unit);
+    let cutoff = cutoff_for(now_micros, settings.grace, settings.score_unit).ok_or_else(|| {
+        Check::Cutoff.refused(format!(
+            "now ({now_micros} µs since 1970) less sweep.grace is beyond 2^53 {}: Redis could \
+             not compare scores with it exactly",
+            settings.score_unit
+        ))
+    })?;
     tracing::debug!(cutoff, unit = %settings.score_unit, ?mode, nodes = nodes.len(), "sweep starting");
     let parallel = usize::try_from(settings.max_parallel_nodes)
         .unwrap_or(1)
@@ -369,10 +465,10 @@ pub async fn sweep_nodes(
     // check for the daemon's boxed future. They are lazy either way.)
     let starts: Vec<_> = nodes
         .iter()
-        .map(|address| {
+        .map(|primary| {
             NodeSweep::start(
                 conn,
-                address,
+                primary,
                 settings,
                 now_micros,
                 progress,
@@ -443,17 +539,17 @@ pub async fn sweep_nodes(
 /// A node that could not be swept at all.
 struct NodeFailed {
     address: String,
-    error: RedisError,
+    /// Why, for the report.
+    reason: String,
+    /// The Redis error behind it, if it was one (not when the node no
+    /// longer serves the slots it was chosen for).
+    error: Option<RedisError>,
 }
 
 impl NodeFailed {
     fn report(self) -> (NodeReport, Option<RedisError>) {
-        let report = NodeReport::new(
-            self.address,
-            &Counters::default(),
-            Some(self.error.to_string()),
-        );
-        (report, Some(self.error))
+        let report = NodeReport::new(self.address, &Counters::default(), Some(self.reason));
+        (report, self.error)
     }
 }
 
@@ -474,7 +570,7 @@ struct NodeSweep<'a> {
     /// Direct to the node; SCAN and the pipelines go here.
     conn: Connection,
     /// The node's slot assignment before the scan (`None`: not a cluster).
-    assignment: Option<String>,
+    assignment: Option<SlotAssignment>,
     scanner: Scanner<'a>,
     tally: Tally<'a>,
     /// Shutdown came during the unit-guard sample.
@@ -482,20 +578,24 @@ struct NodeSweep<'a> {
 }
 
 impl<'a> NodeSweep<'a> {
-    /// Connects to the node and runs its unit guard. The outer error aborts
-    /// the whole sweep (unit guard); the inner one is this node failing.
+    /// Connects to the node, checks it still serves the slots it was chosen
+    /// for, and runs its unit guard. The outer error aborts the whole sweep
+    /// (the unit guard refused or could not run); the inner one is this
+    /// node not being swept.
     async fn start(
         conn: &Connection,
-        address: &str,
+        primary: &Primary,
         settings: &'a SweepSettings,
         now_micros: i128,
         progress: &'a SweepProgress,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Result<NodeSweep<'a>, NodeFailed>, SweepError> {
-        let failed = |error| {
+        let address = primary.address.as_str();
+        let failed = |error: RedisError| {
             Ok(Err(NodeFailed {
                 address: address.to_owned(),
-                error,
+                reason: error.to_string(),
+                error: Some(error),
             }))
         };
         let mut node_conn = match conn.node(address).await {
@@ -506,28 +606,31 @@ impl<'a> NodeSweep<'a> {
             Ok(assignment) => assignment,
             Err(e) => return failed(e),
         };
+        if let Some(reason) = assignment
+            .as_ref()
+            .and_then(|now| moved_since(primary, now))
+        {
+            // Swept or not, it could not count as finished; the next sweep
+            // reads the topology afresh.
+            return Ok(Err(NodeFailed {
+                address: address.to_owned(),
+                reason,
+                error: None,
+            }));
+        }
         let tally = Tally {
             progress,
             node: Arc::default(),
         };
         let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
-        let sample = if settings.unit_guard {
-            usize::try_from(settings.unit_guard_sample).unwrap_or(usize::MAX)
-        } else {
-            0
-        };
-        let interrupted = match scanner.fill(sample, shutdown).await {
-            Ok(interrupted) => interrupted,
-            Err(e) => return failed(e),
-        };
-        if !interrupted && sample > 0 {
-            let keys = &scanner.pending[..scanner.pending.len().min(sample)];
-            match check_units(&mut node_conn, keys, settings.score_unit, now_micros).await {
-                Ok(()) => {}
-                Err(SweepError::Redis(e)) => return failed(e),
-                Err(refused) => return Err(refused),
+        let interrupted = if settings.unit_guard {
+            match scanner.guard(now_micros, shutdown).await? {
+                Ok(interrupted) => interrupted,
+                Err(e) => return failed(e),
             }
-        }
+        } else {
+            false
+        };
         Ok(Ok(NodeSweep {
             address: address.to_owned(),
             conn: node_conn,
@@ -610,10 +713,16 @@ impl<'a> NodeSweep<'a> {
         let Some(before) = self.assignment.take() else {
             return Ok(None);
         };
-        let after = self.conn.slot_assignment().await?.unwrap_or_default();
-        Ok(if before != after {
-            Some("its slots changed during the sweep (resharding or failover)".to_owned())
-        } else if before.contains('[') {
+        // A node that answered with a `myself` line before the scan must
+        // answer with one after it: `slot_assignment` errors otherwise.
+        let after = self.conn.slot_assignment().await?;
+        Ok(if after.as_ref() != Some(&before) {
+            Some(
+                "its slots or configuration epoch changed during the sweep (resharding or \
+                 failover)"
+                    .to_owned(),
+            )
+        } else if !before.migrations.is_empty() {
             Some("a slot migration was in progress during the sweep".to_owned())
         } else {
             None
@@ -621,41 +730,144 @@ impl<'a> NodeSweep<'a> {
     }
 }
 
-/// "Now" in microseconds since the Unix epoch, after the clock-skew check.
-async fn read_clock(conn: &Connection, settings: &SweepSettings) -> Result<i128, SweepError> {
-    let needs_redis_time =
-        settings.clock == ClockSource::Redis || !settings.max_clock_skew.is_zero();
-    let redis_now = if needs_redis_time {
-        let mut conn = conn.clone();
-        let (secs, micros): (i64, i64) = conn.query("TIME", &redis::cmd("TIME")).await?;
-        Some(i128::from(secs) * 1_000_000 + i128::from(micros))
+/// Why a node, by its own account `now`, no longer serves what `primary`
+/// says it did when the sweep chose it; `None` when it still does. Its
+/// scan could not cover slots it has lost, and slots that moved to a node
+/// already swept would be seen by nobody.
+fn moved_since(primary: &Primary, now: &SlotAssignment) -> Option<String> {
+    let mut expected = primary.slots.clone();
+    let mut serves = now.slots.clone();
+    // Slot lists compare as sets of ranges: the order is the server's.
+    for ranges in [&mut expected, &mut serves] {
+        ranges.sort_by_key(|range| (*range.start(), *range.end()));
+    }
+    if !now.primary {
+        Some("it is no longer a primary (failover)".to_owned())
+    } else if serves != expected {
+        Some("its slots changed since the cluster topology was read".to_owned())
     } else {
         None
+    }
+}
+
+/// "Now" in microseconds since the Unix epoch, after the clock-skew check.
+async fn read_clock(conn: &Connection, settings: &SweepSettings) -> Result<i128, SweepError> {
+    let now = match settings.clock {
+        ClockSource::Redis => redis_time(conn).await?,
+        ClockSource::Local => host_time()?,
     };
-    let local_now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i128::try_from(d.as_micros()).unwrap_or(i128::MAX))
-        // A host clock before 1970 is broken: treat it as 0 so the skew check
-        // (or, with the check off, the cutoff) errs towards removing nothing.
-        .unwrap_or(0);
-    if let Some(redis_now) = redis_now {
-        let skew = Duration::from_micros(
-            u64::try_from((redis_now - local_now).unsigned_abs()).unwrap_or(u64::MAX),
-        );
-        if !settings.max_clock_skew.is_zero() && skew > settings.max_clock_skew {
+    if !settings.max_clock_skew.is_zero() {
+        let other = match settings.clock {
+            ClockSource::Redis => host_time()?,
+            ClockSource::Local => redis_time(conn).await?,
+        };
+        let skew =
+            Duration::from_micros(u64::try_from((now - other).unsigned_abs()).unwrap_or(u64::MAX));
+        if skew > settings.max_clock_skew {
             return Err(SweepError::ClockSkew {
                 skew,
                 max: settings.max_clock_skew,
             });
         }
     }
-    Ok(match (settings.clock, redis_now) {
-        (ClockSource::Redis, Some(redis_now)) => redis_now,
-        _ => local_now,
+    Ok(now)
+}
+
+/// The step name of the clock read, in errors.
+const TIME_READ: &str = "TIME (clock check)";
+
+/// Redis `TIME` in microseconds since the Unix epoch.
+async fn redis_time(conn: &Connection) -> Result<i128, SweepError> {
+    let mut conn = conn.clone();
+    let reply: Value = conn
+        .query(TIME_READ, &redis::cmd("TIME"))
+        .await
+        .map_err(|e| Check::Clock.failed(e))?;
+    parse_time(&reply).map_err(|reason| {
+        Check::Clock.refused(format!(
+            "Redis at {}: TIME answered {reason}",
+            conn.address()
+        ))
     })
 }
 
+/// `TIME`'s reply, strictly: two decimal strings, seconds since the epoch
+/// and microseconds below a million. Anything else says what it was.
+fn parse_time(reply: &Value) -> Result<i128, String> {
+    let decimal = |part: &Value| -> Option<u64> {
+        match part {
+            Value::BulkString(text) => std::str::from_utf8(text).ok().and_then(digits),
+            Value::SimpleString(text) => digits(text),
+            Value::Int(n) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    };
+    let Value::Array(parts) = reply else {
+        return Err(shape(reply));
+    };
+    let [secs, micros] = parts.as_slice() else {
+        return Err(shape(reply));
+    };
+    match (decimal(secs), decimal(micros)) {
+        (Some(secs), Some(micros)) if micros < 1_000_000 => {
+            Ok(i128::from(secs) * 1_000_000 + i128::from(micros))
+        }
+        (Some(_), Some(micros)) => Err(format!("{micros} microseconds, not below a million")),
+        _ => Err(format!(
+            "{} and {}, not two non-negative integers",
+            shape(secs),
+            shape(micros)
+        )),
+    }
+}
+
+/// A non-negative decimal integer, digits only (no sign, no spaces).
+fn digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The host clock in microseconds since the Unix epoch.
+fn host_time() -> Result<i128, SweepError> {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since) => Ok(i128::try_from(since.as_micros()).unwrap_or(i128::MAX)),
+        // Before 1970 the host clock is broken: no cutoff or skew computed
+        // from it means anything.
+        Err(e) => Err(Check::Clock.refused(format!(
+            "the host clock reads {:?} before 1970-01-01; fix the host clock",
+            e.duration()
+        ))),
+    }
+}
+
+/// What a reply is, without its content (which may hold tokens): for
+/// error messages.
+fn shape(reply: &Value) -> String {
+    match reply {
+        Value::Nil => "nil".to_owned(),
+        Value::Int(_) => "an integer".to_owned(),
+        Value::BulkString(bytes) => format!("a string of {} bytes", bytes.len()),
+        Value::Array(items) => format!("an array of {} elements", items.len()),
+        Value::SimpleString(_) | Value::Okay => "a status".to_owned(),
+        Value::Double(_) => "a double".to_owned(),
+        Value::ServerError(e) => format!("an error ({})", e.code()),
+        _ => "a reply of another type".to_owned(),
+    }
+}
+
+/// Largest magnitude below which every integer is exactly a double, the
+/// type Redis parses a score range bound into. A larger cutoff could be
+/// rounded up by Redis, expiring members scored above it.
+const EXACT_IN_A_DOUBLE: i128 = 1 << 53;
+
 /// The highest score that counts as expired: `floor((now - grace) / unit)`.
+///
+/// `None` when that is above 2^53: Redis could not compare scores with it
+/// exactly (and only a clock hundreds of thousands of years ahead gets
+/// there). A cutoff below -2^53 (an absurd grace) becomes `i64::MIN`:
+/// nothing finite is expired, which only ever keeps members.
 ///
 /// ```
 /// use std::time::Duration;
@@ -664,15 +876,20 @@ async fn read_clock(conn: &Connection, settings: &SweepSettings) -> Result<i128,
 ///
 /// // 1_700_000_000.999_999 s, no grace
 /// let now = 1_700_000_000_999_999;
-/// assert_eq!(cutoff_for(now, Duration::ZERO, ScoreUnit::Seconds), 1_700_000_000);
-/// assert_eq!(cutoff_for(now, Duration::ZERO, ScoreUnit::Milliseconds), 1_700_000_000_999);
-/// assert_eq!(cutoff_for(now, Duration::from_secs(60), ScoreUnit::Seconds), 1_699_999_940);
+/// assert_eq!(cutoff_for(now, Duration::ZERO, ScoreUnit::Seconds), Some(1_700_000_000));
+/// assert_eq!(cutoff_for(now, Duration::ZERO, ScoreUnit::Milliseconds), Some(1_700_000_000_999));
+/// assert_eq!(cutoff_for(now, Duration::from_secs(60), ScoreUnit::Seconds), Some(1_699_999_940));
 /// ```
-pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> i64 {
+pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<i64> {
     let grace = i128::try_from(grace.as_micros()).unwrap_or(i128::MAX);
     let cutoff = now_micros.saturating_sub(grace).div_euclid(unit.micros());
-    // Saturating keeps an absurd grace from wrapping into a huge positive cutoff.
-    i64::try_from(cutoff).unwrap_or(if cutoff < 0 { i64::MIN } else { i64::MAX })
+    if cutoff > EXACT_IN_A_DOUBLE {
+        None
+    } else if cutoff < -EXACT_IN_A_DOUBLE {
+        Some(i64::MIN)
+    } else {
+        i64::try_from(cutoff).ok()
+    }
 }
 
 /// Sends one pipeline over `keys`: `ZREMRANGEBYSCORE key -inf cutoff`
@@ -700,67 +917,128 @@ pub async fn sweep_keys(
         SweepMode::Remove => "ZREMRANGEBYSCORE",
         SweepMode::DryRun => "ZCOUNT",
     };
-    let sweep_cmd = |key: &[u8]| {
+    let replies = query_each(conn, command, keys, |key| {
         let mut cmd = redis::cmd(command);
         cmd.arg(key).arg("-inf").arg(cutoff);
         cmd
-    };
-    let mut pipe = redis::pipe();
-    for key in keys {
-        pipe.add_command(sweep_cmd(key));
-    }
-    let replies: Vec<redis::RedisResult<u64>> =
-        match pipe.ignore_errors().query_async(&mut *conn).await {
-            Ok(replies) => replies,
-            Err(e) => return Err(conn.error(command, e)),
-        };
+    })
+    .await?;
     let mut outcome = BatchOutcome::default();
-    let mut moved = Vec::new();
-    for (key, reply) in keys.iter().zip(replies) {
+    for KeyReply { reply, redirected } in replies {
+        outcome.counts.keys_redirected += u64::from(redirected);
         match reply {
-            Err(e) if e.code() == Some("MOVED") => moved.push((key, None)),
-            Err(e) if e.code() == Some("ASK") => {
-                let importing = e.redirect_node().map(|(address, _slot)| address.to_owned());
-                moved.push((key, importing));
+            Err(e) if !redirected && is_redirect(&e) => {
+                outcome.counts.errors += 1;
+                outcome
+                    .first_error
+                    .get_or_insert_with(|| not_a_cluster(conn, command));
             }
-            reply => outcome
-                .tally(command, reply)
-                .map_err(|e| conn.error(command, e))?,
-        }
-    }
-    if moved.is_empty() {
-        return Ok(outcome);
-    }
-    let Some(cluster) = conn.cluster() else {
-        // A single server answering MOVED is a cluster node swept as standalone.
-        outcome.counts.errors += moved.len() as u64;
-        outcome.first_error.get_or_insert_with(|| {
-            format!(
-                "{command}: MOVED: {} is a Redis Cluster node; set redis.mode = \"cluster\"",
-                conn.address()
-            )
-        });
-        return Ok(outcome);
-    };
-    let retries = moved.iter().map(|(key, redirect)| {
-        let mut cluster = cluster.clone();
-        let cmd = sweep_cmd(key);
-        async move {
-            match redirect {
-                // The slot is being migrated: the key is at the node named.
-                Some(importing) => cluster.query_asking::<u64>(importing, &cmd).await,
-                // The slot moved for good: the cluster client routes by slot.
-                None => cmd.query_async::<u64>(&mut cluster).await,
+            reply => {
+                let count = reply.and_then(|value| Ok(redis::from_redis_value::<u64>(value)?));
+                outcome
+                    .tally(command, count)
+                    .map_err(|e| replied_from(conn, redirected).error(command, e))?;
             }
         }
-    });
-    for reply in futures_util::future::join_all(retries).await {
-        outcome.counts.keys_redirected += 1;
-        outcome
-            .tally(command, reply)
-            .map_err(|e| cluster.error(command, e))?;
     }
     Ok(outcome)
+}
+
+/// One key's reply, from where the key lives.
+struct KeyReply {
+    reply: redis::RedisResult<Value>,
+    /// The key answered MOVED/ASK on the node; `reply` came from the node
+    /// it lives on now.
+    redirected: bool,
+}
+
+/// Sends `command(key)` for every key in one pipeline on `conn`, and
+/// returns the replies in key order. On a connection to one cluster node,
+/// a key that answers MOVED is sent again through the cluster client (which
+/// routes by slot) and one that answers ASK goes to the importing node
+/// right after `ASKING`; on a single server, MOVED/ASK replies are returned
+/// as they are. The sweep and the unit guard both go through here, so a
+/// key is read where it is removed.
+async fn query_each(
+    conn: &mut Connection,
+    what: &'static str,
+    keys: &[Vec<u8>],
+    command: impl Fn(&[u8]) -> redis::Cmd,
+) -> Result<Vec<KeyReply>, RedisError> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.add_command(command(key));
+    }
+    let replies: Vec<redis::RedisResult<Value>> =
+        match pipe.ignore_errors().query_async(&mut *conn).await {
+            Ok(replies) => replies,
+            Err(e) => return Err(conn.error(what, e)),
+        };
+    if replies.len() != keys.len() {
+        // zip would pair the wrong replies with the keys, or drop some.
+        return Err(conn.bad_reply(
+            what,
+            format!("{} replies to {} commands", replies.len(), keys.len()),
+        ));
+    }
+    let cluster = conn.cluster();
+    let mut redirects = Vec::new();
+    let mut out = Vec::with_capacity(keys.len());
+    for (index, (key, reply)) in keys.iter().zip(replies).enumerate() {
+        if let (Err(e), Some(cluster)) = (&reply, &cluster) {
+            let importing = match e.code() {
+                // The slot moved for good: the cluster client routes by slot.
+                Some("MOVED") => Some(None),
+                // The slot is being migrated: the key is at the node named.
+                Some("ASK") => Some(e.redirect_node().map(|(node, _slot)| node.to_owned())),
+                _ => None,
+            };
+            if let Some(importing) = importing {
+                let mut cluster = cluster.clone();
+                let cmd = command(key);
+                redirects.push(async move {
+                    let reply = match importing {
+                        Some(node) => cluster.query_asking::<Value>(&node, &cmd).await,
+                        None => cmd.query_async::<Value>(&mut cluster).await,
+                    };
+                    (index, reply)
+                });
+            }
+        }
+        out.push(KeyReply {
+            reply,
+            redirected: false,
+        });
+    }
+    for (index, reply) in futures_util::future::join_all(redirects).await {
+        if let Some(slot) = out.get_mut(index) {
+            *slot = KeyReply {
+                reply,
+                redirected: true,
+            };
+        }
+    }
+    Ok(out)
+}
+
+fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK"))
+}
+
+/// A MOVED/ASK that could not be followed: `conn` is a single server.
+fn not_a_cluster(conn: &Connection, what: &str) -> String {
+    format!(
+        "{what}: MOVED: {} is a Redis Cluster node; set redis.mode = \"cluster\"",
+        conn.address()
+    )
+}
+
+/// The connection a key's reply came from: `conn`, or for a redirected key
+/// the cluster client (so errors name where they happened).
+fn replied_from(conn: &Connection, redirected: bool) -> Connection {
+    conn.cluster()
+        .filter(|_| redirected)
+        .unwrap_or_else(|| conn.clone())
 }
 
 impl BatchOutcome {
@@ -860,15 +1138,68 @@ impl<'a> Scanner<'a> {
     async fn fill(
         &mut self,
         keys: usize,
-        shutdown: impl Future<Output = ()>,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<bool, RedisError> {
-        let mut shutdown = std::pin::pin!(shutdown);
         while self.pending.len() < keys && !self.finished {
-            if self.next_page(&mut shutdown).await? {
+            if self.next_page(shutdown).await? {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// The unit guard of this node: reads the highest score of the keys
+    /// scanned first (see [`check_units`]) until `unit_guard_sample` of them
+    /// have had a finite one, the node has no more keys, or
+    /// [`GUARD_READ_FACTOR`] times the sample were read. The keys read stay
+    /// pending, to be swept like the others.
+    ///
+    /// A set with nothing to say (deleted since SCAN, only `+inf` members)
+    /// is a definite answer, but not evidence: if no set read had a finite
+    /// score and the node has keys the guard did not read, those keys' unit
+    /// is unknown, so the guard refuses rather than pass on no evidence.
+    ///
+    /// The outer error aborts the sweep; the inner one is SCAN failing, the
+    /// node not being swept. Returns whether `shutdown` came first.
+    async fn guard(
+        &mut self,
+        now_micros: i128,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Result<bool, RedisError>, SweepError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let sample = usize::try_from(self.settings.unit_guard_sample).unwrap_or(usize::MAX);
+        if sample == 0 {
+            return Err(Check::UnitGuard.refused("sweep.unit_guard_sample is 0".to_owned()));
+        }
+        let limit = sample.saturating_mul(GUARD_READ_FACTOR);
+        let (mut read, mut scored) = (0, 0);
+        while scored < sample && read < limit {
+            let upto = read.saturating_add(sample - scored).min(limit);
+            match self.fill(upto, &mut shutdown).await {
+                Ok(true) => return Ok(Ok(true)),
+                Ok(false) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+            let end = self.pending.len().min(upto);
+            let keys = self.pending.get(read..end).unwrap_or_default();
+            if keys.is_empty() {
+                // The node has no more keys.
+                break;
+            }
+            scored +=
+                check_units(&mut self.conn, keys, self.settings.score_unit, now_micros).await?;
+            read = end;
+        }
+        let read_all = self.finished && read == self.pending.len();
+        if scored == 0 && !read_all {
+            return Err(Check::UnitGuard.refused(format!(
+                "{}: none of the first {read} sets has a finite score (only +inf members, or \
+                 deleted since SCAN), so the unit of the others cannot be confirmed; set \
+                 sweep.unit_guard = false if the data is known to be right",
+                self.conn.address()
+            )));
+        }
+        Ok(Ok(false))
     }
 
     /// Scans to the end, sending full batches as they fill. Returns whether
@@ -965,55 +1296,124 @@ pub fn looks_like(score: f64, now_micros: i128) -> Option<ScoreUnit> {
         })
 }
 
-/// `ZREVRANGEBYSCORE ... WITHSCORES LIMIT 0 1`: at most one (member, score).
-type HighestScore = Vec<(Vec<u8>, f64)>;
+/// How many keys, per key of `sweep.unit_guard_sample`, the unit guard
+/// reads at most while looking for sets with a finite score. Bounded
+/// because the keys it reads are held until swept; 16 keeps that to a
+/// batch or so at the default sample of 64.
+pub const GUARD_READ_FACTOR: usize = 16;
 
-/// The unit guard: reads the highest finite score of each sampled key and
-/// refuses to go on when any looks like the other unit.
-async fn check_units(
+/// The step name of the unit guard's read, in errors.
+const GUARD_READ: &str = "ZREVRANGEBYSCORE (unit guard)";
+
+/// The unit guard's read of `keys`: the highest score below `+inf` of each
+/// (members scored `+inf`, tokens that never expire, say nothing about the
+/// unit; the highest finite score is the newest token). Returns how many of
+/// the keys had a finite score.
+///
+/// Every key must get a definite answer: a score, or nothing to say (the
+/// key no longer exists or is no longer a sorted set, or holds only
+/// `+inf`/`-inf` members). Redis sends an error as an error reply, never as
+/// an empty one, and the reply is decoded strictly (a nil or any other
+/// shape is not "no members"), so an empty array is Redis's own answer.
+/// Keys that moved to another cluster node are read where they live now,
+/// as the sweep would remove them there.
+///
+/// Public so that callers sweeping keys they found another way (with
+/// [`sweep_keys`]) can run the same guard first.
+///
+/// # Errors
+/// [`SweepError::UnitGuard`] when a score looks like the other unit;
+/// [`SweepError::SafetyCheck`] when a key's reply is not a definite answer
+/// (NOPERM, a MOVED/ASK that cannot be followed, a wrong shape);
+/// [`SweepError::Redis`] when the connection is lost.
+pub async fn check_units(
     conn: &mut Connection,
     keys: &[Vec<u8>],
     unit: ScoreUnit,
     now_micros: i128,
-) -> Result<(), SweepError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for key in keys {
-        // "(+inf": members scored +inf (tokens that never expire) say nothing
-        // about the unit; the highest finite score is the newest token.
-        pipe.cmd("ZREVRANGEBYSCORE")
-            .arg(key)
+) -> Result<usize, SweepError> {
+    let replies = query_each(conn, GUARD_READ, keys, |key| {
+        let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
+        cmd.arg(key)
             .arg("(+inf")
             .arg("-inf")
             .arg("WITHSCORES")
             .arg("LIMIT")
             .arg(0)
             .arg(1);
-    }
-    let replies: Vec<redis::RedisResult<HighestScore>> =
-        match pipe.ignore_errors().query_async(&mut *conn).await {
-            Ok(replies) => replies,
-            Err(e) => return Err(conn.error("ZREVRANGEBYSCORE (unit guard)", e).into()),
+        cmd
+    })
+    .await
+    .map_err(|e| Check::UnitGuard.failed(e))?;
+    let mut scored = 0;
+    let mut suspicious = Vec::new();
+    for (key, KeyReply { reply, redirected }) in keys.iter().zip(replies) {
+        let reply = match reply {
+            Ok(reply) => reply,
+            // The key stopped being a sorted set: the sweep skips it too.
+            Err(e) if e.code() == Some("WRONGTYPE") => continue,
+            Err(e) if !redirected && is_redirect(&e) => {
+                return Err(Check::UnitGuard.refused(not_a_cluster(conn, GUARD_READ)))
+            }
+            Err(e) => {
+                let e = replied_from(conn, redirected).error(GUARD_READ, e);
+                return Err(Check::UnitGuard.failed(e));
+            }
         };
-    let mut suspicious = keys.iter().zip(replies).filter_map(|(key, reply)| {
-        // A key that vanished or changed type since SCAN has nothing to say.
-        let (_, score) = reply.ok()?.into_iter().next()?;
-        let seen = looks_like(score, now_micros)?;
-        (seen != unit).then_some((key, score, seen))
-    });
-    let Some((example_key, example_score, seen)) = suspicious.next() else {
-        return Ok(());
+        let score = highest_score(&reply).map_err(|shape| {
+            Check::UnitGuard.refused(format!(
+                "Redis at {}: {GUARD_READ} answered {shape} for key {:?}, not a (member, score) \
+                 pair or nothing",
+                replied_from(conn, redirected).address(),
+                String::from_utf8_lossy(key)
+            ))
+        })?;
+        let Some(score) = score.filter(|score| score.is_finite()) else {
+            continue;
+        };
+        scored += 1;
+        if let Some(seen) = looks_like(score, now_micros).filter(|seen| *seen != unit) {
+            suspicious.push((key, score, seen));
+        }
+    }
+    let Some(&(example_key, example_score, seen)) = suspicious.first() else {
+        return Ok(scored);
     };
     Err(SweepError::UnitGuard {
         configured: unit,
         seen,
-        suspicious: 1 + suspicious.count(),
+        suspicious: suspicious.len(),
         sampled: keys.len(),
         example_key: String::from_utf8_lossy(example_key).into_owned(),
         example_score,
     })
+}
+
+/// The score in a `ZREVRANGEBYSCORE ... WITHSCORES LIMIT 0 1` reply: `None`
+/// for an empty array; RESP2 `[member, score]` or RESP3 `[[member, score]]`
+/// otherwise. Every other shape, a nil included, is an error describing it.
+fn highest_score(reply: &Value) -> Result<Option<f64>, String> {
+    let pair = match reply {
+        Value::Array(items) => match items.as_slice() {
+            [] => return Ok(None),
+            [Value::Array(pair)] => pair.as_slice(),
+            pair => pair,
+        },
+        other => return Err(shape(other)),
+    };
+    let score = match pair {
+        [Value::BulkString(_), Value::BulkString(score)] => std::str::from_utf8(score)
+            .ok()
+            .and_then(|score| score.parse::<f64>().ok()),
+        [Value::BulkString(_), Value::Double(score)] => Some(*score),
+        _ => None,
+    };
+    // `(+inf` excludes +inf, and Redis has no NaN scores: either is a
+    // reply to some other question.
+    match score {
+        Some(score) if !score.is_nan() && score != f64::INFINITY => Ok(Some(score)),
+        _ => Err(shape(reply)),
+    }
 }
 
 fn rate(count: u64, over: Duration) -> f64 {
@@ -1026,21 +1426,135 @@ fn rate(count: u64, over: Duration) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn cutoff_rounds_down_before_the_epoch_too() {
-        assert_eq!(cutoff_for(-1, Duration::ZERO, ScoreUnit::Milliseconds), -1);
+        assert_eq!(
+            cutoff_for(-1, Duration::ZERO, ScoreUnit::Milliseconds),
+            Some(-1)
+        );
         assert_eq!(
             cutoff_for(1_500, Duration::ZERO, ScoreUnit::Milliseconds),
-            1
+            Some(1)
         );
         // An absurd grace saturates to "nothing is expired" instead of wrapping.
         assert_eq!(
             cutoff_for(0, Duration::from_secs(u64::MAX), ScoreUnit::Seconds),
-            i64::MIN
+            Some(i64::MIN)
         );
+    }
+
+    #[test]
+    fn a_cutoff_redis_cannot_hold_exactly_is_refused_not_saturated() {
+        let limit: i128 = 1 << 53;
+        let at_limit_ms = limit * 1_000;
+        assert_eq!(
+            cutoff_for(at_limit_ms, Duration::ZERO, ScoreUnit::Milliseconds),
+            Some(1 << 53)
+        );
+        assert_eq!(
+            cutoff_for(at_limit_ms + 1_000, Duration::ZERO, ScoreUnit::Milliseconds),
+            None
+        );
+        // Before, a clock past i64 milliseconds saturated to i64::MAX: every
+        // finite score expired.
+        assert_eq!(
+            cutoff_for(
+                i128::from(i64::MAX) * 1_000_000,
+                Duration::ZERO,
+                ScoreUnit::Milliseconds
+            ),
+            None
+        );
+    }
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn time_replies_are_decoded_strictly() {
+        let time = |parts: Vec<Value>| parse_time(&Value::Array(parts));
+        assert_eq!(
+            time(vec![bulk("1700000000"), bulk("123456")]),
+            Ok(1_700_000_000_123_456)
+        );
+        assert_eq!(time(vec![Value::Int(5), Value::Int(7)]), Ok(5_000_007));
+        for bad in [
+            vec![bulk("1700000000")],
+            vec![bulk("1700000000"), bulk("1"), bulk("2")],
+            vec![bulk("-5"), bulk("0")],
+            vec![bulk("+5"), bulk("0")],
+            vec![bulk(" 5"), bulk("0")],
+            vec![bulk("1.5"), bulk("0")],
+            vec![bulk(""), bulk("0")],
+            vec![bulk("1700000000"), bulk("1000000")],
+            vec![bulk("99999999999999999999"), bulk("0")],
+            vec![Value::Nil, bulk("0")],
+            vec![Value::Int(-1), bulk("0")],
+        ] {
+            assert!(time(bad.clone()).is_err(), "{bad:?}");
+        }
+        for bad in [Value::Nil, bulk("1700000000"), Value::Okay, Value::Int(1)] {
+            assert!(parse_time(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_guard_reads_a_score_or_nothing_and_nothing_else() {
+        let member = || bulk("digest");
+        let array = Value::Array;
+        assert_eq!(highest_score(&array(vec![])), Ok(None));
+        // RESP2 and RESP3 shapes.
+        assert_eq!(
+            highest_score(&array(vec![member(), bulk("1700000000")])),
+            Ok(Some(1.7e9))
+        );
+        assert_eq!(
+            highest_score(&array(vec![array(vec![member(), Value::Double(2.5)])])),
+            Ok(Some(2.5))
+        );
+        assert_eq!(
+            highest_score(&array(vec![member(), bulk("-inf")])),
+            Ok(Some(f64::NEG_INFINITY))
+        );
+        for bad in [
+            // redis-rs reads a nil as an empty Vec: the guard must not.
+            Value::Nil,
+            Value::Int(0),
+            bulk("1700000000"),
+            array(vec![member()]),
+            array(vec![member(), bulk("1"), member(), bulk("2")]),
+            array(vec![member(), bulk("soon")]),
+            array(vec![member(), bulk("inf")]),
+            array(vec![member(), bulk("nan")]),
+            array(vec![Value::Int(1), bulk("1")]),
+        ] {
+            let err = highest_score(&bad).unwrap_err();
+            assert!(!err.contains("digest"), "a member never appears: {err}");
+        }
+    }
+
+    #[test]
+    fn every_safety_check_names_itself_and_has_a_label() {
+        for (check, label) in [
+            (Check::Clock, "clock"),
+            (Check::ClockSkew, "clock_skew"),
+            (Check::Cutoff, "cutoff"),
+            (Check::ClusterTopology, "cluster_topology"),
+            (Check::UnitGuard, "unit_guard"),
+        ] {
+            assert_eq!(check.label(), label);
+            let message = check.refused("because".to_owned()).to_string();
+            assert!(message.contains(&label.replace('_', " ")), "{message}");
+            assert!(
+                message.ends_with("nothing was deleted: because"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -573,7 +573,7 @@ fn database_index_from_the_url() {
 /// Uses libfaketime on the sweeper (redis-server's jemalloc does not run under it).
 #[test]
 fn clock_skew_between_host_and_redis_refuses_to_sweep() {
-    let lib = libfaketime();
+    let lib = common::libfaketime();
     let lib = lib.as_str();
     let server = RedisServer::start();
     let mut c = server.conn();
@@ -601,21 +601,6 @@ fn clock_skew_between_host_and_redis_refuses_to_sweep() {
         let n: i64 = c.zcard("u-tokens").unwrap();
         assert_eq!(n, 1, "{clock}: the live token survives");
     }
-}
-
-/// The path of libfaketime, to run the sweeper with a host clock of its own.
-fn libfaketime() -> String {
-    std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(|entry| {
-            let path = entry.ok()?.path().join("faketime/libfaketime.so.1");
-            path.exists().then_some(path)
-        })
-        .next()
-        .expect("libfaketime is missing: apt-get install faketime (.ci/test does)")
-        .to_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// `sweep --json` output: exactly one JSON object on one line.
@@ -692,7 +677,7 @@ fn sweep_json_reports_the_unit_guard_and_the_clock_check() {
     let left: i64 = c.zcard("s0-tokens").unwrap();
     assert_eq!(left, 1, "nothing deleted");
 
-    let lib = libfaketime();
+    let lib = common::libfaketime();
     let out = common::sweeper(
         &["sweep", "--json"],
         &[

@@ -11,9 +11,11 @@ use common::cluster::{slot_of, RedisCluster};
 use common::{redis_now_ms, run_sweeper, wait_until, DaemonProcess};
 use redis::Commands;
 use token_sweeper::auth::{AuthError, TokenService};
-use token_sweeper::config::{AuthSettings, ScoreUnit, Secret};
+use token_sweeper::config::{AuthSettings, RedisMode, ScoreUnit, Secret};
 use token_sweeper::redis::Connection;
-use token_sweeper::sweep::{sweep_keys, SweepMode};
+use token_sweeper::sweep::{
+    check_units, sweep_keys, sweep_nodes, Check, SweepError, SweepMode, SweepProgress,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -239,53 +241,105 @@ async fn the_auth_module_works_unchanged_on_a_cluster() {
     }
 }
 
-/// Moves every key of `slot` from the primary `from` to the primary `to`,
-/// the way `redis-cli --cluster reshard` does.
-fn migrate_slot(cluster: &mut RedisCluster, slot: u16, from: &str, to: &str) {
+/// Marks `slot` as migrating from the primary `from` to the primary `to`
+/// (`CLUSTER SETSLOT ... IMPORTING` on `to`, `MIGRATING` on `from`);
+/// returns the node ids by address.
+fn begin_migration(
+    cluster: &mut RedisCluster,
+    slot: u16,
+    from: &str,
+    to: &str,
+) -> BTreeMap<String, String> {
     let ids: BTreeMap<String, String> = cluster
         .topology()
         .into_iter()
         .map(|n| (n.address, n.id))
         .collect();
-    let to_port: u16 = to.rsplit_once(':').unwrap().1.parse().unwrap();
-    let mut source = cluster.node(from).conn();
-    let mut target = cluster.node(to).conn();
-    let setslot = |conn: &mut redis::Connection, state: &str, id: &str| {
+    for (node, state, other) in [(to, "IMPORTING", from), (from, "MIGRATING", to)] {
         let () = redis::cmd("CLUSTER")
             .arg("SETSLOT")
             .arg(slot)
             .arg(state)
-            .arg(id)
-            .query(conn)
+            .arg(&ids[other])
+            .query(&mut cluster.node(node).conn())
             .unwrap();
-    };
-    setslot(&mut target, "IMPORTING", &ids[from]);
-    setslot(&mut source, "MIGRATING", &ids[to]);
+    }
+    ids
+}
+
+/// `MIGRATE`s `keys` from the primary `from` to the primary `to`.
+fn migrate_keys(cluster: &mut RedisCluster, from: &str, to: &str, keys: &[String]) {
+    let to_port: u16 = to.rsplit_once(':').unwrap().1.parse().unwrap();
+    let () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(to_port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(keys)
+        .query(&mut cluster.node(from).conn())
+        .unwrap();
+}
+
+/// The slot of the primary `address` that holds the most `*-tokens` keys,
+/// with those keys.
+fn busiest_slot(cluster: &mut RedisCluster, address: &str) -> (u16, Vec<String>) {
+    let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for key in cluster.keys_on(address, "*-tokens") {
+        by_slot
+            .entry(slot_of(&mut cluster.nodes[0].conn(), &key))
+            .or_default()
+            .push(key);
+    }
+    let busiest = by_slot
+        .into_iter()
+        .max_by_key(|(_, keys)| keys.len())
+        .unwrap();
+    assert!(busiest.1.len() >= 2, "a slot with several keys");
+    busiest
+}
+
+/// Half-migrates the busiest slot of the primary `from` to the primary
+/// `to`: the slot stays MIGRATING/IMPORTING, the first half of its keys are
+/// on `to` (`from` answers ASK for them), the rest still on `from`. Returns
+/// the slot's keys and how many moved.
+fn half_migrate(cluster: &mut RedisCluster, from: &str, to: &str) -> (Vec<String>, usize) {
+    let (slot, keys) = busiest_slot(cluster, from);
+    begin_migration(cluster, slot, from, to);
+    let moved = keys.len() / 2;
+    migrate_keys(cluster, from, to, &keys[..moved]);
+    (keys, moved)
+}
+
+/// Moves every key of `slot` from the primary `from` to the primary `to`,
+/// the way `redis-cli --cluster reshard` does.
+fn migrate_slot(cluster: &mut RedisCluster, slot: u16, from: &str, to: &str) {
+    let ids = begin_migration(cluster, slot, from, to);
     loop {
         let keys: Vec<String> = redis::cmd("CLUSTER")
             .arg("GETKEYSINSLOT")
             .arg(slot)
             .arg(50)
-            .query(&mut source)
+            .query(&mut cluster.node(from).conn())
             .unwrap();
         if keys.is_empty() {
             break;
         }
-        let () = redis::cmd("MIGRATE")
-            .arg("127.0.0.1")
-            .arg(to_port)
-            .arg("")
-            .arg(0)
-            .arg(5000)
-            .arg("KEYS")
-            .arg(&keys)
-            .query(&mut source)
-            .unwrap();
+        migrate_keys(cluster, from, to, &keys);
         // Slowly, so the migration spans a good part of the sweep.
         std::thread::sleep(Duration::from_millis(20));
     }
-    setslot(&mut target, "NODE", &ids[to]);
-    setslot(&mut source, "NODE", &ids[to]);
+    // The target first, then the source, then the others.
+    for node in [to, from] {
+        let () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&ids[to])
+            .query(&mut cluster.node(node).conn())
+            .unwrap();
+    }
     for node in cluster.primaries() {
         let mut conn = cluster.node(&node.address).conn();
         let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
@@ -583,52 +637,10 @@ async fn keys_that_answer_moved_or_ask_are_swept_through_the_cluster_once() {
     assert_eq!(outcome.counts.errors, 0, "{:?}", outcome.first_error);
 
     // ASK: a slot of node A half migrated to node B.
-    let a_keys = cluster.keys_on(&a, "*-tokens");
-    let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-    for key in a_keys {
-        by_slot
-            .entry(slot_of(&mut cluster.nodes[0].conn(), &key))
-            .or_default()
-            .push(key);
-    }
-    let (slot, slot_keys) = by_slot
-        .into_iter()
-        .max_by_key(|(_, keys)| keys.len())
-        .unwrap();
-    assert!(slot_keys.len() >= 2, "a slot with several keys");
-    let ids: BTreeMap<String, String> = cluster
-        .topology()
-        .into_iter()
-        .map(|n| (n.address, n.id))
-        .collect();
-    let b_port: u16 = b.rsplit_once(':').unwrap().1.parse().unwrap();
-    let mut source = cluster.node(&a).conn();
+    let (slot_keys, moved) = half_migrate(&mut cluster, &a, &b);
+    let moved = &slot_keys[..moved];
     let mut target = cluster.node(&b).conn();
-    let () = redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(slot)
-        .arg("IMPORTING")
-        .arg(&ids[&a])
-        .query(&mut target)
-        .unwrap();
-    let () = redis::cmd("CLUSTER")
-        .arg("SETSLOT")
-        .arg(slot)
-        .arg("MIGRATING")
-        .arg(&ids[&b])
-        .query(&mut source)
-        .unwrap();
-    let moved = &slot_keys[..slot_keys.len() / 2];
-    let () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(b_port)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(moved)
-        .query(&mut source)
-        .unwrap();
+    let mut source = cluster.node(&a).conn();
 
     let batch: Vec<Vec<u8>> = slot_keys.iter().map(|k| k.clone().into_bytes()).collect();
     let outcome = sweep_keys(&mut on_a, &batch, now - 1, SweepMode::Remove)
@@ -708,4 +720,192 @@ fn a_primary_that_is_down_is_named_unfinished_and_the_others_are_swept() {
     let (code, body) = common::http_get(daemon.metrics_port, "/readyz").unwrap();
     assert_eq!(code, 503);
     assert!(body.contains(&down), "{body}");
+}
+
+/// Issue 11, item 9: a sampled key that answers MOVED or ASK used to read no
+/// score, and a sample of such keys passed. The guard now reads each where
+/// it lives, as the sweep removes it there.
+#[tokio::test]
+async fn the_unit_guard_follows_moved_and_ask_to_a_definite_score() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(300);
+    let now_ms = redis_now_ms(&mut cluster.nodes[0].conn());
+    let now_micros = i128::from(now_ms) * 1000;
+    let mut c = cluster.conn();
+    for key in &keys {
+        // JWT `exp`: seconds.
+        let _: () = c.zadd(key, "live", now_ms / 1000 + 3600).unwrap();
+    }
+    let primaries = cluster.primaries();
+    let (a, b) = (primaries[0].address.clone(), primaries[1].address.clone());
+    let conn = Connection::connect(&cluster.settings().redis)
+        .await
+        .unwrap();
+    let mut on_a = conn.node(&a).await.unwrap();
+    let bytes =
+        |keys: &[String]| -> Vec<Vec<u8>> { keys.iter().map(|k| k.clone().into_bytes()).collect() };
+    let is_seconds_in_every = |err: &SweepError, n: usize| {
+        matches!(
+            err,
+            SweepError::UnitGuard {
+                seen: ScoreUnit::Seconds,
+                suspicious,
+                sampled,
+                ..
+            } if *suspicious == n && *sampled == n
+        )
+    };
+
+    // MOVED: node A is asked about keys that live on node B.
+    let b_keys = bytes(&cluster.keys_on(&b, "*-tokens"));
+    let err = check_units(&mut on_a, &b_keys, ScoreUnit::Milliseconds, now_micros)
+        .await
+        .unwrap_err();
+    assert!(is_seconds_in_every(&err, b_keys.len()), "{err}");
+    let scored = check_units(&mut on_a, &b_keys, ScoreUnit::Seconds, now_micros)
+        .await
+        .unwrap();
+    assert_eq!(scored, b_keys.len(), "every redirected key gave its score");
+
+    // ASK: a slot of node A half migrated to node B; node A answers ASK for
+    // the keys already on B.
+    let (slot_keys, moved) = half_migrate(&mut cluster, &a, &b);
+    let asked = bytes(&slot_keys[..moved]);
+    let err = check_units(&mut on_a, &asked, ScoreUnit::Milliseconds, now_micros)
+        .await
+        .unwrap_err();
+    assert!(is_seconds_in_every(&err, asked.len()), "{err}");
+    let all = bytes(&slot_keys);
+    let scored = check_units(&mut on_a, &all, ScoreUnit::Seconds, now_micros)
+        .await
+        .unwrap();
+    assert_eq!(scored, all.len());
+
+    // A cluster node configured as a single server cannot follow MOVED: the
+    // guard refuses, saying what to set, instead of passing.
+    let mut single_settings = cluster.settings();
+    single_settings.redis.mode = RedisMode::Standalone;
+    single_settings.redis.url = format!("redis://{a}").parse().unwrap();
+    let mut single = Connection::connect(&single_settings.redis).await.unwrap();
+    let err = check_units(&mut single, &b_keys, ScoreUnit::Milliseconds, now_micros)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SweepError::SafetyCheck {
+                check: Check::UnitGuard,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("set redis.mode = \"cluster\""),
+        "{err}"
+    );
+}
+
+/// ACLs are per node in a cluster. One primary refusing the guard's read
+/// stops the sweep before any primary deletes; before, the guard read the
+/// refusal as "nothing to say" and every primary was swept.
+#[test]
+fn a_unit_guard_refused_on_one_primary_stops_the_sweep_on_every_primary() {
+    let cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(600);
+    seed(&cluster, &keys);
+    // The last primary in address order, so the others' guards pass first.
+    let last = cluster.primaries().pop().unwrap().address;
+    for node in &cluster.nodes {
+        let refused: &[&str] = if format!("127.0.0.1:{}", node.port) == last {
+            &["zrevrangebyscore"]
+        } else {
+            &[]
+        };
+        common::create_user(node, "token-sweeper", "sweeper-pw", refused);
+    }
+    let env = cluster.env();
+    let mut env = env_refs(&env);
+    env.extend([
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+        ("TOKEN_SWEEPER__SWEEP__MAX_PARALLEL_NODES", "1"),
+    ]);
+
+    let out = run_sweeper(&["sweep"], &env);
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        left(&cluster, &keys),
+        (2 * keys.len(), 2 * keys.len()),
+        "nothing deleted on any primary: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("token-sweeper: "))
+        .unwrap_or_default();
+    assert!(line.contains("unit guard could not run"), "{stderr}");
+    assert!(line.contains(&last), "{stderr}");
+    assert!(line.contains("'zrevrangebyscore' command"), "{stderr}");
+}
+
+/// A primary whose slots moved between the topology read and its sweep:
+/// its scan cannot cover slots it lost (and a slot that moved to a node
+/// already swept would be seen by nobody), so it is not finished. Before,
+/// both nodes of the move reported finished.
+#[tokio::test]
+async fn a_primary_whose_slots_moved_since_the_topology_was_read_is_not_finished() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let keys = user_keys(300);
+    seed(&cluster, &keys);
+    let settings = cluster.settings();
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let read_before = conn.primaries().await.unwrap();
+    let (from, to) = (
+        read_before[0].address.clone(),
+        read_before[1].address.clone(),
+    );
+    let (slot, _) = busiest_slot(&mut cluster, &from);
+    migrate_slot(&mut cluster, slot, &from, &to);
+
+    let report = sweep_nodes(
+        &conn,
+        &read_before,
+        &settings.sweep,
+        SweepMode::Remove,
+        &SweepProgress::default(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+
+    for node in &report.nodes {
+        let moved = node.node == from || node.node == to;
+        assert_eq!(node.finished, !moved, "{node:?}");
+        if moved {
+            let reason = node.unfinished_reason.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains("since the cluster topology was read"),
+                "{node:?}"
+            );
+        }
+    }
+    assert_eq!(report.unfinished_nodes.len(), 2, "{report:?}");
+    let (_, live) = left(&cluster, &keys);
+    assert_eq!(live, 2 * keys.len());
+
+    // Read afresh, the topology is swept to the end everywhere.
+    let report = sweep_nodes(
+        &conn,
+        &conn.primaries().await.unwrap(),
+        &settings.sweep,
+        SweepMode::Remove,
+        &SweepProgress::default(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert!(report.unfinished_nodes.is_empty(), "{report:?}");
+    assert_eq!(left(&cluster, &keys), (0, 2 * keys.len()));
 }

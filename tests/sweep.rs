@@ -10,7 +10,9 @@ use rand::{Rng, SeedableRng};
 use redis::Commands;
 use token_sweeper::config::ScoreUnit;
 use token_sweeper::redis::Connection;
-use token_sweeper::sweep::{sweep_keys, SweepError, SweepMode};
+use token_sweeper::sweep::{
+    check_units, sweep_keys, sweep_nodes, Check, SweepError, SweepMode, SweepProgress,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -624,4 +626,358 @@ async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
             "round {round}"
         );
     }
+}
+
+/// Sweeps as the README's `token-sweeper` ACL user minus `without`, through
+/// the binary; returns (exit code, stderr).
+fn sweep_as_user_without(
+    server: &RedisServer,
+    without: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    common::create_user(server, "token-sweeper", "sweeper-pw", without);
+    let url = server.url();
+    let mut all = vec![
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+    ];
+    all.extend_from_slice(env);
+    let out = common::run_sweeper(&["sweep"], &all);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 9, defect 1: a user created before the guard existed cannot run
+/// its read. Seconds-scored data swept as milliseconds would lose every
+/// live member; the guard must stop the sweep instead of reading "no answer"
+/// as "all clear".
+#[test]
+fn a_unit_guard_refused_by_acl_stops_the_sweep_before_any_deletion() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    for user in 0..20 {
+        let key = format!("u{user}-tokens");
+        let _: () = c.zadd(&key, "live", now_s + 3600).unwrap();
+        let _: () = c.zadd(&key, "old", now_s - 3600).unwrap();
+    }
+
+    let (code, err) = sweep_as_user_without(&server, &["zrevrangebyscore"], &[]);
+
+    for user in 0..20 {
+        let n: i64 = c.zcard(format!("u{user}-tokens")).unwrap();
+        assert_eq!(n, 2, "u{user}-tokens: nothing may be deleted ({err})");
+    }
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("unit guard"), "{err}");
+    // redis-rs prints the NOPERM code as "NoPerm".
+    assert!(err.contains("NoPerm"), "{err}");
+    assert!(err.contains("'zrevrangebyscore' command"), "{err}");
+}
+
+/// Sets holding only members that say nothing about the unit: `+inf`
+/// (never expires) and `-inf` (always expired).
+fn seed_infinite_only(c: &mut redis::Connection, prefix: &str, sets: usize) {
+    let mut pipe = redis::pipe();
+    for n in 0..sets {
+        pipe.cmd("ZADD")
+            .arg(format!("{prefix}{n}-tokens"))
+            .arg("+inf")
+            .arg("forever")
+            .arg("-inf")
+            .arg("revoked")
+            .ignore();
+    }
+    let _: () = pipe.query(c).unwrap();
+}
+
+/// No set the guard read had a finite score, and the node has more: the
+/// unit of those is unknown, so the guard refuses rather than pass on no
+/// evidence.
+#[tokio::test]
+async fn the_unit_guard_refuses_to_pass_on_no_evidence() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed_infinite_only(&mut c, "inf", 100);
+    let mut settings = settings_for(&server);
+    settings.sweep.unit_guard_sample = 1;
+
+    let err = sweep_with(&settings, SweepMode::Remove).await.unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            SweepError::SafetyCheck {
+                check: Check::UnitGuard,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let read = token_sweeper::sweep::GUARD_READ_FACTOR;
+    assert!(
+        err.to_string()
+            .contains(&format!("none of the first {read} sets has a finite score")),
+        "{err}"
+    );
+    let revoked: i64 = c.zcard("inf0-tokens").unwrap();
+    assert_eq!(revoked, 2, "nothing deleted, not even -inf members");
+}
+
+/// The same sets, all of them read: nothing on the node has a score the
+/// unit matters for, so the sweep goes ahead (and removes only -inf).
+#[tokio::test]
+async fn the_unit_guard_passes_when_it_read_every_key_and_none_had_a_finite_score() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed_infinite_only(&mut c, "inf", 5);
+
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+
+    assert_eq!(report.counts.members_removed, 5);
+    let left: Vec<String> = c.zrange("inf0-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["forever"]);
+}
+
+/// One seconds-scored set among a thousand that say nothing: the guard
+/// reads on past them until it finds a score, and trips. Before, it read the
+/// first 64 keys SCAN returned and passed on whatever they said (here: most
+/// likely nothing), and the seconds set lost its live member.
+#[tokio::test]
+async fn the_unit_guard_reads_past_sets_with_nothing_to_say() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed_infinite_only(&mut c, "inf", 1000);
+    let now_s = redis_now_ms(&mut c) / 1000;
+    let _: () = c.zadd("seconds-tokens", "live", now_s + 3600).unwrap();
+
+    let err = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            SweepError::UnitGuard {
+                seen: ScoreUnit::Seconds,
+                suspicious: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let live: i64 = c.zcard("seconds-tokens").unwrap();
+    assert_eq!(live, 1);
+}
+
+/// The guard's read on real replies: a key deleted since SCAN, a key that
+/// became a string and a set of infinities are definite "nothing to say";
+/// the others give their highest finite score.
+#[tokio::test]
+async fn the_unit_guard_takes_vanished_retyped_and_infinite_keys_as_nothing_to_say() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.set("now-a-string-tokens", "x").unwrap();
+    seed_infinite_only(&mut c, "inf", 1);
+    let _: () = c.zadd("a-tokens", "live", now + HOUR_MS).unwrap();
+    let _: () = c.zadd("b-tokens", "old", now - HOUR_MS).unwrap();
+    let mut conn = Connection::connect(&settings_for(&server).redis)
+        .await
+        .unwrap();
+    let keys: Vec<Vec<u8>> = [
+        "deleted-tokens",
+        "now-a-string-tokens",
+        "inf0-tokens",
+        "a-tokens",
+        "b-tokens",
+    ]
+    .iter()
+    .map(|k| k.as_bytes().to_vec())
+    .collect();
+    let now_micros = i128::from(now) * 1000;
+
+    let scored = check_units(&mut conn, &keys, ScoreUnit::Milliseconds, now_micros)
+        .await
+        .unwrap();
+    assert_eq!(scored, 2);
+
+    let err = check_units(&mut conn, &keys, ScoreUnit::Seconds, now_micros)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SweepError::UnitGuard {
+                seen: ScoreUnit::Milliseconds,
+                suspicious: 2,
+                sampled: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// The daemon, as the user without the guard's permission: every round
+/// fails, counted under the check's own label, and nothing is deleted.
+#[test]
+fn the_daemon_counts_a_guard_that_cannot_run_under_its_label_and_deletes_nothing() {
+    let server = RedisServer::start();
+    common::create_user(
+        &server,
+        "token-sweeper",
+        "sweeper-pw",
+        &["zrevrangebyscore"],
+    );
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    let _: () = c.zadd("u-tokens", "live", now_s + 3600).unwrap();
+    let daemon = common::DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+            ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+        ],
+        None,
+    );
+
+    common::wait_until(Duration::from_secs(20), "a failed sweep", || {
+        daemon.metric("token_sweeper_errors_total{kind=\"unit_guard\"}") >= 1.0
+    });
+    let (code, body) = common::http_get(daemon.metrics_port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("unit guard could not run"), "{body}");
+    let live: i64 = c.zcard("u-tokens").unwrap();
+    assert_eq!(live, 1, "{}", daemon.log_text());
+}
+
+/// `TIME` refused: the clock check names itself and the reason.
+#[test]
+fn a_sweeper_user_without_time_stops_at_the_clock_check() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("u-tokens", "old", now - HOUR_MS).unwrap();
+
+    let (code, err) = sweep_as_user_without(&server, &["time"], &[]);
+
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("clock check could not run"), "{err}");
+    assert!(err.contains("'time' command"), "{err}");
+    let n: i64 = c.zcard("u-tokens").unwrap();
+    assert_eq!(n, 1);
+}
+
+/// Runs `token-sweeper sweep` against `server` with the host clock moved by
+/// libfaketime (`FAKETIME`, e.g. `-60y`); returns (exit code, stderr).
+fn sweep_with_host_clock(
+    server: &RedisServer,
+    faketime: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let url = server.url();
+    let lib = common::libfaketime();
+    let mut all = vec![
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME", faketime),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ];
+    all.extend_from_slice(env);
+    let out = common::run_sweeper(&["sweep"], &all);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A host clock before 1970. Before, it read as 0: with the host clock and
+/// no skew check the sweep "succeeded" with a cutoff of 0; with the skew
+/// check it refused, but for a 60-year skew.
+#[test]
+fn a_host_clock_before_1970_stops_the_sweep() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("u-tokens", "live", now + HOUR_MS).unwrap();
+    let _: () = c.zadd("u-tokens", "scored-zero", 0).unwrap();
+
+    for env in [
+        vec![
+            ("TOKEN_SWEEPER__SWEEP__CLOCK", "local"),
+            ("TOKEN_SWEEPER__SWEEP__MAX_CLOCK_SKEW", "0s"),
+        ],
+        vec![("TOKEN_SWEEPER__SWEEP__CLOCK", "redis")],
+    ] {
+        let (code, err) = sweep_with_host_clock(&server, "-60y", &env);
+        assert_eq!(code, Some(1), "{env:?}: {err}");
+        assert!(err.contains("clock check could not run"), "{env:?}: {err}");
+        assert!(err.contains("before 1970"), "{env:?}: {err}");
+        let n: i64 = c.zcard("u-tokens").unwrap();
+        assert_eq!(n, 2, "{env:?}: nothing deleted");
+    }
+}
+
+/// A host clock so far ahead (with the skew check off) that the cutoff in
+/// milliseconds is past 2^53, where Redis would round it. Before, the sweep
+/// used it and removed every live member.
+#[test]
+fn a_cutoff_redis_cannot_compare_exactly_stops_the_sweep() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("u-tokens", "live", now + HOUR_MS).unwrap();
+
+    let (code, err) = sweep_with_host_clock(
+        &server,
+        "+300000y",
+        &[
+            ("TOKEN_SWEEPER__SWEEP__CLOCK", "local"),
+            ("TOKEN_SWEEPER__SWEEP__MAX_CLOCK_SKEW", "0s"),
+        ],
+    );
+
+    let n: i64 = c.zcard("u-tokens").unwrap();
+    assert_eq!(n, 1, "the live member survives: {err}");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cutoff check could not run"), "{err}");
+    assert!(err.contains("2^53"), "{err}");
+}
+
+/// There is always a primary: sweeping none is a caller's mistake, never
+/// an empty success.
+#[tokio::test]
+async fn sweeping_no_primaries_is_an_error_not_an_empty_success() {
+    let server = RedisServer::start();
+    let settings = settings_for(&server);
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+
+    let result = sweep_nodes(
+        &conn,
+        &[],
+        &settings.sweep,
+        SweepMode::Remove,
+        &SweepProgress::default(),
+        std::future::pending(),
+    )
+    .await;
+
+    assert!(
+        matches!(
+            result,
+            Err(SweepError::SafetyCheck {
+                check: Check::ClusterTopology,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
 }

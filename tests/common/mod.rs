@@ -169,6 +169,24 @@ pub fn run_sweeper(args: &[&str], env: &[(&str, &str)]) -> Output {
     sweeper(args, env).output().expect("run token-sweeper")
 }
 
+/// The libfaketime library to `LD_PRELOAD` into the sweeper, to give it a
+/// host clock of a test's choosing (`FAKETIME=+2h`, with
+/// `DONT_FAKE_MONOTONIC=1` so its timeouts still work). Not into
+/// redis-server: its jemalloc does not run under it.
+pub fn libfaketime() -> String {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path().join("faketime/libfaketime.so.1");
+            path.exists().then_some(path)
+        })
+        .next()
+        .expect("libfaketime is missing: apt-get install faketime (.ci/test does)")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Writes `text` to `name` in `dir` and returns the path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
