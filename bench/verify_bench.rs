@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use token_sweeper::auth::TokenService;
-use token_sweeper::config::{AuthSettings, RedisSettings, ScoreUnit, Secret};
+use token_sweeper::config::{AuthSettings, RedisSettings, Secret, Settings};
 use token_sweeper::redis::Connection;
 
 const USERS: usize = 1_000;
@@ -68,15 +68,15 @@ async fn run(port: u16, seconds: u64) -> anyhow::Result<()> {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    let auth = AuthSettings {
-        secret: Some(Secret::new("benchmark-secret-of-32-bytes-or-more")),
-        ..AuthSettings::default()
+    let settings = Settings {
+        redis: redis_settings,
+        auth: AuthSettings {
+            secret: Some(Secret::new("benchmark-secret-of-32-bytes-or-more")),
+            ..AuthSettings::default()
+        },
+        ..Settings::default()
     };
-    let service = Arc::new(TokenService::new(
-        conn.clone(),
-        &auth,
-        ScoreUnit::Milliseconds,
-    )?);
+    let service = Arc::new(TokenService::connect(&settings).await?);
     let mut tokens = Vec::with_capacity(USERS);
     for user in 0..USERS {
         tokens.push(

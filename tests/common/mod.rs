@@ -459,3 +459,19 @@ pub fn create_user(server: &RedisServer, user: &str, password: &str, without: &[
     }
     let _: () = cmd.query(&mut c).unwrap();
 }
+
+/// The path of libfaketime, to run the binary with a host clock that is
+/// off (`LD_PRELOAD` it with `FAKETIME=+10m` and `DONT_FAKE_MONOTONIC=1`).
+/// Never for redis-server: its jemalloc does not run under it.
+pub fn libfaketime() -> String {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path().join("faketime/libfaketime.so.1");
+            path.exists().then_some(path)
+        })
+        .next()
+        .expect("libfaketime is missing: apt-get install faketime (.ci/test does)")
+        .display()
+        .to_string()
+}
