@@ -639,7 +639,11 @@ impl TokenService {
     fn check_times(&self, claims: &Claims, now: RedisTime) -> Result<(), AuthError> {
         let leeway = self.leeway.as_micros() as f64;
         let at = |secs: u64| secs as f64 * 1e6;
-        if at(claims.iat) > now.micros + leeway {
+        // `iat` is whole seconds: against now rounded up, a token stamped a
+        // moment ago by a clock a few milliseconds ahead (another cluster
+        // node's TIME) is not "from the future"; a second ahead is.
+        let this_second = (now.micros / 1e6).ceil() * 1e6;
+        if at(claims.iat) > this_second + leeway {
             return Err(AuthError::Invalid(format!(
                 "iat {} is more than the leeway ({}) in the future",
                 claims.iat,

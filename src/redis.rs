@@ -835,11 +835,9 @@ impl Reconnecting {
     /// # Errors
     /// The reason the link is down.
     pub fn get(&self) -> Result<Connection, String> {
-        let state = lock(&self.state);
-        match &state.link {
-            LinkStatus::Up(conn) => Ok(conn.clone()),
-            LinkStatus::Down { reason, .. } => Err(reason.clone()),
-        }
+        self.current()
+            .map(|(conn, _)| conn)
+            .map_err(|(reason, _)| reason)
     }
 
     /// The current connection and its id, to report it with
@@ -850,19 +848,25 @@ impl Reconnecting {
     /// # Errors
     /// The reason the link is down; returned at once.
     pub fn checkout(self: &Arc<Self>) -> Result<(Connection, ConnectionId), String> {
-        let reason = {
-            let state = lock(&self.state);
-            match &state.link {
-                LinkStatus::Up(conn) => return Ok((conn.clone(), ConnectionId(state.serial))),
-                LinkStatus::Down {
-                    reconnecting: true,
-                    reason,
-                } => return Err(reason.clone()),
-                LinkStatus::Down { reason, .. } => reason.clone(),
+        self.current().map_err(|(reason, reconnecting)| {
+            if !reconnecting {
+                self.mark_lost(None, &reason);
             }
-        };
-        self.mark_lost(None, &reason);
-        Err(reason)
+            reason
+        })
+    }
+
+    /// The current connection and its id, or why there is none and whether
+    /// a reconnect loop is running.
+    fn current(&self) -> Result<(Connection, ConnectionId), (String, bool)> {
+        let state = lock(&self.state);
+        match &state.link {
+            LinkStatus::Up(conn) => Ok((conn.clone(), ConnectionId(state.serial))),
+            LinkStatus::Down {
+                reason,
+                reconnecting,
+            } => Err((reason.clone(), *reconnecting)),
+        }
     }
 
     /// Tries once to connect; on failure starts the reconnect loop.
@@ -1001,7 +1005,7 @@ impl Reconnecting {
     /// # Errors
     /// Why Redis is not answering.
     pub async fn ping(self: &Arc<Self>, timeout: Duration) -> Result<(), String> {
-        let (mut conn, id) = self.checkout()?;
+        let (mut conn, id) = self.current().map_err(|(reason, _)| reason)?;
         match tokio::time::timeout(timeout, conn.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {

@@ -936,9 +936,10 @@ fn tokens_issue_refuses_a_ttl_beyond_the_maximum_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(0), "the maximum itself is fine");
 }
 
-/// With Redis out of memory (noeviction), a login fails as a whole: the set
-/// keeps its expired member and its TTL (the script is refused up front,
-/// not at its first write after it removed the expired members).
+/// With Redis out of memory (noeviction), a login fails as a whole and
+/// changes nothing: the set keeps its expired member, its members and its
+/// TTL. (Without the script's flags Redis let it run: its first write
+/// dropped the expired member, and the rest went past maxmemory.)
 #[tokio::test]
 async fn a_login_refused_for_lack_of_memory_changes_nothing() {
     let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
@@ -989,7 +990,7 @@ async fn a_login_refused_for_lack_of_memory_changes_nothing() {
 async fn a_token_inside_the_leeway_verifies_and_is_expired_after_it() {
     let server = RedisServer::start();
     let auth = AuthSettings {
-        leeway: Duration::from_secs(3),
+        leeway: Duration::from_secs(4),
         ..hs256()
     };
     let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
@@ -1002,8 +1003,9 @@ async fn a_token_inside_the_leeway_verifies_and_is_expired_after_it() {
         .arg("u-tokens")
         .query(&mut c)
         .unwrap();
-    assert_eq!(at, ((issued.claims.exp + 3) * 1000) as i64);
+    assert_eq!(at, ((issued.claims.exp + 4) * 1000) as i64);
 
+    // Past exp (iat + 1) and well inside exp + leeway (iat + 5).
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let inside = tokens.verify(&issued.token).await;
     assert!(inside.is_ok(), "inside the leeway: {inside:?}");
@@ -1013,7 +1015,8 @@ async fn a_token_inside_the_leeway_verifies_and_is_expired_after_it() {
     let other = tokens.issue("u", None, no_claims()).await.unwrap();
     assert!(tokens.verify(&issued.token).await.is_ok());
 
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // iat + 5.4 s at least: past exp + leeway = iat + 5.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let past = tokens.verify(&issued.token).await;
     assert!(matches!(past, Err(AuthError::Expired)), "{past:?}");
     assert!(tokens.verify(&other.token).await.is_ok());
