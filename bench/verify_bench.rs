@@ -6,7 +6,8 @@
 //! cargo run --release --example verify_bench [-- SECONDS_PER_RUN]
 //! ```
 //!
-//! Also counts Redis commands per verification (INFO stats), which must be 1.
+//! Also counts Redis commands per verification (INFO stats), which must be 2:
+//! `ZSCORE` and `TIME`, pipelined in one round trip.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
