@@ -6,7 +6,8 @@
 //! cargo run --release --example verify_bench [-- SECONDS_PER_RUN]
 //! ```
 //!
-//! Also counts Redis commands per verification (INFO stats), which must be 1.
+//! Also counts Redis commands per verification (INFO stats), which must be 2:
+//! `ZSCORE` and `TIME`, pipelined in one round trip.
 
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use token_sweeper::auth::TokenService;
-use token_sweeper::config::{AuthSettings, RedisSettings, ScoreUnit, Secret};
+use token_sweeper::config::{AuthSettings, RedisSettings, Secret, Settings};
 use token_sweeper::redis::Connection;
 
 const USERS: usize = 1_000;
@@ -70,15 +71,15 @@ async fn run(port: u16, seconds: u64) -> anyhow::Result<()> {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     };
-    let auth = AuthSettings {
-        secret: Some(Secret::new("benchmark-secret-of-32-bytes-or-more")),
-        ..AuthSettings::default()
+    let settings = Settings {
+        redis: redis_settings,
+        auth: AuthSettings {
+            secret: Some(Secret::new("benchmark-secret-of-32-bytes-or-more")),
+            ..AuthSettings::default()
+        },
+        ..Settings::default()
     };
-    let service = Arc::new(TokenService::new(
-        conn.clone(),
-        &auth,
-        ScoreUnit::Milliseconds,
-    )?);
+    let service = Arc::new(TokenService::connect(&settings).await?);
     let mut tokens = Vec::with_capacity(USERS);
     for user in 0..USERS {
         tokens.push(

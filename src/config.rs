@@ -900,16 +900,17 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     /// `aud` written into tokens and required when verifying.
     pub audience: Option<String>,
-    /// Lifetime of issued tokens.
+    /// Lifetime of issued tokens, at most 10 years (`auth::MAX_TTL`).
     #[serde(with = "human_duration")]
     pub ttl: Duration,
-    /// Clock tolerance for `exp`/`nbf` when verifying. Keep `sweep.grace` at
-    /// least this long, or a token inside the leeway may already be swept.
+    /// Clock tolerance, whole seconds up to 1h: a token verifies until `exp`
+    /// plus this (stored-score check and key TTL included), and `nbf`/`iat`
+    /// may be this far ahead. `sweep.grace` must be at least this long.
     #[serde(with = "human_duration")]
     pub leeway: Duration,
-    /// Keep at most this many sessions per user, dropping those that expire
-    /// first (the oldest, with one ttl); 0 = no limit. Sessions with the same
-    /// `exp` second tie, and which of them goes is unspecified.
+    /// Keep at most this many sessions per user; 0 = no limit. A login never
+    /// drops its own session; of the others it drops those that expire first
+    /// (the oldest logins, with one ttl). Ties go in the members' order.
     pub max_sessions: u32,
     /// HMAC secret (HS*): set it with `TOKEN_SWEEPER__AUTH__SECRET` or `secret_file`.
     pub secret: Option<Secret>,
@@ -1213,6 +1214,18 @@ impl Settings {
             ));
         }
         positive("auth.ttl", a.ttl)?;
+        // A token inside the leeway still verifies; a sweep with less grace
+        // would already have removed its session.
+        if self.sweep.grace < a.leeway {
+            return Err(ConfigError::invalid(
+                "sweep.grace",
+                format!(
+                    "must be at least auth.leeway ({}), or tokens inside the leeway are swept; got {}",
+                    humantime::format_duration(a.leeway),
+                    humantime::format_duration(self.sweep.grace)
+                ),
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::invalid(
                 "log.level",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use token_sweeper::auth::TokenService;
+use token_sweeper::auth::{self, AuthError, TokenService};
 use token_sweeper::config::Settings;
 use token_sweeper::daemon::{Control, Daemon};
 use token_sweeper::redis::Connection;
@@ -171,6 +171,13 @@ fn run(
             }
         }
         Command::CheckConfig => {
+            // Key material is proven the way a service proves it at start-up
+            // (a probe token signed and verified), so a broken pair fails
+            // here, not at the first login. A sweeper-only configuration has
+            // none and skips this.
+            if auth::key_material_configured(&settings.auth) {
+                auth::check_settings(&settings.auth).map_err(|e| Failure::Usage(e.into()))?;
+            }
             let text = settings
                 .to_redacted_toml()
                 .map_err(|e| Failure::Usage(e.into()))?;
@@ -434,13 +441,23 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// Exit 2 for what the caller asked wrongly (settings, arguments), 1 for the
+/// rest: Redis trouble and refused tokens.
+fn auth_failure(e: AuthError) -> Failure {
+    match e {
+        AuthError::KeyMaterial { .. }
+        | AuthError::OutOfRange { .. }
+        | AuthError::EmptyUser
+        | AuthError::ReservedClaim(_) => Failure::Usage(e.into()),
+        _ => Failure::Runtime(e.into()),
+    }
+}
+
 async fn tokens(action: TokensCommand, settings: &Settings) -> Result<ExitCode, Failure> {
     let runtime_error = |e: anyhow::Error| Failure::Runtime(e);
-    let conn = Connection::connect(&settings.redis)
+    let service = TokenService::connect(settings)
         .await
-        .map_err(|e| runtime_error(e.into()))?;
-    let service = TokenService::new(conn, &settings.auth, settings.sweep.score_unit)
-        .map_err(|e| Failure::Usage(e.into()))?;
+        .map_err(auth_failure)?;
     match action {
         TokensCommand::Issue {
             user,
@@ -452,7 +469,7 @@ async fn tokens(action: TokensCommand, settings: &Settings) -> Result<ExitCode, 
             let issued = service
                 .issue(&user, ttl, extra)
                 .await
-                .map_err(|e| runtime_error(e.into()))?;
+                .map_err(auth_failure)?;
             if json {
                 let out = serde_json::json!({
                     "token": issued.token,
@@ -488,17 +505,11 @@ async fn tokens(action: TokensCommand, settings: &Settings) -> Result<ExitCode, 
             );
         }
         TokensCommand::RevokeAll { user } => {
-            let ended = service
-                .revoke_all(&user)
-                .await
-                .map_err(|e| runtime_error(e.into()))?;
+            let ended = service.revoke_all(&user).await.map_err(auth_failure)?;
             println!("ended {ended} active sessions of {user}");
         }
         TokensCommand::List { user, json } => {
-            let sessions = service
-                .list(&user)
-                .await
-                .map_err(|e| runtime_error(e.into()))?;
+            let sessions = service.list(&user).await.map_err(auth_failure)?;
             if json {
                 println!("{}", json_line(&sessions)?);
             } else {

@@ -905,19 +905,49 @@ impl RedisError {
 }
 
 /// A connection for a long-running process: reconnects with backoff after
-/// Redis goes away, so callers never hold a dead connection for long.
+/// Redis goes away, so callers never hold a dead connection for long. The
+/// daemon and [`crate::auth::TokenService`] both use it.
 ///
-/// `get` hands out a clone of the current connection; whoever sees it fail
-/// calls `lost`, which drops it and starts one background reconnect loop
-/// (1s, 2s, 4s ... capped at 30s). No loop runs while the connection is healthy.
+/// [`Reconnecting::checkout`] hands out a clone of the current connection
+/// with its [`ConnectionId`]; whoever sees it fail reports it with
+/// [`Reconnecting::lost_connection`], which drops it and starts one
+/// background reconnect loop. While the link is down, callers get the reason
+/// at once, without touching the network: a thousand failing requests start
+/// one reconnect, not a thousand. A report about a connection that has
+/// already been replaced is ignored, so a slow request that failed on the old
+/// connection cannot throw away the new one. Reconnects are at least
+/// [`MIN_RECONNECT_INTERVAL`] apart and back off (1 s, 2 s, 4 s ... 30 s)
+/// while they fail. No task runs while the link is healthy, and the loop
+/// ends when the last handle is dropped.
+///
+/// Settings changed with [`Reconnecting::update_settings`] apply to the next
+/// connection; a connection that was being made with the previous settings
+/// when they changed is discarded, never installed.
 pub struct Reconnecting {
-    settings: Mutex<RedisSettings>,
-    state: Mutex<LinkState>,
+    state: Mutex<ReconnectState>,
     /// Called with `true`/`false` whenever the link comes up or goes down.
     on_change: Box<dyn Fn(bool) + Send + Sync>,
 }
 
-enum LinkState {
+/// Identifies one connection installed by a [`Reconnecting`], so that a
+/// report of its loss cannot take down a later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionId(u64);
+
+struct ReconnectState {
+    settings: RedisSettings,
+    /// Bumped by every change of settings. A connect attempt remembers the
+    /// generation it started with and installs its connection only if it is
+    /// still current.
+    generation: u64,
+    link: LinkStatus,
+    /// Bumped each time a connection is installed: the id of the current one.
+    serial: u64,
+    /// When the last connection was installed, to space reconnects out.
+    connected_at: Option<tokio::time::Instant>,
+}
+
+enum LinkStatus {
     Up(Connection),
     /// Down; `reconnecting` is true while a reconnect loop is running.
     Down {
@@ -929,14 +959,26 @@ enum LinkState {
 /// Longest wait between two reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Shortest time between two connections: a connection that fails right
+/// after it was made (a server that accepts and then drops everyone, a
+/// replica answering READONLY) is replaced at most this often, however many
+/// requests see it fail.
+pub const MIN_RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Reconnecting {
-    /// Starts disconnected; call [`Reconnecting::connect_now`] or let `lost` reconnect.
+    /// Starts disconnected; call [`Reconnecting::connect_now`], or the first
+    /// [`Reconnecting::checkout`] starts connecting in the background.
     pub fn new(settings: RedisSettings, on_change: impl Fn(bool) + Send + Sync + 'static) -> Self {
         Self {
-            settings: Mutex::new(settings),
-            state: Mutex::new(LinkState::Down {
-                reason: "not connected yet".to_owned(),
-                reconnecting: false,
+            state: Mutex::new(ReconnectState {
+                settings,
+                generation: 0,
+                link: LinkStatus::Down {
+                    reason: "not connected yet".to_owned(),
+                    reconnecting: false,
+                },
+                serial: 0,
+                connected_at: None,
             }),
             on_change: Box::new(on_change),
         }
@@ -947,9 +989,37 @@ impl Reconnecting {
     /// # Errors
     /// The reason the link is down.
     pub fn get(&self) -> Result<Connection, String> {
-        match &*lock(&self.state) {
-            LinkState::Up(conn) => Ok(conn.clone()),
-            LinkState::Down { reason, .. } => Err(reason.clone()),
+        self.current()
+            .map(|(conn, _)| conn)
+            .map_err(|(reason, _)| reason)
+    }
+
+    /// The current connection and its id, to report it with
+    /// [`Reconnecting::lost_connection`] if it fails. When the link is down
+    /// and nothing is reconnecting yet (it never connected), starts the
+    /// reconnect loop.
+    ///
+    /// # Errors
+    /// The reason the link is down; returned at once.
+    pub fn checkout(self: &Arc<Self>) -> Result<(Connection, ConnectionId), String> {
+        self.current().map_err(|(reason, reconnecting)| {
+            if !reconnecting {
+                self.mark_lost(None, &reason);
+            }
+            reason
+        })
+    }
+
+    /// The current connection and its id, or why there is none and whether
+    /// a reconnect loop is running.
+    fn current(&self) -> Result<(Connection, ConnectionId), (String, bool)> {
+        let state = lock(&self.state);
+        match &state.link {
+            LinkStatus::Up(conn) => Ok((conn.clone(), ConnectionId(state.serial))),
+            LinkStatus::Down {
+                reason,
+                reconnecting,
+            } => Err((reason.clone(), *reconnecting)),
         }
     }
 
@@ -957,14 +1027,9 @@ impl Reconnecting {
     ///
     /// # Errors
     /// The connect error.
-    pub async fn connect_now(self: &std::sync::Arc<Self>) -> Result<Connection, RedisError> {
-        let settings = lock(&self.settings).clone();
-        match Connection::connect(&settings).await {
-            Ok(conn) => {
-                *lock(&self.state) = LinkState::Up(conn.clone());
-                (self.on_change)(true);
-                Ok(conn)
-            }
+    pub async fn connect_now(self: &Arc<Self>) -> Result<Connection, RedisError> {
+        match self.connect_current().await {
+            Ok(conn) => Ok(conn),
             Err(e) => {
                 self.lost(&e.to_string());
                 Err(e)
@@ -972,58 +1037,116 @@ impl Reconnecting {
         }
     }
 
-    /// Reports the connection as lost: drops it and reconnects in the background.
-    pub fn lost(self: &std::sync::Arc<Self>, reason: &str) {
-        {
+    /// Connects with the current settings and installs the connection,
+    /// unless the settings changed meanwhile: then the connection is dropped
+    /// and the new settings are tried at once.
+    async fn connect_current(&self) -> Result<Connection, RedisError> {
+        loop {
+            let (settings, generation) = {
+                let state = lock(&self.state);
+                (state.settings.clone(), state.generation)
+            };
+            let connected = Connection::connect(&settings).await;
             let mut state = lock(&self.state);
-            if let LinkState::Down {
-                reconnecting: true, ..
-            } = *state
-            {
-                return;
+            if state.generation != generation {
+                tracing::info!(
+                    "Redis settings changed while connecting; connecting again with the new ones"
+                );
+                continue;
             }
-            *state = LinkState::Down {
+            let conn = connected?;
+            state.serial += 1;
+            state.link = LinkStatus::Up(conn.clone());
+            state.connected_at = Some(tokio::time::Instant::now());
+            drop(state);
+            (self.on_change)(true);
+            return Ok(conn);
+        }
+    }
+
+    /// Reports the connection as lost, whichever it is: drops it and
+    /// reconnects in the background.
+    pub fn lost(self: &Arc<Self>, reason: &str) {
+        self.mark_lost(None, reason);
+    }
+
+    /// Reports the connection `id` (from [`Reconnecting::checkout`]) as lost.
+    /// Ignored when it has been replaced already, or is being replaced.
+    pub fn lost_connection(self: &Arc<Self>, id: ConnectionId, reason: &str) {
+        self.mark_lost(Some(id), reason);
+    }
+
+    fn mark_lost(self: &Arc<Self>, id: Option<ConnectionId>, reason: &str) {
+        let was_up = {
+            let mut state = lock(&self.state);
+            let was_up = match &state.link {
+                LinkStatus::Down {
+                    reconnecting: true, ..
+                } => return,
+                LinkStatus::Up(_) if id.is_some_and(|id| id.0 != state.serial) => return,
+                LinkStatus::Up(_) => true,
+                LinkStatus::Down { .. } => false,
+            };
+            state.link = LinkStatus::Down {
                 reason: reason.to_owned(),
                 reconnecting: true,
             };
+            was_up
+        };
+        if was_up {
+            (self.on_change)(false);
+            tracing::warn!(reason, "Redis connection lost; reconnecting with backoff");
         }
-        (self.on_change)(false);
-        tracing::warn!(reason, "Redis connection lost; reconnecting with backoff");
-        let this = std::sync::Arc::clone(self);
-        tokio::spawn(async move { this.reconnect_loop().await });
+        let this = Arc::downgrade(self);
+        tokio::spawn(Self::reconnect_loop(this));
     }
 
-    async fn reconnect_loop(&self) {
-        let mut backoff = Duration::from_secs(1);
+    /// Holds only a weak reference between attempts, so it ends once every
+    /// user of the link has gone.
+    async fn reconnect_loop(this: std::sync::Weak<Self>) {
+        let mut backoff = MIN_RECONNECT_INTERVAL;
+        let first_wait = {
+            let Some(strong) = this.upgrade() else { return };
+            let state = lock(&strong.state);
+            let now = tokio::time::Instant::now();
+            state
+                .connected_at
+                .map(|at| (at + MIN_RECONNECT_INTERVAL).saturating_duration_since(now))
+                .unwrap_or_default()
+        };
+        tokio::time::sleep(first_wait).await;
         loop {
-            tokio::time::sleep(backoff).await;
-            let settings = lock(&self.settings).clone();
-            match Connection::connect(&settings).await {
+            let Some(strong) = this.upgrade() else { return };
+            match strong.connect_current().await {
                 Ok(conn) => {
                     tracing::info!(address = conn.address(), "Redis connection restored");
-                    *lock(&self.state) = LinkState::Up(conn);
-                    (self.on_change)(true);
                     return;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, ?backoff, "reconnect failed");
-                    *lock(&self.state) = LinkState::Down {
+                    lock(&strong.state).link = LinkStatus::Down {
                         reason: e.to_string(),
                         reconnecting: true,
                     };
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
+            drop(strong);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
     /// New settings (after a reload) take effect with the next connection;
-    /// when they differ, the current one is dropped so that happens now.
-    pub fn update_settings(self: &std::sync::Arc<Self>, settings: RedisSettings) {
+    /// when they differ, the current one is dropped so that happens now, and
+    /// a connection being made with the old ones is discarded.
+    pub fn update_settings(self: &Arc<Self>, settings: RedisSettings) {
         let changed = {
-            let mut current = lock(&self.settings);
-            let changed = *current != settings;
-            *current = settings;
+            let mut state = lock(&self.state);
+            let changed = state.settings != settings;
+            if changed {
+                state.settings = settings;
+                state.generation += 1;
+            }
             changed
         };
         if changed {
@@ -1035,20 +1158,20 @@ impl Reconnecting {
     ///
     /// # Errors
     /// Why Redis is not answering.
-    pub async fn ping(self: &std::sync::Arc<Self>, timeout: Duration) -> Result<(), String> {
-        let mut conn = self.get()?;
+    pub async fn ping(self: &Arc<Self>, timeout: Duration) -> Result<(), String> {
+        let (mut conn, id) = self.current().map_err(|(reason, _)| reason)?;
         match tokio::time::timeout(timeout, conn.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 let reason = e.to_string();
                 if e.is_connection_lost() {
-                    self.lost(&reason);
+                    self.lost_connection(id, &reason);
                 }
                 Err(reason)
             }
             Err(_) => {
                 let reason = format!("Redis at {}: no PONG within {timeout:?}", conn.address());
-                self.lost(&reason);
+                self.lost_connection(id, &reason);
                 Err(reason)
             }
         }

@@ -6,13 +6,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{redis_now_ms, run_sweeper, settings_for, sweep_with, write_file, RedisServer};
 use redis::Commands;
 use token_sweeper::auth::{AuthError, TokenService};
-use token_sweeper::config::{AuthSettings, MemberKind, ScoreUnit, Secret};
-use token_sweeper::redis::Connection;
+use token_sweeper::config::{AuthSettings, MemberKind, ScoreUnit, Secret, Settings};
+use token_sweeper::redis::Reconnecting;
 use token_sweeper::sweep::SweepMode;
 
 const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!!";
@@ -24,11 +25,27 @@ fn hs256() -> AuthSettings {
     }
 }
 
+/// Settings for `server` with these auth settings and score unit.
+fn auth_settings_for(server: &RedisServer, auth: &AuthSettings, unit: ScoreUnit) -> Settings {
+    let mut settings = settings_for(server);
+    settings.auth = auth.clone();
+    settings.sweep.score_unit = unit;
+    settings
+}
+
 async fn service(server: &RedisServer, auth: &AuthSettings, unit: ScoreUnit) -> TokenService {
-    let conn = Connection::connect(&settings_for(server).redis)
+    TokenService::connect(&auth_settings_for(server, auth, unit))
         .await
-        .unwrap();
-    TokenService::new(conn, auth, unit).unwrap()
+        .unwrap()
+}
+
+/// Why `TokenService::connect` refuses these auth settings.
+async fn refused(server: &RedisServer, auth: &AuthSettings) -> AuthError {
+    let settings = auth_settings_for(server, auth, ScoreUnit::Milliseconds);
+    match TokenService::connect(&settings).await {
+        Ok(_) => panic!("accepted {auth:?}"),
+        Err(e) => e,
+    }
 }
 
 fn no_claims() -> serde_json::Map<String, serde_json::Value> {
@@ -53,6 +70,13 @@ fn keypair(dir: &Path, kind: &str) -> (PathBuf, PathBuf) {
             "EC",
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
+        ],
+        "ec384" => vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
         ],
         "ed25519" => vec!["genpkey", "-algorithm", "ED25519"],
         other => panic!("{other}"),
@@ -175,17 +199,15 @@ async fn tampering_wrong_keys_alg_none_and_algorithm_confusion_are_invalid() {
     .as_bytes());
     let tampered = format!("{}.{forged_payload}.{}", parts[0], parts[2]);
     // Signed with another secret.
-    let other = TokenService::new(
-        Connection::connect(&settings_for(&server).redis)
-            .await
-            .unwrap(),
+    let other = service(
+        &server,
         &AuthSettings {
             secret: Some(Secret::new("another-secret-that-is-32-bytes-long!")),
             ..AuthSettings::default()
         },
         ScoreUnit::Milliseconds,
     )
-    .unwrap();
+    .await;
     let wrong_key = other.issue("alice", None, no_claims()).await.unwrap().token;
     // alg "none", no signature.
     let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
@@ -476,29 +498,16 @@ async fn ec_and_eddsa_keys_and_jti_members_work() {
 #[tokio::test]
 async fn bad_key_material_and_reserved_claims_are_refused_by_name() {
     let server = RedisServer::start();
-    let conn = || async {
-        Connection::connect(&settings_for(&server).redis)
-            .await
-            .unwrap()
-    };
     let short = AuthSettings {
         secret: Some(Secret::new("short")),
         ..AuthSettings::default()
     };
-    let err = TokenService::new(conn().await, &short, ScoreUnit::Milliseconds)
-        .err()
-        .unwrap();
+    let err = refused(&server, &short).await;
     assert_eq!(
         err.to_string(),
-        "auth.secret: must be at least 32 bytes, got 5"
+        "auth.secret: HS256 needs at least 32 bytes (RFC 7518 section 3.2), got 5"
     );
-    let none = TokenService::new(
-        conn().await,
-        &AuthSettings::default(),
-        ScoreUnit::Milliseconds,
-    )
-    .err()
-    .unwrap();
+    let none = refused(&server, &AuthSettings::default()).await;
     assert!(
         none.to_string()
             .starts_with("auth.secret: HS256 needs a secret"),
@@ -508,9 +517,7 @@ async fn bad_key_material_and_reserved_claims_are_refused_by_name() {
         algorithm: "RS256".into(),
         ..AuthSettings::default()
     };
-    let err = TokenService::new(conn().await, &rsa_without_key, ScoreUnit::Milliseconds)
-        .err()
-        .unwrap();
+    let err = refused(&server, &rsa_without_key).await;
     assert!(
         err.to_string().starts_with("auth.public_key_file:"),
         "{err}"
@@ -622,4 +629,634 @@ fn tokens_cli_issue_verify_list_revoke() {
         "{}",
         String::from_utf8_lossy(&from_file.stderr)
     );
+}
+
+// ---- issue 9, defect 2: one clock -------------------------------------------
+
+/// A login from a host whose clock runs 10 minutes ahead (the real binary
+/// under libfaketime) must not remove the user's 5-minute session issued a
+/// moment earlier on a correct host, and its own token is stamped with
+/// Redis time, so correct hosts accept it.
+#[tokio::test]
+async fn a_login_from_a_host_whose_clock_runs_ahead_keeps_the_other_sessions() {
+    let server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    let short = tokens
+        .issue("u", Some(Duration::from_secs(300)), no_claims())
+        .await
+        .unwrap();
+
+    let url = server.url();
+    let lib = common::libfaketime();
+    let out = run_sweeper(
+        &["tokens", "issue", "--user", "u", "--ttl", "1h", "--json"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+            ("TOKEN_SWEEPER__AUTH__SECRET", SECRET),
+            ("LD_PRELOAD", lib.as_str()),
+            ("FAKETIME", "+10m"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let skewed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let result = tokens.verify(&short.token).await;
+    assert!(result.is_ok(), "the 5-minute session survives: {result:?}");
+    let redis_now = redis_now_ms(&mut server.conn()) / 1000;
+    let iat = skewed["claims"]["iat"].as_i64().unwrap();
+    assert!(
+        (redis_now - 5..=redis_now).contains(&iat),
+        "iat {iat} is Redis time ({redis_now}), not the host's"
+    );
+    let token = skewed["token"].as_str().unwrap();
+    assert!(tokens.verify(token).await.is_ok());
+    assert_eq!(tokens.list("u").await.unwrap().len(), 2);
+}
+
+// ---- issue 9, defect 3: max_sessions ----------------------------------------
+
+/// Two logins in the same second with max_sessions = 1: the new one always
+/// stays, the older one goes. (It used to be a coin toss on the members'
+/// order: the new token came back "revoked" in about half the ties.)
+#[tokio::test]
+async fn max_sessions_never_drops_the_session_just_issued_on_a_tie() {
+    let server = RedisServer::start();
+    let auth = AuthSettings {
+        max_sessions: 1,
+        ..hs256()
+    };
+    let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
+    let mut ties = 0;
+    for round in 0..16 {
+        let user = format!("tie{round}");
+        let older = tokens.issue(&user, None, no_claims()).await.unwrap();
+        let newer = tokens.issue(&user, None, no_claims()).await.unwrap();
+        if older.claims.exp == newer.claims.exp {
+            ties += 1;
+        }
+        assert_eq!(newer.sessions_dropped, 1, "round {round}");
+        let result = tokens.verify(&newer.token).await;
+        assert!(result.is_ok(), "round {round}: the new login: {result:?}");
+        assert!(
+            matches!(tokens.verify(&older.token).await, Err(AuthError::Revoked)),
+            "round {round}: the older login"
+        );
+    }
+    assert!(
+        ties >= 8,
+        "only {ties} of 16 rounds tied: the test proved little"
+    );
+}
+
+/// max_sessions = 2, two 24 h logins, then a 1 h one: the 1 h session is the
+/// one just issued and stays; the older 24 h one goes (it used to drop the
+/// new session, whose expiry was the lowest).
+#[tokio::test]
+async fn max_sessions_drops_the_oldest_other_session_not_a_shorter_new_one() {
+    let server = RedisServer::start();
+    let auth = AuthSettings {
+        max_sessions: 2,
+        ..hs256()
+    };
+    let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
+    let day = Duration::from_secs(24 * 3600);
+    let first = tokens.issue("u", Some(day), no_claims()).await.unwrap();
+    // A minute later, as a second device logging in would be.
+    let second = tokens
+        .issue("u", Some(day + Duration::from_secs(60)), no_claims())
+        .await
+        .unwrap();
+    let short = tokens
+        .issue("u", Some(Duration::from_secs(3600)), no_claims())
+        .await
+        .unwrap();
+
+    assert_eq!(short.sessions_dropped, 1);
+    let result = tokens.verify(&short.token).await;
+    assert!(result.is_ok(), "the new 1 h session: {result:?}");
+    assert!(tokens.verify(&second.token).await.is_ok());
+    assert!(matches!(
+        tokens.verify(&first.token).await,
+        Err(AuthError::Revoked)
+    ));
+}
+
+// ---- issue 9, defect 5: restarts --------------------------------------------
+
+/// After a Redis restart, issue and verify recover on their own, and the
+/// calls made while Redis was gone or reconnecting open one connection,
+/// not one each. (It used to fail on the dead connection forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_and_verify_recover_after_a_redis_restart_without_a_reconnect_storm() {
+    let mut server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    let before = tokens.issue("u", None, no_claims()).await.unwrap();
+    assert!(tokens.verify(&before.token).await.is_ok());
+
+    server.restart();
+    let mut c = server.conn();
+    let connections = |c: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let at_restart = connections(&mut c);
+
+    // A burst while the link is being replaced: each call fails on the dead
+    // connection, fails fast while reconnecting, or reaches the restarted
+    // server, which lost the session (no persistence).
+    let burst =
+        futures_util::future::join_all((0..200).map(|_| tokens.verify(&before.token))).await;
+    for result in &burst {
+        assert!(
+            matches!(
+                result,
+                Err(AuthError::Redis(_) | AuthError::Unavailable(_) | AuthError::Revoked)
+            ),
+            "{result:?}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let issued = loop {
+        match tokens.issue("u", None, no_claims()).await {
+            Ok(issued) => break issued,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "still failing: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(tokens.verify(&issued.token).await.is_ok());
+    let more = futures_util::future::join_all((0..200).map(|_| tokens.verify(&issued.token))).await;
+    assert!(more.iter().all(Result::is_ok));
+    let opened = connections(&mut c) - at_restart;
+    assert!(opened <= 2, "{opened} connections opened for 400 calls");
+}
+
+// ---- issue 10, item 4: settings changed during a reconnect -------------------
+
+/// A TCP relay to `upstream` that can hold new connections: each one is
+/// announced on the returned channel and forwarded only once `release` is
+/// set (it starts set).
+async fn holding_relay(
+    upstream: u16,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = tokio::sync::watch::channel(true);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let _ = arrived_tx.send(());
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                let _ = released.wait_for(|go| *go).await;
+                let mut outbound = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (port, arrived, release)
+}
+
+/// `redis.url` changes (a SIGHUP reload) while a reconnect to the old
+/// address is in flight: the connection made with the old settings is
+/// discarded and the link comes up on the new address. (It used to install
+/// whatever it had connected with, and stay on the old server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_during_a_reconnect_are_not_lost() {
+    let old = RedisServer::start();
+    let new = RedisServer::start();
+    let (relay, mut arrived, release) = holding_relay(old.port).await;
+    let mut redis_settings = settings_for(&old).redis;
+    redis_settings.url = format!("redis://127.0.0.1:{relay}").parse().unwrap();
+    let link = Arc::new(Reconnecting::new(redis_settings.clone(), |_| {}));
+    let tokens = TokenService::new(Arc::clone(&link), &hs256(), ScoreUnit::Milliseconds).unwrap();
+    link.connect_now().await.unwrap();
+    arrived.recv().await.unwrap();
+
+    release.send_replace(false);
+    link.lost("test: connection dropped");
+    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+        .await
+        .expect("the reconnect reaches the relay")
+        .unwrap();
+    assert!(link.get().is_err(), "the reconnect is still in flight");
+    link.update_settings(settings_for(&new).redis);
+    release.send_replace(true);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokens.issue("u", None, no_claims()).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_new: i64 = new.conn().zcard("u-tokens").unwrap();
+    let on_old: i64 = old.conn().zcard("u-tokens").unwrap();
+    assert_eq!(
+        (on_new, on_old),
+        (1, 0),
+        "the session went to {}",
+        link.get().unwrap().address()
+    );
+}
+
+/// A failure reported for a connection that has since been replaced is
+/// ignored: a slow request that failed on the old connection cannot take
+/// the new one down.
+#[tokio::test]
+async fn a_late_report_about_a_replaced_connection_is_ignored() {
+    let server = RedisServer::start();
+    let link = Arc::new(Reconnecting::new(settings_for(&server).redis, |_| {}));
+    link.connect_now().await.unwrap();
+    let (_, first) = link.checkout().unwrap();
+    link.lost_connection(first, "test: first connection lost");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        if let Ok((_, id)) = link.checkout() {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(first, second);
+
+    link.lost_connection(first, "test: a late report about the first one");
+    let (_, current) = link.checkout().expect("still up");
+    assert_eq!(current, second);
+}
+
+// ---- issue 9, defect 8: ttl overflow, all-or-nothing --------------------------
+
+/// Lifetimes beyond the documented maximum are refused before anything is
+/// signed or stored: exit 2, no token printed, no key written. (They used to
+/// print a token that expired in 1972, or one stored with a score of 3.2e18.)
+#[test]
+fn tokens_issue_refuses_a_ttl_beyond_the_maximum_and_writes_nothing() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = [
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("TOKEN_SWEEPER__AUTH__SECRET", SECRET),
+    ];
+    for ttl in ["18446744072000000000s", "100000000y", "3651days"] {
+        let out = run_sweeper(&["tokens", "issue", "--user", "u", "--ttl", ttl], &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ttl}: {err}");
+        assert!(out.stdout.is_empty(), "{ttl}: printed a token");
+        assert!(
+            err.contains("ttl: ")
+                && err.contains("longer than the longest token lifetime, 3650 days"),
+            "{err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    let keys: Vec<String> = server.conn().keys("*").unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+
+    let out = run_sweeper(
+        &["tokens", "issue", "--user", "u", "--ttl", "3650days"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "the maximum itself is fine");
+}
+
+/// With Redis out of memory (noeviction), a login fails as a whole and
+/// changes nothing: the set keeps its expired member, its members and its
+/// TTL. (Without the script's flags Redis let it run: its first write
+/// dropped the expired member, and the rest went past maxmemory.)
+#[tokio::test]
+async fn a_login_refused_for_lack_of_memory_changes_nothing() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("u-tokens", "expired", now - 60_000).unwrap();
+    let _: () = c.zadd("u-tokens", "live", now + 3_600_000).unwrap();
+    let _: () = c.pexpire_at("u-tokens", now + 3_600_000).unwrap();
+    let before = common::members(&mut c, b"u-tokens");
+    let used: String = redis::cmd("INFO").arg("memory").query(&mut c).unwrap();
+    let used = used
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used)
+        .query(&mut c)
+        .unwrap();
+
+    let err = tokens.issue("u", None, no_claims()).await.unwrap_err();
+    assert!(err.to_string().contains("OOM"), "{err}");
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(common::members(&mut c, b"u-tokens"), before);
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("u-tokens")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(at, now + 3_600_000);
+}
+
+// ---- issue 9, defect 9: leeway ----------------------------------------------
+
+/// A token inside the leeway verifies: the stored-score check and the key's
+/// TTL honour it. Past the leeway it is expired, never revoked. (It used to
+/// come back "revoked": the key had expired with the token.)
+#[tokio::test]
+async fn a_token_inside_the_leeway_verifies_and_is_expired_after_it() {
+    let server = RedisServer::start();
+    let auth = AuthSettings {
+        leeway: Duration::from_secs(4),
+        ..hs256()
+    };
+    let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
+    let issued = tokens
+        .issue("u", Some(Duration::from_secs(1)), no_claims())
+        .await
+        .unwrap();
+    let mut c = server.conn();
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg("u-tokens")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(at, ((issued.claims.exp + 4) * 1000) as i64);
+
+    // Past exp (iat + 1) and well inside exp + leeway (iat + 5).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let inside = tokens.verify(&issued.token).await;
+    assert!(inside.is_ok(), "inside the leeway: {inside:?}");
+    assert_eq!(tokens.list("u").await.unwrap().len(), 1);
+
+    // A login now must not drop it either: it is still live.
+    let other = tokens.issue("u", None, no_claims()).await.unwrap();
+    assert!(tokens.verify(&issued.token).await.is_ok());
+
+    // iat + 5.4 s at least: past exp + leeway = iat + 5.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let past = tokens.verify(&issued.token).await;
+    assert!(matches!(past, Err(AuthError::Expired)), "{past:?}");
+    assert!(tokens.verify(&other.token).await.is_ok());
+}
+
+/// A token inside the leeway whose member a sweeper without grace already
+/// removed is reported expired, not revoked: it is past its `exp`.
+#[tokio::test]
+async fn an_expired_token_swept_inside_the_leeway_is_expired_not_revoked() {
+    let server = RedisServer::start();
+    let auth = AuthSettings {
+        leeway: Duration::from_secs(30),
+        ..hs256()
+    };
+    let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
+    let issued = tokens
+        .issue("u", Some(Duration::from_secs(1)), no_claims())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut settings = settings_for(&server);
+    settings.sweep.grace = Duration::ZERO;
+    let swept = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+    assert_eq!(swept.counts.members_removed, 1);
+
+    let result = tokens.verify(&issued.token).await;
+    assert!(matches!(result, Err(AuthError::Expired)), "{result:?}");
+}
+
+/// The sweeper's grace must cover the leeway when both are in one
+/// configuration: otherwise a token inside the leeway may be swept.
+#[test]
+fn a_grace_shorter_than_the_leeway_is_refused_by_name() {
+    let short = run_sweeper(&["check-config"], &[("TOKEN_SWEEPER__AUTH__LEEWAY", "30s")]);
+    assert_eq!(short.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(err.starts_with("token-sweeper: sweep.grace: "), "{err}");
+    assert!(err.contains("auth.leeway"), "{err}");
+    let fine = run_sweeper(
+        &["check-config"],
+        &[
+            ("TOKEN_SWEEPER__AUTH__LEEWAY", "30s"),
+            ("TOKEN_SWEEPER__SWEEP__GRACE", "30s"),
+        ],
+    );
+    assert_eq!(
+        fine.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+}
+
+// ---- issue 11, item 7: claims -----------------------------------------------
+
+/// Tokens signed with our key whose session is in the set, refused for
+/// their claims alone: `nbf` 50 minutes ahead, `iat` a year ahead, a foreign
+/// or missing `typ`. (All three used to verify.) The same construction with
+/// sound claims verifies, so nothing else refuses them.
+#[tokio::test]
+async fn nbf_future_iat_and_a_foreign_typ_are_invalid() {
+    let server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    let mut c = server.conn();
+    let now = (redis_now_ms(&mut c) / 1000) as u64;
+    let mut sign = |typ: Option<&str>, claims: serde_json::Value| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.typ = typ.map(str::to_owned);
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+        let exp = claims["exp"].as_u64().unwrap();
+        let _: () = c.zadd("u-tokens", digest, exp * 1000).unwrap();
+        token
+    };
+    let claims = |extra: serde_json::Value| {
+        let mut base = serde_json::json!({
+            "sub": "u", "iat": now, "exp": now + 3600, "jti": "0123456789abcdef0123456789abcdef"
+        });
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        base
+    };
+
+    let sound = sign(Some("JWT"), claims(serde_json::json!({})));
+    assert!(tokens.verify(&sound).await.is_ok());
+    for (what, token) in [
+        (
+            "nbf in 50 minutes",
+            sign(Some("JWT"), claims(serde_json::json!({"nbf": now + 3000}))),
+        ),
+        (
+            "iat in a year",
+            sign(
+                Some("JWT"),
+                claims(serde_json::json!({"iat": now + 365 * 86_400})),
+            ),
+        ),
+        (
+            "typ at+jwt",
+            sign(Some("at+jwt"), claims(serde_json::json!({}))),
+        ),
+        ("no typ", sign(None, claims(serde_json::json!({})))),
+    ] {
+        let result = tokens.verify(&token).await;
+        assert!(
+            matches!(result, Err(AuthError::Invalid(_))),
+            "{what}: {result:?}"
+        );
+    }
+}
+
+// ---- issue 11, item 8: key material -------------------------------------------
+
+/// HS384/HS512 need secrets of at least 48/64 bytes (RFC 7518 section 3.2);
+/// they used to accept 32.
+#[tokio::test]
+async fn hmac_secrets_are_at_least_the_hash_size() {
+    let server = RedisServer::start();
+    for (algorithm, minimum) in [("HS384", 48), ("HS512", 64)] {
+        let short = AuthSettings {
+            algorithm: algorithm.into(),
+            secret: Some(Secret::new("s".repeat(minimum - 1))),
+            ..AuthSettings::default()
+        };
+        assert_eq!(
+            refused(&server, &short).await.to_string(),
+            format!(
+                "auth.secret: {algorithm} needs at least {minimum} bytes (RFC 7518 section 3.2), got {}",
+                minimum - 1
+            )
+        );
+        let enough = AuthSettings {
+            secret: Some(Secret::new("s".repeat(minimum))),
+            ..short
+        };
+        let tokens = service(&server, &enough, ScoreUnit::Milliseconds).await;
+        let issued = tokens.issue("u", None, no_claims()).await.unwrap();
+        assert!(tokens.verify(&issued.token).await.is_ok(), "{algorithm}");
+    }
+}
+
+/// Keys that cannot work together are refused at start-up and by
+/// `check-config` (exit 2, one line naming the key): an RS256 private key
+/// and a public key from another pair (sessions that never verify), an
+/// ES256 configuration with P-384 keys (which failed only at the first
+/// issue), and a P-384 public key alone for ES256. A matching pair passes.
+#[tokio::test]
+async fn mismatched_or_wrong_curve_keys_are_refused_at_start_and_by_check_config() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa_private, rsa_public) = keypair(dir.path(), "rsa");
+    let other_dir = tempfile::tempdir().unwrap();
+    let (_, other_public) = keypair(other_dir.path(), "rsa");
+    let (p384_private, p384_public) = keypair(dir.path(), "ec384");
+    let config = |algorithm: &str, private: Option<&Path>, public: &Path| AuthSettings {
+        algorithm: algorithm.into(),
+        private_key_file: private.map(Path::to_path_buf),
+        public_key_file: Some(public.to_path_buf()),
+        ..AuthSettings::default()
+    };
+    let check_config = |auth: &AuthSettings| {
+        let mut env = vec![("TOKEN_SWEEPER__AUTH__ALGORITHM", auth.algorithm.clone())];
+        if let Some(private) = &auth.private_key_file {
+            env.push((
+                "TOKEN_SWEEPER__AUTH__PRIVATE_KEY_FILE",
+                private.display().to_string(),
+            ));
+        }
+        let public = auth.public_key_file.as_ref().unwrap().display().to_string();
+        env.push(("TOKEN_SWEEPER__AUTH__PUBLIC_KEY_FILE", public));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_sweeper(&["check-config"], &env)
+    };
+
+    for (auth, key, reason) in [
+        (
+            config("RS256", Some(&rsa_private), &other_public),
+            "auth.public_key_file",
+            "the two keys are not one pair",
+        ),
+        (
+            config("ES256", Some(&p384_private), &p384_public),
+            "auth.private_key_file",
+            "cannot sign ES256 with this key",
+        ),
+        (
+            config("ES256", None, &p384_public),
+            "auth.public_key_file",
+            "cannot verify ES256 with this key",
+        ),
+    ] {
+        let err = refused(&server, &auth).await.to_string();
+        assert!(err.starts_with(&format!("{key}: ")), "{err}");
+        assert!(err.contains(reason), "{err}");
+        let out = check_config(&auth);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end(), format!("token-sweeper: {err}"));
+        assert!(out.stdout.is_empty());
+    }
+
+    let sound = config("RS256", Some(&rsa_private), &rsa_public);
+    let out = check_config(&sound);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tokens = service(&server, &sound, ScoreUnit::Milliseconds).await;
+    let issued = tokens.issue("u", None, no_claims()).await.unwrap();
+    assert!(tokens.verify(&issued.token).await.is_ok());
+}
+
+// ---- issue 10, item 8: an empty user ------------------------------------------
+
+/// `tokens list --user ""` is refused as `issue` refuses it (exit 2), and so
+/// is `revoke-all`. (`list` used to accept it and read the key "-tokens".)
+#[test]
+fn an_empty_user_is_refused_by_every_tokens_command() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = [
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("TOKEN_SWEEPER__AUTH__SECRET", SECRET),
+    ];
+    for command in ["issue", "list", "revoke-all"] {
+        let out = run_sweeper(&["tokens", command, "--user", ""], &env);
+        assert_eq!(out.status.code(), Some(2), "{command}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            "token-sweeper: user id must not be empty",
+            "{command}"
+        );
+        assert!(out.stdout.is_empty(), "{command}");
+    }
 }

@@ -195,15 +195,13 @@ fn hs256() -> AuthSettings {
 #[tokio::test]
 async fn the_auth_module_works_unchanged_on_a_cluster() {
     let mut cluster = RedisCluster::start(3, 0);
-    let conn = Connection::connect(&cluster.settings().redis)
-        .await
-        .unwrap();
+    let mut settings = cluster.settings();
     // The documented Cluster form: the user id is the hash tag.
-    let auth = AuthSettings {
+    settings.auth = AuthSettings {
         key_template: "{{user}}-tokens".to_owned(),
         ..hs256()
     };
-    let service = TokenService::new(conn, &auth, ScoreUnit::Milliseconds).unwrap();
+    let service = TokenService::connect(&settings).await.unwrap();
     let claims = serde_json::Map::new();
 
     // Enough users to land on every primary.
@@ -585,12 +583,11 @@ async fn the_readme_acl_users_work_on_a_cluster_and_a_missing_permission_is_name
     let mut settings = cluster.settings();
     settings.redis.username = Some("token-auth".to_owned());
     settings.redis.password = Some(Secret::new("auth-pw"));
-    let auth = AuthSettings {
+    settings.auth = AuthSettings {
         key_template: "{{user}}-tokens".to_owned(),
         ..hs256()
     };
-    let conn = Connection::connect(&settings.redis).await.unwrap();
-    let service = TokenService::new(conn, &auth, ScoreUnit::Milliseconds).unwrap();
+    let service = TokenService::connect(&settings).await.unwrap();
     for user in ["alice", "bob", "carol", "dave"] {
         let issued = service
             .issue(user, None, serde_json::Map::new())

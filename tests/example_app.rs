@@ -9,11 +9,11 @@ mod app;
 
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
-use common::{settings_for, RedisServer};
+use common::{settings_for, wait_until, RedisServer};
 use token_sweeper::auth::TokenService;
 use token_sweeper::config::{AuthSettings, Secret};
-use token_sweeper::redis::Connection;
 
 /// One HTTP/1.1 request; returns (status, JSON body).
 fn request(
@@ -44,30 +44,41 @@ fn request(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_me_sessions_logout_and_logout_all_over_http() {
-    let server = RedisServer::start();
-    let settings = settings_for(&server);
-    let auth = AuthSettings {
+/// Serves the example's router, built as its main.rs builds it, on a free
+/// port; returns the port.
+async fn serve_example(server: &RedisServer) -> u16 {
+    let mut settings = settings_for(server);
+    settings.auth = AuthSettings {
         secret: Some(Secret::new("example-service-secret-32-bytes-long")),
         ..AuthSettings::default()
     };
-    let conn = Connection::connect(&settings.redis).await.unwrap();
-    let tokens = Arc::new(TokenService::new(conn, &auth, settings.sweep.score_unit).unwrap());
+    let tokens = Arc::new(TokenService::connect(&settings).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let serving = axum::serve(listener, app::router(tokens));
     tokio::spawn(async move { serving.await });
+    port
+}
+
+/// `POST /login` for `user`; returns (status, body).
+fn login(port: u16, user: &str) -> (u16, serde_json::Value) {
+    request(
+        port,
+        "POST",
+        "/login",
+        None,
+        &format!(r#"{{"user":"{user}"}}"#),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_me_sessions_logout_and_logout_all_over_http() {
+    let server = RedisServer::start();
+    let port = serve_example(&server).await;
 
     let blocking = tokio::task::spawn_blocking(move || {
         let login = |user: &str| {
-            let (status, body) = request(
-                port,
-                "POST",
-                "/login",
-                None,
-                &format!(r#"{{"user":"{user}"}}"#),
-            );
+            let (status, body) = login(port, user);
             assert_eq!(status, 200, "{body}");
             body["token"].as_str().unwrap().to_owned()
         };
@@ -123,4 +134,41 @@ async fn login_me_sessions_logout_and_logout_all_over_http() {
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].0.len(), 64);
     assert!(members[0].1 > 1.7e12);
+}
+
+/// A Redis restart under the running service: logins answer 503 while Redis
+/// is gone and 200 again once it is back, without restarting the service
+/// (issue 9, defect 5: it used to answer 503 until restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_recovers_from_a_redis_restart_without_being_restarted() {
+    let mut server = RedisServer::start();
+    let port = serve_example(&server).await;
+    let before = tokio::task::spawn_blocking(move || login(port, "ana"))
+        .await
+        .unwrap();
+    assert_eq!(before.0, 200, "{}", before.1);
+
+    server.kill();
+    let down = tokio::task::spawn_blocking(move || login(port, "ana"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (down.0, down.1["error"].as_str()),
+        (503, Some("session store unavailable"))
+    );
+    server.restart();
+
+    tokio::task::spawn_blocking(move || {
+        wait_until(
+            Duration::from_secs(15),
+            "a login to succeed after the restart",
+            || login(port, "ana").0 == 200,
+        );
+        let (_, body) = login(port, "ben");
+        let token = body["token"].as_str().unwrap().to_owned();
+        let (status, me) = request(port, "GET", "/me", Some(&token), "");
+        assert_eq!((status, me["sub"].as_str()), (200, Some("ben")));
+    })
+    .await
+    .unwrap();
 }

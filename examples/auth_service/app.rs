@@ -111,12 +111,12 @@ fn failure(e: &AuthError) -> Response {
         AuthError::Invalid(_) => unauthorized("invalid token"),
         AuthError::Expired => unauthorized("token expired"),
         AuthError::Revoked => unauthorized("token revoked"),
-        AuthError::EmptyUser | AuthError::ReservedClaim(_) => (
+        AuthError::EmptyUser | AuthError::ReservedClaim(_) | AuthError::OutOfRange { .. } => (
             StatusCode::BAD_REQUEST,
             Json(json!({ "error": e.to_string() })),
         )
             .into_response(),
-        AuthError::Redis(_) | AuthError::KeyMaterial { .. } => (
+        AuthError::Redis(_) | AuthError::Unavailable(_) | AuthError::KeyMaterial { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "error": "session store unavailable" })),
         )

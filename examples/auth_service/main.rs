@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use token_sweeper::auth::TokenService;
 use token_sweeper::config::Settings;
-use token_sweeper::redis::Connection;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -25,12 +24,9 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
     let settings = Settings::load(None)?;
-    let conn = Connection::connect(&settings.redis).await?;
-    let tokens = Arc::new(TokenService::new(
-        conn,
-        &settings.auth,
-        settings.sweep.score_unit,
-    )?);
+    // Fails here on bad key material or an unreachable Redis; once running,
+    // it rides out Redis restarts and failovers (503 meanwhile).
+    let tokens = Arc::new(TokenService::connect(&settings).await?);
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("auth service on http://{listen}");
     axum::serve(listener, app::router(tokens)).await?;
