@@ -245,44 +245,61 @@ struct ReplicaLock {
     taken: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
+/// A lease script: Redis 7 script flags (a shebang, which must be the first
+/// line) with `allow-oom`. Without it, Redis refuses a script's first write
+/// when used memory is over `maxmemory` (`noeviction`, the natural policy
+/// for an allowlist), so every round would fail on its lease exactly when
+/// a sweep, which only frees memory, is most needed. These scripts write a
+/// few bytes at most (one lease key, one registry member). A replica still
+/// refuses them with READONLY, which is how a failover is noticed.
+macro_rules! lease_script {
+    ($body:literal) => {
+        concat!("#!lua flags=allow-oom\n", $body)
+    };
+}
+
 /// Takes the lease if it is free or already ours, for `ARGV[2]` ms.
-const ACQUIRE: &str = r"
-local holder = redis.call('GET', KEYS[1])
+const ACQUIRE: &str = lease_script!(
+    r"local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-return 0";
+return 0"
+);
 
 /// While ours, makes sure it lives at least `ARGV[2]` ms more.
-const KEEP_ALIVE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+const KEEP_ALIVE: &str = lease_script!(
+    r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 1";
+return 1"
+);
 
 /// When a sweep ends: if still ours, let it live only until the end of the
 /// period's lease (`ARGV[2]` ms from now), or delete it if that has passed.
-const SETTLE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+const SETTLE: &str = lease_script!(
+    r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 else
   redis.call('DEL', KEYS[1])
 end
-return 1";
+return 1"
+);
 
 /// Deletes it only if ours.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
+const RELEASE: &str = lease_script!(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0"
+);
 
 /// Registers `ARGV[1]` as a live daemon for `ARGV[2]` ms (score = expiry on
 /// the Redis clock), forgets expired ones, and returns this daemon's rank
 /// among the live ones (by name, so stable across rounds) and their number.
-const REGISTER: &str = r"
-local t = redis.call('TIME')
+const REGISTER: &str = lease_script!(
+    r"local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
@@ -293,7 +310,8 @@ table.sort(daemons)
 for i, name in ipairs(daemons) do
   if name == ARGV[1] then return {i - 1, #daemons} end
 end
-return {0, #daemons}";
+return {0, #daemons}"
+);
 
 impl ReplicaLock {
     async fn run(
@@ -636,7 +654,7 @@ impl Round {
         if e.is_connection_lost() {
             self.redis.lost(&e.to_string());
         }
-        self.failed("connection", e.to_string())
+        self.failed(e.kind(), e.to_string())
     }
 
     fn failed(&self, kind: &str, reason: String) -> Option<String> {

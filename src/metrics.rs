@@ -230,7 +230,7 @@ impl Metrics {
         }
     }
 
-    /// Counts errors of one kind (`connection`, `unit_guard`, `clock_skew`, ...).
+    /// Counts errors of one kind (`oom`, `noperm`, `connection`, `unit_guard`, ...).
     pub fn count_error(&self, kind: &str, n: u64) {
         self.errors.with_label_values(&[kind]).inc_by(n);
     }

@@ -591,3 +591,166 @@ fn a_dead_lock_holder_is_taken_over_within_a_period_plus_the_lock_ttl() {
     });
     assert_eq!(count_members(&mut c, "u").1, 12_000);
 }
+
+/// `INFO memory`'s `used_memory`.
+fn used_memory(c: &mut redis::Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+/// Fills `server` with sets of expired tokens (`fill:<n>-tokens`) until
+/// Redis refuses a write with OOM under `maxmemory` and `noeviction`.
+fn fill_until_out_of_memory(c: &mut redis::Connection) {
+    let headroom = 2 * 1024 * 1024;
+    let limit = used_memory(c) + headroom;
+    for (key, value) in [
+        ("maxmemory-policy", "noeviction".to_owned()),
+        ("maxmemory", limit.to_string()),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query(c)
+            .unwrap();
+    }
+    let now = common::redis_now_ms(c);
+    let probe = |c: &mut redis::Connection| -> redis::RedisResult<()> {
+        redis::cmd("SET").arg("probe").arg("x").query(c)
+    };
+    for batch in 0.. {
+        assert!(batch < 10_000, "Redis never ran out of memory");
+        let mut pipe = redis::pipe();
+        for user in 0..20 {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(format!("fill:{batch}-{user}-tokens"));
+            for n in 0..20 {
+                zadd.arg(now - 60_000 - n)
+                    .arg(format!("expired-token-digest-{n:058}"));
+            }
+            pipe.add_command(zadd).ignore();
+        }
+        match pipe.query::<()>(c) {
+            Ok(()) => {}
+            // redis-rs gives a pipeline's error no code of its own. The
+            // pipeline's own request counted towards the limit too: out of
+            // memory means a small write is refused once it is gone.
+            Err(e)
+                if e.to_string()
+                    .contains("command not allowed when used memory") =>
+            {
+                if probe(c).is_err_and(|e| e.code() == Some("OOM")) {
+                    return;
+                }
+            }
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+}
+
+#[test]
+fn the_daemon_sweeps_a_redis_that_is_out_of_memory() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "live", 20);
+    fill_until_out_of_memory(&mut c);
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s")],
+        None,
+    );
+
+    wait_until(Duration::from_secs(20), "a successful sweep", || {
+        daemon.metric(OK) >= 1.0
+    });
+
+    let left: Vec<String> = redis::cmd("KEYS").arg("fill:*").query(&mut c).unwrap();
+    assert!(left.is_empty(), "{} filled sets left", left.len());
+    assert_eq!(
+        count_members(&mut c, "live"),
+        (0, 20),
+        "no live token removed"
+    );
+    let _: () = redis::cmd("SET")
+        .arg("probe")
+        .arg("x")
+        .query(&mut c)
+        .expect("memory was freed: writes work again");
+    assert_eq!(
+        daemon.metric("token_sweeper_sweeps_total{result=\"error\"}"),
+        0.0
+    );
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+    assert!(daemon.metric("token_sweeper_last_success_timestamp_seconds") > 1.7e9);
+}
+
+/// The daemon's `errors_total` series with a non-zero value, as `kind=value`.
+fn error_kinds(daemon: &DaemonProcess) -> Vec<String> {
+    daemon
+        .scrape()
+        .lines()
+        .filter_map(|l| l.strip_prefix("token_sweeper_errors_total{kind=\""))
+        .map(|l| l.replace("\"} ", "="))
+        .collect()
+}
+
+#[test]
+fn errors_are_counted_by_what_they_are() {
+    // The README's user without EVAL (refused by the server: NOPERM), and
+    // without SET (refused inside the lease script: an ERR naming the user).
+    for without in ["eval", "set"] {
+        let server = RedisServer::start();
+        let mut acl = redis::cmd("ACL");
+        for arg in common::readme_acl("token-sweeper").into_iter().skip(1) {
+            let arg = if arg.starts_with('>') {
+                ">pw".to_owned()
+            } else {
+                // The lease commands are granted in the selector.
+                arg.split(' ')
+                    .filter(|word| *word != format!("+{without}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            acl.arg(arg);
+        }
+        let _: () = acl.query(&mut server.conn()).unwrap();
+        let url = format!("redis://token-sweeper:pw@127.0.0.1:{}", server.port);
+        let daemon = DaemonProcess::start(&url, &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s")], None);
+        wait_until(Duration::from_secs(10), "a failed sweep", || {
+            daemon.metric("token_sweeper_sweeps_total{result=\"error\"}") >= 1.0
+        });
+        let kinds = error_kinds(&daemon);
+        assert!(
+            !kinds.is_empty() && kinds.iter().all(|k| k.starts_with("noperm=")),
+            "without +{without}: {kinds:?}"
+        );
+        let (code, reason) = http_get(daemon.metrics_port, "/readyz").unwrap();
+        assert_eq!(code, 503);
+        assert!(
+            reason.contains("lock acquire"),
+            "without +{without}: {reason}"
+        );
+    }
+
+    // The kind of a refusal on an out-of-memory Redis, through the library.
+    let oom = RedisServer::start();
+    let mut c = oom.conn();
+    fill_until_out_of_memory(&mut c);
+    let settings = common::settings_for(&oom);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = runtime.block_on(async {
+        let mut conn = token_sweeper::redis::Connection::connect(&settings.redis)
+            .await
+            .unwrap();
+        let mut set = redis::cmd("SET");
+        set.arg("probe").arg("x");
+        conn.query::<()>("SET", &set).await.unwrap_err()
+    });
+    assert_eq!(error.kind(), "oom", "{error}");
+}
