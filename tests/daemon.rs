@@ -754,3 +754,141 @@ fn errors_are_counted_by_what_they_are() {
     });
     assert_eq!(error.kind(), "oom", "{error}");
 }
+
+#[test]
+fn a_cron_schedule_that_never_fires_is_refused_at_start() {
+    // Nothing listens there: a daemon that wrongly starts cannot touch a Redis.
+    let url = format!("redis://127.0.0.1:{}", common::free_port());
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    for schedule in ["0 0 0 30 2 *", "0 0 0 1 1 * 2020"] {
+        let env = [
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", schedule),
+            ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+            ("TOKEN_SWEEPER__METRICS__LISTEN", listen.as_str()),
+        ];
+        for command in ["check-config", "run"] {
+            let mut child = common::sweeper(&[command], &env)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command} {schedule}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(
+                err.contains(&format!("sweep.schedule: \"{schedule}\" never fires")),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// A cron expression (with year) that fires once, `secs` seconds from now.
+fn cron_once_in(secs: i64) -> String {
+    use chrono::{Datelike, Timelike};
+    let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    format!(
+        "{} {} {} {} {} * {}",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month(),
+        at.year()
+    )
+}
+
+#[test]
+fn a_schedule_that_runs_out_is_reported_not_silent() {
+    let server = RedisServer::start();
+    let schedule = cron_once_in(8);
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", schedule.as_str()),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ],
+        None,
+    );
+    assert_eq!(daemon.metric("token_sweeper_schedule_armed"), 1.0);
+    let next = daemon.metric("token_sweeper_next_sweep_timestamp_seconds");
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(next > now && next < now + 10.0, "next {next}, now {now}");
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+
+    wait_until(Duration::from_secs(15), "the one scheduled sweep", || {
+        daemon.metric(OK) >= 1.0
+    });
+    wait_until(Duration::from_secs(5), "readyz 503", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let (_, reason) = http_get(daemon.metrics_port, "/readyz").unwrap();
+    assert_eq!(reason.trim_end().lines().count(), 1, "{reason}");
+    assert!(
+        reason.contains(&format!("sweep.schedule \"{schedule}\"")),
+        "{reason}"
+    );
+    assert_eq!(daemon.metric("token_sweeper_schedule_armed"), 0.0);
+    assert_eq!(
+        daemon.metric("token_sweeper_next_sweep_timestamp_seconds"),
+        0.0
+    );
+    assert_eq!(daemon.events("sweep started").len(), 1);
+}
+
+#[test]
+fn sighup_to_a_schedule_that_cannot_run_keeps_the_old_one() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "sweeper.toml", "[sweep]\ninterval = \"1s\"\n");
+    let daemon = DaemonProcess::start(&server.url(), &[], Some(&config));
+    seed(&mut c, "a", 10);
+    wait_until(Duration::from_secs(10), "a swept", || {
+        count_members(&mut c, "a").0 == 0
+    });
+
+    write_file(
+        dir.path(),
+        "sweeper.toml",
+        "[sweep]\nschedule = \"0 0 0 30 2 *\"\n",
+    );
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the refused reload", || {
+        daemon
+            .log_text()
+            .contains("reload failed, keeping the previous configuration")
+    });
+    seed(&mut c, "b", 10);
+    wait_until(
+        Duration::from_secs(10),
+        "b swept on the old schedule",
+        || count_members(&mut c, "b").0 == 0,
+    );
+    assert_eq!(daemon.metric("token_sweeper_schedule_armed"), 1.0);
+
+    // A schedule that can run replaces the old one.
+    write_file(
+        dir.path(),
+        "sweeper.toml",
+        "[sweep]\nschedule = \"* * * * * *\"\n",
+    );
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload", || {
+        daemon.log_text().contains("configuration reloaded")
+    });
+    seed(&mut c, "c", 10);
+    wait_until(
+        Duration::from_secs(10),
+        "c swept on the new schedule",
+        || count_members(&mut c, "c").0 == 0,
+    );
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+}
