@@ -5,7 +5,9 @@
 //! (sweep now, reload, shut down), the end of the running sweep, the time
 //! of the next tick, and nothing else. It keeps time itself (see
 //! `Ticker`) and wakes at least every second, so it never depends on a
-//! scheduler that could fail to arm, fire early or stop firing.
+//! scheduler that could fail to arm, fire early or stop firing, and it is
+//! the one that tells systemd's watchdog it is alive: a loop that stops
+//! making progress stops the pings.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -859,13 +861,16 @@ impl Daemon {
         let mut pending_start = self.settings.sweep.run_on_start;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
-        let _watchdog = start_watchdog();
+        let mut watchdog = Watchdog::new(sd_notify::watchdog_enabled());
 
         loop {
+            // Every pass of the loop is progress; it passes at least every
+            // `watchdog.max_sleep()`, and not at all while it is stuck.
+            watchdog.alive(Instant::now());
             let trigger = if std::mem::take(&mut pending_start) {
                 Some(Trigger::Start)
             } else {
-                let sleep = ticker.sleep_from(Utc::now());
+                let sleep = ticker.sleep_from(Utc::now()).min(watchdog.max_sleep());
                 tokio::select! {
                     control = controls.recv() => match control {
                         Some(Control::SweepNow) => Some(Trigger::Manual),
@@ -955,7 +960,15 @@ impl Daemon {
     }
 
     async fn reload(&mut self, ticker: &mut Ticker, redis: &Arc<Reconnecting>) {
-        let new = match Settings::load(self.config_path.as_deref()) {
+        // Off the runtime's one thread: a file that is slow to read (a hung
+        // mount) holds up this loop, which the watchdog then reports, but
+        // not the metrics endpoint.
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Settings::load(path.as_deref()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| loaded.map_err(|e| e.to_string()));
+        let new = match loaded {
             Ok(new) => new,
             Err(e) => {
                 tracing::error!("reload failed, keeping the previous configuration: {e}");
@@ -1020,16 +1033,46 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Pings systemd's watchdog at half its interval, if WatchdogSec is set.
-fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
-    let interval = sd_notify::watchdog_enabled()?;
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval / 2);
-        loop {
-            tick.tick().await;
-            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+/// systemd's watchdog (`WatchdogSec=`), fed by the daemon loop itself:
+/// pinged from the loop's own passes, never from a task of its own, so a
+/// loop that is stuck (while the rest of the process may still run) stops
+/// the pings and systemd restarts the daemon.
+struct Watchdog {
+    /// A quarter of the watchdog interval: the loop passes and pings at
+    /// least this often, so two pings are at most half the interval apart.
+    every: Option<Duration>,
+    last_ping: Option<Instant>,
+}
+
+impl Watchdog {
+    fn new(interval: Option<Duration>) -> Self {
+        Self {
+            every: interval.map(|interval| interval / 4),
+            last_ping: None,
         }
-    }))
+    }
+
+    /// The longest the loop may sleep.
+    fn max_sleep(&self) -> Duration {
+        self.every.map_or(MAX_SLEEP, |every| every.min(MAX_SLEEP))
+    }
+
+    /// Called by the loop on every pass; pings when a ping is due and
+    /// returns whether it did.
+    fn alive(&mut self, now: Instant) -> bool {
+        let Some(every) = self.every else {
+            return false;
+        };
+        if self
+            .last_ping
+            .is_some_and(|last| now.saturating_duration_since(last) < every)
+        {
+            return false;
+        }
+        self.last_ping = Some(now);
+        notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+        true
+    }
 }
 
 fn hostname() -> String {
@@ -1167,6 +1210,26 @@ mod tests {
         assert!(
             Schedule::parse_cron("0 0 0 29 2 *").is_ok(),
             "leap days come"
+        );
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_from_the_loop_often_enough() {
+        let mut watchdog = Watchdog::new(Some(Duration::from_secs(2)));
+        // A loop that passes at least every max_sleep pings at least every
+        // half interval.
+        assert_eq!(watchdog.max_sleep(), Duration::from_millis(500));
+        let start = Instant::now();
+        assert!(watchdog.alive(start));
+        assert!(!watchdog.alive(start + Duration::from_millis(100)));
+        assert!(watchdog.alive(start + Duration::from_millis(500)));
+        // No watchdog: nothing to ping, the loop still wakes every second.
+        let mut off = Watchdog::new(None);
+        assert!(!off.alive(start));
+        assert_eq!(off.max_sleep(), MAX_SLEEP);
+        assert_eq!(
+            Watchdog::new(Some(Duration::from_secs(60))).max_sleep(),
+            MAX_SLEEP
         );
     }
 }

@@ -892,3 +892,121 @@ fn sighup_to_a_schedule_that_cannot_run_keeps_the_old_one() {
     );
     assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
 }
+
+/// systemd's end of `NOTIFY_SOCKET`: records what the daemon says, and when.
+struct FakeSystemd {
+    path: std::path::PathBuf,
+    heard: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeSystemd {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&heard);
+        // Ends with the test process; the socket file goes with the tempdir.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push((std::time::Instant::now(), text));
+            }
+        });
+        Self {
+            path,
+            heard,
+            _dir: dir,
+        }
+    }
+
+    fn said(&self, what: &str) -> bool {
+        self.heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m.contains(what))
+    }
+
+    fn pings_since(&self, since: std::time::Instant) -> usize {
+        self.heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, m)| *at >= since && m.contains("WATCHDOG=1"))
+            .count()
+    }
+}
+
+#[test]
+fn the_watchdog_is_fed_while_the_daemon_works_and_starves_while_it_is_stuck() {
+    let server = RedisServer::start_with(&["--requirepass", "pw"]);
+    let mut c = server.conn();
+    let _: () = redis::cmd("AUTH").arg("pw").query(&mut c).unwrap();
+    seed(&mut c, "u", 6_000);
+    let dir = tempfile::tempdir().unwrap();
+    let password = write_file(dir.path(), "password", "pw\n");
+    let config_text = |password: &std::path::Path| {
+        format!(
+            "[redis]\npassword_file = {:?}\n[sweep]\ninterval = \"1h\"\nmax_keys_per_second = 1000\n",
+            password.display().to_string()
+        )
+    };
+    let config = write_file(dir.path(), "sweeper.toml", &config_text(&password));
+    let systemd = FakeSystemd::start();
+    let notify = systemd.path.display().to_string();
+    // Pings due every 0.5 s at the latest.
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("NOTIFY_SOCKET", notify.as_str()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+        Some(&config),
+    );
+    wait_until(Duration::from_secs(10), "READY=1", || {
+        systemd.said("READY=1")
+    });
+
+    // Healthy, in the middle of a six-second sweep.
+    let window = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(daemon.events("sweep finished").is_empty(), "still sweeping");
+    assert!(systemd.pings_since(window) >= 2, "fed while sweeping");
+    // Healthy and idle.
+    wait_until(Duration::from_secs(20), "the sweep to end", || {
+        !daemon.events("sweep finished").is_empty()
+    });
+    let window = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(systemd.pings_since(window) >= 2, "fed while idle");
+
+    // Stuck: the password file becomes a FIFO nobody writes to, and the
+    // reconnect that a reload starts blocks reading it.
+    let fifo = dir.path().join("password.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write_file(dir.path(), "sweeper.toml", &config_text(&fifo));
+    daemon.signal("HUP");
+    // The reconnect waits 1 s; a ping may still be on its way after that.
+    std::thread::sleep(Duration::from_secs(2));
+    let stuck = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(systemd.pings_since(stuck), 0, "no ping while stuck");
+
+    // Unstuck: the password arrives (from a thread: opening a FIFO blocks
+    // until its reader is there, and a failure here must not hang the test).
+    let released = std::time::Instant::now();
+    std::thread::spawn(move || std::fs::write(fifo, "pw\n"));
+    wait_until(Duration::from_secs(10), "pings again", || {
+        systemd.pings_since(released) >= 2
+    });
+    wait_until(Duration::from_secs(10), "reconnected", || {
+        daemon.log_text().contains("Redis connection restored")
+    });
+}
