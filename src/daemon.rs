@@ -824,6 +824,9 @@ impl Daemon {
             })?;
         let (last_failure_tx, last_failure) = watch::channel(None::<String>);
         let (unscheduled_tx, unscheduled) = watch::channel(None::<String>);
+        // Before the endpoints answer, so that their first answer is true.
+        let mut ticker = Ticker::new(Schedule::of(&self.settings.sweep), Utc::now());
+        publish_schedule(&ticker, &metrics, &unscheduled_tx);
         let (http_stop_tx, http_stop) = watch::channel(false);
         let http = tokio::spawn(crate::metrics::serve(
             listener,
@@ -845,8 +848,6 @@ impl Daemon {
             tracing::warn!("{e}; will keep retrying");
         }
 
-        let mut ticker = Ticker::new(Schedule::of(&self.settings.sweep), Utc::now());
-        publish_schedule(&ticker, &metrics, &unscheduled_tx);
         let lock_holder = format!(
             "{}:{}:{:016x}",
             hostname(),

@@ -448,11 +448,16 @@ fn a_failed_sweep_makes_readyz_503_with_the_reason() {
         .query(&mut c)
         .unwrap();
     let daemon = DaemonProcess::start(&server.url(), &[], None);
-    wait_until(Duration::from_secs(10), "readyz 503", || {
-        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 503)
-    });
-    let (_, body) = http_get(daemon.metrics_port, "/readyz").unwrap();
-    assert!(body.contains("unit guard"), "{body}");
+    // Before its first connection the daemon is not ready either: wait for
+    // the reason this test is about.
+    wait_until(
+        Duration::from_secs(10),
+        "readyz 503 naming the unit guard",
+        || {
+            http_get(daemon.metrics_port, "/readyz")
+                .is_some_and(|(code, body)| code == 503 && body.contains("unit guard"))
+        },
+    );
     assert_eq!(
         daemon.metric("token_sweeper_errors_total{kind=\"unit_guard\"}"),
         1.0
@@ -821,7 +826,10 @@ fn a_schedule_that_runs_out_is_reported_not_silent() {
     let next = daemon.metric("token_sweeper_next_sweep_timestamp_seconds");
     let now = chrono::Utc::now().timestamp() as f64;
     assert!(next > now && next < now + 10.0, "next {next}, now {now}");
-    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+    wait_until(Duration::from_secs(5), "readyz 200 before the tick", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    assert!(daemon.events("sweep started").is_empty());
 
     wait_until(Duration::from_secs(15), "the one scheduled sweep", || {
         daemon.metric(OK) >= 1.0
