@@ -1149,7 +1149,7 @@ impl Settings {
                 if let Err(e) = crate::daemon::Schedule::parse_cron(cron) {
                     return Err(ConfigError::invalid(
                         "sweep.schedule",
-                        format!("{cron:?} is not a cron expression with seconds (\"0 */5 * * * *\"): {e}"),
+                        format!("{cron:?} {e}"),
                     ));
                 }
             }

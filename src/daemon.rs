@@ -1,17 +1,13 @@
 //! The long-running service: schedule, overlap guard, replica lock, reload
 //! and shutdown around [`crate::sweep::sweep`].
 //!
-//! One loop owns all state and reacts to four things: a tick from the
-//! scheduler, a control message (sweep now, reload, shut down), the end of
-//! the running sweep, and nothing else. The scheduler (tokio-cron-scheduler)
-//! only *signals* ticks into that loop; it never runs a sweep itself, so its
-//! quirks (it does not prevent overlap; its 500 ms polling loop fires late)
-//! cannot stack sweeps or lose the schedule.
-//!
-//! Intervals are not scheduled with the crate's repeated jobs: those compute
-//! the next tick from the previous one and stop firing for good once it
-//! falls behind (tokio-cron-scheduler issue #113). Each interval tick is a
-//! one-shot job instead, armed by this loop for the next planned time.
+//! One loop owns all state and reacts to four things: a control message
+//! (sweep now, reload, shut down), the end of the running sweep, the time
+//! of the next tick, and nothing else. It keeps time itself (see
+//! `Ticker`) and wakes at least every second, so it never depends on a
+//! scheduler that could fail to arm, fire early or stop firing, and it is
+//! the one that tells systemd's watchdog it is alive: a loop that stops
+//! making progress stops the pings.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -20,11 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 
 use crate::config::{Settings, SweepSettings};
 use crate::logging::LogLevel;
@@ -46,9 +41,6 @@ pub enum Control {
 /// A daemon failure that stops it from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The scheduler could not be created or a job added.
-    #[error("scheduler: {0}")]
-    Scheduler(#[from] JobSchedulerError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -65,10 +57,26 @@ pub enum DaemonError {
 /// When sweeps run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Schedule {
-    /// Six-field cron expression (with seconds), UTC.
+    /// Six-field cron expression (with seconds; an optional seventh field
+    /// is the year), UTC.
     Cron(String),
     /// Fixed interval in whole seconds.
     Interval(Duration),
+}
+
+/// Why `sweep.schedule` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// The expression does not parse.
+    #[error("is not a cron expression with seconds (\"0 */5 * * * *\"): {0}")]
+    Invalid(String),
+    /// The expression parses, but no time from now on matches it (Feb 30,
+    /// a year in the past): the daemon would sweep at start-up, then never.
+    #[error("never fires: no time after {after} matches it")]
+    NeverFires {
+        /// The time searched from.
+        after: DateTime<Utc>,
+    },
 }
 
 impl Schedule {
@@ -82,146 +90,192 @@ impl Schedule {
         }
     }
 
-    /// Parses a cron expression exactly as tokio-cron-scheduler will
-    /// (seconds required, day-of-month AND day-of-week), so what validates runs.
+    /// Parses a cron expression (seconds required, day-of-month AND
+    /// day-of-week) and makes sure it fires at least once more: a schedule
+    /// that never fires is refused where the configuration is validated.
     ///
     /// # Errors
-    /// The parser's message.
-    pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-        croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Required)
-            .dom_and_dow(true)
-            .build()
-            .parse(expr)
-            .map_err(|e| e.to_string())
+    /// [`ScheduleError`] saying which.
+    pub fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
+        let cron =
+            parse_cron_expression(expr).map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+        let now = Utc::now().trunc_subsecs(0);
+        match cron.find_next_occurrence(&now, false) {
+            Ok(_) => Ok(cron),
+            Err(_) => Err(ScheduleError::NeverFires { after: now }),
+        }
     }
 
-    /// Time from now until the next tick. Interval ticks fall on multiples
-    /// of the interval since the Unix epoch (5m: :00, :05, :10 ...), so
-    /// replicas tick together, as they do with a cron schedule.
-    pub fn time_to_next_tick(&self) -> Duration {
+    /// The first tick strictly after `now`, or `None` when the schedule has
+    /// no more. Interval ticks fall on multiples of the interval since the
+    /// Unix epoch (5m: :00, :05, :10 ...), so replicas tick together, as
+    /// they do with a cron schedule.
+    pub fn next_tick_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Self::Interval(interval) => {
-                let period = interval.as_millis().max(1);
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis())
-                    .unwrap_or(0);
-                let wait = period - now % period;
-                Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
+                let period = i64::try_from(interval.as_millis()).ok()?.max(1);
+                let next = (now.timestamp_millis().div_euclid(period) + 1).checked_mul(period)?;
+                DateTime::from_timestamp_millis(next)
             }
-            Self::Cron(expr) => Self::parse_cron(expr)
-                .ok()
-                .and_then(|cron| cron.find_next_occurrence(&Utc::now(), false).ok())
-                .and_then(|next| (next - Utc::now()).to_std().ok())
-                .unwrap_or(Duration::from_secs(1)),
+            // croner keeps the fraction of a second it starts from: on the
+            // whole second, ticks stay on whole seconds.
+            Self::Cron(expr) => parse_cron_expression(expr)
+                .ok()?
+                .find_next_occurrence(&now.trunc_subsecs(0), false)
+                .ok(),
         }
+    }
+
+    /// Time from now until the next tick; one second when there is none
+    /// (what a lease needs, as a lower bound).
+    pub fn time_to_next_tick(&self) -> Duration {
+        let now = Utc::now();
+        self.next_tick_after(now)
+            .and_then(|next| (next - now).to_std().ok())
+            .unwrap_or(Duration::from_secs(1))
     }
 }
 
-/// Sends `Tick(generation)` into the daemon loop on schedule.
+/// The cron parser, configured as the schedule is documented.
+fn parse_cron_expression(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+}
+
+/// The longest the loop sleeps: it re-reads the wall clock at least this
+/// often, so a suspended host or a stepped clock delays a tick by at most
+/// this much.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// First and longest wait before trying again to arm a schedule that has no
+/// next tick (only the clock stepping back can change that answer).
+const ARM_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
+/// When the next scheduled tick is, driven by the daemon loop itself: the
+/// loop sleeps until the tick (at most [`MAX_SLEEP`]), then asks whether it
+/// is due. Nothing else has to be armed, so nothing can fail to be armed
+/// but the schedule itself running out, and a reschedule is one assignment.
+///
+/// Ticks are compared on the wall clock: a tick never fires early, a clock
+/// stepped forward gives one tick (not a burst), and a clock stepped back
+/// re-plans from the new time instead of waiting for the old one.
 struct Ticker {
-    scheduler: JobScheduler,
-    ticks: mpsc::Sender<u64>,
-    /// Bumped on every reschedule; ticks of older generations are ignored,
-    /// so a job removed while it was firing cannot leak a tick.
-    generation: u64,
     schedule: Schedule,
-    /// Jobs of the current generation, removed on reschedule.
-    jobs: Vec<uuid::Uuid>,
-    /// For intervals: when the next tick is planned.
-    next_due: Instant,
+    next: Result<DateTime<Utc>, Unarmed>,
+    /// The wall clock at the last poll, to notice it stepping back.
+    last_poll: DateTime<Utc>,
+}
+
+/// A schedule with no next tick, and when to look again.
+#[derive(Debug)]
+struct Unarmed {
+    retry_at: DateTime<Utc>,
+    backoff: Duration,
 }
 
 impl Ticker {
-    async fn start(schedule: Schedule, ticks: mpsc::Sender<u64>) -> Result<Self, DaemonError> {
-        let scheduler = JobScheduler::new().await?;
-        scheduler.start().await?;
-        let mut ticker = Self {
-            scheduler,
-            ticks,
-            generation: 0,
-            schedule: schedule.clone(),
-            jobs: Vec::new(),
-            next_due: Instant::now(),
-        };
-        ticker.reschedule(schedule).await?;
-        Ok(ticker)
+    fn new(schedule: Schedule, now: DateTime<Utc>) -> Self {
+        Self {
+            next: plan(&schedule, now, ARM_RETRY.0),
+            schedule,
+            last_poll: now,
+        }
     }
 
-    async fn reschedule(&mut self, schedule: Schedule) -> Result<(), DaemonError> {
-        for job in self.jobs.drain(..) {
-            // A one-shot that already fired is gone; nothing to remove.
-            let _ = self.scheduler.remove(&job).await;
-        }
-        self.generation += 1;
+    fn arm(&mut self, now: DateTime<Utc>, backoff: Duration) {
+        self.next = plan(&self.schedule, now, backoff);
+    }
+
+    /// Replaces the schedule, unless the new one has no next tick: then
+    /// nothing changes, so a reload never leaves the daemon without one.
+    fn reschedule(&mut self, schedule: Schedule, now: DateTime<Utc>) -> Result<(), String> {
+        let next = schedule
+            .next_tick_after(now)
+            .ok_or_else(|| format!("{} has no next tick", describe(&schedule)))?;
         self.schedule = schedule;
-        match self.schedule.clone() {
-            Schedule::Cron(expr) => {
-                let job = Job::new_async_tz(expr.as_str(), Utc, self.tick_fn())?;
-                self.jobs.push(self.scheduler.add(job).await?);
-            }
-            Schedule::Interval(_) => {
-                self.next_due = Instant::now() + self.schedule.time_to_next_tick();
-                self.arm_interval().await?;
-            }
-        }
+        self.next = Ok(next);
+        self.last_poll = now;
         Ok(())
     }
 
-    /// Called by the loop for each tick it receives; returns whether it is
-    /// due. For intervals, arms the next one-shot, anchored to the planned
-    /// time so late firings do not drift.
-    ///
-    /// The crate's one-shots fire up to ~1.5 s early (it truncates the delay
-    /// and the target time to whole seconds). An early tick is not a tick:
-    /// the same planned time is armed again, so a sweep never starts early.
-    async fn ticked(&mut self) -> Result<bool, DaemonError> {
-        let Schedule::Interval(_) = self.schedule else {
-            return Ok(true);
+    /// Whether a tick is due at `now`; plans the next one when it is.
+    fn poll(&mut self, now: DateTime<Utc>) -> bool {
+        let stepped_back = now < self.last_poll;
+        self.last_poll = now;
+        match &self.next {
+            Ok(_) if stepped_back => {
+                self.arm(now, ARM_RETRY.0);
+                false
+            }
+            Ok(next) if now >= *next => {
+                self.arm(now, ARM_RETRY.0);
+                true
+            }
+            Ok(_) => false,
+            Err(_) if stepped_back => {
+                self.arm(now, ARM_RETRY.0);
+                false
+            }
+            Err(unarmed) if now >= unarmed.retry_at => {
+                let backoff = (unarmed.backoff * 2).min(ARM_RETRY.1);
+                self.arm(now, backoff);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// How long the loop may sleep before polling again.
+    fn sleep_from(&self, now: DateTime<Utc>) -> Duration {
+        let until = match &self.next {
+            Ok(next) => *next,
+            Err(unarmed) => unarmed.retry_at,
         };
-        self.jobs.clear();
-        let now = Instant::now();
-        if now < self.next_due {
-            self.arm_interval().await?;
-            return Ok(false);
-        }
-        // Re-aligned to the wall clock each time: late firings, a suspended
-        // host or a stepped clock cannot accumulate drift or cause a burst.
-        self.next_due = now + self.schedule.time_to_next_tick();
-        self.arm_interval().await?;
-        Ok(true)
+        (until - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_SLEEP)
     }
 
-    async fn arm_interval(&mut self) -> Result<(), DaemonError> {
-        let delay = self.next_due.saturating_duration_since(Instant::now());
-        let job = Job::new_one_shot_async(delay, self.tick_fn())?;
-        self.jobs.push(self.scheduler.add(job).await?);
-        Ok(())
+    /// The next tick, if there is one.
+    fn next(&self) -> Option<DateTime<Utc>> {
+        self.next.as_ref().ok().copied()
     }
 
-    fn tick_fn(
-        &self,
-    ) -> impl FnMut(uuid::Uuid, JobScheduler) -> Pin<Box<dyn Future<Output = ()> + Send>>
-           + Send
-           + Sync
-           + 'static {
-        let ticks = self.ticks.clone();
-        let generation = self.generation;
-        move |_, _| {
-            let ticks = ticks.clone();
-            Box::pin(async move {
-                // A full channel means the loop has a tick pending already;
-                // dropping this one is the overlap guard doing its job early.
-                let _ = ticks.try_send(generation);
-            })
-        }
+    /// Why there is no next tick, in one line for `/readyz` and the log.
+    fn unarmed_reason(&self) -> Option<String> {
+        self.next.as_ref().err().map(|_| {
+            format!(
+                "{} has no next tick: no sweep is scheduled",
+                describe(&self.schedule)
+            )
+        })
     }
+}
 
-    async fn stop(mut self) {
-        if let Err(e) = self.scheduler.shutdown().await {
-            tracing::debug!(error = %e, "scheduler shutdown");
-        }
+/// The next tick of `schedule` after `now`; if there is none, to be looked
+/// for again `backoff` from now.
+fn plan(
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    backoff: Duration,
+) -> Result<DateTime<Utc>, Unarmed> {
+    schedule.next_tick_after(now).ok_or_else(|| Unarmed {
+        retry_at: now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::MAX),
+        backoff,
+    })
+}
+
+/// The setting behind a schedule, as an operator wrote it.
+fn describe(schedule: &Schedule) -> String {
+    match schedule {
+        Schedule::Cron(expr) => format!("sweep.schedule {expr:?}"),
+        Schedule::Interval(interval) => format!(
+            "sweep.interval {:?}",
+            humantime::format_duration(*interval).to_string()
+        ),
     }
 }
 
@@ -245,44 +299,61 @@ struct ReplicaLock {
     taken: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
+/// A lease script: Redis 7 script flags (a shebang, which must be the first
+/// line) with `allow-oom`. Without it, Redis refuses a script's first write
+/// when used memory is over `maxmemory` (`noeviction`, the natural policy
+/// for an allowlist), so every round would fail on its lease exactly when
+/// a sweep, which only frees memory, is most needed. These scripts write a
+/// few bytes at most (one lease key, one registry member). A replica still
+/// refuses them with READONLY, which is how a failover is noticed.
+macro_rules! lease_script {
+    ($body:literal) => {
+        concat!("#!lua flags=allow-oom\n", $body)
+    };
+}
+
 /// Takes the lease if it is free or already ours, for `ARGV[2]` ms.
-const ACQUIRE: &str = r"
-local holder = redis.call('GET', KEYS[1])
+const ACQUIRE: &str = lease_script!(
+    r"local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
-return 0";
+return 0"
+);
 
 /// While ours, makes sure it lives at least `ARGV[2]` ms more.
-const KEEP_ALIVE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+const KEEP_ALIVE: &str = lease_script!(
+    r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 1";
+return 1"
+);
 
 /// When a sweep ends: if still ours, let it live only until the end of the
 /// period's lease (`ARGV[2]` ms from now), or delete it if that has passed.
-const SETTLE: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+const SETTLE: &str = lease_script!(
+    r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 else
   redis.call('DEL', KEYS[1])
 end
-return 1";
+return 1"
+);
 
 /// Deletes it only if ours.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
+const RELEASE: &str = lease_script!(
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0"
+);
 
 /// Registers `ARGV[1]` as a live daemon for `ARGV[2]` ms (score = expiry on
 /// the Redis clock), forgets expired ones, and returns this daemon's rank
 /// among the live ones (by name, so stable across rounds) and their number.
-const REGISTER: &str = r"
-local t = redis.call('TIME')
+const REGISTER: &str = lease_script!(
+    r"local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
@@ -293,7 +364,8 @@ table.sort(daemons)
 for i, name in ipairs(daemons) do
   if name == ARGV[1] then return {i - 1, #daemons} end
 end
-return {0, #daemons}";
+return {0, #daemons}"
+);
 
 impl ReplicaLock {
     async fn run(
@@ -638,7 +710,7 @@ impl Round {
         if e.is_connection_lost() {
             self.redis.lost(&e.to_string());
         }
-        self.failed("connection", e.to_string())
+        self.failed(e.kind(), e.to_string())
     }
 
     fn failed(&self, kind: &str, reason: String) -> Option<String> {
@@ -673,10 +745,12 @@ async fn keep_leases_alive(
     }
 }
 
-/// `/readyz`: Redis answers and the last sweep did not fail.
+/// `/readyz`: Redis answers, a sweep is scheduled, and the last sweep did not fail.
 struct DaemonReadiness {
     redis: Arc<Reconnecting>,
     metrics: Metrics,
+    /// Why no sweep is scheduled, while none is.
+    unscheduled: watch::Receiver<Option<String>>,
     last_failure: watch::Receiver<Option<String>>,
 }
 
@@ -685,11 +759,37 @@ impl Readiness for DaemonReadiness {
         let pinged = self.redis.ping(Duration::from_secs(1)).await;
         self.metrics.set_redis_up(pinged.is_ok());
         pinged?;
-        match self.last_failure.borrow().as_ref() {
-            Some(reason) => Err(reason.clone()),
-            None => Ok(()),
+        for reason in [&self.unscheduled, &self.last_failure] {
+            if let Some(reason) = reason.borrow().as_ref() {
+                return Err(reason.clone());
+            }
         }
+        Ok(())
     }
+}
+
+/// Shows the ticker's state in the metrics and `/readyz`, and logs when a
+/// schedule stops or starts having a next tick.
+fn publish_schedule(
+    ticker: &Ticker,
+    metrics: &Metrics,
+    unscheduled: &watch::Sender<Option<String>>,
+) {
+    let next = ticker.next();
+    metrics.set_next_sweep(next.map(|t| t.timestamp_millis() as f64 / 1000.0));
+    let reason = ticker.unarmed_reason();
+    unscheduled.send_if_modified(|current| {
+        if *current == reason {
+            return false;
+        }
+        match (&reason, next) {
+            (Some(reason), _) => tracing::error!("{reason}; checking again with backoff"),
+            (None, Some(next)) => tracing::info!(%next, "a sweep is scheduled again"),
+            (None, None) => {}
+        }
+        current.clone_from(&reason);
+        true
+    });
 }
 
 /// The daemon's configuration source and live handles.
@@ -725,6 +825,10 @@ impl Daemon {
                 source,
             })?;
         let (last_failure_tx, last_failure) = watch::channel(None::<String>);
+        let (unscheduled_tx, unscheduled) = watch::channel(None::<String>);
+        // Before the endpoints answer, so that their first answer is true.
+        let mut ticker = Ticker::new(Schedule::of(&self.settings.sweep), Utc::now());
+        publish_schedule(&ticker, &metrics, &unscheduled_tx);
         let (http_stop_tx, http_stop) = watch::channel(false);
         let http = tokio::spawn(crate::metrics::serve(
             listener,
@@ -732,6 +836,7 @@ impl Daemon {
             DaemonReadiness {
                 redis: Arc::clone(&redis),
                 metrics: metrics.clone(),
+                unscheduled,
                 last_failure,
             },
             async move {
@@ -745,8 +850,6 @@ impl Daemon {
             tracing::warn!("{e}; will keep retrying");
         }
 
-        let (tick_tx, mut ticks) = mpsc::channel::<u64>(1);
-        let mut ticker = Ticker::start(Schedule::of(&self.settings.sweep), tick_tx).await?;
         let lock_holder = format!(
             "{}:{}:{:016x}",
             hostname(),
@@ -761,33 +864,30 @@ impl Daemon {
         let mut pending_start = self.settings.sweep.run_on_start;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
-        let _watchdog = start_watchdog();
+        let mut watchdog = Watchdog::new(sd_notify::watchdog_enabled());
 
         loop {
+            // Every pass of the loop is progress; it passes at least every
+            // `watchdog.max_sleep()`, and not at all while it is stuck.
+            watchdog.alive(Instant::now());
             let trigger = if std::mem::take(&mut pending_start) {
                 Some(Trigger::Start)
             } else {
+                let sleep = ticker.sleep_from(Utc::now()).min(watchdog.max_sleep());
                 tokio::select! {
                     control = controls.recv() => match control {
                         Some(Control::SweepNow) => Some(Trigger::Manual),
                         Some(Control::Reload) => {
                             self.reload(&mut ticker, &redis).await;
+                            publish_schedule(&ticker, &metrics, &unscheduled_tx);
                             None
                         }
                         Some(Control::Shutdown) | None => break,
                     },
-                    Some(generation) = ticks.recv() => {
-                        if generation != ticker.generation {
-                            None
-                        } else {
-                            match ticker.ticked().await {
-                                Ok(due) => due.then_some(Trigger::Schedule),
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot arm the next tick");
-                                    Some(Trigger::Schedule)
-                                }
-                            }
-                        }
+                    () = tokio::time::sleep(sleep) => {
+                        let due = ticker.poll(Utc::now());
+                        publish_schedule(&ticker, &metrics, &unscheduled_tx);
+                        due.then_some(Trigger::Schedule)
                     },
                     end = async {
                         match running.as_mut() {
@@ -839,7 +939,6 @@ impl Daemon {
 
         tracing::info!("shutting down");
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
-        ticker.stop().await;
         let _ = stop_tx.send(true);
         if let Some(round) = running.take() {
             let timeout = self.settings.sweep.shutdown_timeout;
@@ -864,13 +963,30 @@ impl Daemon {
     }
 
     async fn reload(&mut self, ticker: &mut Ticker, redis: &Arc<Reconnecting>) {
-        let new = match Settings::load(self.config_path.as_deref()) {
+        // Off the runtime's one thread: a file that is slow to read (a hung
+        // mount) holds up this loop, which the watchdog then reports, but
+        // not the metrics endpoint.
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Settings::load(path.as_deref()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| loaded.map_err(|e| e.to_string()));
+        let new = match loaded {
             Ok(new) => new,
             Err(e) => {
                 tracing::error!("reload failed, keeping the previous configuration: {e}");
                 return;
             }
         };
+        // First, as it is the one step that can still fail: nothing of the
+        // new configuration applies unless all of it does.
+        let schedule = Schedule::of(&new.sweep);
+        if schedule != ticker.schedule {
+            if let Err(reason) = ticker.reschedule(schedule, Utc::now()) {
+                tracing::error!("reload failed, keeping the previous configuration: {reason}");
+                return;
+            }
+        }
         if new.metrics.listen != self.settings.metrics.listen {
             tracing::warn!("metrics.listen changed; it takes effect after a restart");
         }
@@ -878,13 +994,6 @@ impl Daemon {
             level.set(&new.log);
         }
         redis.update_settings(new.redis.clone());
-        let schedule = Schedule::of(&new.sweep);
-        if schedule != ticker.schedule {
-            if let Err(e) = ticker.reschedule(schedule).await {
-                tracing::error!(error = %e, "cannot apply the new schedule; keeping the previous configuration");
-                return;
-            }
-        }
         self.settings = new;
         tracing::info!("configuration reloaded; it applies from the next sweep");
     }
@@ -927,20 +1036,203 @@ fn notify_systemd(state: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Pings systemd's watchdog at half its interval, if WatchdogSec is set.
-fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
-    let interval = sd_notify::watchdog_enabled()?;
-    Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval / 2);
-        loop {
-            tick.tick().await;
-            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+/// systemd's watchdog (`WatchdogSec=`), fed by the daemon loop itself:
+/// pinged from the loop's own passes, never from a task of its own, so a
+/// loop that is stuck (while the rest of the process may still run) stops
+/// the pings and systemd restarts the daemon.
+struct Watchdog {
+    /// A quarter of the watchdog interval: the loop passes and pings at
+    /// least this often, so two pings are at most half the interval apart.
+    every: Option<Duration>,
+    last_ping: Option<Instant>,
+}
+
+impl Watchdog {
+    fn new(interval: Option<Duration>) -> Self {
+        Self {
+            every: interval.map(|interval| interval / 4),
+            last_ping: None,
         }
-    }))
+    }
+
+    /// The longest the loop may sleep.
+    fn max_sleep(&self) -> Duration {
+        self.every.map_or(MAX_SLEEP, |every| every.min(MAX_SLEEP))
+    }
+
+    /// Called by the loop on every pass; pings when a ping is due and
+    /// returns whether it did.
+    fn alive(&mut self, now: Instant) -> bool {
+        let Some(every) = self.every else {
+            return false;
+        };
+        if self
+            .last_ping
+            .is_some_and(|last| now.saturating_duration_since(last) < every)
+        {
+            return false;
+        }
+        self.last_ping = Some(now);
+        notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+        true
+    }
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown-host".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn at(time: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(time).unwrap().to_utc()
+    }
+
+    fn every(secs: u64) -> Schedule {
+        Schedule::Interval(Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn ticks_are_strictly_after_now_on_whole_multiples() {
+        let five = every(300);
+        assert_eq!(
+            five.next_tick_after(at("2030-01-01T10:02:30.5Z")),
+            Some(at("2030-01-01T10:05:00Z"))
+        );
+        assert_eq!(
+            five.next_tick_after(at("2030-01-01T10:05:00Z")),
+            Some(at("2030-01-01T10:10:00Z"))
+        );
+        let cron = Schedule::Cron("* * * * * *".to_owned());
+        assert_eq!(
+            cron.next_tick_after(at("2030-01-01T10:00:00.300Z")),
+            Some(at("2030-01-01T10:00:01Z"))
+        );
+    }
+
+    #[test]
+    fn a_tick_is_never_early_and_a_late_one_comes_once() {
+        let mut ticker = Ticker::new(every(10), at("2030-01-01T10:00:01Z"));
+        assert!(!ticker.poll(at("2030-01-01T10:00:09.999Z")));
+        assert!(ticker.poll(at("2030-01-01T10:00:10Z")));
+        assert!(!ticker.poll(at("2030-01-01T10:00:10.5Z")));
+        // The host slept through six ticks: one tick, then back on the grid.
+        assert!(ticker.poll(at("2030-01-01T10:01:15Z")));
+        assert!(!ticker.poll(at("2030-01-01T10:01:15.1Z")));
+        assert_eq!(ticker.next(), Some(at("2030-01-01T10:01:20Z")));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_replans_from_the_new_time() {
+        let mut ticker = Ticker::new(every(10), at("2030-01-01T10:00:01Z"));
+        assert!(!ticker.poll(at("2030-01-01T09:00:00Z")));
+        assert_eq!(ticker.next(), Some(at("2030-01-01T09:00:10Z")));
+        assert_eq!(
+            ticker.sleep_from(at("2030-01-01T09:00:00Z")),
+            MAX_SLEEP,
+            "the loop wakes at least every second"
+        );
+    }
+
+    #[test]
+    fn a_schedule_that_runs_out_is_reported_and_tried_again_with_backoff() {
+        let once = Schedule::Cron("0 0 12 1 1 * 2030".to_owned());
+        let mut ticker = Ticker::new(once, at("2030-01-01T11:59:59Z"));
+        assert_eq!(ticker.unarmed_reason(), None);
+        assert!(ticker.poll(at("2030-01-01T12:00:00Z")), "its one tick");
+        assert_eq!(ticker.next(), None);
+        assert_eq!(
+            ticker.unarmed_reason().as_deref(),
+            Some("sweep.schedule \"0 0 12 1 1 * 2030\" has no next tick: no sweep is scheduled")
+        );
+        let retry = |ticker: &Ticker| match &ticker.next {
+            Err(unarmed) => (unarmed.retry_at, unarmed.backoff),
+            Ok(next) => panic!("armed for {next}"),
+        };
+        assert_eq!(
+            retry(&ticker),
+            (at("2030-01-01T12:00:01Z"), Duration::from_secs(1))
+        );
+        assert!(!ticker.poll(at("2030-01-01T12:00:01Z")));
+        assert_eq!(
+            retry(&ticker),
+            (at("2030-01-01T12:00:03Z"), Duration::from_secs(2))
+        );
+        assert!(!ticker.poll(at("2030-01-01T12:00:02Z")));
+        assert_eq!(retry(&ticker).1, Duration::from_secs(2), "not due yet");
+        let mut now = at("2030-01-01T12:00:03Z");
+        for _ in 0..10 {
+            assert!(!ticker.poll(now));
+            now = retry(&ticker).0;
+        }
+        assert_eq!(retry(&ticker).1, ARM_RETRY.1, "the backoff is capped");
+
+        // The clock was wrong and steps back: armed again at once.
+        assert!(!ticker.poll(at("2030-01-01T11:59:00Z")));
+        assert_eq!(ticker.next(), Some(at("2030-01-01T12:00:00Z")));
+        assert_eq!(ticker.unarmed_reason(), None);
+    }
+
+    #[test]
+    fn a_reschedule_never_leaves_the_daemon_without_a_schedule() {
+        let now = at("2030-01-01T10:00:01Z");
+        let mut ticker = Ticker::new(every(10), now);
+        let never = Schedule::Cron("0 0 0 1 1 * 2020".to_owned());
+        assert_eq!(
+            ticker.reschedule(never, now),
+            Err("sweep.schedule \"0 0 0 1 1 * 2020\" has no next tick".to_owned())
+        );
+        assert_eq!(ticker.schedule, every(10));
+        assert_eq!(ticker.next(), Some(at("2030-01-01T10:00:10Z")));
+
+        assert_eq!(ticker.reschedule(every(60), now), Ok(()));
+        assert_eq!(ticker.next(), Some(at("2030-01-01T10:01:00Z")));
+    }
+
+    #[test]
+    fn a_cron_schedule_that_never_fires_is_refused() {
+        for expr in ["0 0 0 30 2 *", "0 0 0 1 1 * 2020"] {
+            assert!(
+                matches!(
+                    Schedule::parse_cron(expr),
+                    Err(ScheduleError::NeverFires { .. })
+                ),
+                "{expr}"
+            );
+        }
+        assert!(matches!(
+            Schedule::parse_cron("every monday"),
+            Err(ScheduleError::Invalid(_))
+        ));
+        assert!(
+            Schedule::parse_cron("0 0 0 29 2 *").is_ok(),
+            "leap days come"
+        );
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_from_the_loop_often_enough() {
+        let mut watchdog = Watchdog::new(Some(Duration::from_secs(2)));
+        // A loop that passes at least every max_sleep pings at least every
+        // half interval.
+        assert_eq!(watchdog.max_sleep(), Duration::from_millis(500));
+        let start = Instant::now();
+        assert!(watchdog.alive(start));
+        assert!(!watchdog.alive(start + Duration::from_millis(100)));
+        assert!(watchdog.alive(start + Duration::from_millis(500)));
+        // No watchdog: nothing to ping, the loop still wakes every second.
+        let mut off = Watchdog::new(None);
+        assert!(!off.alive(start));
+        assert_eq!(off.max_sleep(), MAX_SLEEP);
+        assert_eq!(
+            Watchdog::new(Some(Duration::from_secs(60))).max_sleep(),
+            MAX_SLEEP
+        );
+    }
 }

@@ -87,6 +87,10 @@ pub struct Metrics {
     lock_held: IntGauge,
     /// By `reason`: HTTP connections the server closed to protect itself.
     http_closed: IntCounterVec,
+    /// 1 while the schedule has a next tick, 0 when it has run out.
+    schedule_armed: IntGauge,
+    /// When the next scheduled tick is (0 when there is none).
+    next_sweep: Gauge,
 }
 
 impl Metrics {
@@ -166,6 +170,15 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let schedule_armed = IntGauge::new(
+            name("schedule_armed"),
+            "1 while the schedule has a next tick; 0 when it has none (no sweep will run).",
+        )?;
+        let next_sweep = Gauge::new(
+            name("next_sweep_timestamp_seconds"),
+            "Unix time of the next scheduled tick (before sweep.jitter); 0 when there is none. \
+             In the past for long means the daemon loop is stuck.",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(name("build_info"), "Always 1; the version is in the label."),
             &["version"],
@@ -185,6 +198,8 @@ impl Metrics {
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(lock_held.clone()))?;
         registry.register(Box::new(http_closed.clone()))?;
+        registry.register(Box::new(schedule_armed.clone()))?;
+        registry.register(Box::new(next_sweep.clone()))?;
         registry.register(Box::new(build_info))?;
         // Series that exist from the start read 0 instead of being absent,
         // so rate() and alerts work before the first event.
@@ -215,6 +230,8 @@ impl Metrics {
             redis_up,
             lock_held,
             http_closed,
+            schedule_armed,
+            next_sweep,
         })
     }
 
@@ -251,7 +268,7 @@ impl Metrics {
         }
     }
 
-    /// Counts errors of one kind (`connection`, `unit_guard`, `clock_skew`, ...).
+    /// Counts errors of one kind (`oom`, `noperm`, `connection`, `unit_guard`, ...).
     pub fn count_error(&self, kind: &str, n: u64) {
         self.errors.with_label_values(&[kind]).inc_by(n);
     }
@@ -275,6 +292,13 @@ impl Metrics {
     pub fn set_lock_held(&self, leases: usize) {
         self.lock_held
             .set(i64::try_from(leases).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `schedule_armed` and `next_sweep_timestamp_seconds` from the
+    /// next tick (Unix seconds), `None` when the schedule has none.
+    pub fn set_next_sweep(&self, next: Option<f64>) {
+        self.schedule_armed.set(i64::from(next.is_some()));
+        self.next_sweep.set(next.unwrap_or(0.0));
     }
 
     /// The text exposition format.

@@ -904,6 +904,62 @@ impl RedisError {
     }
 }
 
+impl RedisError {
+    /// What kind of failure this is, for the `kind` label of
+    /// `errors_total`: `oom`, `noperm`, `auth`, `readonly`, `clusterdown`,
+    /// `masterdown`, `loading`, `busy`, `redirect`, `timeout`,
+    /// `connection`, `sentinel`, `cluster_topology`, `config`, `response`
+    /// (a reply of an unexpected shape) or `command` (any other error reply).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect { source, .. } | Self::Command { source, .. } => reply_kind(source),
+            Self::NoPrimary { .. } => "sentinel",
+            // A server the sentinels named that turned out to be a replica.
+            Self::NotPrimary { .. } => "readonly",
+            Self::BadNodeAddress { .. }
+            | Self::BadReply {
+                what: "CLUSTER NODES",
+                ..
+            } => "cluster_topology",
+            Self::BadReply { .. } => "response",
+            Self::Client { .. } | Self::Secret(_) => "config",
+        }
+    }
+}
+
+/// The `kind` of a redis-rs error: by the reply's error code where there is
+/// one, else by what happened to the connection.
+fn reply_kind(e: &redis::RedisError) -> &'static str {
+    match e.code() {
+        Some("OOM") => "oom",
+        Some("NOPERM") => "noperm",
+        // A command refused inside a script comes back as ERR, not NOPERM.
+        Some("ERR")
+            if e.detail()
+                .is_some_and(|d| d.contains("user executing the script can't")) =>
+        {
+            "noperm"
+        }
+        Some("NOAUTH" | "WRONGPASS") => "auth",
+        Some("READONLY") => "readonly",
+        Some("CLUSTERDOWN") => "clusterdown",
+        Some("MASTERDOWN") => "masterdown",
+        Some("LOADING") => "loading",
+        Some("BUSY") => "busy",
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CROSSSLOT") => "redirect",
+        Some(_) => "command",
+        None if e.is_timeout() => "timeout",
+        None if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.kind() == redis::ErrorKind::ClusterConnectionNotFound =>
+        {
+            "connection"
+        }
+        None => "response",
+    }
+}
+
 /// A connection for a long-running process: reconnects with backoff after
 /// Redis goes away, so callers never hold a dead connection for long. The
 /// daemon and [`crate::auth::TokenService`] both use it.

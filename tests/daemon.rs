@@ -485,11 +485,16 @@ fn a_failed_sweep_makes_readyz_503_with_the_reason() {
         .query(&mut c)
         .unwrap();
     let daemon = DaemonProcess::start(&server.url(), &[], None);
-    wait_until(Duration::from_secs(10), "readyz 503", || {
-        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 503)
-    });
-    let (_, body) = http_get(daemon.metrics_port, "/readyz").unwrap();
-    assert!(body.contains("unit guard"), "{body}");
+    // Before its first connection the daemon is not ready either: wait for
+    // the reason this test is about.
+    wait_until(
+        Duration::from_secs(10),
+        "readyz 503 naming the unit guard",
+        || {
+            http_get(daemon.metrics_port, "/readyz")
+                .is_some_and(|(code, body)| code == 503 && body.contains("unit guard"))
+        },
+    );
     assert_eq!(
         daemon.metric("token_sweeper_errors_total{kind=\"unit_guard\"}"),
         1.0
@@ -627,4 +632,426 @@ fn a_dead_lock_holder_is_taken_over_within_a_period_plus_the_lock_ttl() {
         count_members(&mut c, "u").0 == 0
     });
     assert_eq!(count_members(&mut c, "u").1, 12_000);
+}
+
+/// `INFO memory`'s `used_memory`.
+fn used_memory(c: &mut redis::Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("memory").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+/// Fills `server` with sets of expired tokens (`fill:<n>-tokens`) until
+/// Redis refuses a write with OOM under `maxmemory` and `noeviction`.
+fn fill_until_out_of_memory(c: &mut redis::Connection) {
+    let headroom = 2 * 1024 * 1024;
+    let limit = used_memory(c) + headroom;
+    for (key, value) in [
+        ("maxmemory-policy", "noeviction".to_owned()),
+        ("maxmemory", limit.to_string()),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(key)
+            .arg(value)
+            .query(c)
+            .unwrap();
+    }
+    let now = common::redis_now_ms(c);
+    let probe = |c: &mut redis::Connection| -> redis::RedisResult<()> {
+        redis::cmd("SET").arg("probe").arg("x").query(c)
+    };
+    for batch in 0.. {
+        assert!(batch < 10_000, "Redis never ran out of memory");
+        let mut pipe = redis::pipe();
+        for user in 0..20 {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(format!("fill:{batch}-{user}-tokens"));
+            for n in 0..20 {
+                zadd.arg(now - 60_000 - n)
+                    .arg(format!("expired-token-digest-{n:058}"));
+            }
+            pipe.add_command(zadd).ignore();
+        }
+        match pipe.query::<()>(c) {
+            Ok(()) => {}
+            // redis-rs gives a pipeline's error no code of its own. The
+            // pipeline's own request counted towards the limit too: out of
+            // memory means a small write is refused once it is gone.
+            Err(e)
+                if e.to_string()
+                    .contains("command not allowed when used memory") =>
+            {
+                if probe(c).is_err_and(|e| e.code() == Some("OOM")) {
+                    return;
+                }
+            }
+            Err(e) => panic!("filling: {e}"),
+        }
+    }
+}
+
+#[test]
+fn the_daemon_sweeps_a_redis_that_is_out_of_memory() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "live", 20);
+    fill_until_out_of_memory(&mut c);
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s")],
+        None,
+    );
+
+    wait_until(Duration::from_secs(20), "a successful sweep", || {
+        daemon.metric(OK) >= 1.0
+    });
+
+    let left: Vec<String> = redis::cmd("KEYS").arg("fill:*").query(&mut c).unwrap();
+    assert!(left.is_empty(), "{} filled sets left", left.len());
+    assert_eq!(
+        count_members(&mut c, "live"),
+        (0, 20),
+        "no live token removed"
+    );
+    let _: () = redis::cmd("SET")
+        .arg("probe")
+        .arg("x")
+        .query(&mut c)
+        .expect("memory was freed: writes work again");
+    assert_eq!(
+        daemon.metric("token_sweeper_sweeps_total{result=\"error\"}"),
+        0.0
+    );
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+    assert!(daemon.metric("token_sweeper_last_success_timestamp_seconds") > 1.7e9);
+}
+
+/// The daemon's `errors_total` series with a non-zero value, as `kind=value`.
+fn error_kinds(daemon: &DaemonProcess) -> Vec<String> {
+    daemon
+        .scrape()
+        .lines()
+        .filter_map(|l| l.strip_prefix("token_sweeper_errors_total{kind=\""))
+        .map(|l| l.replace("\"} ", "="))
+        .collect()
+}
+
+#[test]
+fn errors_are_counted_by_what_they_are() {
+    // The README's user without EVAL (refused by the server: NOPERM), and
+    // without SET (refused inside the lease script: an ERR naming the user).
+    for without in ["eval", "set"] {
+        let server = RedisServer::start();
+        let mut acl = redis::cmd("ACL");
+        for arg in common::readme_acl("token-sweeper").into_iter().skip(1) {
+            let arg = if arg.starts_with('>') {
+                ">pw".to_owned()
+            } else {
+                // The lease commands are granted in the selector.
+                arg.split(' ')
+                    .filter(|word| *word != format!("+{without}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            acl.arg(arg);
+        }
+        let _: () = acl.query(&mut server.conn()).unwrap();
+        let url = format!("redis://token-sweeper:pw@127.0.0.1:{}", server.port);
+        let daemon = DaemonProcess::start(&url, &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s")], None);
+        wait_until(Duration::from_secs(10), "a failed sweep", || {
+            daemon.metric("token_sweeper_sweeps_total{result=\"error\"}") >= 1.0
+        });
+        let kinds = error_kinds(&daemon);
+        assert!(
+            !kinds.is_empty() && kinds.iter().all(|k| k.starts_with("noperm=")),
+            "without +{without}: {kinds:?}"
+        );
+        let (code, reason) = http_get(daemon.metrics_port, "/readyz").unwrap();
+        assert_eq!(code, 503);
+        assert!(
+            reason.contains("lock acquire"),
+            "without +{without}: {reason}"
+        );
+    }
+
+    // The kind of a refusal on an out-of-memory Redis, through the library.
+    let oom = RedisServer::start();
+    let mut c = oom.conn();
+    fill_until_out_of_memory(&mut c);
+    let settings = common::settings_for(&oom);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = runtime.block_on(async {
+        let mut conn = token_sweeper::redis::Connection::connect(&settings.redis)
+            .await
+            .unwrap();
+        let mut set = redis::cmd("SET");
+        set.arg("probe").arg("x");
+        conn.query::<()>("SET", &set).await.unwrap_err()
+    });
+    assert_eq!(error.kind(), "oom", "{error}");
+}
+
+#[test]
+fn a_cron_schedule_that_never_fires_is_refused_at_start() {
+    // Nothing listens there: a daemon that wrongly starts cannot touch a Redis.
+    let url = format!("redis://127.0.0.1:{}", common::free_port());
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    for schedule in ["0 0 0 30 2 *", "0 0 0 1 1 * 2020"] {
+        let env = [
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", schedule),
+            ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+            ("TOKEN_SWEEPER__METRICS__LISTEN", listen.as_str()),
+        ];
+        for command in ["check-config", "run"] {
+            let mut child = common::sweeper(&[command], &env)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command} {schedule}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(
+                err.contains(&format!("sweep.schedule: \"{schedule}\" never fires")),
+                "{err}"
+            );
+        }
+    }
+}
+
+/// A cron expression (with year) that fires once, `secs` seconds from now.
+fn cron_once_in(secs: i64) -> String {
+    use chrono::{Datelike, Timelike};
+    let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    format!(
+        "{} {} {} {} {} * {}",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month(),
+        at.year()
+    )
+}
+
+#[test]
+fn a_schedule_that_runs_out_is_reported_not_silent() {
+    let server = RedisServer::start();
+    let schedule = cron_once_in(8);
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", schedule.as_str()),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ],
+        None,
+    );
+    assert_eq!(daemon.metric("token_sweeper_schedule_armed"), 1.0);
+    let next = daemon.metric("token_sweeper_next_sweep_timestamp_seconds");
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(next > now && next < now + 10.0, "next {next}, now {now}");
+    wait_until(Duration::from_secs(5), "readyz 200 before the tick", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    assert!(daemon.events("sweep started").is_empty());
+
+    wait_until(Duration::from_secs(15), "the one scheduled sweep", || {
+        daemon.metric(OK) >= 1.0
+    });
+    wait_until(Duration::from_secs(5), "readyz 503", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let (_, reason) = http_get(daemon.metrics_port, "/readyz").unwrap();
+    assert_eq!(reason.trim_end().lines().count(), 1, "{reason}");
+    assert!(
+        reason.contains(&format!("sweep.schedule \"{schedule}\"")),
+        "{reason}"
+    );
+    assert_eq!(daemon.metric("token_sweeper_schedule_armed"), 0.0);
+    assert_eq!(
+        daemon.metric("token_sweeper_next_sweep_timestamp_seconds"),
+        0.0
+    );
+    assert_eq!(daemon.events("sweep started").len(), 1);
+}
+
+#[test]
+fn sighup_to_a_schedule_that_cannot_run_keeps_the_old_one() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "sweeper.toml", "[sweep]\ninterval = \"1s\"\n");
+    let daemon = DaemonProcess::start(&server.url(), &[], Some(&config));
+    seed(&mut c, "a", 10);
+    wait_until(Duration::from_secs(10), "a swept", || {
+        count_members(&mut c, "a").0 == 0
+    });
+
+    write_file(
+        dir.path(),
+        "sweeper.toml",
+        "[sweep]\nschedule = \"0 0 0 30 2 *\"\n",
+    );
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the refused reload", || {
+        daemon
+            .log_text()
+            .contains("reload failed, keeping the previous configuration")
+    });
+    seed(&mut c, "b", 10);
+    wait_until(
+        Duration::from_secs(10),
+        "b swept on the old schedule",
+        || count_members(&mut c, "b").0 == 0,
+    );
+    assert_eq!(daemon.metric("token_sweeper_schedule_armed"), 1.0);
+
+    // A schedule that can run replaces the old one.
+    write_file(
+        dir.path(),
+        "sweeper.toml",
+        "[sweep]\nschedule = \"* * * * * *\"\n",
+    );
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload", || {
+        daemon.log_text().contains("configuration reloaded")
+    });
+    seed(&mut c, "c", 10);
+    wait_until(
+        Duration::from_secs(10),
+        "c swept on the new schedule",
+        || count_members(&mut c, "c").0 == 0,
+    );
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+}
+
+/// systemd's end of `NOTIFY_SOCKET`: records what the daemon says, and when.
+struct FakeSystemd {
+    path: std::path::PathBuf,
+    heard: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeSystemd {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&heard);
+        // Ends with the test process; the socket file goes with the tempdir.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push((std::time::Instant::now(), text));
+            }
+        });
+        Self {
+            path,
+            heard,
+            _dir: dir,
+        }
+    }
+
+    fn said(&self, what: &str) -> bool {
+        self.heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, m)| m.contains(what))
+    }
+
+    fn pings_since(&self, since: std::time::Instant) -> usize {
+        self.heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, m)| *at >= since && m.contains("WATCHDOG=1"))
+            .count()
+    }
+}
+
+#[test]
+fn the_watchdog_is_fed_while_the_daemon_works_and_starves_while_it_is_stuck() {
+    let server = RedisServer::start_with(&["--requirepass", "pw"]);
+    let mut c = server.conn();
+    let _: () = redis::cmd("AUTH").arg("pw").query(&mut c).unwrap();
+    seed(&mut c, "u", 6_000);
+    let dir = tempfile::tempdir().unwrap();
+    let password = write_file(dir.path(), "password", "pw\n");
+    let config_text = |password: &std::path::Path| {
+        format!(
+            "[redis]\npassword_file = {:?}\n[sweep]\ninterval = \"1h\"\nmax_keys_per_second = 1000\n",
+            password.display().to_string()
+        )
+    };
+    let config = write_file(dir.path(), "sweeper.toml", &config_text(&password));
+    let systemd = FakeSystemd::start();
+    let notify = systemd.path.display().to_string();
+    // Pings due every 0.5 s at the latest.
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("NOTIFY_SOCKET", notify.as_str()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+        Some(&config),
+    );
+    wait_until(Duration::from_secs(10), "READY=1", || {
+        systemd.said("READY=1")
+    });
+
+    // Healthy, in the middle of a six-second sweep.
+    let window = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(daemon.events("sweep finished").is_empty(), "still sweeping");
+    assert!(systemd.pings_since(window) >= 2, "fed while sweeping");
+    // Healthy and idle.
+    wait_until(Duration::from_secs(20), "the sweep to end", || {
+        !daemon.events("sweep finished").is_empty()
+    });
+    let window = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(systemd.pings_since(window) >= 2, "fed while idle");
+
+    // Stuck: the password file becomes a FIFO nobody writes to, and the
+    // reconnect that a reload starts blocks reading it.
+    let fifo = dir.path().join("password.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write_file(dir.path(), "sweeper.toml", &config_text(&fifo));
+    daemon.signal("HUP");
+    // The reconnect waits 1 s; a ping may still be on its way after that.
+    std::thread::sleep(Duration::from_secs(2));
+    let stuck = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(systemd.pings_since(stuck), 0, "no ping while stuck");
+
+    // Unstuck: the password arrives (from a thread: opening a FIFO blocks
+    // until its reader is there, and a failure here must not hang the test).
+    let released = std::time::Instant::now();
+    std::thread::spawn(move || std::fs::write(fifo, "pw\n"));
+    wait_until(Duration::from_secs(10), "pings again", || {
+        systemd.pings_since(released) >= 2
+    });
+    wait_until(Duration::from_secs(10), "reconnected", || {
+        daemon.log_text().contains("Redis connection restored")
+    });
 }
