@@ -1214,6 +1214,9 @@ impl Daemon {
                 // a reload, the clock), and retries one not yet taken.
                 alarm.follow(ticker.next(), Instant::now()).await;
                 publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+                // Progress too: waiting on the scheduler (at most
+                // `watchdog.max_sleep()`) never doubles the gap between pings.
+                watchdog.alive(Instant::now());
                 trigger
             };
             let Some(trigger) = trigger else { continue };
