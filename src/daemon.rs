@@ -1,13 +1,39 @@
 //! The long-running service: schedule, overlap guard, replica lock, reload
 //! and shutdown around [`crate::sweep::sweep`].
 //!
-//! One loop owns all state and reacts to four things: a control message
-//! (sweep now, reload, shut down), the end of the running sweep, the time
-//! of the next tick, and nothing else. It keeps time itself (see
-//! `Ticker`) and wakes at least every second, so it never depends on a
-//! scheduler that could fail to arm, fire early or stop firing, and it is
-//! the one that tells systemd's watchdog it is alive: a loop that stops
-//! making progress stops the pings.
+//! One loop owns all state and reacts to a control message (sweep now,
+//! reload, shut down), the end of the running sweep, an alarm from the
+//! scheduler, its own wake-up, and nothing else.
+//!
+//! **The scheduler is the alarm; the loop's plan is the authority.** The
+//! `Ticker` plans each tick on the wall clock. For the planned tick the loop
+//! sets an `Alarm`: a one-shot job in tokio-cron-scheduler that, when it
+//! fires, sends its id into the loop and nothing more. The loop then asks the
+//! `Ticker` whether the tick is due, so an alarm that rings early, twice, or
+//! for a plan since replaced can start no sweep early or extra, and the
+//! scheduler never runs a sweep itself (it prevents no overlap). The loop
+//! also wakes by itself at least every second and every quarter of
+//! `WatchdogSec`: that feeds systemd's watchdog from the loop's own progress,
+//! and takes a tick the scheduler failed to fire, `ALARM_GRACE` after it
+//! (at once when no alarm is set).
+//!
+//! Why one one-shot per planned tick and not the crate's other jobs: its
+//! repeated jobs compute each next tick from the previous one and stop
+//! firing for good once that falls behind (tokio-cron-scheduler issue #113);
+//! a cron job computes its own next tick, which after the clock steps back
+//! waits for the old time. A one-shot rings for exactly the tick the loop
+//! planned, for an interval or a cron schedule alike. The crate keeps its
+//! times in whole seconds, adding the whole seconds of the delay to the
+//! current (truncated) second, so a plain delay fires up to ~1.5 s early:
+//! the delay is counted from the start of the current second and rounded
+//! up, so the job is never due before the tick. It polls every 500 ms, so
+//! its alarms come up to half a second late.
+//!
+//! A new alarm is added before the old one is removed, so a reschedule never
+//! leaves the scheduler without one for a moment. Adding one is bounded in
+//! time; one that fails or hangs is tried again with backoff (1 s doubling to
+//! 1 min), shown as `schedule_armed` 0 and in `/readyz`, and meanwhile the
+//! loop's own check takes the tick on time.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -20,6 +46,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use uuid::Uuid;
 
 use crate::config::{Settings, SweepSettings};
 use crate::logging::LogLevel;
@@ -41,6 +69,9 @@ pub enum Control {
 /// A daemon failure that stops it from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The scheduler (tokio-cron-scheduler) could not be created or started.
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] JobSchedulerError),
     /// Metrics registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -147,16 +178,21 @@ fn parse_cron_expression(expr: &str) -> Result<croner::Cron, croner::errors::Cro
 
 /// The longest the loop sleeps: it re-reads the wall clock at least this
 /// often, so a suspended host or a stepped clock delays a tick by at most
-/// this much.
+/// this much even when no alarm rings.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// First and longest wait before trying again to arm a schedule that has no
-/// next tick (only the clock stepping back can change that answer).
+/// next tick (only the clock stepping back can change that answer), and
+/// before trying again to set an alarm the scheduler refused.
 const ARM_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+/// How long after a tick the loop's own check waits for the scheduler's
+/// alarm before taking the tick itself: two of the scheduler's 500 ms polls.
+const ALARM_GRACE: Duration = Duration::from_secs(1);
 
-/// When the next scheduled tick is, driven by the daemon loop itself: the
-/// loop sleeps until the tick (at most [`MAX_SLEEP`]), then asks whether it
-/// is due. Nothing else has to be armed, so nothing can fail to be armed
-/// but the schedule itself running out, and a reschedule is one assignment.
+/// When the next scheduled tick is: the plan that every alarm is checked
+/// against. The loop asks it whether a tick is due when the scheduler's
+/// alarm rings ([`Ticker::poll`]) and when it wakes by itself
+/// ([`Ticker::poll_late`], which leaves the alarm [`ALARM_GRACE`] to ring
+/// first).
 ///
 /// Ticks are compared on the wall clock: a tick never fires early, a clock
 /// stepped forward gives one tick (not a burst), and a clock stepped back
@@ -202,6 +238,14 @@ impl Ticker {
 
     /// Whether a tick is due at `now`; plans the next one when it is.
     fn poll(&mut self, now: DateTime<Utc>) -> bool {
+        self.poll_late(now, Duration::ZERO)
+    }
+
+    /// Whether a tick is due at `now`, counting it due only `late` after
+    /// its time; plans the next one when it is. Either way it notices the
+    /// clock stepping back and looks again for a next tick when there was
+    /// none.
+    fn poll_late(&mut self, now: DateTime<Utc>, late: Duration) -> bool {
         let stepped_back = now < self.last_poll;
         self.last_poll = now;
         match &self.next {
@@ -209,7 +253,7 @@ impl Ticker {
                 self.arm(now, ARM_RETRY.0);
                 false
             }
-            Ok(next) if now >= *next => {
+            Ok(next) if now >= later(*next, late) => {
                 self.arm(now, ARM_RETRY.0);
                 true
             }
@@ -227,10 +271,18 @@ impl Ticker {
         }
     }
 
-    /// How long the loop may sleep before polling again.
+    /// How long the loop may sleep before polling again, for a tick due at
+    /// its time.
+    #[cfg(test)]
     fn sleep_from(&self, now: DateTime<Utc>) -> Duration {
+        self.sleep_late(now, Duration::ZERO)
+    }
+
+    /// How long the loop may sleep before polling again, for a tick due
+    /// `late` after its time (as [`Ticker::poll_late`] counts it).
+    fn sleep_late(&self, now: DateTime<Utc>, late: Duration) -> Duration {
         let until = match &self.next {
-            Ok(next) => *next,
+            Ok(next) => later(*next, late),
             Err(unarmed) => unarmed.retry_at,
         };
         (until - now)
@@ -255,6 +307,14 @@ impl Ticker {
     }
 }
 
+/// `time` plus `by`, saturating at the end of time.
+fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(by)
+        .ok()
+        .and_then(|by| time.checked_add_signed(by))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The next tick of `schedule` after `now`; if there is none, to be looked
 /// for again `backoff` from now.
 fn plan(
@@ -263,7 +323,7 @@ fn plan(
     backoff: Duration,
 ) -> Result<DateTime<Utc>, Unarmed> {
     schedule.next_tick_after(now).ok_or_else(|| Unarmed {
-        retry_at: now + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::MAX),
+        retry_at: later(now, backoff),
         backoff,
     })
 }
@@ -277,6 +337,189 @@ fn describe(schedule: &Schedule) -> String {
             humantime::format_duration(*interval).to_string()
         ),
     }
+}
+
+/// The scheduler's side of the ticks: one one-shot job in
+/// tokio-cron-scheduler for the tick the [`Ticker`] planned, which sends its
+/// own id to the loop when it fires. It carries no authority: the loop checks
+/// every alarm against the plan.
+struct Alarm {
+    scheduler: JobScheduler,
+    rings: mpsc::Sender<Uuid>,
+    /// The job in the scheduler for the planned tick, once one was added.
+    set: Option<SetAlarm>,
+    /// Why the last try to set the alarm for the planned tick failed, and
+    /// when to try again.
+    failed: Option<AlarmFailure>,
+    /// The longest the loop waits for the scheduler to take a job.
+    timeout: Duration,
+}
+
+/// A job the scheduler holds for a tick.
+#[derive(Clone, Copy, Debug)]
+struct SetAlarm {
+    job: Uuid,
+    tick: DateTime<Utc>,
+    /// It has fired; the scheduler deletes a fired one-shot itself.
+    rang: bool,
+}
+
+/// The scheduler did not take the job for a tick.
+#[derive(Debug)]
+struct AlarmFailure {
+    tick: DateTime<Utc>,
+    error: String,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+impl Alarm {
+    /// Starts `scheduler`, whose alarms will ring on `rings`.
+    async fn start(
+        scheduler: JobScheduler,
+        rings: mpsc::Sender<Uuid>,
+        timeout: Duration,
+    ) -> Result<Self, JobSchedulerError> {
+        scheduler.start().await?;
+        Ok(Self {
+            scheduler,
+            rings,
+            set: None,
+            failed: None,
+            timeout,
+        })
+    }
+
+    /// Makes the scheduler hold an alarm for `tick` (none when `None`):
+    /// adds the new job first and only then removes the old one, so a
+    /// reschedule never leaves the scheduler without a job. After a
+    /// failure, tries again only once its backoff has passed (`now`).
+    async fn follow(&mut self, tick: Option<DateTime<Utc>>, now: Instant) {
+        let Some(tick) = tick else {
+            self.failed = None;
+            if let Some(old) = self.set.take() {
+                self.retire(old);
+            }
+            return;
+        };
+        if self.is_set_for(Some(tick)) {
+            self.failed = None;
+            return;
+        }
+        let backoff = match &self.failed {
+            Some(failed) if now < failed.retry_at => return,
+            Some(failed) => (failed.backoff * 2).min(ARM_RETRY.1),
+            None => ARM_RETRY.0,
+        };
+        let job = match self.add(tick).await {
+            Ok(job) => job,
+            Err(error) => {
+                self.failed = Some(AlarmFailure {
+                    tick,
+                    error,
+                    retry_at: now + backoff,
+                    backoff,
+                });
+                return;
+            }
+        };
+        self.failed = None;
+        if let Some(old) = self.set.replace(SetAlarm {
+            job,
+            tick,
+            rang: false,
+        }) {
+            self.retire(old);
+        }
+    }
+
+    /// Adds a one-shot job for `tick`, waiting at most `timeout`.
+    async fn add(&self, tick: DateTime<Utc>) -> Result<Uuid, String> {
+        let rings = self.rings.clone();
+        let job = Job::new_one_shot_async(one_shot_delay(tick, Utc::now()), move |job, _| {
+            let rings = rings.clone();
+            Box::pin(async move {
+                // Full only when the loop is behind on alarms already; its
+                // own check takes the tick then.
+                let _ = rings.try_send(job);
+            })
+        })
+        .map_err(|e| e.to_string())?;
+        let id = job.guid();
+        match tokio::time::timeout(self.timeout, self.scheduler.add(job)).await {
+            Ok(Ok(added)) => Ok(added),
+            Ok(Err(e)) => {
+                self.remove_later(id);
+                Err(e.to_string())
+            }
+            Err(_) => {
+                // It may still land: remove it then, so it does not ring.
+                self.remove_later(id);
+                Err(format!("no answer within {:?}", self.timeout))
+            }
+        }
+    }
+
+    /// Removes a job that is no longer the alarm, unless it fired (the
+    /// scheduler deletes a fired one-shot itself). A job left behind only
+    /// wakes the loop once, which then finds nothing due.
+    fn retire(&self, old: SetAlarm) {
+        if !old.rang {
+            self.remove_later(old.job);
+        }
+    }
+
+    /// Removes `job` without holding up the loop.
+    fn remove_later(&self, job: Uuid) {
+        let scheduler = self.scheduler.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, scheduler.remove(&job)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, %job, "cannot remove an old alarm"),
+                Err(_) => tracing::debug!(%job, "removing an old alarm timed out"),
+            }
+        });
+    }
+
+    /// An alarm rang: if it was the one set for the planned tick, it is
+    /// spent (one that rang before its tick is set again by `follow`).
+    fn rang(&mut self, job: Uuid) {
+        if let Some(set) = self.set.as_mut().filter(|set| set.job == job) {
+            set.rang = true;
+        }
+    }
+
+    /// Whether the scheduler holds an alarm, not yet rung, for `tick`.
+    fn is_set_for(&self, tick: Option<DateTime<Utc>>) -> bool {
+        self.set
+            .is_some_and(|set| !set.rang && Some(set.tick) == tick)
+    }
+
+    /// Why the alarm for the planned tick is not set, in one line.
+    fn failure_reason(&self) -> Option<String> {
+        self.failed.as_ref().map(|failed| {
+            format!(
+                "the scheduler did not take the alarm for the tick at {}: {}; \
+                 the daemon's loop takes that tick itself",
+                failed.tick, failed.error
+            )
+        })
+    }
+
+    async fn stop(mut self) {
+        if let Err(e) = self.scheduler.shutdown().await {
+            tracing::debug!(error = %e, "scheduler shutdown");
+        }
+    }
+}
+
+/// The delay for a one-shot job due at `tick`, never before it: the
+/// scheduler adds the whole seconds of the delay to the current Unix second
+/// (truncated), so count from the start of `now`'s second and round up.
+fn one_shot_delay(tick: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    let ms = (tick - now.trunc_subsecs(0)).num_milliseconds();
+    Duration::from_secs(u64::try_from(ms).unwrap_or(0).div_ceil(1000))
 }
 
 /// The replica lock, as leases: one key per primary swept, taken if free
@@ -768,16 +1011,21 @@ impl Readiness for DaemonReadiness {
     }
 }
 
-/// Shows the ticker's state in the metrics and `/readyz`, and logs when a
-/// schedule stops or starts having a next tick.
+/// Shows the schedule's state in the metrics and `/readyz`: armed when the
+/// ticker has a next tick and the scheduler holds an alarm for it. Logs when
+/// that stops or starts being so.
 fn publish_schedule(
     ticker: &Ticker,
+    alarm: &Alarm,
     metrics: &Metrics,
     unscheduled: &watch::Sender<Option<String>>,
 ) {
     let next = ticker.next();
-    metrics.set_next_sweep(next.map(|t| t.timestamp_millis() as f64 / 1000.0));
-    let reason = ticker.unarmed_reason();
+    metrics.set_next_sweep(
+        next.map(|t| t.timestamp_millis() as f64 / 1000.0),
+        alarm.is_set_for(next),
+    );
+    let reason = ticker.unarmed_reason().or_else(|| alarm.failure_reason());
     unscheduled.send_if_modified(|current| {
         if *current == reason {
             return false;
@@ -790,6 +1038,39 @@ fn publish_schedule(
         current.clone_from(&reason);
         true
     });
+}
+
+/// Which way a scheduled tick reached the loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TickSource {
+    /// The scheduler's alarm rang for it.
+    Scheduler,
+    /// The loop's own check took it, with or without an alarm set for it.
+    Loop { alarm_set: bool },
+}
+
+impl TickSource {
+    /// Says at debug level which way the tick came, and warns when an alarm
+    /// was set but did not ring, once until one rings again: a scheduler
+    /// that stops firing is not silent, though the loop sweeps without it.
+    /// (A tick without an alarm set is already reported as not armed.)
+    fn log(self, tick: Option<DateTime<Utc>>, missed: &mut bool) {
+        let tick = tick.map(|t| t.to_rfc3339()).unwrap_or_default();
+        match self {
+            Self::Scheduler if std::mem::take(missed) => {
+                tracing::info!(tick, "the scheduler's alarms ring again");
+            }
+            Self::Loop { alarm_set: true } if !std::mem::replace(missed, true) => {
+                tracing::warn!(
+                    tick,
+                    "the scheduler's alarm did not ring for this tick; the daemon's loop took it \
+                     (logged once until an alarm rings again)"
+                );
+            }
+            _ => {}
+        }
+        tracing::debug!(tick, source = ?self, "scheduled tick");
+    }
 }
 
 /// The daemon's configuration source and live handles.
@@ -826,9 +1107,18 @@ impl Daemon {
             })?;
         let (last_failure_tx, last_failure) = watch::channel(None::<String>);
         let (unscheduled_tx, unscheduled) = watch::channel(None::<String>);
+        let mut watchdog = Watchdog::new(sd_notify::watchdog_enabled());
         // Before the endpoints answer, so that their first answer is true.
         let mut ticker = Ticker::new(Schedule::of(&self.settings.sweep), Utc::now());
-        publish_schedule(&ticker, &metrics, &unscheduled_tx);
+        // Room for a few alarms: more are never pending in a healthy loop,
+        // and one dropped is a tick the loop's own check takes.
+        let (rings_tx, mut rings) = mpsc::channel(8);
+        // The loop waits for the scheduler at most this long per pass, so
+        // it still passes (and pings the watchdog) often enough.
+        let mut alarm =
+            Alarm::start(JobScheduler::new().await?, rings_tx, watchdog.max_sleep()).await?;
+        alarm.follow(ticker.next(), Instant::now()).await;
+        publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
         let (http_stop_tx, http_stop) = watch::channel(false);
         let http = tokio::spawn(crate::metrics::serve(
             listener,
@@ -864,7 +1154,7 @@ impl Daemon {
         let mut pending_start = self.settings.sweep.run_on_start;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
-        let mut watchdog = Watchdog::new(sd_notify::watchdog_enabled());
+        let mut alarm_missed = false;
 
         loop {
             // Every pass of the loop is progress; it passes at least every
@@ -873,20 +1163,40 @@ impl Daemon {
             let trigger = if std::mem::take(&mut pending_start) {
                 Some(Trigger::Start)
             } else {
-                let sleep = ticker.sleep_from(Utc::now()).min(watchdog.max_sleep());
-                tokio::select! {
+                // With an alarm set, the loop's own check leaves it time to
+                // ring; without one, it takes the tick on time.
+                let grace = if alarm.is_set_for(ticker.next()) {
+                    ALARM_GRACE
+                } else {
+                    Duration::ZERO
+                };
+                let sleep = ticker
+                    .sleep_late(Utc::now(), grace)
+                    .min(watchdog.max_sleep());
+                let tick = ticker.next();
+                let trigger = tokio::select! {
                     control = controls.recv() => match control {
                         Some(Control::SweepNow) => Some(Trigger::Manual),
                         Some(Control::Reload) => {
                             self.reload(&mut ticker, &redis).await;
-                            publish_schedule(&ticker, &metrics, &unscheduled_tx);
                             None
                         }
                         Some(Control::Shutdown) | None => break,
                     },
-                    () = tokio::time::sleep(sleep) => {
+                    Some(job) = rings.recv() => {
+                        alarm.rang(job);
                         let due = ticker.poll(Utc::now());
-                        publish_schedule(&ticker, &metrics, &unscheduled_tx);
+                        if due {
+                            TickSource::Scheduler.log(tick, &mut alarm_missed);
+                        }
+                        due.then_some(Trigger::Schedule)
+                    },
+                    () = tokio::time::sleep(sleep) => {
+                        let due = ticker.poll_late(Utc::now(), grace);
+                        if due {
+                            TickSource::Loop { alarm_set: !grace.is_zero() }
+                                .log(tick, &mut alarm_missed);
+                        }
                         due.then_some(Trigger::Schedule)
                     },
                     end = async {
@@ -899,7 +1209,15 @@ impl Daemon {
                         let _ = last_failure_tx.send(end);
                         None
                     },
-                }
+                };
+                // Keeps the alarm on the plan, whatever changed it (a tick,
+                // a reload, the clock), and retries one not yet taken.
+                alarm.follow(ticker.next(), Instant::now()).await;
+                publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+                // Progress too: waiting on the scheduler (at most
+                // `watchdog.max_sleep()`) never doubles the gap between pings.
+                watchdog.alive(Instant::now());
+                trigger
             };
             let Some(trigger) = trigger else { continue };
             if running.is_some() {
@@ -939,6 +1257,7 @@ impl Daemon {
 
         tracing::info!("shutting down");
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        alarm.stop().await;
         let _ = stop_tx.send(true);
         if let Some(round) = running.take() {
             let timeout = self.settings.sweep.shutdown_timeout;
@@ -1086,7 +1405,7 @@ fn hostname() -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
 
@@ -1234,5 +1553,327 @@ mod tests {
             Watchdog::new(Some(Duration::from_secs(60))).max_sleep(),
             MAX_SLEEP
         );
+    }
+
+    #[test]
+    fn a_tick_the_alarm_missed_is_taken_by_the_loop_after_the_grace() {
+        let mut ticker = Ticker::new(every(10), at("2030-01-01T10:00:01Z"));
+        // The loop's own check leaves the alarm time to ring ...
+        assert!(!ticker.poll_late(at("2030-01-01T10:00:10.999Z"), ALARM_GRACE));
+        assert_eq!(
+            ticker.sleep_late(at("2030-01-01T10:00:10.500Z"), ALARM_GRACE),
+            Duration::from_millis(500)
+        );
+        // ... then takes the tick itself, once.
+        assert!(ticker.poll_late(at("2030-01-01T10:00:11Z"), ALARM_GRACE));
+        assert!(!ticker.poll_late(at("2030-01-01T10:00:11.5Z"), ALARM_GRACE));
+        assert_eq!(ticker.next(), Some(at("2030-01-01T10:00:20Z")));
+        // An alarm that rings early is no tick.
+        assert!(!ticker.poll(at("2030-01-01T10:00:19.999Z")));
+        assert!(ticker.poll(at("2030-01-01T10:00:20Z")));
+    }
+
+    #[test]
+    fn a_one_shot_delay_never_makes_the_scheduler_fire_before_the_tick() {
+        // The scheduler's due time: the current whole second plus the
+        // delay's whole seconds.
+        let due = |tick: &str, now: &str| {
+            let now = at(now);
+            let delay = one_shot_delay(at(tick), now);
+            now.trunc_subsecs(0) + chrono::Duration::seconds(delay.as_secs() as i64)
+        };
+        assert_eq!(
+            due("2030-01-01T10:00:05Z", "2030-01-01T10:00:03.900Z"),
+            at("2030-01-01T10:00:05Z"),
+            "a plain delay (1.1 s) would be due at :04"
+        );
+        assert_eq!(
+            due("2030-01-01T10:00:05Z", "2030-01-01T10:00:03Z"),
+            at("2030-01-01T10:00:05Z")
+        );
+        assert_eq!(
+            due("2030-01-01T10:00:05.500Z", "2030-01-01T10:00:03.200Z"),
+            at("2030-01-01T10:00:06Z")
+        );
+        assert_eq!(
+            one_shot_delay(at("2030-01-01T10:00:05Z"), at("2030-01-01T10:00:07Z")),
+            Duration::ZERO,
+            "a tick already past: at once"
+        );
+    }
+
+    /// What the scheduler asked of [`TestStore`], and how it should answer.
+    #[derive(Clone, Default)]
+    struct Probe {
+        refuse: Arc<std::sync::atomic::AtomicBool>,
+        hang: Arc<std::sync::atomic::AtomicBool>,
+        ops: Arc<std::sync::Mutex<Vec<(&'static str, Uuid)>>>,
+    }
+
+    impl Probe {
+        fn ops(&self) -> Vec<(&'static str, Uuid)> {
+            self.ops.lock().unwrap().clone()
+        }
+
+        fn adds(&self) -> usize {
+            self.ops().iter().filter(|(op, _)| *op == "add").count()
+        }
+
+        fn position(&self, op: (&'static str, Uuid)) -> Option<usize> {
+            self.ops().iter().position(|o| *o == op)
+        }
+
+        /// Waits (bounded) for the scheduler to delete `job`.
+        async fn deleted(&self, job: Uuid) -> usize {
+            for _ in 0..100 {
+                if let Some(at) = self.position(("delete", job)) {
+                    return at;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("{job} never deleted: {:?}", self.ops());
+        }
+    }
+
+    /// The scheduler's own in-memory store, except that it can refuse or
+    /// never answer an add, as a failing store does: the scheduler's real
+    /// `add` then fails or hangs.
+    struct TestStore {
+        inner: tokio_cron_scheduler::SimpleMetadataStore,
+        probe: Probe,
+    }
+
+    type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, JobSchedulerError>> + Send>>;
+    use tokio_cron_scheduler::job::job_data::{JobAndNextTick, JobStoredData};
+    use tokio_cron_scheduler::store::{DataStore, InitStore};
+
+    impl DataStore<JobStoredData> for TestStore {
+        fn get(&mut self, id: Uuid) -> StoreFuture<Option<JobStoredData>> {
+            self.inner.get(id)
+        }
+
+        fn add_or_update(&mut self, data: JobStoredData) -> StoreFuture<()> {
+            let id: Uuid = data.id.as_ref().unwrap().into();
+            self.probe.ops.lock().unwrap().push(("add", id));
+            if self.probe.hang.load(std::sync::atomic::Ordering::SeqCst) {
+                return Box::pin(std::future::pending());
+            }
+            if self.probe.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                return Box::pin(std::future::ready(Err(JobSchedulerError::SaveJob)));
+            }
+            self.inner.add_or_update(data)
+        }
+
+        fn delete(&mut self, guid: Uuid) -> StoreFuture<()> {
+            self.probe.ops.lock().unwrap().push(("delete", guid));
+            self.inner.delete(guid)
+        }
+    }
+
+    impl InitStore for TestStore {
+        fn init(&mut self) -> StoreFuture<()> {
+            self.inner.init()
+        }
+
+        fn inited(&mut self) -> StoreFuture<bool> {
+            self.inner.inited()
+        }
+    }
+
+    impl tokio_cron_scheduler::MetaDataStorage for TestStore {
+        fn list_next_ticks(&mut self) -> StoreFuture<Vec<JobAndNextTick>> {
+            self.inner.list_next_ticks()
+        }
+
+        fn set_next_and_last_tick(
+            &mut self,
+            guid: Uuid,
+            next_tick: Option<DateTime<Utc>>,
+            last_tick: Option<DateTime<Utc>>,
+        ) -> StoreFuture<()> {
+            self.inner
+                .set_next_and_last_tick(guid, next_tick, last_tick)
+        }
+
+        fn time_till_next_job(&mut self) -> StoreFuture<Option<Duration>> {
+            self.inner.time_till_next_job()
+        }
+    }
+
+    async fn alarm_on(probe: &Probe, timeout: Duration) -> Alarm {
+        let scheduler = JobScheduler::new_with_storage_and_code(
+            Box::new(TestStore {
+                inner: tokio_cron_scheduler::SimpleMetadataStore::default(),
+                probe: probe.clone(),
+            }),
+            Box::<tokio_cron_scheduler::SimpleNotificationStore>::default(),
+            Box::<tokio_cron_scheduler::SimpleJobCode>::default(),
+            Box::<tokio_cron_scheduler::SimpleNotificationCode>::default(),
+            200,
+        )
+        .await
+        .unwrap();
+        // Alarms for far-off ticks never ring in these tests.
+        let (rings, _) = mpsc::channel(8);
+        Alarm::start(scheduler, rings, timeout).await.unwrap()
+    }
+
+    /// A ticker whose one tick is at `time` (a cron schedule with a year).
+    fn once_at(time: &str) -> Schedule {
+        use chrono::{Datelike, Timelike};
+        let t = at(time);
+        Schedule::Cron(format!(
+            "{} {} {} {} {} * {}",
+            t.second(),
+            t.minute(),
+            t.hour(),
+            t.day(),
+            t.month(),
+            t.year()
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_new_alarm_is_added_before_the_old_one_is_removed() {
+        let probe = Probe::default();
+        let mut alarm = alarm_on(&probe, Duration::from_secs(5)).await;
+        let first_tick = at("2099-01-01T00:00:00Z");
+        let second_tick = at("2099-01-02T00:00:00Z");
+        alarm.follow(Some(first_tick), Instant::now()).await;
+        let first = alarm.set.unwrap().job;
+        assert!(alarm.is_set_for(Some(first_tick)));
+        // The same plan again: nothing to do.
+        alarm.follow(Some(first_tick), Instant::now()).await;
+        assert_eq!(probe.adds(), 1);
+
+        alarm.follow(Some(second_tick), Instant::now()).await;
+        let second = alarm.set.unwrap().job;
+        assert!(alarm.is_set_for(Some(second_tick)));
+        let removed = probe.deleted(first).await;
+        assert!(
+            probe.position(("add", second)).unwrap() < removed,
+            "{:?}",
+            probe.ops()
+        );
+        assert_eq!(
+            probe.ops(),
+            [("add", first), ("add", second), ("delete", first)]
+        );
+
+        // No next tick: the alarm goes.
+        alarm.follow(None, Instant::now()).await;
+        assert!(!alarm.is_set_for(Some(second_tick)));
+        probe.deleted(second).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_alarm_keeps_the_old_one_is_reported_and_retried_with_backoff() {
+        let probe = Probe::default();
+        let mut alarm = alarm_on(&probe, Duration::from_secs(5)).await;
+        let metrics = Metrics::new().unwrap();
+        let (unscheduled_tx, unscheduled) = watch::channel(None);
+        let armed = |metrics: &Metrics| {
+            metrics.render().lines().find_map(|line| {
+                line.strip_prefix("token_sweeper_schedule_armed ")
+                    .map(|value| value.parse::<f64>().unwrap())
+            })
+        };
+        let mut ticker = Ticker::new(once_at("2099-01-01T00:00:00Z"), Utc::now());
+        let start = Instant::now();
+        alarm.follow(ticker.next(), start).await;
+        let old = alarm.set.unwrap().job;
+        publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+        assert_eq!(armed(&metrics), Some(1.0));
+
+        // A reload to a new schedule; the scheduler refuses its alarm.
+        probe
+            .refuse
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        ticker
+            .reschedule(once_at("2099-01-02T00:00:00Z"), Utc::now())
+            .unwrap();
+        alarm.follow(ticker.next(), start).await;
+        assert!(!alarm.is_set_for(ticker.next()));
+        assert_eq!(alarm.set.unwrap().job, old, "the old alarm is kept");
+        publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+        assert_eq!(armed(&metrics), Some(0.0));
+        let reason = unscheduled.borrow().clone().unwrap();
+        assert!(
+            reason.starts_with(
+                "the scheduler did not take the alarm for the tick at 2099-01-02 00:00:00 UTC: SaveJob;"
+            ),
+            "{reason}"
+        );
+        assert_eq!(probe.adds(), 2);
+
+        // Tried again after 1 s, then 2 s, 4 s ... at most a minute apart.
+        let mut now = start;
+        for backoff in [1, 2, 4, 8, 16, 32, 60, 60] {
+            let retry_at = now + Duration::from_secs(backoff);
+            let adds = probe.adds();
+            alarm
+                .follow(ticker.next(), retry_at - Duration::from_millis(1))
+                .await;
+            assert_eq!(probe.adds(), adds, "not before {backoff} s");
+            alarm.follow(ticker.next(), retry_at).await;
+            assert_eq!(probe.adds(), adds + 1, "after {backoff} s");
+            now = retry_at;
+        }
+        assert!(probe.position(("delete", old)).is_none());
+
+        // The scheduler takes it again: set, reported, the old one removed.
+        probe
+            .refuse
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        alarm
+            .follow(ticker.next(), now + Duration::from_secs(60))
+            .await;
+        assert!(alarm.is_set_for(ticker.next()));
+        let new = alarm.set.unwrap().job;
+        publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+        assert_eq!(armed(&metrics), Some(1.0));
+        assert_eq!(*unscheduled.borrow(), None);
+        let removed = probe.deleted(old).await;
+        assert!(probe.position(("add", new)).unwrap() < removed);
+    }
+
+    #[tokio::test]
+    async fn an_add_the_scheduler_never_answers_does_not_hold_up_the_loop() {
+        let probe = Probe::default();
+        probe.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut alarm = alarm_on(&probe, Duration::from_millis(200)).await;
+        let tick = at("2099-01-01T00:00:00Z");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            alarm.follow(Some(tick), Instant::now()),
+        )
+        .await
+        .expect("follow returns though the scheduler never answers");
+        assert!(!alarm.is_set_for(Some(tick)));
+        let reason = alarm.failure_reason().unwrap();
+        assert!(reason.contains(": no answer within 200ms;"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_rings_the_alarm_at_its_tick_never_before() {
+        let (rings, mut rung) = mpsc::channel(8);
+        let mut alarm = Alarm::start(JobScheduler::new().await.unwrap(), rings, MAX_SLEEP)
+            .await
+            .unwrap();
+        // Two seconds after the start of this second: a plain delay would
+        // be due a second early.
+        let tick = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(2);
+        alarm.follow(Some(tick), Instant::now()).await;
+        let job = alarm.set.unwrap().job;
+        let rang = tokio::time::timeout(Duration::from_secs(10), rung.recv())
+            .await
+            .expect("the alarm rings")
+            .unwrap();
+        let now = Utc::now();
+        assert_eq!(rang, job);
+        assert!(now >= tick, "rang at {now}, before its tick {tick}");
+        alarm.rang(job);
+        assert!(!alarm.is_set_for(Some(tick)), "spent once it rang");
+        alarm.stop().await;
     }
 }

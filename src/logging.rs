@@ -60,8 +60,8 @@ impl LogLevel {
     }
 }
 
-/// tokio-cron-scheduler logs every job it adds at INFO; one interval tick is
-/// one job, so keep it at WARN unless the level names it.
+/// tokio-cron-scheduler logs every job it adds at INFO; the daemon adds one
+/// job (an alarm) per tick, so keep it at WARN unless the level names it.
 fn quiet_scheduler(filter: EnvFilter, level: &str) -> EnvFilter {
     if level.contains("tokio_cron_scheduler") {
         return filter;

@@ -172,7 +172,9 @@ impl Metrics {
         )?;
         let schedule_armed = IntGauge::new(
             name("schedule_armed"),
-            "1 while the schedule has a next tick; 0 when it has none (no sweep will run).",
+            "1 while the schedule has a next tick and the scheduler holds an alarm for it; 0 when \
+             it has none (no sweep will run) or the alarm could not be set (retried with \
+             backoff; the daemon's loop still takes the tick).",
         )?;
         let next_sweep = Gauge::new(
             name("next_sweep_timestamp_seconds"),
@@ -294,10 +296,12 @@ impl Metrics {
             .set(i64::try_from(leases).unwrap_or(i64::MAX));
     }
 
-    /// Sets `schedule_armed` and `next_sweep_timestamp_seconds` from the
-    /// next tick (Unix seconds), `None` when the schedule has none.
-    pub fn set_next_sweep(&self, next: Option<f64>) {
-        self.schedule_armed.set(i64::from(next.is_some()));
+    /// Sets `next_sweep_timestamp_seconds` from the next tick (Unix
+    /// seconds), `None` when the schedule has none, and `schedule_armed`
+    /// from whether there is one and the scheduler holds its alarm.
+    pub fn set_next_sweep(&self, next: Option<f64>, alarm_set: bool) {
+        self.schedule_armed
+            .set(i64::from(next.is_some() && alarm_set));
         self.next_sweep.set(next.unwrap_or(0.0));
     }
 

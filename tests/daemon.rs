@@ -114,6 +114,44 @@ fn cron_schedule_ticks() {
     assert!(starts.iter().all(|e| e["trigger"] == "Schedule"));
 }
 
+#[test]
+fn scheduled_ticks_come_from_the_scheduler() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", "* * * * * *"),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+            // The loop says at debug level which way each tick came.
+            (
+                "TOKEN_SWEEPER__LOG__LEVEL",
+                "info,token_sweeper::daemon=debug",
+            ),
+        ],
+        None,
+    );
+    let from_scheduler = |daemon: &DaemonProcess| {
+        daemon
+            .events("scheduled tick")
+            .into_iter()
+            .filter(|e| e["source"] == "Scheduler")
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "five ticks rung by the scheduler",
+        || from_scheduler(&daemon) >= 5,
+    );
+    seed(&mut c, "u", 10);
+    wait_until(Duration::from_secs(10), "a later tick's sweep", || {
+        count_members(&mut c, "u").0 == 0
+    });
+    let starts = daemon.events("sweep started");
+    assert!(starts.len() >= 5, "{}", daemon.log_text());
+    assert!(starts.iter().all(|e| e["trigger"] == "Schedule"));
+}
+
 /// Seconds since the epoch of a JSON log event.
 fn event_time(event: &serde_json::Value) -> f64 {
     let ts = event["timestamp"].as_str().unwrap();
