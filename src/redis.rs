@@ -629,9 +629,48 @@ pub struct SlotAssignment {
     pub config_epoch: u64,
     /// The slots it serves, as ranges in the order listed.
     pub slots: Vec<std::ops::RangeInclusive<u16>>,
-    /// Migrations in progress, as listed (`[93->-<node id>]` migrating,
-    /// `[93-<-<node id>]` importing).
-    pub migrations: Vec<String>,
+    /// Migrations in progress, in the order listed.
+    pub migrations: Vec<Migration>,
+}
+
+impl SlotAssignment {
+    /// The slots the node is importing (`[slot-<-id]`): it serves a key
+    /// of one of them, which it holds, only right after `ASKING`.
+    pub fn importing(&self) -> BTreeSet<u16> {
+        self.migrations
+            .iter()
+            .filter(|m| m.importing)
+            .map(|m| m.slot)
+            .collect()
+    }
+}
+
+/// A slot migration in progress, from a `CLUSTER NODES` line:
+/// `[93-<-<node id>]` (importing) or `[93->-<node id>]` (migrating).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The slot being moved.
+    pub slot: u16,
+    /// True when the node imports the slot from `peer`, false when it
+    /// migrates it to `peer`.
+    pub importing: bool,
+    /// The id of the node at the other end.
+    pub peer: String,
+}
+
+impl std::fmt::Display for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (direction, preposition) = if self.importing {
+            ("importing", "from")
+        } else {
+            ("migrating", "to")
+        };
+        write!(
+            f,
+            "slot {} {direction} {preposition} node {}",
+            self.slot, self.peer
+        )
+    }
 }
 
 /// One line of `CLUSTER NODES`.
@@ -645,7 +684,7 @@ struct ClusterNode {
     /// Slot ranges (`0-5460`, or a single `93` as `93..=93`).
     slots: Vec<std::ops::RangeInclusive<u16>>,
     /// Migration markers (`[93->-<node id>]`, `[93-<-<node id>]`).
-    migrations: Vec<String>,
+    migrations: Vec<Migration>,
 }
 
 impl ClusterNode {
@@ -734,17 +773,21 @@ fn parse_node_line(line: &str) -> Result<ClusterNode, String> {
     let mut migrations = Vec::new();
     for field in slot_fields {
         if let Some(marker) = field.strip_prefix('[') {
-            let slot = marker
-                .split_once("->-")
-                .or_else(|| marker.split_once("-<-"))
-                .filter(|(_, rest)| rest.ends_with(']'))
-                .map(|(slot, _)| slot);
-            if slot.and_then(parse_slot).is_none() {
-                return Err(format!(
-                    "slot migration {field:?} is not [slot->-id] or [slot-<-id]"
-                ));
-            }
-            migrations.push((*field).to_owned());
+            let migration = [("->-", false), ("-<-", true)]
+                .into_iter()
+                .find_map(|(arrow, importing)| {
+                    let (slot, peer) = marker.split_once(arrow)?;
+                    let peer = peer.strip_suffix(']').filter(|peer| !peer.is_empty())?;
+                    Some(Migration {
+                        slot: parse_slot(slot)?,
+                        importing,
+                        peer: peer.to_owned(),
+                    })
+                })
+                .ok_or_else(|| {
+                    format!("slot migration {field:?} is not [slot->-id] or [slot-<-id]")
+                })?;
+            migrations.push(migration);
             continue;
         }
         let (start, end) = field.split_once('-').unwrap_or((field, field));
@@ -1271,7 +1314,14 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
             ]
         );
         // The migration marker stays for the check that decides "finished".
-        assert_eq!(nodes[1].migrations, ["[93->-292f]"]);
+        assert_eq!(
+            nodes[1].migrations,
+            [Migration {
+                slot: 93,
+                importing: false,
+                peer: "292f".to_owned()
+            }]
+        );
         assert_eq!(nodes[2].config_epoch, 3);
     }
 
@@ -1305,6 +1355,14 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
                 "292f 127.0.0.1:30003@31003 master - 0 0 3 connected [93-x]",
                 "migration",
             ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected [93->-]",
+                "migration",
+            ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected [16384-<-ab]",
+                "migration",
+            ),
         ] {
             let text = format!("{good}{bad}\n");
             let err = parse_cluster_nodes(&text).unwrap_err();
@@ -1316,7 +1374,13 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
         // Importing and migrating markers both parse.
         let marked =
             "292f 127.0.0.1:30003@31003 myself,master - 0 0 3 connected 1-2 [3-<-ab] [1->-cd]";
-        assert_eq!(parse_cluster_nodes(marked).unwrap()[0].migrations.len(), 2);
+        let own = own_assignment(marked).unwrap();
+        assert_eq!(own.migrations.len(), 2);
+        assert_eq!(own.importing(), BTreeSet::from([3]));
+        assert_eq!(
+            own.migrations[0].to_string(),
+            "slot 3 importing from node ab"
+        );
     }
 
     #[test]

@@ -906,3 +906,165 @@ async fn a_primary_whose_slots_moved_since_the_topology_was_read_is_not_finished
     assert!(report.unfinished_nodes.is_empty(), "{report:?}");
     assert_eq!(left(&cluster, &keys), (0, 2 * keys.len()));
 }
+
+/// Issue 11, item 4: a migration left open (slot IMPORTING on one primary,
+/// MIGRATING on another, some of its keys moved). The keys SCAN finds on the
+/// importing node answer MOVED there without `ASKING`; following that
+/// through the cluster client (to the owner, which answers ASK) lost
+/// `ASKING` under concurrency, and those keys kept their expired members,
+/// sweep after sweep. Now every key is swept where it lives, and the two
+/// nodes of the open migration are named unfinished, with the slot.
+#[test]
+fn a_stuck_migration_leaves_no_expired_member_on_either_node() {
+    let mut cluster = RedisCluster::start(3, 0);
+    // Many users in one slot, so that many keys sit on the importing node.
+    let stuck: Vec<String> = (0..240).map(|n| format!("{{stuck}}:u{n}-tokens")).collect();
+    let mut keys = user_keys(600);
+    keys.extend(stuck.iter().cloned());
+    let now = seed(&cluster, &keys);
+    let slot = slot_of(&mut cluster.nodes[0].conn(), "{stuck}");
+    let primaries = cluster.primaries();
+    let from = primaries
+        .iter()
+        .find(|p| !cluster.keys_on(&p.address, "{stuck}*").is_empty())
+        .unwrap()
+        .address
+        .clone();
+    let to = primaries
+        .iter()
+        .find(|p| p.address != from)
+        .unwrap()
+        .address
+        .clone();
+    begin_migration(&mut cluster, slot, &from, &to);
+    migrate_keys(&mut cluster, &from, &to, &stuck[..160]);
+    // Sessions created since the migration began live only on the
+    // importing node (the owner answers ASK for keys it does not have).
+    let created: Vec<String> = (0..40)
+        .map(|n| format!("{{stuck}}:new{n}-tokens"))
+        .collect();
+    let mut target = cluster.node(&to).conn();
+    for key in &created {
+        let ((), ()): ((), ()) = redis::pipe()
+            .cmd("ASKING")
+            .cmd("ZADD")
+            .arg(key)
+            .arg(now - HOUR_MS)
+            .arg("expired-1")
+            .arg(now - 1_000)
+            .arg("expired-2")
+            .arg(now + HOUR_MS)
+            .arg("live-1")
+            .arg(now + 48 * HOUR_MS)
+            .arg("live-2")
+            .query(&mut target)
+            .unwrap();
+    }
+    keys.extend(created.iter().cloned());
+    assert_eq!(cluster.keys_on(&to, "{stuck}*").len(), 200);
+    assert_eq!(cluster.keys_on(&from, "{stuck}*").len(), 80);
+
+    let report = sweep_json(&cluster, &[]);
+
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["keys_scanned"], keys.len() as u64, "{report}");
+    assert_eq!(report["members_removed"], 2 * keys.len() as u64, "{report}");
+    assert_eq!(report["keys_redirected"], 0, "swept where SCAN found them");
+    assert_eq!(
+        members_on(&mut cluster, &to, "{stuck}*", true),
+        (0, 400),
+        "on the importing node"
+    );
+    assert_eq!(
+        members_on(&mut cluster, &from, "{stuck}*", false),
+        (0, 160),
+        "on the owner"
+    );
+    let others: Vec<String> = keys
+        .iter()
+        .filter(|k| !k.starts_with("{stuck}"))
+        .cloned()
+        .collect();
+    assert_eq!(left(&cluster, &others), (0, 2 * others.len()));
+
+    // While the slot stays open, keys can move between the two nodes'
+    // scans: those two are not finished, and say why; the third is.
+    for node in report["nodes"].as_array().unwrap() {
+        let address = node["node"].as_str().unwrap();
+        let open = address == from || address == to;
+        assert_eq!(node["finished"], !open, "{node}");
+        if open {
+            let reason = node["unfinished_reason"].as_str().unwrap();
+            assert!(reason.contains(&format!("slot {slot}")), "{reason}");
+        }
+    }
+
+    // A user without `asking` (ACLs are per node): the importing node's
+    // keys are refused with the permission named, not followed elsewhere.
+    let mut target = cluster.node(&to).conn();
+    for key in cluster.keys_on(&to, "{stuck}*") {
+        let ((), ()): ((), ()) = redis::pipe()
+            .cmd("ASKING")
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(now - HOUR_MS)
+            .arg("expired-again")
+            .query(&mut target)
+            .unwrap();
+    }
+    for node in &cluster.nodes {
+        common::create_user(node, "token-sweeper", "sweeper-pw", &["asking"]);
+    }
+    let out = run_sweeper(
+        &["sweep", "--json"],
+        &[
+            env_refs(&cluster.env()).as_slice(),
+            &[
+                ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+                ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+            ],
+        ]
+        .concat(),
+    );
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains("'asking' command"), "{output}");
+    assert_eq!(
+        members_on(&mut cluster, &to, "{stuck}*", true),
+        (200, 400),
+        "{output}"
+    );
+}
+
+/// (expired, live) members in the keys matching `pattern` on the node at
+/// `address`, read there (after `ASKING` for a slot it is importing).
+fn members_on(
+    cluster: &mut RedisCluster,
+    address: &str,
+    pattern: &str,
+    asking: bool,
+) -> (usize, usize) {
+    let keys = cluster.keys_on(address, pattern);
+    let mut conn = cluster.node(address).conn();
+    let (mut expired, mut live) = (0, 0);
+    for key in keys {
+        let mut pipe = redis::pipe();
+        if asking {
+            pipe.cmd("ASKING").ignore();
+        }
+        let (members,): (Vec<String>,) = pipe
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .unwrap();
+        expired += members.iter().filter(|m| m.starts_with("expired")).count();
+        live += members.iter().filter(|m| m.starts_with("live")).count();
+    }
+    (expired, live)
+}
