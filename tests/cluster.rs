@@ -12,7 +12,7 @@ use common::{redis_now_ms, run_sweeper, wait_until, DaemonProcess};
 use redis::Commands;
 use token_sweeper::auth::{AuthError, TokenService};
 use token_sweeper::config::{AuthSettings, RedisMode, ScoreUnit, Secret};
-use token_sweeper::redis::Connection;
+use token_sweeper::redis::{Connection, Reconnecting};
 use token_sweeper::sweep::{
     check_units, sweep_keys, sweep_nodes, Check, SweepError, SweepMode, SweepProgress,
 };
@@ -1067,4 +1067,140 @@ fn members_on(
         live += members.iter().filter(|m| m.starts_with("live")).count();
     }
     (expired, live)
+}
+
+/// Issue 11, item 5: with one seed configured, after that node died and its
+/// replica took over, every reconnect (here: a reload that changes a Redis
+/// setting) tried only the dead seed: no sweep, and `/readyz` "cannot
+/// connect", while the cluster was healthy. Reconnects now also go through
+/// the nodes the daemon last saw.
+#[test]
+fn with_its_only_seed_dead_the_daemon_reconnects_through_the_nodes_it_last_saw() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let keys = user_keys(600);
+    seed(&cluster, &keys);
+    let only_seed = cluster.primaries()[0].address.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |response_timeout: &str| {
+        format!(
+            "[redis]\nmode = \"cluster\"\nconnect_timeout = \"1s\"\n\
+             response_timeout = \"{response_timeout}\"\n[sweep]\ninterval = \"1s\"\n"
+        )
+    };
+    let path = common::write_file(dir.path(), "sweeper.toml", &config("2s"));
+    // No redis.nodes: the one seed is all the configuration names.
+    let daemon = DaemonProcess::start(&format!("redis://{only_seed}"), &[], Some(&path));
+    let ok = || daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}");
+    wait_until(Duration::from_secs(20), "a first sweep", || ok() >= 1.0);
+    assert_eq!(left(&cluster, &keys), (0, 2 * keys.len()));
+
+    cluster.node(&only_seed).kill();
+    wait_until(
+        Duration::from_secs(30),
+        "the replica to be promoted",
+        || {
+            let primaries = cluster.primaries();
+            primaries.len() == 3 && primaries.iter().all(|p| p.address != only_seed)
+        },
+    );
+    cluster.wait_healthy(3);
+
+    // A reload that changes a Redis setting: the daemon reconnects.
+    std::fs::write(&path, config("3s")).unwrap();
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload", || {
+        !daemon
+            .events("configuration reloaded; it applies from the next sweep")
+            .is_empty()
+    });
+    let survivor = cluster.primaries()[0].address.clone();
+    let now = redis_now_ms(&mut cluster.node(&survivor).conn());
+    let mut c = cluster.conn();
+    for key in &keys {
+        let _: () = c.zadd(key, "expired-again", now - 1).unwrap();
+    }
+    let before = ok();
+    wait_until(
+        Duration::from_secs(40),
+        "sweeps after the reconnect",
+        || ok() >= before + 2.0 && left(&cluster, &keys) == (0, 2 * keys.len()),
+    );
+    wait_until(Duration::from_secs(10), "/readyz", || {
+        common::http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    // It says so, naming the dead seed, so that the operator adds live ones.
+    let around = daemon.events(
+        "no cluster seed could be reached; connected through the nodes last seen. Add live \
+         nodes to redis.url/redis.nodes",
+    );
+    assert!(
+        around
+            .iter()
+            .any(|e| e["seeds"].as_str() == Some(only_seed.as_str())),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// The nodes last seen are only a way around dead seeds, never a way to
+/// another cluster: a node reached there that names none of the nodes seen
+/// (here one reset and made a cluster of its own, as when an address is
+/// reused) is refused, and after the seeds change (which may name another
+/// cluster) the nodes seen through the old ones are not tried.
+#[tokio::test]
+async fn a_reconnect_never_goes_through_a_node_that_left_the_cluster() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+    let mut settings = cluster.settings().redis;
+    settings.url = format!("redis://{}", primaries[0]).parse().unwrap();
+    settings.nodes = Vec::new();
+    settings.connect_timeout = Duration::from_secs(1);
+    let redis = std::sync::Arc::new(Reconnecting::new(settings.clone(), |_| {}));
+    let conn = redis.connect_now().await.unwrap();
+    assert_eq!(conn.primaries().await.unwrap().len(), 3);
+
+    // Seeds that name another (here: no) cluster: nothing seen through the
+    // old seeds is tried.
+    let mut elsewhere = settings.clone();
+    elsewhere.url = format!("redis://127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    redis.update_settings(elsewhere);
+    let err = redis.connect_now().await.unwrap_err().to_string();
+    assert!(!err.contains("last seen"), "{err}");
+    redis.update_settings(settings);
+    redis.connect_now().await.unwrap();
+
+    // The second primary leaves: emptied, reset (a new node id), and made a
+    // one-node cluster of its own, holding a token set. The others die.
+    let left_node = primaries[1].clone();
+    let mut other = cluster.node(&left_node).conn();
+    let () = redis::cmd("FLUSHALL").query(&mut other).unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg("RESET")
+        .arg("HARD")
+        .query(&mut other)
+        .unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query(&mut other)
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the one-node cluster", || {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut other).unwrap();
+        info.contains("cluster_state:ok")
+    });
+    let _: () = other.zadd("foreign-tokens", "expired", 1).unwrap();
+    cluster.node(&primaries[0]).kill();
+    cluster.node(&primaries[2]).kill();
+
+    let err = redis.connect_now().await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{left_node} is no longer a node of that cluster")),
+        "{err}"
+    );
+    assert!(redis.get().is_err());
+    let members: Vec<String> = other.zrange("foreign-tokens", 0, -1).unwrap();
+    assert_eq!(members, ["expired"]);
 }
