@@ -48,6 +48,17 @@ pub enum RedisError {
         /// What redis-rs reported.
         source: redis::RedisError,
     },
+    /// No seed of a cluster could be reached, nor any of the nodes it
+    /// listed when it was last reached.
+    #[error("cannot connect to Redis at {address}: {source}; nor through the nodes last seen: {last_seen}")]
+    ClusterUnreachable {
+        /// The seeds that were tried.
+        address: String,
+        /// Why the seeds could not be reached.
+        source: redis::RedisError,
+        /// What each node last seen answered.
+        last_seen: String,
+    },
     /// No sentinel could name the primary.
     #[error("sentinel: no primary for {master_name:?}: {reasons}")]
     NoPrimary {
@@ -110,10 +121,12 @@ enum Link {
     Server(MultiplexedConnection),
     /// The cluster client: routes each keyed command to its slot's primary and
     /// follows MOVED/ASK redirects itself. Keeps the settings to open
-    /// [`Link::Node`] connections with the same credentials and TLS.
+    /// [`Link::Node`] connections with the same credentials and TLS, and
+    /// the nodes it last saw, for reconnecting.
     Cluster {
         client: ClusterConnection,
         settings: Arc<RedisSettings>,
+        known: KnownNodes,
     },
     /// A direct connection to one primary of a cluster, for what must reach
     /// exactly that node (SCAN, its pipelines), with the cluster client kept
@@ -122,6 +135,7 @@ enum Link {
         direct: MultiplexedConnection,
         client: ClusterConnection,
         settings: Arc<RedisSettings>,
+        known: KnownNodes,
     },
 }
 
@@ -172,11 +186,21 @@ impl Connection {
     /// [`RedisError::Connect`] naming the address when Redis cannot be reached
     /// within `connect_timeout` or rejects the credentials.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisError> {
+        Self::connect_knowing(settings, &KnownNodes::default()).await
+    }
+
+    /// [`Connection::connect`]; in cluster mode, when no seed can be
+    /// reached, through the nodes in `known` that are still nodes of that
+    /// cluster. A cluster connection keeps `known` up to date.
+    async fn connect_knowing(
+        settings: &RedisSettings,
+        known: &KnownNodes,
+    ) -> Result<Self, RedisError> {
         match settings.mode {
             RedisMode::Standalone => {
                 Self::open(settings.url.connection_info().clone(), settings).await
             }
-            RedisMode::Cluster => Self::connect_cluster(settings).await,
+            RedisMode::Cluster => Self::connect_cluster(settings, known).await,
             RedisMode::Sentinel => discover_primary(settings).await,
         }
     }
@@ -203,20 +227,92 @@ impl Connection {
         Ok(conn)
     }
 
-    /// The cluster client, from the seeds `redis.url` and `redis.nodes`.
-    async fn connect_cluster(settings: &RedisSettings) -> Result<Self, RedisError> {
-        let seeds = std::iter::once(&settings.url)
-            .chain(&settings.nodes)
-            .map(|url| with_credentials(url.connection_info().clone(), settings))
-            .collect::<Result<Vec<_>, RedisError>>()?;
-        let address = format!(
-            "cluster (seeds {})",
-            seeds
-                .iter()
-                .map(|seed| seed.addr().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+    /// The cluster client, from the seeds `redis.url` and `redis.nodes`;
+    /// when none of them can be reached, from the nodes in `known` that
+    /// still answer as nodes of the cluster last seen.
+    ///
+    /// The seeds are what the operator configured, and often all there is
+    /// to a cluster's address for years; but the node behind a seed can
+    /// die for good while its replica serves on, and then every reconnect
+    /// (a reload, a lost link) would try only the dead seed while the
+    /// cluster is healthy. The nodes last seen are tried only after the
+    /// seeds, and only those whose `CLUSTER SLOTS` still names a node id
+    /// seen then: an address can be taken over by another server, or by a
+    /// node of another cluster, and connecting there would sweep (or issue
+    /// sessions on) data that is not this cluster's.
+    async fn connect_cluster(
+        settings: &RedisSettings,
+        known: &KnownNodes,
+    ) -> Result<Self, RedisError> {
+        let seeds = cluster_seeds(settings)?;
+        let address = format!("cluster (seeds {})", addresses_of(&seeds));
+        let (address, source) =
+            match Self::open_cluster(seeds.clone(), address, settings, known).await {
+                Ok(conn) => return Ok(conn),
+                Err(RedisError::Connect { address, source }) => (address, source),
+                Err(e) => return Err(e),
+            };
+        let last_seen = known.get();
+        let seed_addresses: BTreeSet<String> =
+            seeds.iter().map(|seed| seed.addr().to_string()).collect();
+        let others: Vec<&KnownNode> = last_seen
+            .iter()
+            .filter(|node| !seed_addresses.contains(&node.address))
+            .collect();
+        if others.is_empty() {
+            return Err(RedisError::Connect { address, source });
+        }
+        let ids: BTreeSet<&str> = last_seen.iter().map(|node| node.id.as_str()).collect();
+        let checks = others
+            .into_iter()
+            .map(|node| still_a_node(node, &ids, settings));
+        let mut members = Vec::new();
+        let mut refused = Vec::new();
+        for checked in futures_util::future::join_all(checks).await {
+            match checked {
+                Ok(info) => members.push(info),
+                Err(reason) => refused.push(reason),
+            }
+        }
+        if members.is_empty() {
+            return Err(RedisError::ClusterUnreachable {
+                address,
+                source,
+                last_seen: refused.join("; "),
+            });
+        }
+        let through = format!(
+            "cluster (through {} last seen; seeds {} unreachable)",
+            addresses_of(&members),
+            addresses_of(&seeds)
         );
+        match Self::open_cluster(members, through, settings, known).await {
+            Ok(conn) => {
+                tracing::warn!(
+                    seeds = %addresses_of(&seeds),
+                    error = %source,
+                    through = %conn.address,
+                    "no cluster seed could be reached; connected through the nodes last seen. \
+                     Add live nodes to redis.url/redis.nodes"
+                );
+                Ok(conn)
+            }
+            Err(e) => Err(RedisError::ClusterUnreachable {
+                address,
+                source,
+                last_seen: e.to_string(),
+            }),
+        }
+    }
+
+    /// A cluster client from `seeds`; on success, remembers the nodes it
+    /// lists in `known`.
+    async fn open_cluster(
+        seeds: Vec<ConnectionInfo>,
+        address: String,
+        settings: &RedisSettings,
+        known: &KnownNodes,
+    ) -> Result<Self, RedisError> {
         let tls = seeds
             .first()
             .is_some_and(|seed| matches!(seed.addr(), ConnectionAddr::TcpTls { .. }));
@@ -240,11 +336,19 @@ impl Connection {
             source,
         })?;
         let connecting = client.get_async_connection();
-        let client = within(settings.connect_timeout, &address, connecting).await?;
+        let mut client = within(settings.connect_timeout, &address, connecting).await?;
+        // Best effort: the connection works without it, and the nodes
+        // remembered before stay until a later read replaces them.
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+        match client.route_command(cluster_slots_command(), routing).await {
+            Ok(slots) => known.remember(nodes_in_slots(&slots)),
+            Err(e) => tracing::debug!(error = %e, "CLUSTER SLOTS after connecting failed"),
+        }
         Ok(Self {
             link: Link::Cluster {
                 client,
                 settings: Arc::new(settings.clone()),
+                known: known.clone(),
             },
             address,
         })
@@ -279,7 +383,7 @@ impl Connection {
     /// always has one; "none" is a reply the sweep cannot use, never
     /// "nothing to sweep".
     pub async fn primaries(&self) -> Result<Vec<Primary>, RedisError> {
-        let Link::Cluster { client, .. } = &self.link else {
+        let Link::Cluster { client, known, .. } = &self.link else {
             return Ok(vec![Primary {
                 address: self.address.clone(),
                 slots: Vec::new(),
@@ -292,7 +396,10 @@ impl Connection {
             .await
             .and_then(|value| redis::from_redis_value::<String>(value).map_err(Into::into))
             .map_err(|source| self.error("CLUSTER NODES", source))?;
-        primaries_in(&nodes).map_err(|reason| self.bad_reply("CLUSTER NODES", reason))
+        let nodes = parse_cluster_nodes(&nodes)
+            .map_err(|reason| self.bad_reply("CLUSTER NODES", reason))?;
+        known.remember(reachable_nodes(&nodes));
+        primaries_of(nodes).map_err(|reason| self.bad_reply("CLUSTER NODES", reason))
     }
 
     /// PING: on a cluster, one node's answer (redis-rs would ask every
@@ -320,9 +427,16 @@ impl Connection {
     /// # Errors
     /// When the node cannot be reached.
     pub async fn node(&self, address: &str) -> Result<Self, RedisError> {
-        let (Link::Cluster { client, settings }
+        let (Link::Cluster {
+            client,
+            settings,
+            known,
+        }
         | Link::Node {
-            client, settings, ..
+            client,
+            settings,
+            known,
+            ..
         }) = &self.link
         else {
             return Ok(self.clone());
@@ -339,6 +453,7 @@ impl Connection {
                 direct,
                 client: client.clone(),
                 settings: Arc::clone(settings),
+                known: known.clone(),
             },
             address,
         })
@@ -349,11 +464,15 @@ impl Connection {
     pub fn cluster(&self) -> Option<Self> {
         match &self.link {
             Link::Node {
-                client, settings, ..
+                client,
+                settings,
+                known,
+                ..
             } => Some(Self {
                 link: Link::Cluster {
                     client: client.clone(),
                     settings: Arc::clone(settings),
+                    known: known.clone(),
                 },
                 address: format!("cluster (redirected from {})", self.address),
             }),
@@ -554,6 +673,159 @@ fn cluster_nodes_command() -> redis::Cmd {
     cmd
 }
 
+fn cluster_slots_command() -> redis::Cmd {
+    let mut cmd = redis::cmd("CLUSTER");
+    cmd.arg("SLOTS");
+    cmd
+}
+
+/// The seeds `redis.url` and `redis.nodes`, with the credentials of `settings`.
+fn cluster_seeds(settings: &RedisSettings) -> Result<Vec<ConnectionInfo>, RedisError> {
+    std::iter::once(&settings.url)
+        .chain(&settings.nodes)
+        .map(|url| with_credentials(url.connection_info().clone(), settings))
+        .collect()
+}
+
+/// `host:port, host:port` of `nodes`, for messages.
+fn addresses_of(nodes: &[ConnectionInfo]) -> String {
+    nodes
+        .iter()
+        .map(|node| node.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A node of a cluster as last seen: where it was, and its id (a random
+/// 160-bit name a node keeps across restarts and failovers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct KnownNode {
+    address: String,
+    id: String,
+}
+
+/// The nodes of a cluster that its connection last saw (`CLUSTER SLOTS`
+/// when it connected, then every `CLUSTER NODES` read for the primaries):
+/// shared by the connection's clones, and kept by a [`Reconnecting`] from
+/// one connection to the next.
+#[derive(Clone, Default)]
+struct KnownNodes(Arc<Mutex<Vec<KnownNode>>>);
+
+impl KnownNodes {
+    /// Replaces what was seen before; a view with no node in it (a reply
+    /// that listed none usable) keeps the previous one.
+    fn remember(&self, nodes: Vec<KnownNode>) {
+        if !nodes.is_empty() {
+            *lock(&self.0) = nodes;
+        }
+    }
+
+    fn get(&self) -> Vec<KnownNode> {
+        lock(&self.0).clone()
+    }
+}
+
+/// The nodes of `CLUSTER NODES` worth trying later: every primary and
+/// replica with an address, except those the cluster considers failed or
+/// not yet joined.
+fn reachable_nodes(nodes: &[ClusterNode]) -> Vec<KnownNode> {
+    nodes
+        .iter()
+        .filter(|node| {
+            !node
+                .flags
+                .iter()
+                .any(|flag| matches!(flag.as_str(), "fail" | "noaddr" | "handshake"))
+        })
+        .filter(|node| {
+            split_address(&node.address).is_some_and(|(host, port)| !host.is_empty() && port != 0)
+        })
+        .map(|node| KnownNode {
+            address: node.address.clone(),
+            id: node.id.clone(),
+        })
+        .collect()
+}
+
+/// The nodes (address and id) in a `CLUSTER SLOTS` reply: for each slot
+/// range, `[start, end, [host, port, id, ...], ...]`. An entry without a
+/// usable host (empty, `?`), port or id is left out: this only feeds the
+/// nodes to try when the seeds are down, and the check that a node is
+/// still one of this cluster's, which then fails closed.
+fn nodes_in_slots(reply: &Value) -> Vec<KnownNode> {
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<KnownNode> = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        for node in fields.iter().skip(2) {
+            let Value::Array(node) = node else { continue };
+            let [Value::BulkString(host), Value::Int(port), Value::BulkString(id), ..] =
+                node.as_slice()
+            else {
+                continue;
+            };
+            let (Ok(host), Ok(port), Ok(id)) = (
+                std::str::from_utf8(host),
+                u16::try_from(*port),
+                std::str::from_utf8(id),
+            ) else {
+                continue;
+            };
+            if host.is_empty() || host == "?" || port == 0 || id.is_empty() {
+                continue;
+            }
+            let address = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            if !nodes.iter().any(|known| known.address == address) {
+                nodes.push(KnownNode {
+                    address,
+                    id: id.to_owned(),
+                });
+            }
+        }
+    }
+    nodes
+}
+
+/// Connects to `node` and checks it is still a node of the cluster last
+/// seen: its `CLUSTER SLOTS` names one of `ids`. Returns its connection
+/// info (with the credentials and TLS of `settings`), or why not, naming
+/// it.
+async fn still_a_node(
+    node: &KnownNode,
+    ids: &BTreeSet<&str>,
+    settings: &RedisSettings,
+) -> Result<ConnectionInfo, String> {
+    let Some((host, port)) = split_address(&node.address) else {
+        return Err(format!("{}: not host:port", node.address));
+    };
+    let info = at_address(settings.url.connection_info().clone(), host, port);
+    let (address, mut conn) = open_server(info.clone(), settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    let slots: Value = cluster_slots_command()
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("{address}: CLUSTER SLOTS failed: {e}"))?;
+    if nodes_in_slots(&slots)
+        .iter()
+        .any(|listed| ids.contains(listed.id.as_str()))
+    {
+        with_credentials(info, settings).map_err(|e| e.to_string())
+    } else {
+        Err(format!(
+            "{address} is no longer a node of that cluster (it names none of its nodes)"
+        ))
+    }
+}
+
 /// A primary to sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Primary {
@@ -629,14 +901,55 @@ pub struct SlotAssignment {
     pub config_epoch: u64,
     /// The slots it serves, as ranges in the order listed.
     pub slots: Vec<std::ops::RangeInclusive<u16>>,
-    /// Migrations in progress, as listed (`[93->-<node id>]` migrating,
-    /// `[93-<-<node id>]` importing).
-    pub migrations: Vec<String>,
+    /// Migrations in progress, in the order listed.
+    pub migrations: Vec<Migration>,
+}
+
+impl SlotAssignment {
+    /// The slots the node is importing (`[slot-<-id]`): it serves a key
+    /// of one of them, which it holds, only right after `ASKING`.
+    pub fn importing(&self) -> BTreeSet<u16> {
+        self.migrations
+            .iter()
+            .filter(|m| m.importing)
+            .map(|m| m.slot)
+            .collect()
+    }
+}
+
+/// A slot migration in progress, from a `CLUSTER NODES` line:
+/// `[93-<-<node id>]` (importing) or `[93->-<node id>]` (migrating).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migration {
+    /// The slot being moved.
+    pub slot: u16,
+    /// True when the node imports the slot from `peer`, false when it
+    /// migrates it to `peer`.
+    pub importing: bool,
+    /// The id of the node at the other end.
+    pub peer: String,
+}
+
+impl std::fmt::Display for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (direction, preposition) = if self.importing {
+            ("importing", "from")
+        } else {
+            ("migrating", "to")
+        };
+        write!(
+            f,
+            "slot {} {direction} {preposition} node {}",
+            self.slot, self.peer
+        )
+    }
 }
 
 /// One line of `CLUSTER NODES`.
 #[derive(Debug, PartialEq, Eq)]
 struct ClusterNode {
+    /// The node's id.
+    id: String,
     /// `host:port` clients use.
     address: String,
     /// `myself`, `master`, `slave`, `fail?`, `fail`, ...
@@ -645,7 +958,7 @@ struct ClusterNode {
     /// Slot ranges (`0-5460`, or a single `93` as `93..=93`).
     slots: Vec<std::ops::RangeInclusive<u16>>,
     /// Migration markers (`[93->-<node id>]`, `[93-<-<node id>]`).
-    migrations: Vec<String>,
+    migrations: Vec<Migration>,
 }
 
 impl ClusterNode {
@@ -663,8 +976,15 @@ impl ClusterNode {
 
 /// The primaries that serve slots, by address, from `CLUSTER NODES`; an
 /// error when there are none.
+#[cfg(test)]
 fn primaries_in(text: &str) -> Result<Vec<Primary>, String> {
-    let mut primaries: Vec<Primary> = parse_cluster_nodes(text)?
+    primaries_of(parse_cluster_nodes(text)?)
+}
+
+/// The primaries among `nodes` that serve slots, by address; an error when
+/// there are none.
+fn primaries_of(nodes: Vec<ClusterNode>) -> Result<Vec<Primary>, String> {
+    let mut primaries: Vec<Primary> = nodes
         .into_iter()
         .filter(ClusterNode::owns_slots)
         .map(|node| Primary {
@@ -718,7 +1038,7 @@ fn parse_cluster_nodes(text: &str) -> Result<Vec<ClusterNode>, String> {
 
 fn parse_node_line(line: &str) -> Result<ClusterNode, String> {
     let fields: Vec<&str> = line.split_whitespace().collect();
-    let [_id, endpoint, flags, _primary_id, _ping, _pong, epoch, _link, slot_fields @ ..] =
+    let [id, endpoint, flags, _primary_id, _ping, _pong, epoch, _link, slot_fields @ ..] =
         fields.as_slice()
     else {
         return Err(format!("{} fields, at least 8 expected", fields.len()));
@@ -734,17 +1054,21 @@ fn parse_node_line(line: &str) -> Result<ClusterNode, String> {
     let mut migrations = Vec::new();
     for field in slot_fields {
         if let Some(marker) = field.strip_prefix('[') {
-            let slot = marker
-                .split_once("->-")
-                .or_else(|| marker.split_once("-<-"))
-                .filter(|(_, rest)| rest.ends_with(']'))
-                .map(|(slot, _)| slot);
-            if slot.and_then(parse_slot).is_none() {
-                return Err(format!(
-                    "slot migration {field:?} is not [slot->-id] or [slot-<-id]"
-                ));
-            }
-            migrations.push((*field).to_owned());
+            let migration = [("->-", false), ("-<-", true)]
+                .into_iter()
+                .find_map(|(arrow, importing)| {
+                    let (slot, peer) = marker.split_once(arrow)?;
+                    let peer = peer.strip_suffix(']').filter(|peer| !peer.is_empty())?;
+                    Some(Migration {
+                        slot: parse_slot(slot)?,
+                        importing,
+                        peer: peer.to_owned(),
+                    })
+                })
+                .ok_or_else(|| {
+                    format!("slot migration {field:?} is not [slot->-id] or [slot-<-id]")
+                })?;
+            migrations.push(migration);
             continue;
         }
         let (start, end) = field.split_once('-').unwrap_or((field, field));
@@ -758,6 +1082,7 @@ fn parse_node_line(line: &str) -> Result<ClusterNode, String> {
         }
     }
     Ok(ClusterNode {
+        id: (*id).to_owned(),
         address: address.to_owned(),
         flags: flags.split(',').map(str::to_owned).collect(),
         config_epoch,
@@ -883,7 +1208,10 @@ impl RedisError {
     /// reconnect rather than retry on the same connection.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::NoPrimary { .. } | Self::NotPrimary { .. } => true,
+            Self::Connect { .. }
+            | Self::ClusterUnreachable { .. }
+            | Self::NoPrimary { .. }
+            | Self::NotPrimary { .. } => true,
             Self::Command { source, .. } => {
                 source.is_io_error()
                     || source.is_connection_dropped()
@@ -912,7 +1240,9 @@ impl RedisError {
     /// (a reply of an unexpected shape) or `command` (any other error reply).
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Connect { source, .. } | Self::Command { source, .. } => reply_kind(source),
+            Self::Connect { source, .. }
+            | Self::ClusterUnreachable { source, .. }
+            | Self::Command { source, .. } => reply_kind(source),
             Self::NoPrimary { .. } => "sentinel",
             // A server the sentinels named that turned out to be a replica.
             Self::NotPrimary { .. } => "readonly",
@@ -979,6 +1309,11 @@ fn reply_kind(e: &redis::RedisError) -> &'static str {
 /// Settings changed with [`Reconnecting::update_settings`] apply to the next
 /// connection; a connection that was being made with the previous settings
 /// when they changed is discarded, never installed.
+///
+/// On a cluster, the nodes the connections saw (at each connect, and each
+/// time the primaries are read) are kept from one connection to the next:
+/// when no configured seed answers, a reconnect goes through those that are
+/// still nodes of that cluster. They are forgotten when the seeds change.
 pub struct Reconnecting {
     state: Mutex<ReconnectState>,
     /// Called with `true`/`false` whenever the link comes up or goes down.
@@ -992,6 +1327,10 @@ pub struct ConnectionId(u64);
 
 struct ReconnectState {
     settings: RedisSettings,
+    /// The cluster nodes the connections saw, across connections: when the
+    /// seeds are down, a reconnect goes through them. Forgotten when the
+    /// seeds change, as they may then name another cluster.
+    known: KnownNodes,
     /// Bumped by every change of settings. A connect attempt remembers the
     /// generation it started with and installs its connection only if it is
     /// still current.
@@ -1028,6 +1367,7 @@ impl Reconnecting {
         Self {
             state: Mutex::new(ReconnectState {
                 settings,
+                known: KnownNodes::default(),
                 generation: 0,
                 link: LinkStatus::Down {
                     reason: "not connected yet".to_owned(),
@@ -1098,11 +1438,15 @@ impl Reconnecting {
     /// and the new settings are tried at once.
     async fn connect_current(&self) -> Result<Connection, RedisError> {
         loop {
-            let (settings, generation) = {
+            let (settings, known, generation) = {
                 let state = lock(&self.state);
-                (state.settings.clone(), state.generation)
+                (
+                    state.settings.clone(),
+                    state.known.clone(),
+                    state.generation,
+                )
             };
-            let connected = Connection::connect(&settings).await;
+            let connected = Connection::connect_knowing(&settings, &known).await;
             let mut state = lock(&self.state);
             if state.generation != generation {
                 tracing::info!(
@@ -1200,6 +1544,9 @@ impl Reconnecting {
             let mut state = lock(&self.state);
             let changed = state.settings != settings;
             if changed {
+                if seeds_of(&state.settings) != seeds_of(&settings) {
+                    state.known = KnownNodes::default();
+                }
                 state.settings = settings;
                 state.generation += 1;
             }
@@ -1232,6 +1579,16 @@ impl Reconnecting {
             }
         }
     }
+}
+
+/// The seed addresses of `settings` (and its mode): a change of these may
+/// point at another cluster.
+fn seeds_of(settings: &RedisSettings) -> (RedisMode, Vec<String>) {
+    let seeds = std::iter::once(&settings.url)
+        .chain(&settings.nodes)
+        .map(|url| url.connection_info().addr().to_string())
+        .collect();
+    (settings.mode, seeds)
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the
@@ -1271,7 +1628,14 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
             ]
         );
         // The migration marker stays for the check that decides "finished".
-        assert_eq!(nodes[1].migrations, ["[93->-292f]"]);
+        assert_eq!(
+            nodes[1].migrations,
+            [Migration {
+                slot: 93,
+                importing: false,
+                peer: "292f".to_owned()
+            }]
+        );
         assert_eq!(nodes[2].config_epoch, 3);
     }
 
@@ -1305,6 +1669,14 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
                 "292f 127.0.0.1:30003@31003 master - 0 0 3 connected [93-x]",
                 "migration",
             ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected [93->-]",
+                "migration",
+            ),
+            (
+                "292f 127.0.0.1:30003@31003 master - 0 0 3 connected [16384-<-ab]",
+                "migration",
+            ),
         ] {
             let text = format!("{good}{bad}\n");
             let err = parse_cluster_nodes(&text).unwrap_err();
@@ -1316,7 +1688,13 @@ e7d1 127.0.0.1:30001@31001 master,fail - 0 1426238317741 1 connected 0-92 94-546
         // Importing and migrating markers both parse.
         let marked =
             "292f 127.0.0.1:30003@31003 myself,master - 0 0 3 connected 1-2 [3-<-ab] [1->-cd]";
-        assert_eq!(parse_cluster_nodes(marked).unwrap()[0].migrations.len(), 2);
+        let own = own_assignment(marked).unwrap();
+        assert_eq!(own.migrations.len(), 2);
+        assert_eq!(own.importing(), BTreeSet::from([3]));
+        assert_eq!(
+            own.migrations[0].to_string(),
+            "slot 3 importing from node ab"
+        );
     }
 
     #[test]
@@ -1367,6 +1745,83 @@ e7d1 127.0.0.1:30001@31001 master - 0 1 1 connected
         )
         .unwrap();
         assert!(!replica.primary && replica.slots.is_empty());
+    }
+
+    #[test]
+    fn the_nodes_to_try_later_are_those_with_an_address_not_failed() {
+        let fresh = "66d6 :53703@47567 master - 0 0 0 connected\n";
+        let nodes = parse_cluster_nodes(&format!("{NODES}{fresh}")).unwrap();
+        let known = reachable_nodes(&nodes);
+        let known: Vec<(&str, &str)> = known
+            .iter()
+            .map(|n| (n.address.as_str(), n.id.as_str()))
+            .collect();
+        assert_eq!(
+            known,
+            [
+                ("127.0.0.1:30004", "07c3"),
+                ("127.0.0.1:30002", "67ed"),
+                ("127.0.0.1:30003", "292f"),
+                ("127.0.0.1:30005", "9fa1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_slots_names_its_nodes_and_what_is_unusable_is_left_out() {
+        let bulk = |text: &str| Value::BulkString(text.as_bytes().to_vec());
+        let node = |host: &str, port: i64, id: &str| {
+            Value::Array(vec![
+                bulk(host),
+                Value::Int(port),
+                bulk(id),
+                Value::Array(vec![]),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("127.0.0.1", 30001, "a1"),
+                node("127.0.0.1", 30004, "a4"),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("", 30002, "a2"),
+                node("?", 30005, "a5"),
+                node("127.0.0.1", 0, "a6"),
+                node("127.0.0.1", 30007, ""),
+                Value::Array(vec![bulk("127.0.0.1"), Value::Int(30008)]),
+                Value::Nil,
+            ]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(16383),
+                node("::1", 30003, "a3"),
+                // A primary listed for two ranges is one node.
+                node("127.0.0.1", 30001, "a1"),
+            ]),
+            Value::Int(7),
+        ]);
+        let nodes: Vec<(String, String)> = nodes_in_slots(&reply)
+            .into_iter()
+            .map(|n| (n.address, n.id))
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("127.0.0.1:30001", "a1"),
+            ("127.0.0.1:30004", "a4"),
+            ("[::1]:30003", "a3"),
+        ]
+        .iter()
+        .map(|(a, i)| ((*a).to_owned(), (*i).to_owned()))
+        .collect();
+        assert_eq!(nodes, expected);
+        assert!(nodes_in_slots(&Value::Nil).is_empty());
+        assert_eq!(
+            split_address("[::1]:30003"),
+            Some(("::1".to_owned(), 30003))
+        );
     }
 
     #[test]

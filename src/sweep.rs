@@ -38,9 +38,11 @@
 //!    (a malformed line, or no primary serving slots, stops the sweep).
 //!    Steps 2 to 5 run once per primary, on a connection of its own (SCAN is
 //!    per node), up to `sweep.max_parallel_nodes` at a time; the unit guard
-//!    of every primary passes before any primary deletes. A key whose slot
-//!    moved answers MOVED/ASK and is read (guard) or swept again where it
-//!    lives now, once. A primary counts as finished only when, by its own
+//!    of every primary passes before any primary deletes. A key SCAN finds
+//!    on a node that is importing its slot (an open migration) is read and
+//!    swept there, right after `ASKING`. A key whose slot moved answers
+//!    MOVED/ASK and is read (guard) or swept again where it lives now, once.
+//!    A primary counts as finished only when, by its own
 //!    `CLUSTER NODES` line, it served the slots it was chosen for when its
 //!    sweep started, its scan ran to the end, and its slots and config epoch
 //!    were the same, with no migration, before and after; otherwise it is
@@ -52,6 +54,7 @@
 //! `ZREMRANGEBYSCORE`; an emptied set disappears because Redis deletes empty
 //! sorted sets.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,7 +65,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{ClockSource, ScoreUnit, SweepSettings};
-use crate::redis::{Connection, Primary, RedisError, SlotAssignment};
+use crate::redis::{key_slot, Connection, Primary, RedisError, SlotAssignment};
 use redis::Value;
 
 /// Whether the sweep deletes or only counts.
@@ -571,6 +574,8 @@ struct NodeSweep<'a> {
     conn: Connection,
     /// The node's slot assignment before the scan (`None`: not a cluster).
     assignment: Option<SlotAssignment>,
+    /// The slots it was importing then: its keys of those are sent after `ASKING`.
+    importing: BTreeSet<u16>,
     scanner: Scanner<'a>,
     tally: Tally<'a>,
     /// Shutdown came during the unit-guard sample.
@@ -618,13 +623,20 @@ impl<'a> NodeSweep<'a> {
                 error: None,
             }));
         }
+        let importing = assignment
+            .as_ref()
+            .map(SlotAssignment::importing)
+            .unwrap_or_default();
         let tally = Tally {
             progress,
             node: Arc::default(),
         };
         let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
         let interrupted = if settings.unit_guard {
-            match scanner.guard(now_micros, shutdown).await? {
+            let found = Found::ScannedOn {
+                importing: &importing,
+            };
+            match scanner.guard(now_micros, found, shutdown).await? {
                 Ok(interrupted) => interrupted,
                 Err(e) => return failed(e),
             }
@@ -635,6 +647,7 @@ impl<'a> NodeSweep<'a> {
             address: address.to_owned(),
             conn: node_conn,
             assignment,
+            importing,
             scanner,
             tally,
             interrupted,
@@ -686,12 +699,15 @@ impl<'a> NodeSweep<'a> {
         let scanning = self.scanner.run(batches_tx, shutdown);
         let conn = &self.conn;
         let tally = &self.tally;
+        let found = Found::ScannedOn {
+            importing: &self.importing,
+        };
         let removing = stream::poll_fn(|cx| batches_rx.poll_recv(cx))
             .map(|batch| {
                 let mut conn = conn.clone();
                 async move {
                     let sent = Instant::now();
-                    let outcome = sweep_keys(&mut conn, &batch, cutoff, mode).await;
+                    let outcome = sweep_batch(&mut conn, &batch, found, cutoff, mode).await;
                     if let Some(timer) = &tally.progress.batch_timer {
                         timer(sent.elapsed());
                     }
@@ -723,7 +739,26 @@ impl<'a> NodeSweep<'a> {
                     .to_owned(),
             )
         } else if !before.migrations.is_empty() {
-            Some("a slot migration was in progress during the sweep".to_owned())
+            // While slot N moves from A (migrating) to B (importing), each
+            // of its keys is on exactly one of them: on A until MIGRATE
+            // moves it, then on B (a key created meanwhile is created on B,
+            // as A answers ASK for keys it lacks). SCAN is per node and
+            // returns what the node holds, whatever the slot: A's scan the
+            // keys still on A, which A serves; B's scan those already moved,
+            // which B serves after ASKING (see `Found::ScannedOn`); a key
+            // moved after A's scan returned it answers ASK there and is
+            // swept on B. So while no key moves, each is swept where it
+            // lives, exactly once. But a key MIGRATE moves after B's cursor
+            // passed it and before A's reached it is seen by neither scan,
+            // and the markers look the same whether keys move or the
+            // migration is stuck: neither node can count as finished until
+            // the markers go. The next sweep sees such a key on B.
+            let open: Vec<String> = before.migrations.iter().map(ToString::to_string).collect();
+            Some(format!(
+                "a slot migration was open during the sweep ({}): keys moving meanwhile may \
+                 have been missed; one that stays open is stuck (redis-cli --cluster fix)",
+                open.join(", ")
+            ))
         } else {
             None
         })
@@ -913,11 +948,22 @@ pub async fn sweep_keys(
     cutoff: i64,
     mode: SweepMode,
 ) -> Result<BatchOutcome, RedisError> {
+    sweep_batch(conn, keys, Found::Anywhere, cutoff, mode).await
+}
+
+/// [`sweep_keys`] for keys `found` as said.
+async fn sweep_batch(
+    conn: &mut Connection,
+    keys: &[Vec<u8>],
+    found: Found<'_>,
+    cutoff: i64,
+    mode: SweepMode,
+) -> Result<BatchOutcome, RedisError> {
     let command = match mode {
         SweepMode::Remove => "ZREMRANGEBYSCORE",
         SweepMode::DryRun => "ZCOUNT",
     };
-    let replies = query_each(conn, command, keys, |key| {
+    let replies = query_each(conn, command, keys, found, |key| {
         let mut cmd = redis::cmd(command);
         cmd.arg(key).arg("-inf").arg(cutoff);
         cmd
@@ -952,39 +998,95 @@ struct KeyReply {
     redirected: bool,
 }
 
+/// Where the keys given to [`query_each`] were found, which decides how
+/// they are sent to the connection's node.
+#[derive(Clone, Copy)]
+enum Found<'a> {
+    /// Given by a caller: a key may live on any node, so it is sent as it
+    /// is, and a MOVED/ASK reply followed.
+    Anywhere,
+    /// Returned by SCAN on the connection's node, which was importing the
+    /// slots `importing` (its own `[slot-<-id]` markers). Those keys are on
+    /// the node, which serves them only right after `ASKING`; sent without
+    /// it, they answer MOVED, to the owner, which answers ASK back.
+    /// (Sending `ASKING` for a key the node does not hold would sweep an
+    /// empty key there instead of the real one on the owner: hence only
+    /// for keys SCAN found on the node.)
+    ScannedOn { importing: &'a BTreeSet<u16> },
+}
+
+impl Found<'_> {
+    fn needs_asking(self, key: &[u8]) -> bool {
+        match self {
+            Self::Anywhere => false,
+            Self::ScannedOn { importing } => importing.contains(&key_slot(key)),
+        }
+    }
+}
+
 /// Sends `command(key)` for every key in one pipeline on `conn`, and
-/// returns the replies in key order. On a connection to one cluster node,
-/// a key that answers MOVED is sent again through the cluster client (which
-/// routes by slot) and one that answers ASK goes to the importing node
-/// right after `ASKING`; on a single server, MOVED/ASK replies are returned
-/// as they are. The sweep and the unit guard both go through here, so a
-/// key is read where it is removed.
+/// returns the replies in key order. A key `found` on the node in a slot it
+/// is importing goes right after its own `ASKING`, in the same pipeline, so
+/// that nothing else sharing the connection comes between the two. On a
+/// connection to one cluster node, a key that answers MOVED is sent again
+/// through the cluster client (which routes by slot) and one that answers
+/// ASK goes to the importing node right after `ASKING`; on a single
+/// server, MOVED/ASK replies are returned as they are. The sweep and the
+/// unit guard both go through here, so a key is read where it is removed.
 async fn query_each(
     conn: &mut Connection,
     what: &'static str,
     keys: &[Vec<u8>],
+    found: Found<'_>,
     command: impl Fn(&[u8]) -> redis::Cmd,
 ) -> Result<Vec<KeyReply>, RedisError> {
     let mut pipe = redis::pipe();
+    let mut asking = Vec::with_capacity(keys.len());
     for key in keys {
+        let ask = found.needs_asking(key);
+        if ask {
+            pipe.cmd("ASKING");
+        }
         pipe.add_command(command(key));
+        asking.push(ask);
     }
+    let sent = keys.len() + asking.iter().filter(|ask| **ask).count();
     let replies: Vec<redis::RedisResult<Value>> =
         match pipe.ignore_errors().query_async(&mut *conn).await {
             Ok(replies) => replies,
             Err(e) => return Err(conn.error(what, e)),
         };
-    if replies.len() != keys.len() {
-        // zip would pair the wrong replies with the keys, or drop some.
+    if replies.len() != sent {
+        // The replies would be paired with the wrong keys, or some dropped.
         return Err(conn.bad_reply(
             what,
-            format!("{} replies to {} commands", replies.len(), keys.len()),
+            format!("{} replies to {sent} commands", replies.len()),
         ));
+    }
+    let mut replies = replies.into_iter();
+    let mut next = || {
+        replies
+            .next()
+            .ok_or_else(|| conn.bad_reply(what, format!("fewer than {sent} replies")))
+    };
+    let mut own = Vec::with_capacity(keys.len());
+    for ask in asking {
+        let asked = if ask { Some(next()?) } else { None };
+        let reply = next()?;
+        own.push(match asked {
+            None | Some(Ok(Value::Okay)) => reply,
+            // A refused ASKING (an ACL without it) is the key's answer: the
+            // command after it could only say MOVED.
+            Some(Err(e)) => Err(e),
+            Some(Ok(other)) => {
+                return Err(conn.bad_reply(what, format!("ASKING answered {}", shape(&other))))
+            }
+        });
     }
     let cluster = conn.cluster();
     let mut redirects = Vec::new();
     let mut out = Vec::with_capacity(keys.len());
-    for (index, (key, reply)) in keys.iter().zip(replies).enumerate() {
+    for (index, (key, reply)) in keys.iter().zip(own).enumerate() {
         if let (Err(e), Some(cluster)) = (&reply, &cluster) {
             let importing = match e.code() {
                 // The slot moved for good: the cluster client routes by slot.
@@ -1164,6 +1266,7 @@ impl<'a> Scanner<'a> {
     async fn guard(
         &mut self,
         now_micros: i128,
+        found: Found<'_>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Result<bool, RedisError>, SweepError> {
         let mut shutdown = std::pin::pin!(shutdown);
@@ -1186,8 +1289,14 @@ impl<'a> Scanner<'a> {
                 // The node has no more keys.
                 break;
             }
-            scored +=
-                check_units(&mut self.conn, keys, self.settings.score_unit, now_micros).await?;
+            scored += check_batch(
+                &mut self.conn,
+                keys,
+                found,
+                self.settings.score_unit,
+                now_micros,
+            )
+            .await?;
             read = end;
         }
         let read_all = self.finished && read == self.pending.len();
@@ -1332,7 +1441,18 @@ pub async fn check_units(
     unit: ScoreUnit,
     now_micros: i128,
 ) -> Result<usize, SweepError> {
-    let replies = query_each(conn, GUARD_READ, keys, |key| {
+    check_batch(conn, keys, Found::Anywhere, unit, now_micros).await
+}
+
+/// [`check_units`] for keys `found` as said.
+async fn check_batch(
+    conn: &mut Connection,
+    keys: &[Vec<u8>],
+    found: Found<'_>,
+    unit: ScoreUnit,
+    now_micros: i128,
+) -> Result<usize, SweepError> {
+    let replies = query_each(conn, GUARD_READ, keys, found, |key| {
         let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
         cmd.arg(key)
             .arg("(+inf")

@@ -12,7 +12,7 @@ use common::{redis_now_ms, run_sweeper, wait_until, DaemonProcess};
 use redis::Commands;
 use token_sweeper::auth::{AuthError, TokenService};
 use token_sweeper::config::{AuthSettings, RedisMode, ScoreUnit, Secret};
-use token_sweeper::redis::Connection;
+use token_sweeper::redis::{Connection, Reconnecting};
 use token_sweeper::sweep::{
     check_units, sweep_keys, sweep_nodes, Check, SweepError, SweepMode, SweepProgress,
 };
@@ -905,4 +905,302 @@ async fn a_primary_whose_slots_moved_since_the_topology_was_read_is_not_finished
     .unwrap();
     assert!(report.unfinished_nodes.is_empty(), "{report:?}");
     assert_eq!(left(&cluster, &keys), (0, 2 * keys.len()));
+}
+
+/// Issue 11, item 4: a migration left open (slot IMPORTING on one primary,
+/// MIGRATING on another, some of its keys moved). The keys SCAN finds on the
+/// importing node answer MOVED there without `ASKING`; following that
+/// through the cluster client (to the owner, which answers ASK) lost
+/// `ASKING` under concurrency, and those keys kept their expired members,
+/// sweep after sweep. Now every key is swept where it lives, and the two
+/// nodes of the open migration are named unfinished, with the slot.
+#[test]
+fn a_stuck_migration_leaves_no_expired_member_on_either_node() {
+    let mut cluster = RedisCluster::start(3, 0);
+    // Many users in one slot, so that many keys sit on the importing node.
+    let stuck: Vec<String> = (0..240).map(|n| format!("{{stuck}}:u{n}-tokens")).collect();
+    let mut keys = user_keys(600);
+    keys.extend(stuck.iter().cloned());
+    let now = seed(&cluster, &keys);
+    let slot = slot_of(&mut cluster.nodes[0].conn(), "{stuck}");
+    let primaries = cluster.primaries();
+    let from = primaries
+        .iter()
+        .find(|p| !cluster.keys_on(&p.address, "{stuck}*").is_empty())
+        .unwrap()
+        .address
+        .clone();
+    let to = primaries
+        .iter()
+        .find(|p| p.address != from)
+        .unwrap()
+        .address
+        .clone();
+    begin_migration(&mut cluster, slot, &from, &to);
+    migrate_keys(&mut cluster, &from, &to, &stuck[..160]);
+    // Sessions created since the migration began live only on the
+    // importing node (the owner answers ASK for keys it does not have).
+    let created: Vec<String> = (0..40)
+        .map(|n| format!("{{stuck}}:new{n}-tokens"))
+        .collect();
+    let mut target = cluster.node(&to).conn();
+    for key in &created {
+        let ((), ()): ((), ()) = redis::pipe()
+            .cmd("ASKING")
+            .cmd("ZADD")
+            .arg(key)
+            .arg(now - HOUR_MS)
+            .arg("expired-1")
+            .arg(now - 1_000)
+            .arg("expired-2")
+            .arg(now + HOUR_MS)
+            .arg("live-1")
+            .arg(now + 48 * HOUR_MS)
+            .arg("live-2")
+            .query(&mut target)
+            .unwrap();
+    }
+    keys.extend(created.iter().cloned());
+    assert_eq!(cluster.keys_on(&to, "{stuck}*").len(), 200);
+    assert_eq!(cluster.keys_on(&from, "{stuck}*").len(), 80);
+
+    let report = sweep_json(&cluster, &[]);
+
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["keys_scanned"], keys.len() as u64, "{report}");
+    assert_eq!(report["members_removed"], 2 * keys.len() as u64, "{report}");
+    assert_eq!(report["keys_redirected"], 0, "swept where SCAN found them");
+    assert_eq!(
+        members_on(&mut cluster, &to, "{stuck}*", true),
+        (0, 400),
+        "on the importing node"
+    );
+    assert_eq!(
+        members_on(&mut cluster, &from, "{stuck}*", false),
+        (0, 160),
+        "on the owner"
+    );
+    let others: Vec<String> = keys
+        .iter()
+        .filter(|k| !k.starts_with("{stuck}"))
+        .cloned()
+        .collect();
+    assert_eq!(left(&cluster, &others), (0, 2 * others.len()));
+
+    // While the slot stays open, keys can move between the two nodes'
+    // scans: those two are not finished, and say why; the third is.
+    for node in report["nodes"].as_array().unwrap() {
+        let address = node["node"].as_str().unwrap();
+        let open = address == from || address == to;
+        assert_eq!(node["finished"], !open, "{node}");
+        if open {
+            let reason = node["unfinished_reason"].as_str().unwrap();
+            assert!(reason.contains(&format!("slot {slot}")), "{reason}");
+        }
+    }
+
+    // A user without `asking` (ACLs are per node): the importing node's
+    // keys are refused with the permission named, not followed elsewhere.
+    let mut target = cluster.node(&to).conn();
+    for key in cluster.keys_on(&to, "{stuck}*") {
+        let ((), ()): ((), ()) = redis::pipe()
+            .cmd("ASKING")
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(now - HOUR_MS)
+            .arg("expired-again")
+            .query(&mut target)
+            .unwrap();
+    }
+    for node in &cluster.nodes {
+        common::create_user(node, "token-sweeper", "sweeper-pw", &["asking"]);
+    }
+    let out = run_sweeper(
+        &["sweep", "--json"],
+        &[
+            env_refs(&cluster.env()).as_slice(),
+            &[
+                ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+                ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+            ],
+        ]
+        .concat(),
+    );
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{output}");
+    assert!(output.contains("'asking' command"), "{output}");
+    assert_eq!(
+        members_on(&mut cluster, &to, "{stuck}*", true),
+        (200, 400),
+        "{output}"
+    );
+}
+
+/// (expired, live) members in the keys matching `pattern` on the node at
+/// `address`, read there (after `ASKING` for a slot it is importing).
+fn members_on(
+    cluster: &mut RedisCluster,
+    address: &str,
+    pattern: &str,
+    asking: bool,
+) -> (usize, usize) {
+    let keys = cluster.keys_on(address, pattern);
+    let mut conn = cluster.node(address).conn();
+    let (mut expired, mut live) = (0, 0);
+    for key in keys {
+        let mut pipe = redis::pipe();
+        if asking {
+            pipe.cmd("ASKING").ignore();
+        }
+        let (members,): (Vec<String>,) = pipe
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .unwrap();
+        expired += members.iter().filter(|m| m.starts_with("expired")).count();
+        live += members.iter().filter(|m| m.starts_with("live")).count();
+    }
+    (expired, live)
+}
+
+/// Issue 11, item 5: with one seed configured, after that node died and its
+/// replica took over, every reconnect (here: a reload that changes a Redis
+/// setting) tried only the dead seed: no sweep, and `/readyz` "cannot
+/// connect", while the cluster was healthy. Reconnects now also go through
+/// the nodes the daemon last saw.
+#[test]
+fn with_its_only_seed_dead_the_daemon_reconnects_through_the_nodes_it_last_saw() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let keys = user_keys(600);
+    seed(&cluster, &keys);
+    let only_seed = cluster.primaries()[0].address.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |response_timeout: &str| {
+        format!(
+            "[redis]\nmode = \"cluster\"\nconnect_timeout = \"1s\"\n\
+             response_timeout = \"{response_timeout}\"\n[sweep]\ninterval = \"1s\"\n"
+        )
+    };
+    let path = common::write_file(dir.path(), "sweeper.toml", &config("2s"));
+    // No redis.nodes: the one seed is all the configuration names.
+    let daemon = DaemonProcess::start(&format!("redis://{only_seed}"), &[], Some(&path));
+    let ok = || daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}");
+    wait_until(Duration::from_secs(20), "a first sweep", || ok() >= 1.0);
+    assert_eq!(left(&cluster, &keys), (0, 2 * keys.len()));
+
+    cluster.node(&only_seed).kill();
+    wait_until(
+        Duration::from_secs(30),
+        "the replica to be promoted",
+        || {
+            let primaries = cluster.primaries();
+            primaries.len() == 3 && primaries.iter().all(|p| p.address != only_seed)
+        },
+    );
+    cluster.wait_healthy(3);
+
+    // A reload that changes a Redis setting: the daemon reconnects.
+    std::fs::write(&path, config("3s")).unwrap();
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload", || {
+        !daemon
+            .events("configuration reloaded; it applies from the next sweep")
+            .is_empty()
+    });
+    let survivor = cluster.primaries()[0].address.clone();
+    let now = redis_now_ms(&mut cluster.node(&survivor).conn());
+    let mut c = cluster.conn();
+    for key in &keys {
+        let _: () = c.zadd(key, "expired-again", now - 1).unwrap();
+    }
+    let before = ok();
+    wait_until(
+        Duration::from_secs(40),
+        "sweeps after the reconnect",
+        || ok() >= before + 2.0 && left(&cluster, &keys) == (0, 2 * keys.len()),
+    );
+    wait_until(Duration::from_secs(10), "/readyz", || {
+        common::http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    // It says so, naming the dead seed, so that the operator adds live ones.
+    let around = daemon.events(
+        "no cluster seed could be reached; connected through the nodes last seen. Add live \
+         nodes to redis.url/redis.nodes",
+    );
+    assert!(
+        around
+            .iter()
+            .any(|e| e["seeds"].as_str() == Some(only_seed.as_str())),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// The nodes last seen are only a way around dead seeds, never a way to
+/// another cluster: a node reached there that names none of the nodes seen
+/// (here one reset and made a cluster of its own, as when an address is
+/// reused) is refused, and after the seeds change (which may name another
+/// cluster) the nodes seen through the old ones are not tried.
+#[tokio::test]
+async fn a_reconnect_never_goes_through_a_node_that_left_the_cluster() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+    let mut settings = cluster.settings().redis;
+    settings.url = format!("redis://{}", primaries[0]).parse().unwrap();
+    settings.nodes = Vec::new();
+    settings.connect_timeout = Duration::from_secs(1);
+    let redis = std::sync::Arc::new(Reconnecting::new(settings.clone(), |_| {}));
+    let conn = redis.connect_now().await.unwrap();
+    assert_eq!(conn.primaries().await.unwrap().len(), 3);
+
+    // Seeds that name another (here: no) cluster: nothing seen through the
+    // old seeds is tried.
+    let mut elsewhere = settings.clone();
+    elsewhere.url = format!("redis://127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    redis.update_settings(elsewhere);
+    let err = redis.connect_now().await.unwrap_err().to_string();
+    assert!(!err.contains("last seen"), "{err}");
+    redis.update_settings(settings);
+    redis.connect_now().await.unwrap();
+
+    // The second primary leaves: emptied, reset (a new node id), and made a
+    // one-node cluster of its own, holding a token set. The others die.
+    let left_node = primaries[1].clone();
+    let mut other = cluster.node(&left_node).conn();
+    let () = redis::cmd("FLUSHALL").query(&mut other).unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg("RESET")
+        .arg("HARD")
+        .query(&mut other)
+        .unwrap();
+    let () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query(&mut other)
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the one-node cluster", || {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut other).unwrap();
+        info.contains("cluster_state:ok")
+    });
+    let _: () = other.zadd("foreign-tokens", "expired", 1).unwrap();
+    cluster.node(&primaries[0]).kill();
+    cluster.node(&primaries[2]).kill();
+
+    let err = redis.connect_now().await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{left_node} is no longer a node of that cluster")),
+        "{err}"
+    );
+    assert!(redis.get().is_err());
+    let members: Vec<String> = other.zrange("foreign-tokens", 0, -1).unwrap();
+    assert_eq!(members, ["expired"]);
 }
