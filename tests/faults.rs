@@ -105,6 +105,13 @@ fn auth_settings(redis: impl FnOnce(&mut RedisSettings)) -> Settings {
     settings
 }
 
+/// Whether `text` says that a permission was missing (Redis' NOPERM code,
+/// or its message "no permissions to run ...").
+fn names_permission(text: &str) -> bool {
+    let text = text.to_lowercase();
+    text.contains("noperm") || text.contains("permission")
+}
+
 fn seed() -> u64 {
     std::env::var("TOKEN_SWEEPER_FAULTS_SEED")
         .ok()
@@ -327,6 +334,18 @@ impl Suite {
     /// operation succeeds for a while.
     fn recover(&mut self, fault: &str, ended: Instant) {
         self.violations.set_phase(format!("after {fault}"));
+        // The auth path is probed alongside, so its recovery is timed even
+        // while the daemon is still being waited for.
+        let workload = Arc::clone(&self.workload);
+        let auth_probe = self.rt.spawn(async move {
+            loop {
+                match workload.probe().await {
+                    Ok(()) => return Ok(ended.elapsed()),
+                    Err(e) if ended.elapsed() > AUTH_RECOVERY => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
         let since = unix_now() - ended.elapsed().as_secs_f64();
         let dead = self.canaries.seed_dead(&mut self.admin);
         let daemon_ok = self.expect_within(
@@ -354,20 +373,10 @@ impl Suite {
             back
         };
 
-        let mut last = String::new();
-        let mut auth = None;
-        while auth.is_none() {
-            match self.rt.block_on(self.workload.probe()) {
-                Ok(()) => auth = Some(ended.elapsed()),
-                Err(e) => last = e,
-            }
-            if ended.elapsed() > AUTH_RECOVERY {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let probed = self.rt.block_on(auth_probe).unwrap();
+        let auth = probed.as_ref().ok().copied();
         let rebuilt = auth.is_none();
-        if rebuilt {
+        if let Err(last) = probed {
             self.violations.report(
                 "after a fault the auth path works again (TokenService reconnects)",
                 format!("still failing {AUTH_RECOVERY:?} after the fault: {last}"),
@@ -812,7 +821,7 @@ impl Standalone {
             if shown.is_err() {
                 let (code, body) = self.suite.readyz();
                 let up = self.suite.daemon.metric(REDIS_UP);
-                shown = if code == 503 && body.to_lowercase().contains("noperm") && up == 1.0 {
+                shown = if code == 503 && names_permission(&body) && up == 1.0 {
                     Ok(())
                 } else {
                     Err(format!("/readyz {code} {body:?}, redis_up {up}"))
@@ -884,7 +893,7 @@ impl Standalone {
                 .block_on(self.suite.workload.issue_raw("acl-check")),
         };
         let names_cause = matches!(&answer,
-            Err(OpFailure::Auth(AuthError::Redis(e))) if e.to_string().to_lowercase().contains("noperm"));
+            Err(OpFailure::Auth(AuthError::Redis(e))) if names_permission(&e.to_string()));
         if !names_cause {
             self.suite.violations.report(
                 "an operation the auth path cannot perform is an error naming the cause, never a verdict",
