@@ -465,7 +465,8 @@ enum Source {
 /// Redis with its score, unless that score has passed.
 ///
 /// # Errors
-/// When Redis could not be read (nothing is judged then).
+/// When Redis could not be read: `TIME` (nothing is judged then), or some
+/// sets (the others are judged).
 pub fn check_round(
     admin: &mut Admin,
     workload: &Workload,
@@ -488,13 +489,23 @@ pub fn check_round(
         ));
     }
     let mut missing = Vec::new();
+    // A key that cannot be read now (its cluster primary is down) is
+    // skipped; the others are still judged. A removal is permanent, so a
+    // later round sees what this one could not.
+    let mut unread = None;
     for (key, expected) in &by_key {
         let mut zmscore = redis::cmd("ZMSCORE");
         zmscore.arg(key);
         for (member, _, _) in expected {
             zmscore.arg(member);
         }
-        let scores: Vec<Option<f64>> = admin.query(&zmscore)?;
+        let scores: Vec<Option<f64>> = match admin.query(&zmscore) {
+            Ok(scores) => scores,
+            Err(e) => {
+                unread = Some(e);
+                continue;
+            }
+        };
         for ((member, score, source), found) in expected.iter().zip(scores) {
             match found {
                 Some(found) if found == *score => {
@@ -540,6 +551,11 @@ pub fn check_round(
             ),
         );
     }
-    stats.rounds.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    match unread {
+        Some(e) => Err(e),
+        None => {
+            stats.rounds.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
 }
