@@ -496,18 +496,40 @@ impl Suite {
             self.checker.stats.summary(),
             self.daemon.metric(OK)
         );
+        // The slowest recovery of each fault, in the order first injected.
+        let mut worst: Vec<(&str, Option<Duration>, Option<Duration>, usize)> = Vec::new();
         for r in &self.recoveries {
+            let at = match worst.iter().position(|w| w.0 == r.fault) {
+                Some(at) => at,
+                None => {
+                    worst.push((&r.fault, Some(Duration::ZERO), Some(Duration::ZERO), 0));
+                    worst.len() - 1
+                }
+            };
+            let w = &mut worst[at];
+            w.1 = w.1.zip(r.daemon).map(|(a, b)| a.max(b));
+            w.2 = w.2.zip(r.auth).map(|(a, b)| a.max(b));
+            w.3 += usize::from(r.rebuilt);
+        }
+        let secs = |d: Option<Duration>| {
+            d.map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()))
+        };
+        report +=
+            "\nslowest recovery after each fault (\"never\": not within 60 s for the daemon, \
+             5 s for the auth path, which is then rebuilt):";
+        for (fault, daemon, auth, rebuilt) in worst {
             report += &format!(
-                "\n  {:<34} daemon sweeping again after {:>10}, auth path after {:>10}{}",
-                r.fault,
-                r.daemon
-                    .map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
-                r.auth
-                    .map_or("never".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
-                if r.rebuilt { " (rebuilt)" } else { "" }
+                "\n  {fault:<34} daemon sweeping again after {:>6}, auth path after {:>6}{}",
+                secs(daemon),
+                secs(auth),
+                if rebuilt > 0 {
+                    format!(" (service rebuilt {rebuilt}x)")
+                } else {
+                    String::new()
+                }
             );
         }
-        for note in &self.notes {
+        for note in self.notes.iter().take(20) {
             report += &format!("\n  note: {note}");
         }
         let lost = self.workload.model.lost();
