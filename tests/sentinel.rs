@@ -4,86 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::sentinel::Sentinel;
 use common::{count_members, free_port, run_sweeper, seed, wait_until, DaemonProcess, RedisServer};
-
-/// A redis-server in sentinel mode monitoring `mymaster`; killed on drop.
-struct Sentinel {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Sentinel {
-    fn start(master_port: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n\
-                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds mymaster 1000\n\
-                 sentinel failover-timeout mymaster 10000\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(common::redis_server_bin())
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let sentinel = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        wait_until(Duration::from_secs(10), "the sentinel", || {
-            sentinel.master().is_some()
-        });
-        sentinel
-    }
-
-    fn conn(&self) -> Option<redis::Connection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
-            .ok()?
-            .get_connection()
-            .ok()
-    }
-
-    /// (host, port) the sentinel names as primary.
-    fn master(&self) -> Option<(String, u16)> {
-        redis::cmd("SENTINEL")
-            .arg("GET-MASTER-ADDR-BY-NAME")
-            .arg("mymaster")
-            .query(&mut self.conn()?)
-            .ok()?
-    }
-
-    fn replicas(&self) -> usize {
-        self.conn()
-            .and_then(|mut c| {
-                redis::cmd("SENTINEL")
-                    .arg("REPLICAS")
-                    .arg("mymaster")
-                    .query::<Vec<redis::Value>>(&mut c)
-                    .ok()
-            })
-            .map_or(0, |r| r.len())
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn the_daemon_finds_the_primary_and_follows_a_failover() {
@@ -114,11 +38,7 @@ fn the_daemon_finds_the_primary_and_follows_a_failover() {
         || count_members(&mut p, "before").0 == 0,
     );
 
-    let _: () = redis::cmd("SENTINEL")
-        .arg("FAILOVER")
-        .arg("mymaster")
-        .query(&mut sentinel.conn().unwrap())
-        .unwrap();
+    sentinel.failover();
     wait_until(
         Duration::from_secs(30),
         "the replica to be promoted",

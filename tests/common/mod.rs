@@ -6,6 +6,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cluster;
+pub mod invariants;
+pub mod proxy;
+pub mod sentinel;
+pub mod workload;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,8 @@ pub struct RedisServer {
     pub port: u16,
     /// Its working directory (logs, and anything a test puts beside it).
     pub dir: tempfile::TempDir,
+    /// The extra arguments it was started with, reused by a restart.
+    extra: Vec<String>,
 }
 
 /// `redis-server` from `$REDIS_SERVER`, else from `PATH`.
@@ -44,25 +50,17 @@ impl RedisServer {
     /// Starts a server with extra `redis-server` arguments (`["--requirepass", "x"]`).
     pub fn start_with(extra: &[&str]) -> Self {
         let mut last_error = String::new();
+        let extra: Vec<String> = extra.iter().map(|a| (*a).to_owned()).collect();
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
-            let mut command = Command::new(redis_server_bin());
-            command
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", dir.path().to_str().expect("utf-8 tempdir")])
-                .args(["--logfile", "redis.log"])
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = command.spawn().unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e}. Install it (apt-get install redis-server) or run .ci/test",
-                    redis_server_bin()
-                )
-            });
-            let mut server = Self { child, port, dir };
+            let child = spawn_server(port, dir.path(), &extra);
+            let mut server = Self {
+                child,
+                port,
+                dir,
+                extra: extra.clone(),
+            };
             match server.wait_ready() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
@@ -220,22 +218,41 @@ pub async fn sweep_with(
     .await
 }
 
+/// `redis-server` on `port` in `dir` with persistence off, then `extra`
+/// (later arguments win, so `--appendonly yes` there turns AOF on).
+fn spawn_server(port: u16, dir: &Path, extra: &[String]) -> Child {
+    Command::new(redis_server_bin())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--dir", dir.to_str().expect("utf-8 tempdir")])
+        .args(["--logfile", "redis.log"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e}. Install it (apt-get install redis-server) or run .ci/test",
+                redis_server_bin()
+            )
+        })
+}
+
 impl RedisServer {
-    /// Kills the server and starts a fresh one on the same port (data is lost,
-    /// as after a crash without persistence).
+    /// Kills the server and starts it again on the same port, in the same
+    /// directory, with the same arguments: without persistence its data is
+    /// lost, as after a crash; with `--appendonly yes` it is loaded back.
     pub fn restart(&mut self) {
         self.kill();
+        self.start_again();
+    }
+
+    /// Starts a killed server again (see [`RedisServer::restart`]) and waits
+    /// until it answers, its data loaded.
+    pub fn start_again(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            self.child = Command::new(redis_server_bin())
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", self.dir.path().to_str().expect("utf-8 tempdir")])
-                .args(["--logfile", "redis.log"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("restart redis-server");
+            self.child = spawn_server(self.port, self.dir.path(), &self.extra);
             if self.wait_ready().is_ok() {
                 return;
             }
@@ -460,20 +477,38 @@ pub fn readme_acl(user: &str) -> Vec<String> {
     args
 }
 
+/// The user name and rules of the README line for `user`, with `password`,
+/// minus `without` permissions.
+fn readme_rules(user: &str, password: &str, without: &[&str]) -> Vec<String> {
+    let mut rules: Vec<String> = readme_acl(user)
+        .into_iter()
+        .skip(2)
+        .map(|arg| {
+            if arg.starts_with('>') {
+                format!(">{password}")
+            } else {
+                arg
+            }
+        })
+        .collect();
+    rules.extend(without.iter().map(|permission| format!("-{permission}")));
+    rules
+}
+
 /// Creates `user` from the README line with `password`, minus `without` permissions.
 pub fn create_user(server: &RedisServer, user: &str, password: &str, without: &[&str]) {
     let mut c = server.conn();
     let mut cmd = redis::cmd("ACL");
-    for arg in readme_acl(user).into_iter().skip(1) {
-        let arg = if arg.starts_with('>') {
-            format!(">{password}")
-        } else {
-            arg
-        };
-        cmd.arg(arg);
-    }
-    for permission in without {
-        cmd.arg(format!("-{permission}"));
-    }
+    cmd.arg("SETUSER")
+        .arg(readme_rules(user, password, without));
     let _: () = cmd.query(&mut c).unwrap();
+}
+
+/// `redis-server` arguments (`--user ...`) that define `user` from the README
+/// line with `password` at start-up, so the user survives a restart (an ACL
+/// SETUSER made at run time does not).
+pub fn user_args(user: &str, password: &str) -> Vec<String> {
+    let mut args = vec!["--user".to_owned()];
+    args.extend(readme_rules(user, password, &[]));
+    args
 }
