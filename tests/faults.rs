@@ -657,7 +657,7 @@ impl Standalone {
         let proxy = Proxy::start(server.port);
         let daemon = DaemonProcess::start(&proxy.url(), &daemon_env(), None);
         let url = proxy.url();
-        let settings = auth_settings(|redis| redis.url = url);
+        let settings = auth_settings(|redis| redis.url = url.parse().unwrap());
         let suite = Suite::start(
             Target::Server(server.port),
             Canaries::default_keys(),
@@ -1157,7 +1157,7 @@ fn sentinel_failovers() {
     let daemon = DaemonProcess::start("redis://ignored-host:1", &env, None);
     let settings = auth_settings(|redis| {
         redis.mode = RedisMode::Sentinel;
-        redis.sentinels = vec![sentinels.clone()];
+        redis.sentinels = vec![sentinels.parse().unwrap()];
         redis.master_name = Some(MASTER_NAME.to_owned());
     });
     let mut suite = Suite::start(
@@ -1295,8 +1295,8 @@ fn cluster_primary_killed_and_replica_promoted() {
     let urls: Vec<String> = cluster.nodes.iter().map(RedisServer::url).collect();
     let settings = auth_settings(|redis| {
         redis.mode = RedisMode::Cluster;
-        redis.url = urls[0].clone();
-        redis.nodes = urls.clone();
+        redis.url = urls[0].parse().unwrap();
+        redis.nodes = urls.iter().map(|url| url.parse().unwrap()).collect();
     });
     let ports = cluster.nodes.iter().map(|n| n.port).collect();
     let mut suite = Suite::start(Target::Cluster(ports), canary_keys, daemon, settings);

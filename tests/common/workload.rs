@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use token_sweeper::auth::{AuthError, Claims, TokenService};
 use token_sweeper::config::Settings;
-use token_sweeper::redis::{key_slot, Connection};
+use token_sweeper::redis::key_slot;
 
 use super::invariants::{Admin, Violations};
 
@@ -386,10 +386,9 @@ pub struct Workload {
 /// This is the one place that builds the service: if its construction
 /// changes, change it here.
 pub async fn connect_service(settings: &Settings) -> Result<TokenService, String> {
-    let conn = Connection::connect(&settings.redis)
+    TokenService::connect(settings)
         .await
-        .map_err(|e| e.to_string())?;
-    TokenService::new(conn, &settings.auth, settings.sweep.score_unit).map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `f`, or an error once [`OP_TIMEOUT`] has passed.
