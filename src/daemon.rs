@@ -157,6 +157,23 @@ impl Schedule {
         }
     }
 
+    /// The time between the next two ticks (for a cron schedule, the gap
+    /// that comes next); one second when there are not two more.
+    pub fn period(&self) -> Duration {
+        let now = Utc::now();
+        self.next_tick_after(now)
+            .and_then(|first| Some((first, self.next_tick_after(first)?)))
+            .and_then(|(first, second)| (second - first).to_std().ok())
+            .unwrap_or(Duration::from_secs(1))
+    }
+
+    /// The longest wait between two reconnect attempts that still lets the
+    /// daemon sweep within two periods of Redis coming back: half a period,
+    /// between 1 s and 30 s.
+    pub fn reconnect_backoff(&self) -> Duration {
+        (self.period() / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
     /// Time from now until the next tick; one second when there is none
     /// (what a lease needs, as a lower bound).
     pub fn time_to_next_tick(&self) -> Duration {
@@ -1098,6 +1115,7 @@ impl Daemon {
         let redis = Arc::new(Reconnecting::new(self.settings.redis.clone(), move |up| {
             up_metrics.set_redis_up(up);
         }));
+        redis.set_max_backoff(Schedule::of(&self.settings.sweep).reconnect_backoff());
         let address = self.settings.metrics.listen.clone();
         let listener = tokio::net::TcpListener::bind(&address)
             .await
@@ -1312,6 +1330,7 @@ impl Daemon {
         if let Some(level) = &self.log_level {
             level.set(&new.log);
         }
+        redis.set_max_backoff(ticker.schedule.reconnect_backoff());
         redis.update_settings(new.redis.clone());
         self.settings = new;
         tracing::info!("configuration reloaded; it applies from the next sweep");
@@ -1433,6 +1452,16 @@ mod tests {
             cron.next_tick_after(at("2030-01-01T10:00:00.300Z")),
             Some(at("2030-01-01T10:00:01Z"))
         );
+    }
+
+    #[test]
+    fn reconnects_back_off_to_half_a_period_within_1s_and_30s() {
+        assert_eq!(every(1).reconnect_backoff(), Duration::from_secs(1));
+        assert_eq!(every(10).reconnect_backoff(), Duration::from_secs(5));
+        assert_eq!(every(300).reconnect_backoff(), Duration::from_secs(30));
+        let minutely = Schedule::Cron("0 * * * * *".to_owned());
+        assert_eq!(minutely.period(), Duration::from_secs(60));
+        assert_eq!(minutely.reconnect_backoff(), Duration::from_secs(30));
     }
 
     #[test]

@@ -1302,8 +1302,8 @@ fn reply_kind(e: &redis::RedisError) -> &'static str {
 /// one reconnect, not a thousand. A report about a connection that has
 /// already been replaced is ignored, so a slow request that failed on the old
 /// connection cannot throw away the new one. Reconnects are at least
-/// [`MIN_RECONNECT_INTERVAL`] apart and back off (1 s, 2 s, 4 s ... 30 s)
-/// while they fail. No task runs while the link is healthy, and the loop
+/// [`MIN_RECONNECT_INTERVAL`] apart and back off (1 s, 2 s, 4 s ... up to
+/// [`Reconnecting::set_max_backoff`], 30 s unless set) while they fail. No task runs while the link is healthy, and the loop
 /// ends when the last handle is dropped.
 ///
 /// Settings changed with [`Reconnecting::update_settings`] apply to the next
@@ -1327,6 +1327,9 @@ pub struct ConnectionId(u64);
 
 struct ReconnectState {
     settings: RedisSettings,
+    /// The longest wait between two attempts: a daemon sweeping every
+    /// second must not wait 30 s to notice Redis is back.
+    max_backoff: Duration,
     /// The cluster nodes the connections saw, across connections: when the
     /// seeds are down, a reconnect goes through them. Forgotten when the
     /// seeds change, as they may then name another cluster.
@@ -1351,7 +1354,7 @@ enum LinkStatus {
     },
 }
 
-/// Longest wait between two reconnect attempts.
+/// Longest wait between two reconnect attempts, unless set otherwise.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Shortest time between two connections: a connection that fails right
@@ -1367,6 +1370,7 @@ impl Reconnecting {
         Self {
             state: Mutex::new(ReconnectState {
                 settings,
+                max_backoff: MAX_BACKOFF,
                 known: KnownNodes::default(),
                 generation: 0,
                 link: LinkStatus::Down {
@@ -1378,6 +1382,12 @@ impl Reconnecting {
             }),
             on_change: Box::new(on_change),
         }
+    }
+
+    /// Caps the wait between two reconnect attempts (never below
+    /// [`MIN_RECONNECT_INTERVAL`]); applies from the next attempt.
+    pub fn set_max_backoff(&self, max: Duration) {
+        lock(&self.state).max_backoff = max.max(MIN_RECONNECT_INTERVAL);
     }
 
     /// The current connection, or why there is none.
@@ -1530,9 +1540,11 @@ impl Reconnecting {
                     };
                 }
             }
+            let max_backoff = lock(&strong.state).max_backoff;
             drop(strong);
+            backoff = backoff.min(max_backoff);
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(max_backoff);
         }
     }
 
