@@ -1055,3 +1055,80 @@ fn the_watchdog_is_fed_while_the_daemon_works_and_starves_while_it_is_stuck() {
         daemon.log_text().contains("Redis connection restored")
     });
 }
+
+/// Issue 10, item 1: a replica that refuses to sweep (here its host clock
+/// is 1 s ahead of Redis, beyond `max_clock_skew = 500ms`) used to take the
+/// lock first, refuse, and keep the lock for the period: ticking first
+/// every period, it kept the healthy replica from ever sweeping. Now its
+/// checks run before it asks for the lock, so it never holds it, and the
+/// healthy replica sweeps every period.
+#[test]
+fn a_replica_whose_clock_is_ahead_takes_no_lock_and_the_healthy_one_sweeps_every_period() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let env = [
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+        ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ("TOKEN_SWEEPER__SWEEP__MAX_CLOCK_SKEW", "500ms"),
+    ];
+    let lib = common::libfaketime();
+    let mut skewed_env = env.to_vec();
+    skewed_env.extend([
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME", "+1s"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    // Started first, so it also contends for the very first period.
+    let skewed = DaemonProcess::start(&server.url(), &skewed_env, None);
+    let healthy = DaemonProcess::start(&server.url(), &env, None);
+    let holder = || -> Option<u32> {
+        let holder: Option<String> = redis::cmd("GET")
+            .arg("token-sweeper:lock")
+            .query(&mut server.conn())
+            .unwrap();
+        holder.as_deref().and_then(common::holder_pid)
+    };
+
+    wait_until(
+        Duration::from_secs(10),
+        "the skewed replica to refuse",
+        || skewed.metric("token_sweeper_errors_total{kind=\"clock_skew\"}") >= 1.0,
+    );
+    let swept_before = healthy.metric(OK);
+    // Five periods: expired tokens keep arriving and are swept every period.
+    for period in 0..5 {
+        let prefix = format!("p{period}-");
+        seed(&mut c, &prefix, 20);
+        wait_until(
+            Duration::from_secs(5),
+            &format!("period {period}'s tokens swept"),
+            || {
+                assert_ne!(
+                    holder(),
+                    Some(skewed.pid()),
+                    "the skewed replica holds the lock"
+                );
+                count_members(&mut c, &prefix).0 == 0
+            },
+        );
+    }
+    wait_until(Duration::from_secs(5), "the fifth sweep counted", || {
+        healthy.metric(OK) >= swept_before + 5.0
+    });
+    assert_eq!(
+        healthy.metric(SKIPPED_LOCKED),
+        0.0,
+        "{}",
+        healthy.log_text()
+    );
+    assert!(skewed.metric("token_sweeper_errors_total{kind=\"clock_skew\"}") >= 5.0);
+    assert_eq!(skewed.metric(OK), 0.0);
+    assert_eq!(skewed.metric("token_sweeper_lock_held"), 0.0);
+    assert_eq!(http_get(healthy.metrics_port, "/readyz").unwrap().0, 200);
+    // The fleet-wide alert of the README, max over the replicas: fresh,
+    // although the skewed replica has never succeeded.
+    let newest = healthy
+        .metric("token_sweeper_last_success_timestamp_seconds")
+        .max(skewed.metric("token_sweeper_last_success_timestamp_seconds"));
+    assert!(common::unix_now() - newest < 3.0 * 2.0, "{newest}");
+}
