@@ -589,6 +589,23 @@ async fn the_readme_acl_users_work_on_a_cluster_and_a_missing_permission_is_name
         daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}") >= 1.0
     });
     assert_eq!(left(&cluster, &keys), (0, 1200), "{}", daemon.log_text());
+    // Its lease scripts, leaving the registry at shutdown included, need
+    // nothing beyond the README's ACL line.
+    assert!(registered(&cluster).contains(&daemon.pid()));
+    let mut daemon = daemon;
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)).0, Some(0));
+    assert_eq!(
+        registered(&cluster),
+        BTreeSet::new(),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        !daemon.log_text().contains("cannot"),
+        "every lease script ran: {}",
+        daemon.log_text()
+    );
     drop(daemon);
 
     // The auth module as its user, with the hash-tagged template.

@@ -1132,3 +1132,57 @@ fn a_replica_whose_clock_is_ahead_takes_no_lock_and_the_healthy_one_sweeps_every
         .max(skewed.metric("token_sweeper_last_success_timestamp_seconds"));
     assert!(common::unix_now() - newest < 3.0 * 2.0, "{newest}");
 }
+
+/// A round used to report a lost connection as "whichever is current":
+/// when `/readyz` had already noticed the loss and a new connection was in
+/// place, the round's late failure on the old one dropped the new one (a
+/// second outage, a second reconnect). Rounds now report the connection
+/// they used, and a report about a replaced one is ignored.
+#[test]
+fn a_late_failure_of_an_old_round_does_not_drop_the_new_connection() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 30);
+    // One key a second: the round spends most of its time between batches.
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "1"),
+            ("TOKEN_SWEEPER__SWEEP__BATCH_SIZE", "1"),
+        ],
+        None,
+    );
+    wait_until(Duration::from_secs(10), "connected", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    daemon.signal("USR1");
+    wait_until(Duration::from_secs(10), "two batches swept", || {
+        count_members(&mut c, "u").0 <= 28
+    });
+    // The daemon's connection goes; /readyz notices at once and reconnects
+    // while the round waits for its next batch, which then fails.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut c)
+        .unwrap();
+    http_get(daemon.metrics_port, "/readyz").unwrap();
+    wait_until(Duration::from_secs(10), "the round to fail", || {
+        daemon.metric("token_sweeper_sweeps_total{result=\"error\"}") >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let lost = daemon.events("Redis connection lost; reconnecting with backoff");
+    assert_eq!(lost.len(), 1, "{}", daemon.log_text());
+    assert_eq!(
+        daemon.events("Redis connection restored").len(),
+        1,
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(daemon.metric("token_sweeper_redis_up"), 1.0);
+}
