@@ -35,7 +35,7 @@
 //! 1 min), shown as `schedule_armed` 0 and in `/readyz`, and meanwhile the
 //! loop's own check takes the tick on time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -52,7 +52,7 @@ use uuid::Uuid;
 use crate::config::{Settings, SweepSettings};
 use crate::logging::LogLevel;
 use crate::metrics::{Metrics, Readiness, SweepResult};
-use crate::redis::{lock, Connection, Primary, Reconnecting, RedisError};
+use crate::redis::{lock, Connection, ConnectionId, Primary, Reconnecting, RedisError};
 use crate::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
 
 /// What the outside world (signals, tests) asks of a running daemon.
@@ -539,24 +539,40 @@ fn one_shot_delay(tick: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     Duration::from_secs(u64::try_from(ms).unwrap_or(0).div_ceil(1000))
 }
 
-/// The replica lock, as leases: one key per primary swept, taken if free
-/// (or already ours), kept alive while sweeping, then left to expire 90%
-/// into the period so the next period's sweep finds it free.
-///
-/// A single server has one lease, the key `lock.key` itself. A cluster has
-/// one per primary, `lock.key:host:port`, and the daemons register in
-/// `lock.key:daemons` so each first takes its share of the primaries
-/// (different ones for each daemon) and only then any primary still free:
-/// N daemons split M primaries, and a primary whose daemon died is still
-/// swept.
-struct ReplicaLock {
-    key: String,
+/// This daemon's place in the fleet, shared by its rounds, reloads and
+/// shutdown: its name, the registry it is in, and the leases it holds.
+struct Fleet {
     /// Unique per process, so only the holder can extend or release.
     holder: String,
+    /// The registry (`lock.key:daemons`) this daemon may be counted in.
+    registered: std::sync::Mutex<Option<String>>,
+    /// Every lease key this daemon has taken and not released, across
+    /// rounds, so that shutdown can release them even if the round did not
+    /// finish.
+    taken: std::sync::Mutex<BTreeSet<String>>,
+}
+
+/// The replica lock, as leases: one key per primary swept, taken if free
+/// (or already ours) once this daemon's checks have passed, kept alive
+/// while that primary is swept, then, when it is finished, left to expire
+/// 90% into the period so the next period's sweep finds it free. A lease
+/// whose primary was not finished, and every lease of a round that failed,
+/// is given back at once.
+///
+/// A single server has one lease, the key `lock.key` itself. A cluster has
+/// one per primary, `lock.key:host:port{tag}`, and the daemons register
+/// in `lock.key:daemons` so each takes its share of the primaries
+/// (different ones for each daemon): N daemons split M primaries. A daemon
+/// is registered only while it can sweep: it registers after its checks
+/// pass, and leaves the registry when it refuses or fails, stops, changes
+/// `lock.key`, or is still sweeping when its period ends (it will skip the
+/// next tick); its registration lasts until every daemon has registered in
+/// the next period (the next tick, plus `sweep.jitter`, plus `lock.ttl`),
+/// so a daemon that dies is counted for one period more, no longer.
+struct ReplicaLock {
+    key: String,
     ttl: Duration,
-    /// Every lease key this daemon has taken, shared across rounds, so that
-    /// shutdown can release them even if the round did not finish.
-    taken: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    fleet: Arc<Fleet>,
 }
 
 /// A lease script: Redis 7 script flags (a shebang, which must be the first
@@ -591,8 +607,9 @@ end
 return 1"
 );
 
-/// When a sweep ends: if still ours, let it live only until the end of the
-/// period's lease (`ARGV[2]` ms from now), or delete it if that has passed.
+/// When a primary is finished: if still ours, let the lease live only
+/// until the end of the period's lease (`ARGV[2]` ms from now), or delete
+/// it if that has passed.
 const SETTLE: &str = lease_script!(
     r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(ARGV[2]) > 0 then
@@ -627,19 +644,136 @@ end
 return {0, #daemons}"
 );
 
+/// Removes `ARGV[1]` from the registry. (Scored `-inf`, then every `-inf`
+/// removed: live members are scored with their expiry, so only this one
+/// goes. That is `ZREM` with the commands the documented ACL of earlier
+/// versions already grants, so an upgrade needs no ACL change.)
+const DEREGISTER: &str = lease_script!(
+    r"redis.call('ZADD', KEYS[1], 'XX', '-inf', ARGV[1])
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '-inf')"
+);
+
+impl Fleet {
+    /// Runs a lease script on `key` with this daemon's name and `ms`. A
+    /// script that has not answered within `timeout` is given up on: a
+    /// primary that is down must not hold up the leases on the others.
+    async fn eval(
+        &self,
+        conn: &mut Connection,
+        (script, what): (&str, &'static str),
+        key: &str,
+        ms: Duration,
+        timeout: Duration,
+    ) -> Result<i64, RedisError> {
+        let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(1).arg(key).arg(&self.holder).arg(ms);
+        match tokio::time::timeout(timeout, conn.query::<i64>(what, &cmd)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(conn.error(
+                what,
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {timeout:?}"),
+                )),
+            )),
+        }
+    }
+
+    /// Deletes the lease `key` if it is still ours.
+    async fn release(
+        &self,
+        conn: &mut Connection,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<bool, RedisError> {
+        let released = self
+            .eval(
+                conn,
+                (RELEASE, "lock release"),
+                key,
+                Duration::ZERO,
+                timeout,
+            )
+            .await?;
+        lock(&self.taken).remove(key);
+        Ok(released == 1)
+    }
+
+    /// Leaves `registry` (`None`: the one it is in, if any), so that the
+    /// other daemons' shares cover this daemon's primaries from their next
+    /// round.
+    async fn leave(&self, conn: &mut Connection, registry: Option<&str>, timeout: Duration) {
+        let left = {
+            let mut registered = lock(&self.registered);
+            match (registry, registered.as_deref()) {
+                (Some(wanted), Some(current)) if wanted != current => Some(wanted.to_owned()),
+                _ => registered.take().or_else(|| registry.map(str::to_owned)),
+            }
+        };
+        let Some(registry) = left else { return };
+        let leaving = (DEREGISTER, "lock deregister");
+        match self
+            .eval(conn, leaving, &registry, Duration::ZERO, timeout)
+            .await
+        {
+            Ok(1) => tracing::info!(registry, "left the registry of daemons"),
+            Ok(_) => {}
+            Err(e) => {
+                // It expires by itself: at the latest one period on.
+                tracing::warn!(error = %e, registry, "cannot leave the registry of daemons");
+            }
+        }
+    }
+
+    /// Releases every lease still ours and leaves the registry: this daemon
+    /// stops, or cannot sweep now.
+    /// Each script is bounded by `timeout`, and they run at once (each
+    /// lease lives on its own primary), so this takes about `timeout` at
+    /// most, however many primaries are down.
+    async fn withdraw(&self, conn: &Connection, timeout: Duration) {
+        let keys = lock(&self.taken).clone();
+        let releases = keys.iter().map(|key| {
+            let mut conn = conn.clone();
+            async move {
+                match self.release(&mut conn, key, timeout).await {
+                    Ok(true) => tracing::info!(key, "released the replica lock"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, key, "cannot release the lease"),
+                }
+            }
+        });
+        let leaving = async {
+            self.leave(&mut conn.clone(), None, timeout).await;
+        };
+        futures_util::future::join(futures_util::future::join_all(releases), leaving).await;
+    }
+}
+
+/// The registry of the daemons sharing `lock_key`.
+fn registry_of(lock_key: &str) -> String {
+    format!("{lock_key}:daemons")
+}
+
 impl ReplicaLock {
+    /// The longest a lease script may take: the keep-alive runs every
+    /// third of the ttl.
+    fn timeout(&self) -> Duration {
+        self.ttl / 3
+    }
+
     async fn run(
         &self,
         conn: &mut Connection,
         key: &str,
-        script: &str,
-        what: &'static str,
+        script: (&str, &'static str),
         ms: Duration,
     ) -> Result<bool, RedisError> {
-        let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script).arg(1).arg(key).arg(&self.holder).arg(ms);
-        conn.query::<i64>(what, &cmd).await.map(|n| n == 1)
+        let answer = self
+            .fleet
+            .eval(conn, script, key, ms, self.timeout())
+            .await?;
+        Ok(answer == 1)
     }
 
     /// The lease key of a primary: `lock.key` for a single server; in a
@@ -654,6 +788,10 @@ impl ReplicaLock {
         }
     }
 
+    fn registry(&self) -> String {
+        registry_of(&self.key)
+    }
+
     /// Takes a lease for the sweep: at least `ttl`, so the keep-alive
     /// (every ttl/3) always finds it, however short the period's lease.
     async fn acquire(
@@ -663,71 +801,82 @@ impl ReplicaLock {
         lease: Duration,
     ) -> Result<bool, RedisError> {
         let taken = self
-            .run(conn, key, ACQUIRE, "lock acquire", lease.max(self.ttl))
+            .run(conn, key, (ACQUIRE, "lock acquire"), lease.max(self.ttl))
             .await?;
         if taken {
-            lock(&self.taken).insert(key.to_owned());
+            lock(&self.fleet.taken).insert(key.to_owned());
         }
         Ok(taken)
     }
 
-    /// After the sweep: keep the lease only for what is left of the period's.
+    /// After a primary is finished: keep its lease only for what is left
+    /// of the period's.
     async fn settle(
         &self,
         conn: &mut Connection,
         key: &str,
         left: Duration,
     ) -> Result<bool, RedisError> {
-        self.run(conn, key, SETTLE, "lock settle", left).await
+        self.run(conn, key, (SETTLE, "lock settle"), left).await
     }
 
     async fn keep_alive(&self, conn: &mut Connection, key: &str) -> Result<bool, RedisError> {
-        self.run(conn, key, KEEP_ALIVE, "lock keep-alive", self.ttl)
+        self.run(conn, key, (KEEP_ALIVE, "lock keep-alive"), self.ttl)
             .await
     }
 
     async fn release(&self, conn: &mut Connection, key: &str) -> Result<bool, RedisError> {
-        self.run(conn, key, RELEASE, "lock release", Duration::ZERO)
-            .await
+        self.fleet.release(conn, key, self.timeout()).await
     }
 
-    /// The primaries this daemon should sweep: all of them for a single
-    /// server or a lone daemon; with N live daemons, M/N (rounded up)
-    /// starting at an offset given by this daemon's rank. The shares of all
-    /// live daemons cover every primary, so no daemon needs to take more.
-    /// If the registry cannot be reached (its primary is down), all of them:
-    /// the leases still keep two daemons off one primary.
+    /// The primaries this daemon should sweep, and whether it registered:
+    /// all of them for a single server or a lone daemon; with N live
+    /// daemons, M/N (rounded up) starting at an offset given by this
+    /// daemon's rank. The shares of all live daemons cover every primary,
+    /// so no daemon needs to take more. If the registry cannot be reached
+    /// (its primary is down), all of them: the leases still keep two
+    /// daemons off one primary.
     async fn share_of(
         &self,
         conn: &mut Connection,
         nodes: &[Primary],
         registration: Duration,
-    ) -> Vec<Primary> {
+    ) -> (Vec<Primary>, bool) {
         if !conn.is_cluster() || nodes.len() < 2 {
-            return nodes.to_vec();
+            return (nodes.to_vec(), false);
         }
+        let registry = self.registry();
+        // Registered under another lock.key before a reload: leave it.
+        let stale = lock(&self.fleet.registered)
+            .clone()
+            .filter(|registered| *registered != registry);
+        if let Some(stale) = stale {
+            self.fleet.leave(conn, Some(&stale), self.timeout()).await;
+        }
+        *lock(&self.fleet.registered) = Some(registry.clone());
         let ms = u64::try_from(registration.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(REGISTER)
             .arg(1)
-            .arg(format!("{}:daemons", self.key))
-            .arg(&self.holder)
+            .arg(&registry)
+            .arg(&self.fleet.holder)
             .arg(ms);
         let (rank, daemons): (usize, usize) = match conn.query("lock register", &cmd).await {
             Ok(ranked) => ranked,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with the other daemons; trying every primary");
-                return nodes.to_vec();
+                return (nodes.to_vec(), false);
             }
         };
         let share = nodes.len().div_ceil(daemons.max(1));
-        nodes
+        let share = nodes
             .iter()
             .cycle()
             .skip(rank * share % nodes.len())
             .take(share)
             .cloned()
-            .collect()
+            .collect();
+        (share, true)
     }
 }
 
@@ -760,6 +909,12 @@ struct RoundSweeps {
     skipped: usize,
 }
 
+/// A primary's sweep ended (told by the sweep as it happens).
+struct NodeEnded {
+    node: String,
+    finished: bool,
+}
+
 impl Round {
     async fn run(self) -> Option<String> {
         let mut stop = self.stop.clone();
@@ -779,82 +934,134 @@ impl Round {
             }
         }
 
-        let conn = match self.redis.get() {
-            Ok(conn) => conn,
+        // A loss is reported with the id of the connection it happened on,
+        // so a late failure cannot drop a connection made since.
+        let (conn, id) = match self.redis.checkout() {
+            Ok(checked_out) => checked_out,
             Err(reason) => return self.failed("connection", reason),
         };
         let primaries = match conn.primaries().await {
             Ok(primaries) => primaries,
-            Err(e) => return self.failed_redis(&e),
+            Err(e) => {
+                self.report_loss(&e, id);
+                self.withdraw(&conn).await;
+                return self.failed(e.kind(), e.to_string());
+            }
         };
-        let swept = match &self.lock {
-            Some(lock) => self.sweep_leased(lock, &conn, &primaries, stopped).await,
-            None => self
-                .sweep(&conn, &primaries, stopped)
-                .await
-                .map(|report| RoundSweeps {
-                    report: Some(report),
-                    skipped: 0,
-                }),
+        let swept_nodes = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        let progress = {
+            let (timer, recorder, swept) = (
+                self.metrics.clone(),
+                self.metrics.clone(),
+                Arc::clone(&swept_nodes),
+            );
+            SweepProgress::with_batch_timer(move |rtt| {
+                timer.batch_duration.observe(rtt.as_secs_f64());
+            })
+            .on_node_end(move |node| {
+                recorder.record_node(node);
+                lock(&swept).insert(node.node.clone());
+                // Err: the round no longer listens (no lock, or it ended).
+                let _ = ended_tx.send(NodeEnded {
+                    node: node.node.clone(),
+                    finished: node.finished,
+                });
+            })
         };
+        let swept = self
+            .sweep(&conn, &primaries, &progress, ended, stopped)
+            .await;
+        self.metrics.retain_nodes(
+            primaries.iter().map(|p| p.address.as_str()),
+            &lock(&swept_nodes),
+        );
         match swept {
             Ok(swept) => self.finished(&swept),
-            Err(SweepError::Redis(e)) => self.failed_redis(&e),
-            Err(e @ SweepError::UnitGuard { .. }) => self.failed("unit_guard", e.to_string()),
-            Err(e @ SweepError::ClockSkew { .. }) => self.failed("clock_skew", e.to_string()),
-            Err(e @ SweepError::SafetyCheck { check, .. }) => {
-                self.failed(check.label(), e.to_string())
+            Err(e) => {
+                if let SweepError::Redis(e) = &e {
+                    self.report_loss(e, id);
+                }
+                // Before the failure shows in the metrics and /readyz.
+                self.withdraw(&conn).await;
+                self.failed(e.kind(), e.to_string())
             }
         }
     }
 
+    /// After a refusal or a failure: this daemon holds no lease and is
+    /// counted in no share until a round of it can sweep again.
+    async fn withdraw(&self, conn: &Connection) {
+        if let Some(lock) = &self.lock {
+            lock.fleet.withdraw(conn, lock.timeout()).await;
+        }
+    }
+
+    /// Runs the checks that can refuse, then (under the lock, if enabled)
+    /// sweeps the primaries this daemon leases.
     async fn sweep(
         &self,
         conn: &Connection,
         primaries: &[Primary],
+        progress: &SweepProgress,
+        ended: mpsc::UnboundedReceiver<NodeEnded>,
         stopped: impl Future<Output = ()>,
-    ) -> Result<SweepReport, SweepError> {
-        tracing::info!(trigger = ?self.trigger, nodes = primaries.len(), "sweep started");
-        let metrics = self.metrics.clone();
-        let progress = SweepProgress::with_batch_timer(move |rtt| {
-            metrics.batch_duration.observe(rtt.as_secs_f64());
-        });
-        sweep::sweep_nodes(
-            conn,
-            primaries,
-            &self.settings.sweep,
-            SweepMode::Remove,
-            &progress,
-            stopped,
-        )
-        .await
+    ) -> Result<RoundSweeps, SweepError> {
+        // Before any lease or registration: a daemon that refuses (clock,
+        // unit guard, permission) must not hold what another could sweep.
+        let prepared =
+            sweep::prepare(conn, primaries, &self.settings.sweep, progress, stopped).await?;
+        match &self.lock {
+            Some(lock) => {
+                self.sweep_leased(lock, conn, prepared, primaries, ended)
+                    .await
+            }
+            None => {
+                self.log_start(primaries.len());
+                let report = prepared.run(SweepMode::Remove).await?;
+                Ok(RoundSweeps {
+                    report: Some(report),
+                    skipped: 0,
+                })
+            }
+        }
+    }
+
+    fn log_start(&self, nodes: usize) {
+        tracing::info!(trigger = ?self.trigger, nodes, "sweep started");
     }
 
     /// Sweeps the primaries of this daemon's share that it can lease.
-    async fn sweep_leased(
+    async fn sweep_leased<S: Future<Output = ()>>(
         &self,
         lock: &ReplicaLock,
         conn: &Connection,
+        mut prepared: sweep::PreparedSweep<'_, S>,
         nodes: &[Primary],
-        stopped: impl Future<Output = ()>,
+        mut ended: mpsc::UnboundedReceiver<NodeEnded>,
     ) -> Result<RoundSweeps, SweepError> {
         let mut conn = conn.clone();
+        let to_next_tick = self.schedule.time_to_next_tick();
         // 90% of the time to the next tick, from now (after any jitter): the
         // leases mark this period as swept until just before the next tick,
         // so the next period's sweep finds them free.
-        let lease = self.schedule.time_to_next_tick().mul_f64(0.9);
+        let lease = to_next_tick.mul_f64(0.9);
         let lease_ends = Instant::now() + lease;
-        // A daemon stays registered for two periods: one missed round does
-        // not hand its share to the others.
-        let registration = lease * 2 + lock.ttl;
-        let share = lock.share_of(&mut conn, nodes, registration).await;
-        let mut taken = Vec::new();
-        let mut keys = Vec::new();
+        // Counted until every daemon has registered in the next period
+        // (each registers up to sweep.jitter after the tick, and its checks
+        // take a moment): all of them count this daemon then, and no one
+        // counts it in the period after unless it registers again.
+        let registration = to_next_tick + self.settings.sweep.jitter + lock.ttl;
+        let (share, registered) = lock.share_of(&mut conn, nodes, registration).await;
+        let mut held = BTreeMap::new();
+        let mut taken = BTreeSet::new();
         let mut skipped = 0;
         for primary in share {
             let key = lock.key_for(&primary);
             match lock.acquire(&mut conn, &key, lease).await {
-                Ok(true) => keys.push(key),
+                Ok(true) => {
+                    held.insert(primary.address.clone(), key);
+                }
                 Ok(false) => {
                     skipped += 1;
                     continue;
@@ -867,7 +1074,7 @@ impl Round {
                     tracing::warn!(error = %e, node = primary.address, "cannot take the lease")
                 }
             }
-            taken.push(primary);
+            taken.insert(primary.address);
         }
         if taken.is_empty() {
             return Ok(RoundSweeps {
@@ -875,24 +1082,28 @@ impl Round {
                 skipped,
             });
         }
-        self.metrics.set_lock_held(keys.len());
-        let result = tokio::select! {
-            result = self.sweep(&conn, &taken, stopped) => result,
-            never = keep_leases_alive(lock, conn.clone(), &keys) => match never {},
+        prepared.retain(|node| taken.contains(node));
+        self.metrics.set_lock_held(held.len());
+        self.log_start(taken.len());
+        let mut keeper = LeaseKeeper {
+            lock,
+            conn,
+            held,
+            lease_ends,
+            registered,
+            metrics: &self.metrics,
         };
-        // On a lost connection, settling would only wait for a timeout; the
-        // leases expire by themselves within lock.ttl.
-        let connection_lost =
-            matches!(&result, Err(SweepError::Redis(e)) if e.is_connection_lost());
-        if !connection_lost {
-            let left = lease_ends.saturating_duration_since(Instant::now());
-            for key in &keys {
-                if let Err(e) = lock.settle(&mut conn, key, left).await {
-                    tracing::warn!(error = %e, key, "cannot settle the lease");
-                }
-            }
+        let result = tokio::select! {
+            result = prepared.run(SweepMode::Remove) => result,
+            never = keeper.keep(&mut ended) => match never {},
+        };
+        // Ends the keeper was not told of before the sweep returned.
+        while let Ok(end) = ended.try_recv() {
+            keeper.end(end).await;
         }
-        self.metrics.set_lock_held(0);
+        // Every primary's end was handled, unless the sweep failed: then
+        // whatever is still held goes back.
+        keeper.release_all().await;
         Ok(RoundSweeps {
             report: Some(result?),
             skipped,
@@ -966,11 +1177,11 @@ impl Round {
         }
     }
 
-    fn failed_redis(&self, e: &RedisError) -> Option<String> {
+    /// A lost connection is replaced, unless it has been already.
+    fn report_loss(&self, e: &RedisError, id: ConnectionId) {
         if e.is_connection_lost() {
-            self.redis.lost(&e.to_string());
+            self.redis.lost_connection(id, &e.to_string());
         }
-        self.failed(e.kind(), e.to_string())
     }
 
     fn failed(&self, kind: &str, reason: String) -> Option<String> {
@@ -981,17 +1192,56 @@ impl Round {
     }
 }
 
-/// Extends the leases every third of the ttl while a sweep runs; never returns.
-async fn keep_leases_alive(
-    lock: &ReplicaLock,
-    mut conn: Connection,
-    keys: &[String],
-) -> std::convert::Infallible {
-    let mut warned = BTreeSet::new();
-    loop {
-        tokio::time::sleep(lock.ttl / 3).await;
-        for key in keys {
-            match lock.keep_alive(&mut conn, key).await {
+/// The leases of one round while it sweeps.
+struct LeaseKeeper<'a> {
+    lock: &'a ReplicaLock,
+    conn: Connection,
+    /// Lease key by primary (`host:port`), for the primaries still being swept.
+    held: BTreeMap<String, String>,
+    /// When the period's lease ends (just before the next tick).
+    lease_ends: Instant,
+    /// Whether this round registered in the registry of daemons.
+    registered: bool,
+    metrics: &'a Metrics,
+}
+
+impl LeaseKeeper<'_> {
+    /// Runs beside the sweep; never returns. Extends the leases still held
+    /// every third of the ttl; settles or releases each as its primary
+    /// ends; and if the sweep is still running when the period's lease
+    /// ends, leaves the registry: the loop will skip the next tick, so the
+    /// other daemons' shares must cover this daemon's primaries then (the
+    /// ones it is still sweeping stay leased).
+    async fn keep(
+        &mut self,
+        ended: &mut mpsc::UnboundedReceiver<NodeEnded>,
+    ) -> std::convert::Infallible {
+        let every = self.lock.ttl / 3;
+        let mut next_keep_alive = Instant::now() + every;
+        let mut warned = BTreeSet::new();
+        loop {
+            tokio::select! {
+                Some(end) = ended.recv() => self.end(end).await,
+                () = tokio::time::sleep_until(next_keep_alive.into()) => {
+                    next_keep_alive = Instant::now() + every;
+                    self.keep_alive(&mut warned).await;
+                }
+                () = tokio::time::sleep_until(self.lease_ends.into()), if self.registered => {
+                    self.registered = false;
+                    tracing::info!(
+                        "the sweep outlives its period; leaving the registry so that the other \
+                         daemons cover this daemon's primaries at the next tick"
+                    );
+                    let timeout = self.lock.timeout();
+                    self.lock.fleet.leave(&mut self.conn, None, timeout).await;
+                }
+            }
+        }
+    }
+
+    async fn keep_alive(&mut self, warned: &mut BTreeSet<String>) {
+        for key in self.held.values() {
+            match self.lock.keep_alive(&mut self.conn, key).await {
                 Ok(true) => {}
                 // Not fatal: a second sweeper is redundant work, never a wrong deletion.
                 Ok(false) => {
@@ -1002,6 +1252,34 @@ async fn keep_leases_alive(
                 Err(e) => tracing::warn!(error = %e, key, "cannot extend a lease"),
             }
         }
+    }
+
+    /// A primary's sweep ended: a finished one keeps its lease until the
+    /// period's lease ends (the period counts as swept); any other gives
+    /// it back at once.
+    async fn end(&mut self, end: NodeEnded) {
+        let Some(key) = self.held.remove(&end.node) else {
+            return;
+        };
+        self.metrics.set_lock_held(self.held.len());
+        if end.finished {
+            let left = self.lease_ends.saturating_duration_since(Instant::now());
+            if let Err(e) = self.lock.settle(&mut self.conn, &key, left).await {
+                tracing::warn!(error = %e, key, "cannot settle the lease");
+            }
+        } else if let Err(e) = self.lock.release(&mut self.conn, &key).await {
+            tracing::warn!(error = %e, key, "cannot release the lease");
+        }
+    }
+
+    /// Gives back every lease still held.
+    async fn release_all(&mut self) {
+        for (_, key) in std::mem::take(&mut self.held) {
+            if let Err(e) = self.lock.release(&mut self.conn, &key).await {
+                tracing::warn!(error = %e, key, "cannot release the lease");
+            }
+        }
+        self.metrics.set_lock_held(0);
     }
 }
 
@@ -1158,17 +1436,20 @@ impl Daemon {
             tracing::warn!("{e}; will keep retrying");
         }
 
-        let lock_holder = format!(
-            "{}:{}:{:016x}",
-            hostname(),
-            std::process::id(),
-            rand::rng().random::<u64>()
-        );
+        let fleet = Arc::new(Fleet {
+            holder: format!(
+                "{}:{}:{:016x}",
+                hostname(),
+                std::process::id(),
+                rand::rng().random::<u64>()
+            ),
+            registered: std::sync::Mutex::default(),
+            taken: std::sync::Mutex::default(),
+        });
         let (stop_tx, _) = watch::channel(false);
         // `Some(failure)` when the round failed; `/readyz` reports it.
         let mut running: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>> = None;
         let mut overlap_logged = false;
-        let leases_taken = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
         let mut pending_start = self.settings.sweep.run_on_start;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -1196,7 +1477,7 @@ impl Daemon {
                     control = controls.recv() => match control {
                         Some(Control::SweepNow) => Some(Trigger::Manual),
                         Some(Control::Reload) => {
-                            self.reload(&mut ticker, &redis).await;
+                            self.reload(&mut ticker, &redis, &fleet).await;
                             None
                         }
                         Some(Control::Shutdown) | None => break,
@@ -1254,9 +1535,8 @@ impl Daemon {
             let lock = settings.lock.enabled.then(|| {
                 Arc::new(ReplicaLock {
                     key: settings.lock.key.clone(),
-                    holder: lock_holder.clone(),
                     ttl: settings.lock.ttl,
-                    taken: Arc::clone(&leases_taken),
+                    fleet: Arc::clone(&fleet),
                 })
             });
             running = Some(Box::pin(
@@ -1289,9 +1569,10 @@ impl Daemon {
                 }
             }
         }
-        let taken = std::mem::take(&mut *lock(&leases_taken));
-        if !taken.is_empty() {
-            release_leases(&self.settings, &redis, &lock_holder, taken).await;
+        // Another daemon need not wait for the leases to expire, and from
+        // their next round the others' shares cover this daemon's primaries.
+        if let Ok((conn, _)) = redis.checkout() {
+            fleet.withdraw(&conn, SHUTDOWN_RELEASE).await;
         }
         let _ = http_stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
@@ -1299,7 +1580,7 @@ impl Daemon {
         Ok(())
     }
 
-    async fn reload(&mut self, ticker: &mut Ticker, redis: &Arc<Reconnecting>) {
+    async fn reload(&mut self, ticker: &mut Ticker, redis: &Arc<Reconnecting>, fleet: &Fleet) {
         // Off the runtime's one thread: a file that is slow to read (a hung
         // mount) holds up this loop, which the watchdog then reports, but
         // not the metrics endpoint.
@@ -1331,42 +1612,27 @@ impl Daemon {
             level.set(&new.log);
         }
         redis.set_max_backoff(ticker.schedule.reconnect_backoff());
+        // Leave the registry of the old key now: the daemons still using it
+        // should not count this one in their next round.
+        if self.settings.lock.enabled
+            && (!new.lock.enabled || new.lock.key != self.settings.lock.key)
+        {
+            if let Ok((mut conn, _)) = redis.checkout() {
+                let registry = registry_of(&self.settings.lock.key);
+                fleet
+                    .leave(&mut conn, Some(&registry), SHUTDOWN_RELEASE)
+                    .await;
+            }
+        }
         redis.update_settings(new.redis.clone());
         self.settings = new;
         tracing::info!("configuration reloaded; it applies from the next sweep");
     }
 }
 
-/// Releases the leases at shutdown so another daemon need not wait for them to expire.
-async fn release_leases(
-    settings: &Settings,
-    redis: &Reconnecting,
-    holder: &str,
-    keys: BTreeSet<String>,
-) {
-    let lock = ReplicaLock {
-        key: settings.lock.key.clone(),
-        holder: holder.to_owned(),
-        ttl: settings.lock.ttl,
-        taken: Arc::default(),
-    };
-    let Ok(mut conn) = redis.get() else { return };
-    let releasing = async {
-        for key in &keys {
-            match lock.release(&mut conn, key).await {
-                Ok(true) => tracing::info!(key, "released the replica lock"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, key, "cannot release the lease"),
-            }
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(2), releasing)
-        .await
-        .is_err()
-    {
-        tracing::warn!("releasing the leases timed out");
-    }
-}
+/// How long each lease script may take at shutdown (and when a reload
+/// changes `lock.key`).
+const SHUTDOWN_RELEASE: Duration = Duration::from_secs(2);
 
 fn notify_systemd(state: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {

@@ -3,7 +3,7 @@
 //! Names follow Prometheus conventions: prefix `token_sweeper_`, base units,
 //! `_total` on counters, and no label that grows with users or keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use prometheus::{
 };
 use tokio::sync::{watch, Notify};
 
-use crate::sweep::SweepReport;
+use crate::sweep::{NodeReport, SweepReport};
 
 /// Buckets from 5 ms to 30 min: a sweep of a few keys and one of tens of
 /// millions both land in a bucket of their own.
@@ -83,6 +83,9 @@ pub struct Metrics {
     node_last_success: GaugeVec,
     /// By `node`: 1 when the last sweep of that primary could not finish it.
     node_unfinished: IntGaugeVec,
+    /// Every `node` label value the per-node gauges may hold, so that
+    /// [`Metrics::retain_nodes`] can find the ones to drop.
+    nodes: Arc<Mutex<BTreeSet<String>>>,
     redis_up: IntGauge,
     lock_held: IntGauge,
     /// By `reason`: HTTP connections the server closed to protect itself.
@@ -229,6 +232,7 @@ impl Metrics {
             last_success,
             node_last_success,
             node_unfinished,
+            nodes: Arc::default(),
             redis_up,
             lock_held,
             http_closed,
@@ -242,26 +246,63 @@ impl Metrics {
         self.sweeps.with_label_values(&[result.label()]).inc();
     }
 
-    /// Adds the numbers of a sweep that ran (completely or not).
-    pub fn record_report(&self, report: &SweepReport) {
-        self.sweep_duration.observe(report.duration_seconds);
-        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-        for node in &report.nodes {
-            let label = [node.node.as_str()];
-            self.keys_scanned
+    /// Adds the numbers of one primary's sweep, as it ends (the other
+    /// primaries of the sweep may still run): its counts, whether it was
+    /// left unfinished, and, if it was finished, now as its last success.
+    pub fn record_node(&self, node: &NodeReport) {
+        crate::redis::lock(&self.nodes).insert(node.node.clone());
+        let label = [node.node.as_str()];
+        self.keys_scanned
+            .with_label_values(&label)
+            .inc_by(node.counts.keys_scanned);
+        self.tokens_removed
+            .with_label_values(&label)
+            .inc_by(node.counts.members_removed);
+        let unfinished = node.unfinished_reason.is_some();
+        self.node_unfinished
+            .with_label_values(&label)
+            .set(i64::from(unfinished));
+        if node.finished {
+            self.node_last_success
                 .with_label_values(&label)
-                .inc_by(node.counts.keys_scanned);
-            self.tokens_removed
-                .with_label_values(&label)
-                .inc_by(node.counts.members_removed);
-            let unfinished = node.unfinished_reason.is_some();
-            self.node_unfinished
-                .with_label_values(&label)
-                .set(i64::from(unfinished));
-            if node.finished {
-                self.node_last_success.with_label_values(&label).set(now);
+                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// After a round that read the topology: `node_last_success` exists for
+    /// every current primary (0 until this daemon finishes it), so that
+    /// `max by (node)` over a fleet sees a primary that no daemon sweeps
+    /// instead of losing it; `node_unfinished` exists only for the
+    /// primaries this daemon swept in that round (`swept`), so a primary it
+    /// no longer sweeps (another daemon's now) cannot keep an old 1. Series
+    /// of nodes that are no longer primaries (failover, resharding, another
+    /// server) go.
+    pub fn retain_nodes<'n>(
+        &self,
+        primaries: impl IntoIterator<Item = &'n str>,
+        swept: &BTreeSet<String>,
+    ) {
+        let primaries: BTreeSet<&str> = primaries.into_iter().collect();
+        let mut known = crate::redis::lock(&self.nodes);
+        for node in known.iter() {
+            if !primaries.contains(node.as_str()) {
+                // Err: no such series; nothing to drop.
+                let _ = self.node_last_success.remove_label_values(&[node]);
+            }
+            if !primaries.contains(node.as_str()) || !swept.contains(node) {
+                let _ = self.node_unfinished.remove_label_values(&[node]);
             }
         }
+        for node in &primaries {
+            self.node_last_success.with_label_values(&[node]);
+        }
+        *known = primaries.into_iter().map(str::to_owned).collect();
+    }
+
+    /// Adds the numbers of a sweep that ran (completely or not); the
+    /// per-primary ones come from [`Metrics::record_node`].
+    pub fn record_report(&self, report: &SweepReport) {
+        self.sweep_duration.observe(report.duration_seconds);
         if report.counts.skipped_wrong_type > 0 {
             self.count_error("wrong_type", report.counts.skipped_wrong_type);
         }

@@ -50,6 +50,13 @@
 //!    topology afresh, covers it. A standalone server is the one-node case
 //!    of the same loop.
 //!
+//! Steps 1 and 3, the checks that can refuse, run on every primary before
+//! anything else: [`prepare`] runs them alone and returns a
+//! [`PreparedSweep`], so that a caller that must commit to nothing unless
+//! the sweep can run (the daemon, before it registers or takes a lease)
+//! can check first, keep only some primaries, then run the rest. A
+//! [`SweepProgress::on_node_end`] hook hears of each primary as it ends.
+//!
 //! The sweep never touches a key's TTL and never writes anything but
 //! `ZREMRANGEBYSCORE`; an emptied set disappears because Redis deletes empty
 //! sorted sets.
@@ -95,6 +102,10 @@ pub enum SweepError {
         check: Check,
         /// Why it could not run.
         reason: String,
+        /// When Redis refused the check's command: the kind of refusal
+        /// ([`RedisError::kind`]: `noperm`, `oom`, ...), which is what an
+        /// operator has to fix.
+        refusal: Option<&'static str>,
     },
     /// The sampled scores contradict `sweep.score_unit`; nothing was deleted.
     #[error(
@@ -129,6 +140,26 @@ pub enum SweepError {
         /// The configured limit.
         max: Duration,
     },
+}
+
+impl SweepError {
+    /// What failed, for the `kind` label of `errors_total`: the Redis
+    /// error's kind (`connection`, `noperm`, `oom`, ...; also when Redis
+    /// refused a safety check's command, since that is what has to be
+    /// fixed), else the check that refused (`unit_guard`, `clock_skew`,
+    /// `clock`, `cutoff`, `cluster_topology`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Redis(e) => e.kind(),
+            Self::SafetyCheck {
+                refusal: Some(kind),
+                ..
+            } => kind,
+            Self::SafetyCheck { check, .. } => check.label(),
+            Self::UnitGuard { .. } => Check::UnitGuard.label(),
+            Self::ClockSkew { .. } => Check::ClockSkew.label(),
+        }
+    }
 }
 
 /// The checks that run before a sweep deletes anything.
@@ -167,7 +198,11 @@ impl Check {
         if error.is_connection_lost() {
             SweepError::Redis(error)
         } else {
-            self.refused(error.to_string())
+            SweepError::SafetyCheck {
+                check: self,
+                reason: error.to_string(),
+                refusal: Some(error.kind()),
+            }
         }
     }
 
@@ -175,6 +210,7 @@ impl Check {
         SweepError::SafetyCheck {
             check: self,
             reason,
+            refusal: None,
         }
     }
 }
@@ -210,6 +246,20 @@ pub struct Counts {
     pub errors: u64,
 }
 
+impl Counts {
+    /// The fields in the order of [`Counters::fields`].
+    fn values(&self) -> [u64; 6] {
+        [
+            self.keys_scanned,
+            self.keys_changed,
+            self.members_removed,
+            self.skipped_wrong_type,
+            self.keys_redirected,
+            self.errors,
+        ]
+    }
+}
+
 /// [`Counts`] that concurrent tasks add to.
 #[derive(Default)]
 struct Counters {
@@ -234,16 +284,14 @@ impl Counters {
     }
 
     fn add(&self, counts: &Counts) {
-        let values = [
-            counts.keys_scanned,
-            counts.keys_changed,
-            counts.members_removed,
-            counts.skipped_wrong_type,
-            counts.keys_redirected,
-            counts.errors,
-        ];
-        for (counter, n) in self.fields().into_iter().zip(values) {
+        for (counter, n) in self.fields().into_iter().zip(counts.values()) {
             counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn sub(&self, counts: &Counts) {
+        for (counter, n) in self.fields().into_iter().zip(counts.values()) {
+            counter.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
@@ -273,10 +321,15 @@ pub struct SweepProgress {
     first_error: Mutex<Option<String>>,
     /// Told the round-trip time of every pipeline (for a latency histogram).
     batch_timer: Option<BatchTimer>,
+    /// Told of each node as its sweep ends.
+    node_end: Option<NodeEnd>,
 }
 
 /// Receives the round-trip time of each pipeline.
 type BatchTimer = Box<dyn Fn(Duration) + Send + Sync>;
+
+/// Receives each node's report as that node's sweep ends.
+type NodeEnd = Box<dyn Fn(&NodeReport) + Send + Sync>;
 
 impl std::fmt::Debug for SweepProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -293,6 +346,24 @@ impl SweepProgress {
         Self {
             batch_timer: Some(Box::new(timer)),
             ..Self::default()
+        }
+    }
+
+    /// Also tells `hook` of each node as its sweep ends (finished or not),
+    /// with that node's report, while the other nodes may still be swept:
+    /// a daemon hands back that node's lease and stamps its metrics then,
+    /// not when the slowest node of the sweep is done. Called once for
+    /// every node [`PreparedSweep::run`] sweeps, from the sweeping task:
+    /// it must not block.
+    #[must_use]
+    pub fn on_node_end(mut self, hook: impl Fn(&NodeReport) + Send + Sync + 'static) -> Self {
+        self.node_end = Some(Box::new(hook));
+        self
+    }
+
+    fn node_ended(&self, report: &NodeReport) {
+        if let Some(hook) = &self.node_end {
+            hook(report);
         }
     }
 
@@ -334,6 +405,12 @@ impl Tally<'_> {
             },
             first_error: None,
         });
+    }
+
+    /// Takes what this node counted back out of the sweep's totals: the
+    /// node was prepared but is not swept.
+    fn retract(&self) {
+        self.progress.total.sub(&self.node.snapshot());
     }
 
     fn add(&self, outcome: &BatchOutcome) {
@@ -426,8 +503,8 @@ pub async fn sweep(
     sweep_nodes(conn, &nodes, settings, mode, progress, shutdown).await
 }
 
-/// [`sweep`] over the given primaries only (from [`Connection::primaries`]);
-/// the daemon uses it to sweep the primaries it holds leases on. A primary
+/// [`sweep`] over the given primaries only (from [`Connection::primaries`]):
+/// [`prepare`], then [`PreparedSweep::run`] on all of them. A primary
 /// counts as finished only if, when its sweep starts, it still serves
 /// exactly the slots given here: the caller chose it to cover them.
 ///
@@ -443,6 +520,33 @@ pub async fn sweep_nodes(
     progress: &SweepProgress,
     shutdown: impl Future<Output = ()>,
 ) -> Result<SweepReport, SweepError> {
+    prepare(conn, nodes, settings, progress, shutdown)
+        .await?
+        .run(mode)
+        .await
+}
+
+/// The checks that can refuse a sweep, on every primary given, before
+/// anything is deleted anywhere: the clock (Redis `TIME`, the skew against
+/// the host clock, the cutoff), and each primary's slots and unit guard
+/// (which scans its first keys; they stay pending, to be swept). A caller
+/// that must not commit to anything unless the sweep can run (a daemon
+/// taking leases) calls this first, then [`PreparedSweep::retain`] and
+/// [`PreparedSweep::run`].
+///
+/// A primary that cannot be reached or scanned is not a refusal: it is
+/// kept, to be reported unfinished by [`PreparedSweep::run`].
+///
+/// # Errors
+/// As [`sweep_nodes`], for the checks: the clock, the skew, the cutoff,
+/// the unit guard of any primary, an empty `nodes`.
+pub async fn prepare<'a, S: Future<Output = ()>>(
+    conn: &Connection,
+    nodes: &[Primary],
+    settings: &'a SweepSettings,
+    progress: &'a SweepProgress,
+    shutdown: S,
+) -> Result<PreparedSweep<'a, S>, SweepError> {
     let started = Instant::now();
     if nodes.is_empty() {
         return Err(Check::ClusterTopology.refused("no primary to sweep".to_owned()));
@@ -455,10 +559,7 @@ pub async fn sweep_nodes(
             settings.score_unit
         ))
     })?;
-    tracing::debug!(cutoff, unit = %settings.score_unit, ?mode, nodes = nodes.len(), "sweep starting");
-    let parallel = usize::try_from(settings.max_parallel_nodes)
-        .unwrap_or(1)
-        .max(1);
+    tracing::debug!(cutoff, unit = %settings.score_unit, nodes = nodes.len(), "sweep checks starting");
     let shutdown = Box::pin(shutdown).shared();
 
     // Every node's unit guard passes before any node deletes: a wrong unit
@@ -479,64 +580,126 @@ pub async fn sweep_nodes(
             )
         })
         .collect();
-    let started_nodes: Vec<Result<NodeSweep<'_>, NodeFailed>> = stream::iter(starts)
-        .buffered(parallel)
+    let prepared = stream::iter(starts)
+        .buffered(parallel_nodes(settings))
         .try_collect()
         .await?;
-
-    let finishes: Vec<_> = started_nodes
-        .into_iter()
-        .map(|node| {
-            let shutdown = shutdown.clone();
-            async move {
-                match node {
-                    Ok(node) => node.finish(cutoff, mode, shutdown).await,
-                    Err(failed) => failed.report(),
-                }
-            }
-        })
-        .collect();
-    let ended: Vec<(NodeReport, Option<RedisError>)> = stream::iter(finishes)
-        .buffer_unordered(parallel)
-        .collect()
-        .await;
-
-    let mut nodes = Vec::with_capacity(ended.len());
-    let mut failures = Vec::new();
-    for (report, failure) in ended {
-        failures.extend(failure);
-        nodes.push(report);
-    }
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    // Every node failed: that is Redis failing (down, wrong credentials, no
-    // permission), reported as such rather than as a partial sweep.
-    if failures.len() == nodes.len() {
-        if let Some(failure) = failures.into_iter().next() {
-            return Err(failure.into());
-        }
-    }
-    let interrupted = nodes
-        .iter()
-        .any(|n| !n.finished && n.unfinished_reason.is_none());
-
-    let duration = started.elapsed();
-    let counts = progress.counts();
-    Ok(SweepReport {
-        mode,
+    Ok(PreparedSweep {
+        started,
+        settings,
+        progress,
         cutoff,
-        score_unit: settings.score_unit.to_string(),
-        keys_per_second: rate(counts.keys_scanned, duration),
-        counts,
-        first_error: progress.first_error(),
-        duration_seconds: duration.as_secs_f64(),
-        interrupted,
-        unfinished_nodes: nodes
-            .iter()
-            .filter(|n| n.unfinished_reason.is_some())
-            .map(|n| n.node.clone())
-            .collect(),
-        nodes,
+        nodes: prepared,
+        shutdown,
     })
+}
+
+fn parallel_nodes(settings: &SweepSettings) -> usize {
+    usize::try_from(settings.max_parallel_nodes)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// A sweep whose checks passed on every primary ([`prepare`]) and that has
+/// deleted nothing yet.
+pub struct PreparedSweep<'a, S: Future<Output = ()>> {
+    started: Instant,
+    settings: &'a SweepSettings,
+    progress: &'a SweepProgress,
+    cutoff: i64,
+    nodes: Vec<Result<NodeSweep<'a>, NodeFailed>>,
+    shutdown: futures_util::future::Shared<std::pin::Pin<Box<S>>>,
+}
+
+impl<S: Future<Output = ()>> PreparedSweep<'_, S> {
+    /// Keeps only the primaries (by `host:port`) that `keep` accepts; the
+    /// others are not swept, and what their checks scanned is taken back
+    /// out of the sweep's counts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.nodes.retain(|node| {
+            let kept = keep(match node {
+                Ok(node) => &node.address,
+                Err(failed) => &failed.address,
+            });
+            if let (false, Ok(node)) = (kept, node) {
+                node.tally.retract();
+            }
+            kept
+        });
+    }
+
+    /// Scans the rest of each primary and removes (or counts, in a dry run)
+    /// its expired members, up to `sweep.max_parallel_nodes` primaries at a
+    /// time; tells [`SweepProgress::on_node_end`] of each as it ends.
+    ///
+    /// # Errors
+    /// [`SweepError::Redis`] when no primary could be swept (every one
+    /// failed): Redis down, wrong credentials, no permission.
+    pub async fn run(self, mode: SweepMode) -> Result<SweepReport, SweepError> {
+        let Self {
+            started,
+            settings,
+            progress,
+            cutoff,
+            nodes,
+            shutdown,
+        } = self;
+        let finishes: Vec<_> = nodes
+            .into_iter()
+            .map(|node| {
+                let shutdown = shutdown.clone();
+                async move {
+                    let (report, failure) = match node {
+                        Ok(node) => node.finish(cutoff, mode, shutdown).await,
+                        Err(failed) => failed.report(),
+                    };
+                    progress.node_ended(&report);
+                    (report, failure)
+                }
+            })
+            .collect();
+        let ended: Vec<(NodeReport, Option<RedisError>)> = stream::iter(finishes)
+            .buffer_unordered(parallel_nodes(settings))
+            .collect()
+            .await;
+
+        let mut nodes = Vec::with_capacity(ended.len());
+        let mut failures = Vec::new();
+        for (report, failure) in ended {
+            failures.extend(failure);
+            nodes.push(report);
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        // Every node failed: that is Redis failing (down, wrong credentials, no
+        // permission), reported as such rather than as a partial sweep.
+        if failures.len() == nodes.len() {
+            if let Some(failure) = failures.into_iter().next() {
+                return Err(failure.into());
+            }
+        }
+        let interrupted = nodes
+            .iter()
+            .any(|n| !n.finished && n.unfinished_reason.is_none());
+
+        let duration = started.elapsed();
+        let counts = progress.counts();
+        Ok(SweepReport {
+            mode,
+            cutoff,
+            score_unit: settings.score_unit.to_string(),
+            keys_per_second: rate(counts.keys_scanned, duration),
+            counts,
+            first_error: progress.first_error(),
+            duration_seconds: duration.as_secs_f64(),
+            interrupted,
+            unfinished_nodes: nodes
+                .iter()
+                .filter(|n| n.unfinished_reason.is_some())
+                .map(|n| n.node.clone())
+                .collect(),
+            nodes,
+        })
+    }
 }
 
 /// A node that could not be swept at all.

@@ -484,6 +484,18 @@ fn a_killed_primary_is_replaced_by_its_replica_and_the_daemon_keeps_sweeping() {
         );
         assert_eq!(common::metric(&scrape, &series), Some(0.0), "{scrape}");
     }
+    // Issue 11, item 6: the dead primary's series used to stay, frozen
+    // (its last success) or stuck at 1 (unfinished), so its alert fired
+    // forever. A node that is no longer a primary has none.
+    for series in [
+        last_success_series(&victim.address),
+        format!(
+            "token_sweeper_node_unfinished{{node=\"{}\"}}",
+            victim.address
+        ),
+    ] {
+        assert_eq!(common::metric(&scrape, &series), None, "{series}: {scrape}");
+    }
     wait_until(Duration::from_secs(10), "/readyz", || {
         common::http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
     });
@@ -577,6 +589,23 @@ async fn the_readme_acl_users_work_on_a_cluster_and_a_missing_permission_is_name
         daemon.metric("token_sweeper_sweeps_total{result=\"ok\"}") >= 1.0
     });
     assert_eq!(left(&cluster, &keys), (0, 1200), "{}", daemon.log_text());
+    // Its lease scripts, leaving the registry at shutdown included, need
+    // nothing beyond the README's ACL line.
+    assert!(registered(&cluster).contains(&daemon.pid()));
+    let mut daemon = daemon;
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(15)).0, Some(0));
+    assert_eq!(
+        registered(&cluster),
+        BTreeSet::new(),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        !daemon.log_text().contains("cannot"),
+        "every lease script ran: {}",
+        daemon.log_text()
+    );
     drop(daemon);
 
     // The auth module as its user, with the hash-tagged template.
@@ -1203,4 +1232,400 @@ async fn a_reconnect_never_goes_through_a_node_that_left_the_cluster() {
     assert!(redis.get().is_err());
     let members: Vec<String> = other.zrange("foreign-tokens", 0, -1).unwrap();
     assert_eq!(members, ["expired"]);
+}
+
+/// The sweep schedule of the fleet tests below: short periods, so that a
+/// test watches several of them.
+const PERIOD: Duration = Duration::from_secs(2);
+const OK: &str = "token_sweeper_sweeps_total{result=\"ok\"}";
+
+/// Environment for a daemon of those fleets, with `lock.ttl`.
+fn fleet_env(ttl: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s".to_owned()),
+        ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false".to_owned()),
+        ("TOKEN_SWEEPER__LOCK__TTL", ttl.to_owned()),
+    ]
+}
+
+fn last_success_series(node: &str) -> String {
+    format!("token_sweeper_node_last_success_timestamp_seconds{{node=\"{node}\"}}")
+}
+
+/// When any of `daemons` last finished `node`: the README's fleet-wide
+/// `max by (node) (token_sweeper_node_last_success_timestamp_seconds)`
+/// (0 when none has).
+fn last_swept(daemons: &[&DaemonProcess], node: &str) -> f64 {
+    daemons
+        .iter()
+        .filter_map(|d| common::metric(&d.scrape(), &last_success_series(node)))
+        .fold(0.0, f64::max)
+}
+
+/// The pids of the daemons in the registry of daemons now.
+fn registered(cluster: &RedisCluster) -> BTreeSet<u32> {
+    let names: Vec<String> = cluster
+        .conn()
+        .zrange("token-sweeper:lock:daemons", 0, -1)
+        .unwrap();
+    names.iter().filter_map(|n| common::holder_pid(n)).collect()
+}
+
+/// The pids holding a lease on any of `primaries` now.
+fn lease_holders(cluster: &mut RedisCluster, primaries: &[String]) -> BTreeSet<u32> {
+    let mut pids = BTreeSet::new();
+    for node in primaries {
+        let pattern = format!("token-sweeper:lock:{node}{{*");
+        for key in cluster.keys_on(node, &pattern) {
+            let holder: Option<String> = cluster.node(node).conn().get(&key).unwrap();
+            pids.extend(holder.as_deref().and_then(common::holder_pid));
+        }
+    }
+    pids
+}
+
+/// For `window`, checks every 100 ms that each of `nodes` was finished by
+/// one of `daemons` at most `bound` ago (after running `also`); panics
+/// naming the first that was not.
+fn assert_swept_within(
+    daemons: &[&DaemonProcess],
+    nodes: &[String],
+    bound: Duration,
+    window: Duration,
+    mut also: impl FnMut(),
+) {
+    let end = std::time::Instant::now() + window;
+    while std::time::Instant::now() < end {
+        also();
+        for node in nodes {
+            let ago = common::unix_now() - last_swept(daemons, node);
+            assert!(
+                ago <= bound.as_secs_f64(),
+                "{node} last swept {ago:.1} s ago, more than {bound:?}:\n{}",
+                daemons
+                    .iter()
+                    .map(|d| d.log_text())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until each of `nodes` has been finished by one of `daemons`.
+fn wait_all_swept(daemons: &[&DaemonProcess], nodes: &[String]) {
+    wait_until(Duration::from_secs(20), "every primary swept once", || {
+        nodes.iter().all(|node| last_swept(daemons, node) > 0.0)
+    });
+}
+
+/// Issue 11, item 1: a daemon that refuses to sweep (its clock 1 s ahead of
+/// Redis, beyond max_clock_skew) used to register and lease its share
+/// before refusing, and keep both: its primaries were never swept while it
+/// ran, and the others reported ready. Now it neither registers nor
+/// leases, and the healthy daemons' shares cover every primary. A daemon
+/// that starts refusing later (a reload to a stale score unit) leaves the
+/// registry at once, and its primary is swept within two periods.
+#[test]
+fn a_daemon_that_refuses_is_counted_in_no_share_and_every_primary_is_swept() {
+    let mut cluster = RedisCluster::start(3, 0);
+    seed(&cluster, &user_keys(300));
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+    // A long ttl: a registration left behind would outlast several periods.
+    let mut env = fleet_env("5s");
+    env.push(("TOKEN_SWEEPER__SWEEP__MAX_CLOCK_SKEW", "500ms".to_owned()));
+    let env = env_refs(&env);
+    let lib = common::libfaketime();
+    let mut skewed_env = env.clone();
+    skewed_env.extend([
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME", "+1s"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    let skewed = cluster.daemon(&skewed_env);
+    let a = cluster.daemon(&env);
+    // b reads its score unit from a file, to be reloaded with a stale one.
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_file(dir.path(), "sweeper.toml", "[sweep]\nscore_unit = \"ms\"\n");
+    let cluster_env = cluster.env();
+    let mut b_env = env_refs(&cluster_env);
+    b_env.extend_from_slice(&env);
+    let b = DaemonProcess::start(&cluster.nodes[0].url(), &b_env, Some(&config));
+    let healthy = [&a, &b];
+
+    wait_until(
+        Duration::from_secs(10),
+        "the skewed daemon to refuse",
+        || skewed.metric("token_sweeper_errors_total{kind=\"clock_skew\"}") >= 1.0,
+    );
+    wait_all_swept(&healthy, &primaries);
+    // Every primary swept at least once every two periods, for five.
+    assert_swept_within(
+        &healthy,
+        &primaries,
+        PERIOD * 2 + Duration::from_secs(1),
+        PERIOD * 5,
+        || {
+            assert!(
+                !registered(&cluster).contains(&skewed.pid()),
+                "the skewed daemon registered"
+            );
+            assert!(
+                !lease_holders(&mut cluster, &primaries).contains(&skewed.pid()),
+                "the skewed daemon holds a lease"
+            );
+        },
+    );
+    assert!(skewed.metric("token_sweeper_errors_total{kind=\"clock_skew\"}") >= 5.0);
+    assert_eq!(skewed.metric(OK), 0.0);
+
+    // b's unit guard refuses from its next round on: the sets hold ms.
+    common::write_file(dir.path(), "sweeper.toml", "[sweep]\nscore_unit = \"s\"\n");
+    b.signal("HUP");
+    wait_until(Duration::from_secs(10), "b's unit guard to refuse", || {
+        b.metric("token_sweeper_errors_total{kind=\"unit_guard\"}") >= 1.0
+    });
+    assert!(
+        !registered(&cluster).contains(&b.pid()),
+        "b left the registry"
+    );
+    assert!(!lease_holders(&mut cluster, &primaries).contains(&b.pid()));
+    assert_swept_within(
+        &healthy,
+        &primaries,
+        PERIOD * 2 + Duration::from_secs(1),
+        PERIOD * 4,
+        || {
+            assert!(
+                !registered(&cluster).contains(&b.pid()),
+                "b registered while refusing"
+            );
+        },
+    );
+}
+
+/// Issue 11, item 2: a graceful shutdown released the leases but left the
+/// daemon in the registry, so the others kept counting it and its primary
+/// went unswept until the registration expired. Now it leaves the
+/// registry, the others take its share from their next round, and a
+/// restarted daemon joins without a primary going unswept for two periods.
+/// Per-node series: a daemon shows `node_unfinished` only for what it swept
+/// in its last round, `node_last_success` for every primary.
+#[test]
+fn a_stopped_daemon_leaves_the_registry_and_its_share_is_taken_within_two_periods() {
+    let mut cluster = RedisCluster::start(3, 0);
+    seed(&cluster, &user_keys(300));
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+    // A long ttl: without leaving, the registration would outlast several periods.
+    let env = fleet_env("5s");
+    let env = env_refs(&env);
+    let a = cluster.daemon(&env);
+    let b = cluster.daemon(&env);
+    let mut c = cluster.daemon(&env);
+    wait_until(
+        Duration::from_secs(20),
+        "three registered daemons, each sweeping a primary",
+        || registered(&cluster).len() == 3 && [&a, &b, &c].iter().all(|d| d.metric(OK) >= 2.0),
+    );
+    let scrape = c.scrape();
+    let (c_node, _) = primaries
+        .iter()
+        .map(|node| {
+            (
+                node,
+                common::metric(&scrape, &last_success_series(node)).unwrap_or(0.0),
+            )
+        })
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+        .unwrap();
+    let c_node = c_node.clone();
+
+    c.signal("TERM");
+    let (code, _) = c.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0));
+    let stopped = common::unix_now();
+    assert!(
+        !registered(&cluster).contains(&c.pid()),
+        "the stopped daemon left the registry"
+    );
+    assert!(!lease_holders(&mut cluster, &primaries).contains(&c.pid()));
+    wait_until(
+        Duration::from_secs(15),
+        "its primary swept by another daemon",
+        || last_swept(&[&a, &b], &c_node) > stopped,
+    );
+    let took = last_swept(&[&a, &b], &c_node) - stopped;
+    assert!(
+        took <= (PERIOD * 2).as_secs_f64(),
+        "{c_node} swept {took:.1} s after the stop: {}{}",
+        a.log_text(),
+        b.log_text()
+    );
+
+    // A rolling restart: the new daemon joins, and no primary goes two
+    // periods unswept meanwhile. (Its lock.key comes from a file, for the
+    // reload below.)
+    let dir = tempfile::tempdir().unwrap();
+    let key = |key: &str| format!("[lock]\nkey = \"{key}\"\n");
+    let config = common::write_file(dir.path(), "sweeper.toml", &key("token-sweeper:lock"));
+    let cluster_env = cluster.env();
+    let mut c2_env = env_refs(&cluster_env);
+    c2_env.extend_from_slice(&env);
+    let mut c2 = DaemonProcess::start(&cluster.nodes[0].url(), &c2_env, Some(&config));
+    let fleet = [&a, &b, &c2];
+    assert_swept_within(
+        &fleet,
+        &primaries,
+        PERIOD * 2 + Duration::from_secs(1),
+        PERIOD * 4,
+        || {},
+    );
+    // Back to one primary each: a and b swept two between them while c
+    // was away; what they no longer sweep has no node_unfinished left.
+    wait_until(
+        Duration::from_secs(10),
+        "node_unfinished only for the primary each daemon sweeps",
+        || {
+            fleet.iter().all(|d| {
+                d.scrape()
+                    .lines()
+                    .filter(|l| l.starts_with("token_sweeper_node_unfinished{"))
+                    .count()
+                    <= 1
+            })
+        },
+    );
+    for daemon in fleet {
+        let scrape = daemon.scrape();
+        for node in &primaries {
+            assert!(
+                common::metric(&scrape, &last_success_series(node)).is_some(),
+                "{node} has a last success on every daemon (0 until it sweeps it): {scrape}"
+            );
+        }
+    }
+
+    // A reload to another lock.key leaves the old registry at once; the
+    // daemon registers in the new one with its next round, and leaves that
+    // one when it stops.
+    assert!(registered(&cluster).contains(&c2.pid()));
+    common::write_file(dir.path(), "sweeper.toml", &key("other-fleet"));
+    c2.signal("HUP");
+    wait_until(Duration::from_secs(5), "the reload", || {
+        !c2.events("configuration reloaded; it applies from the next sweep")
+            .is_empty()
+    });
+    assert!(
+        !registered(&cluster).contains(&c2.pid()),
+        "left the old registry"
+    );
+    let in_new =
+        |cluster: &RedisCluster| -> usize { cluster.conn().zcard("other-fleet:daemons").unwrap() };
+    wait_until(Duration::from_secs(10), "c2 in the new registry", || {
+        in_new(&cluster) == 1
+    });
+    c2.signal("TERM");
+    assert_eq!(c2.wait_exit(Duration::from_secs(15)).0, Some(0));
+    assert_eq!(in_new(&cluster), 0, "left the new registry on shutdown");
+}
+
+/// Issue 11, item 3: the keep-alive held every lease of a round until its
+/// slowest primary was done, so a fast primary sharing a round with a slow
+/// one was swept only once per slow sweep. Now each lease is settled when
+/// its own primary is finished, and a daemon still sweeping when its period
+/// ends leaves the registry, so the other daemon sweeps the fast primaries
+/// every period while the slow one is swept.
+#[test]
+fn a_slow_primary_does_not_keep_the_fast_ones_from_being_swept_every_period() {
+    let mut cluster = RedisCluster::start(3, 0);
+    seed(&cluster, &user_keys(150));
+    // 4000 sets in one slot: 10 s at 400 keys/s, five periods.
+    let slow_keys: Vec<String> = (0..4000).map(|n| format!("{{slow}}:u{n}-tokens")).collect();
+    seed(&cluster, &slow_keys);
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+    let slow = primaries
+        .iter()
+        .find(|node| !cluster.keys_on(node, "{slow}*").is_empty())
+        .unwrap()
+        .clone();
+    let fast: Vec<String> = primaries.iter().filter(|n| **n != slow).cloned().collect();
+    let mut env = fleet_env("2s");
+    env.push((
+        "TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND",
+        "400".to_owned(),
+    ));
+    let env = env_refs(&env);
+    let a = cluster.daemon(&env);
+    let b = cluster.daemon(&env);
+
+    wait_all_swept(&[&a, &b], &fast);
+    // Every period (a period missed would be twice that), while the slow
+    // primary's first sweep runs.
+    assert_swept_within(&[&a, &b], &fast, PERIOD + PERIOD / 2, PERIOD * 3, || {});
+    assert_eq!(
+        last_swept(&[&a, &b], &slow),
+        0.0,
+        "the slow primary's sweep lasted the whole watch"
+    );
+}
+
+/// Issue 11, item 9 (first half): a daemon's registration used to last two
+/// leases plus lock.ttl from when it registered, after its jitter; with
+/// sweep.jitter larger than lock.ttl, one that registered late in a period
+/// expired before the other daemons had registered in the next, so they
+/// counted different numbers of daemons in one period and their shares
+/// could leave a primary out. Now every registration lasts until the next
+/// tick plus the jitter (plus lock.ttl): every daemon of the next period
+/// still counts it.
+#[test]
+fn a_registration_outlasts_the_next_periods_jitter() {
+    let cluster = RedisCluster::start(3, 0);
+    seed(&cluster, &user_keys(90));
+    let jitter_ms = 1900;
+    let mut env = fleet_env("1s");
+    env.push(("TOKEN_SWEEPER__SWEEP__JITTER", format!("{jitter_ms}ms")));
+    let env = env_refs(&env);
+    let daemons = [cluster.daemon(&env), cluster.daemon(&env)];
+    let period_ms = PERIOD.as_millis() as i64;
+
+    // Every registration seen over six periods: (earliest it can have
+    // happened, its expiry), in Redis milliseconds.
+    let mut conn = cluster.conn();
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    let mut registrations = Vec::new();
+    // Registrations already there when the watch starts are not counted:
+    // when they happened is not known.
+    let mut polled_at = None;
+    let end = std::time::Instant::now() + PERIOD * 6;
+    while std::time::Instant::now() < end {
+        let now = redis_now_ms(&mut cluster.nodes[0].conn());
+        let members: Vec<(String, f64)> = conn
+            .zrange_withscores("token-sweeper:lock:daemons", 0, -1)
+            .unwrap();
+        for (name, expiry) in members {
+            let expiry = expiry as i64;
+            match (seen.insert(name.clone(), expiry), polled_at) {
+                (Some(before), _) if before == expiry => {}
+                (_, Some(earliest)) => registrations.push((name, earliest, expiry)),
+                (_, None) => {}
+            }
+        }
+        polled_at = Some(now);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(registrations.len() >= 8, "{registrations:?}");
+    for (name, earliest, expiry) in &registrations {
+        let next_tick = (earliest.div_euclid(period_ms) + 1) * period_ms;
+        assert!(
+            *expiry >= next_tick + jitter_ms,
+            "{name} registered after {earliest} expires at {expiry}, before every daemon has \
+             registered in the next period (tick {next_tick} + jitter {jitter_ms} ms): {}",
+            daemons
+                .iter()
+                .map(|d| d.log_text())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }

@@ -1093,3 +1093,134 @@ fn the_watchdog_is_fed_while_the_daemon_works_and_starves_while_it_is_stuck() {
         daemon.log_text().contains("Redis connection restored")
     });
 }
+
+/// Issue 10, item 1: a replica that refuses to sweep (here its host clock
+/// is 1 s ahead of Redis, beyond `max_clock_skew = 500ms`) used to take the
+/// lock first, refuse, and keep the lock for the period: ticking first
+/// every period, it kept the healthy replica from ever sweeping. Now its
+/// checks run before it asks for the lock, so it never holds it, and the
+/// healthy replica sweeps every period.
+#[test]
+fn a_replica_whose_clock_is_ahead_takes_no_lock_and_the_healthy_one_sweeps_every_period() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let env = [
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+        ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ("TOKEN_SWEEPER__SWEEP__MAX_CLOCK_SKEW", "500ms"),
+    ];
+    let lib = common::libfaketime();
+    let mut skewed_env = env.to_vec();
+    skewed_env.extend([
+        ("LD_PRELOAD", lib.as_str()),
+        ("FAKETIME", "+1s"),
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    // Started first, so it also contends for the very first period.
+    let skewed = DaemonProcess::start(&server.url(), &skewed_env, None);
+    let healthy = DaemonProcess::start(&server.url(), &env, None);
+    let holder = || -> Option<u32> {
+        let holder: Option<String> = redis::cmd("GET")
+            .arg("token-sweeper:lock")
+            .query(&mut server.conn())
+            .unwrap();
+        holder.as_deref().and_then(common::holder_pid)
+    };
+
+    wait_until(
+        Duration::from_secs(10),
+        "the skewed replica to refuse",
+        || skewed.metric("token_sweeper_errors_total{kind=\"clock_skew\"}") >= 1.0,
+    );
+    let swept_before = healthy.metric(OK);
+    // Five periods: expired tokens keep arriving and are swept every period.
+    for period in 0..5 {
+        let prefix = format!("p{period}-");
+        seed(&mut c, &prefix, 20);
+        wait_until(
+            Duration::from_secs(5),
+            &format!("period {period}'s tokens swept"),
+            || {
+                assert_ne!(
+                    holder(),
+                    Some(skewed.pid()),
+                    "the skewed replica holds the lock"
+                );
+                count_members(&mut c, &prefix).0 == 0
+            },
+        );
+    }
+    wait_until(Duration::from_secs(5), "the fifth sweep counted", || {
+        healthy.metric(OK) >= swept_before + 5.0
+    });
+    assert_eq!(
+        healthy.metric(SKIPPED_LOCKED),
+        0.0,
+        "{}",
+        healthy.log_text()
+    );
+    assert!(skewed.metric("token_sweeper_errors_total{kind=\"clock_skew\"}") >= 5.0);
+    assert_eq!(skewed.metric(OK), 0.0);
+    assert_eq!(skewed.metric("token_sweeper_lock_held"), 0.0);
+    assert_eq!(http_get(healthy.metrics_port, "/readyz").unwrap().0, 200);
+    // The fleet-wide alert of the README, max over the replicas: fresh,
+    // although the skewed replica has never succeeded.
+    let newest = healthy
+        .metric("token_sweeper_last_success_timestamp_seconds")
+        .max(skewed.metric("token_sweeper_last_success_timestamp_seconds"));
+    assert!(common::unix_now() - newest < 3.0 * 2.0, "{newest}");
+}
+
+/// A round used to report a lost connection as "whichever is current":
+/// when `/readyz` had already noticed the loss and a new connection was in
+/// place, the round's late failure on the old one dropped the new one (a
+/// second outage, a second reconnect). Rounds now report the connection
+/// they used, and a report about a replaced one is ignored.
+#[test]
+fn a_late_failure_of_an_old_round_does_not_drop_the_new_connection() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 30);
+    // One key a second: the round spends most of its time between batches.
+    let daemon = DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "1"),
+            ("TOKEN_SWEEPER__SWEEP__BATCH_SIZE", "1"),
+        ],
+        None,
+    );
+    wait_until(Duration::from_secs(10), "connected", || {
+        http_get(daemon.metrics_port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    daemon.signal("USR1");
+    wait_until(Duration::from_secs(10), "two batches swept", || {
+        count_members(&mut c, "u").0 <= 28
+    });
+    // The daemon's connection goes; /readyz notices at once and reconnects
+    // while the round waits for its next batch, which then fails.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query(&mut c)
+        .unwrap();
+    http_get(daemon.metrics_port, "/readyz").unwrap();
+    wait_until(Duration::from_secs(10), "the round to fail", || {
+        daemon.metric("token_sweeper_sweeps_total{result=\"error\"}") >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let lost = daemon.events("Redis connection lost; reconnecting with backoff");
+    assert_eq!(lost.len(), 1, "{}", daemon.log_text());
+    assert_eq!(
+        daemon.events("Redis connection restored").len(),
+        1,
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(daemon.metric("token_sweeper_redis_up"), 1.0);
+}

@@ -826,7 +826,8 @@ async fn the_unit_guard_takes_vanished_retyped_and_infinite_keys_as_nothing_to_s
 }
 
 /// The daemon, as the user without the guard's permission: every round
-/// fails, counted under the check's own label, and nothing is deleted.
+/// fails, counted as the permission error it is (what the operator must
+/// fix), `/readyz` names the check, and nothing is deleted.
 #[test]
 fn the_daemon_counts_a_guard_that_cannot_run_under_its_label_and_deletes_nothing() {
     let server = RedisServer::start();
@@ -849,7 +850,7 @@ fn the_daemon_counts_a_guard_that_cannot_run_under_its_label_and_deletes_nothing
     );
 
     common::wait_until(Duration::from_secs(20), "a failed sweep", || {
-        daemon.metric("token_sweeper_errors_total{kind=\"unit_guard\"}") >= 1.0
+        daemon.metric("token_sweeper_errors_total{kind=\"noperm\"}") >= 1.0
     });
     let (code, body) = common::http_get(daemon.metrics_port, "/readyz").unwrap();
     assert_eq!(code, 503, "{body}");

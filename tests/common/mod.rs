@@ -512,3 +512,18 @@ pub fn user_args(user: &str, password: &str) -> Vec<String> {
     args.extend(readme_rules(user, password, &[]));
     args
 }
+
+/// The pid in a daemon's lease holder name (`host:pid:random`), as stored
+/// in a lease key and in the cluster registry of daemons.
+pub fn holder_pid(holder: &str) -> Option<u32> {
+    holder.split(':').nth(1)?.parse().ok()
+}
+
+/// The host clock in seconds since the epoch, as the daemons stamp their
+/// `*_timestamp_seconds` metrics.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
