@@ -50,6 +50,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings};
 use crate::redis::{Connection, Reconnecting, RedisError};
+use crate::sweep::{min_bound, removal_floor};
 
 /// Why a token was refused or an operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +181,13 @@ end
 /// A key without any TTL (made persistent by someone on purpose) stays
 /// persistent.
 ///
+/// Expired means what it means to the sweeper ([`crate::sweep::Expired`]):
+/// at or below the cutoff and above the removal floor, which the caller
+/// computes with [`crate::sweep::removal_floor`] and passes as the range's
+/// `min` (`-inf` in seconds, `(<floor>` in milliseconds): a set scored in
+/// milliseconds that also holds live seconds-scored sessions (another
+/// service writing seconds, or one migrating) keeps them on every login.
+///
 /// All or nothing: every argument and the key's type are checked before the
 /// first write, the values are bounded so that no later command can fail on
 /// them, and the `#!lua` flags make Redis refuse the whole script up front
@@ -192,7 +200,8 @@ end
 /// which for digests and random `jti`s is arbitrary.
 ///
 /// KEYS[1] set; ARGV: member, score, expire-at ms, max sessions (0 = no
-/// limit), leeway in score units, score units per second (1 or 1000).
+/// limit), leeway in score units, score units per second (1 or 1000), the
+/// `min` of the expired range (`-inf` or `(` and a non-negative integer).
 const ISSUE: &str = concat!(
     "#!lua\n",
     lua_cutoff!(),
@@ -209,7 +218,12 @@ local expire_at = integer(3, 1, exact)
 local max = integer(4, 0, 4294967295)
 local leeway = integer(5, 0, exact)
 local per_second = integer(6, 1, 1000)
-if member == nil or member == '' or not (score and expire_at and max and leeway and per_second) then
+local floor = ARGV[7]
+if floor ~= '-inf' then
+  local digits = floor and string.match(floor, '^%((%d+)$')
+  if digits == nil or tonumber(digits) > exact then floor = nil end
+end
+if member == nil or member == '' or not (score and expire_at and max and leeway and per_second and floor) then
   return redis.error_reply('ERR token-sweeper issue: argument out of range')
 end
 local kind = redis.call('TYPE', KEYS[1])['ok']
@@ -217,7 +231,7 @@ if kind ~= 'zset' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a sorted set')
 end
 local had_ttl = redis.call('PTTL', KEYS[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', cutoff(per_second, leeway)))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], floor, string.format('%d', cutoff(per_second, leeway)))
 redis.call('ZADD', KEYS[1], string.format('%d', score), member)
 local dropped = 0
 if max > 0 then
@@ -447,7 +461,8 @@ impl TokenService {
             .arg(expire_at_ms)
             .arg(self.max_sessions)
             .arg(self.leeway_units())
-            .arg(self.units_per_second());
+            .arg(self.units_per_second())
+            .arg(min_bound(removal_floor(self.unit, now.micros as i128)));
         let sessions_dropped: u64 = self
             .round_trip(|mut conn| async move {
                 match invocation.invoke_async(&mut conn).await {

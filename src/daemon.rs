@@ -1009,8 +1009,15 @@ impl Round {
     ) -> Result<RoundSweeps, SweepError> {
         // Before any lease or registration: a daemon that refuses (clock,
         // unit guard, permission) must not hold what another could sweep.
-        let prepared =
-            sweep::prepare(conn, primaries, &self.settings.sweep, progress, stopped).await?;
+        let prepared = sweep::prepare(
+            conn,
+            primaries,
+            &self.settings.sweep,
+            SweepMode::Remove,
+            progress,
+            stopped,
+        )
+        .await?;
         match &self.lock {
             Some(lock) => {
                 self.sweep_leased(lock, conn, prepared, primaries, ended)
@@ -1018,7 +1025,7 @@ impl Round {
             }
             None => {
                 self.log_start(primaries.len());
-                let report = prepared.run(SweepMode::Remove).await?;
+                let report = prepared.run().await?;
                 Ok(RoundSweeps {
                     report: Some(report),
                     skipped: 0,
@@ -1094,7 +1101,7 @@ impl Round {
             metrics: &self.metrics,
         };
         let result = tokio::select! {
-            result = prepared.run(SweepMode::Remove) => result,
+            result = prepared.run() => result,
             never = keeper.keep(&mut ended) => match never {},
         };
         // Ends the keeper was not told of before the sweep returned.

@@ -9,10 +9,14 @@
 //! 1. **Clock.** "Now" comes from Redis `TIME` (or the host clock); the two are
 //!    compared and the sweep refuses to run when they disagree by more than
 //!    `sweep.max_clock_skew`, because a clock running ahead removes live tokens.
+//!    With the host clock (`sweep.clock = "local"`), "now" is the earlier of
+//!    the two: Redis `TIME` is the clock the auth path judges tokens by.
 //!    `TIME` must answer two decimal integers; a host clock before 1970 is
 //!    refused. `cutoff = floor((now - grace) / unit)`; members with
 //!    `score <= cutoff` are expired. Rounding down only ever keeps a member
-//!    longer; a cutoff above 2^53, which Redis would round, is refused.
+//!    longer; a cutoff above 2^53, which Redis would round, is refused. In
+//!    milliseconds, scores at or below the top of the seconds window
+//!    ([`removal_floor`]) are never removed: see [`Expired`].
 //! 2. **Scan.** `SCAN cursor MATCH pattern COUNT n TYPE zset`, one page at a
 //!    time. Keys are handed on in batches through a bounded channel, so memory
 //!    holds at most a few batches whatever the size of the keyspace.
@@ -24,8 +28,13 @@
 //!    give a definite answer; one with nothing to say (deleted since SCAN,
 //!    only `+inf` members) is fine, but if none had a finite score and the
 //!    node has keys left unread, the guard refuses: it has no evidence.
+//!    Last, one command of the kind the sweep will send is run on a sampled
+//!    key over an empty score range ([`Check::Permission`]), so that a user
+//!    who may read but not remove is refused here, before a daemon takes a
+//!    lease, and not at the first pipeline.
 //! 4. **Remove.** Each batch becomes one pipeline of
-//!    `ZREMRANGEBYSCORE key -inf cutoff` (`ZCOUNT` in a dry run). Up to
+//!    `ZREMRANGEBYSCORE key <min> cutoff` (`ZCOUNT` in a dry run), `<min>`
+//!    being `-inf` in seconds and `(<removal floor>` in milliseconds. Up to
 //!    `max_in_flight` pipelines are outstanding on the one multiplexed
 //!    connection, and the next SCAN page is requested while they run, so
 //!    Redis always has work queued. `max_keys_per_second` paces the batches.
@@ -83,6 +92,16 @@ pub enum SweepMode {
     Remove,
     /// `ZCOUNT`: expired members are counted; nothing changes.
     DryRun,
+}
+
+impl SweepMode {
+    /// The command the sweep sends per key.
+    fn command(self) -> &'static str {
+        match self {
+            Self::Remove => "ZREMRANGEBYSCORE",
+            Self::DryRun => "ZCOUNT",
+        }
+    }
 }
 
 /// Why a sweep stopped before finishing.
@@ -147,7 +166,7 @@ impl SweepError {
     /// error's kind (`connection`, `noperm`, `oom`, ...; also when Redis
     /// refused a safety check's command, since that is what has to be
     /// fixed), else the check that refused (`unit_guard`, `clock_skew`,
-    /// `clock`, `cutoff`, `cluster_topology`).
+    /// `clock`, `cutoff`, `cluster_topology`, `permission`).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Redis(e) => e.kind(),
@@ -175,11 +194,15 @@ pub enum Check {
     ClusterTopology,
     /// Reading sampled scores to confirm `sweep.score_unit`.
     UnitGuard,
+    /// Running the sweep's own command (`ZREMRANGEBYSCORE`, or `ZCOUNT` in a
+    /// dry run) on a sampled key over an empty score range: proves the ACL
+    /// user may run it there before anything commits to the sweep.
+    Permission,
 }
 
 impl Check {
     /// A short name for metrics labels: `clock`, `clock_skew`, `cutoff`,
-    /// `cluster_topology`, `unit_guard`.
+    /// `cluster_topology`, `unit_guard`, `permission`.
     pub fn label(self) -> &'static str {
         match self {
             Self::Clock => "clock",
@@ -187,6 +210,7 @@ impl Check {
             Self::Cutoff => "cutoff",
             Self::ClusterTopology => "cluster_topology",
             Self::UnitGuard => "unit_guard",
+            Self::Permission => "permission",
         }
     }
 
@@ -223,6 +247,7 @@ impl std::fmt::Display for Check {
             Self::Cutoff => "the cutoff check",
             Self::ClusterTopology => "the cluster topology check",
             Self::UnitGuard => "the unit guard",
+            Self::Permission => "the permission check",
         })
     }
 }
@@ -431,7 +456,11 @@ pub struct SweepReport {
     pub mode: SweepMode,
     /// Members with a score at or below this were expired.
     pub cutoff: i64,
-    /// Unit of `cutoff`.
+    /// In milliseconds: members scored at or below this were kept whatever
+    /// the cutoff, because such a score could be a seconds timestamp (see
+    /// [`Expired`]); `None` (seconds): no floor.
+    pub score_floor: Option<i64>,
+    /// Unit of `cutoff` and `score_floor`.
     pub score_unit: String,
     /// What it counted, over every node (flattened into the JSON report).
     #[serde(flatten)]
@@ -520,18 +549,19 @@ pub async fn sweep_nodes(
     progress: &SweepProgress,
     shutdown: impl Future<Output = ()>,
 ) -> Result<SweepReport, SweepError> {
-    prepare(conn, nodes, settings, progress, shutdown)
+    prepare(conn, nodes, settings, mode, progress, shutdown)
         .await?
-        .run(mode)
+        .run()
         .await
 }
 
 /// The checks that can refuse a sweep, on every primary given, before
 /// anything is deleted anywhere: the clock (Redis `TIME`, the skew against
-/// the host clock, the cutoff), and each primary's slots and unit guard
-/// (which scans its first keys; they stay pending, to be swept). A caller
-/// that must not commit to anything unless the sweep can run (a daemon
-/// taking leases) calls this first, then [`PreparedSweep::retain`] and
+/// the host clock, the cutoff), and each primary's slots, unit guard (which
+/// scans its first keys; they stay pending, to be swept) and permission to
+/// run `mode`'s command ([`Check::Permission`]). A caller that must not
+/// commit to anything unless the sweep can run (a daemon taking leases)
+/// calls this first, then [`PreparedSweep::retain`] and
 /// [`PreparedSweep::run`].
 ///
 /// A primary that cannot be reached or scanned is not a refusal: it is
@@ -539,11 +569,12 @@ pub async fn sweep_nodes(
 ///
 /// # Errors
 /// As [`sweep_nodes`], for the checks: the clock, the skew, the cutoff,
-/// the unit guard of any primary, an empty `nodes`.
+/// the unit guard or the permission check of any primary, an empty `nodes`.
 pub async fn prepare<'a, S: Future<Output = ()>>(
     conn: &Connection,
     nodes: &[Primary],
     settings: &'a SweepSettings,
+    mode: SweepMode,
     progress: &'a SweepProgress,
     shutdown: S,
 ) -> Result<PreparedSweep<'a, S>, SweepError> {
@@ -552,14 +583,21 @@ pub async fn prepare<'a, S: Future<Output = ()>>(
         return Err(Check::ClusterTopology.refused("no primary to sweep".to_owned()));
     }
     let now_micros = read_clock(conn, settings).await?;
-    let cutoff = cutoff_for(now_micros, settings.grace, settings.score_unit).ok_or_else(|| {
-        Check::Cutoff.refused(format!(
-            "now ({now_micros} µs since 1970) less sweep.grace is beyond 2^53 {}: Redis could \
-             not compare scores with it exactly",
-            settings.score_unit
-        ))
-    })?;
-    tracing::debug!(cutoff, unit = %settings.score_unit, nodes = nodes.len(), "sweep checks starting");
+    let expired =
+        Expired::at(now_micros, settings.grace, settings.score_unit).ok_or_else(|| {
+            Check::Cutoff.refused(format!(
+                "now ({now_micros} µs since 1970) less sweep.grace is beyond 2^53 {}: Redis \
+                 could not compare scores with it exactly",
+                settings.score_unit
+            ))
+        })?;
+    tracing::debug!(
+        cutoff = expired.cutoff,
+        floor = expired.floor,
+        unit = %settings.score_unit,
+        nodes = nodes.len(),
+        "sweep checks starting"
+    );
     let shutdown = Box::pin(shutdown).shared();
 
     // Every node's unit guard passes before any node deletes: a wrong unit
@@ -575,6 +613,7 @@ pub async fn prepare<'a, S: Future<Output = ()>>(
                 primary,
                 settings,
                 now_micros,
+                mode,
                 progress,
                 shutdown.clone(),
             )
@@ -588,7 +627,8 @@ pub async fn prepare<'a, S: Future<Output = ()>>(
         started,
         settings,
         progress,
-        cutoff,
+        expired,
+        mode,
         nodes: prepared,
         shutdown,
     })
@@ -606,7 +646,9 @@ pub struct PreparedSweep<'a, S: Future<Output = ()>> {
     started: Instant,
     settings: &'a SweepSettings,
     progress: &'a SweepProgress,
-    cutoff: i64,
+    expired: Expired,
+    /// The mode the permission check was run for, so the one `run` uses.
+    mode: SweepMode,
     nodes: Vec<Result<NodeSweep<'a>, NodeFailed>>,
     shutdown: futures_util::future::Shared<std::pin::Pin<Box<S>>>,
 }
@@ -628,19 +670,21 @@ impl<S: Future<Output = ()>> PreparedSweep<'_, S> {
         });
     }
 
-    /// Scans the rest of each primary and removes (or counts, in a dry run)
-    /// its expired members, up to `sweep.max_parallel_nodes` primaries at a
-    /// time; tells [`SweepProgress::on_node_end`] of each as it ends.
+    /// Scans the rest of each primary and removes (or counts, in a dry run:
+    /// the mode given to [`prepare`]) its expired members, up to
+    /// `sweep.max_parallel_nodes` primaries at a time; tells
+    /// [`SweepProgress::on_node_end`] of each as it ends.
     ///
     /// # Errors
     /// [`SweepError::Redis`] when no primary could be swept (every one
     /// failed): Redis down, wrong credentials, no permission.
-    pub async fn run(self, mode: SweepMode) -> Result<SweepReport, SweepError> {
+    pub async fn run(self) -> Result<SweepReport, SweepError> {
         let Self {
             started,
             settings,
             progress,
-            cutoff,
+            expired,
+            mode,
             nodes,
             shutdown,
         } = self;
@@ -650,7 +694,7 @@ impl<S: Future<Output = ()>> PreparedSweep<'_, S> {
                 let shutdown = shutdown.clone();
                 async move {
                     let (report, failure) = match node {
-                        Ok(node) => node.finish(cutoff, mode, shutdown).await,
+                        Ok(node) => node.finish(expired, mode, shutdown).await,
                         Err(failed) => failed.report(),
                     };
                     progress.node_ended(&report);
@@ -685,7 +729,8 @@ impl<S: Future<Output = ()>> PreparedSweep<'_, S> {
         let counts = progress.counts();
         Ok(SweepReport {
             mode,
-            cutoff,
+            cutoff: expired.cutoff,
+            score_floor: expired.floor,
             score_unit: settings.score_unit.to_string(),
             keys_per_second: rate(counts.keys_scanned, duration),
             counts,
@@ -747,14 +792,15 @@ struct NodeSweep<'a> {
 
 impl<'a> NodeSweep<'a> {
     /// Connects to the node, checks it still serves the slots it was chosen
-    /// for, and runs its unit guard. The outer error aborts the whole sweep
-    /// (the unit guard refused or could not run); the inner one is this
-    /// node not being swept.
+    /// for, and runs its unit guard and permission check. The outer error
+    /// aborts the whole sweep (a check refused or could not run); the inner
+    /// one is this node not being swept.
     async fn start(
         conn: &Connection,
         primary: &Primary,
         settings: &'a SweepSettings,
         now_micros: i128,
+        mode: SweepMode,
         progress: &'a SweepProgress,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Result<NodeSweep<'a>, NodeFailed>, SweepError> {
@@ -795,17 +841,25 @@ impl<'a> NodeSweep<'a> {
             node: Arc::default(),
         };
         let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
-        let interrupted = if settings.unit_guard {
-            let found = Found::ScannedOn {
-                importing: &importing,
-            };
-            match scanner.guard(now_micros, found, shutdown).await? {
-                Ok(interrupted) => interrupted,
-                Err(e) => return failed(e),
-            }
-        } else {
-            false
+        let found = Found::ScannedOn {
+            importing: &importing,
         };
+        let mut shutdown = std::pin::pin!(shutdown);
+        let scanned = if settings.unit_guard {
+            scanner.guard(now_micros, found, &mut shutdown).await?
+        } else {
+            // The permission check needs a key: the first SCAN page.
+            scanner.fill(1, &mut shutdown).await
+        };
+        let interrupted = match scanned {
+            Ok(interrupted) => interrupted,
+            Err(e) => return failed(e),
+        };
+        // No key on the node: nothing to remove, so nothing to prove.
+        // Interrupted: nothing will be sent.
+        if let (false, Some(key)) = (interrupted, scanner.pending.first()) {
+            check_permission(&mut node_conn, key, found, mode).await?;
+        }
         Ok(Ok(NodeSweep {
             address: address.to_owned(),
             conn: node_conn,
@@ -821,14 +875,14 @@ impl<'a> NodeSweep<'a> {
     /// pipelines at a time; then checks the slots did not move meanwhile.
     async fn finish(
         mut self,
-        cutoff: i64,
+        expired: Expired,
         mode: SweepMode,
         shutdown: impl Future<Output = ()>,
     ) -> (NodeReport, Option<RedisError>) {
         let scanned = if self.interrupted {
             Ok(true)
         } else {
-            self.scan_and_remove(cutoff, mode, shutdown).await
+            self.scan_and_remove(expired, mode, shutdown).await
         };
         let (finished, reason, error) = match scanned {
             // Interrupted: unfinished, but nothing went wrong.
@@ -848,7 +902,7 @@ impl<'a> NodeSweep<'a> {
     /// Returns whether `shutdown` cut the scan short.
     async fn scan_and_remove(
         &mut self,
-        cutoff: i64,
+        expired: Expired,
         mode: SweepMode,
         shutdown: impl Future<Output = ()>,
     ) -> Result<bool, RedisError> {
@@ -870,7 +924,7 @@ impl<'a> NodeSweep<'a> {
                 let mut conn = conn.clone();
                 async move {
                     let sent = Instant::now();
-                    let outcome = sweep_batch(&mut conn, &batch, found, cutoff, mode).await;
+                    let outcome = sweep_batch(&mut conn, &batch, found, expired, mode).await;
                     if let Some(timer) = &tally.progress.batch_timer {
                         timer(sent.elapsed());
                     }
@@ -949,26 +1003,44 @@ fn moved_since(primary: &Primary, now: &SlotAssignment) -> Option<String> {
 }
 
 /// "Now" in microseconds since the Unix epoch, after the clock-skew check.
+///
+/// A clock ahead removes live tokens, and the skew check lets through
+/// anything within `sweep.max_clock_skew` (a minute by default), so with
+/// the host clock (`sweep.clock = "local"`) "now" is the earlier of the two
+/// clocks whenever both are read: a host 50 s ahead cannot remove a token
+/// with 30 s left, by the clock that judges it. That clock is Redis's: the
+/// auth path (`verify`, the login script) and any writer following the data
+/// contract read `TIME`, so a member at or below Redis "now" is already
+/// refused as expired everywhere. With `sweep.clock = "redis"` "now" is
+/// therefore Redis `TIME` alone: taking a host clock that is behind would
+/// only keep members no one accepts any more, make the cutoff depend on a
+/// clock the configuration chose not to trust, and let daemons on different
+/// hosts disagree on it. With the skew check off (`0s`) only the chosen
+/// clock is read.
 async fn read_clock(conn: &Connection, settings: &SweepSettings) -> Result<i128, SweepError> {
     let now = match settings.clock {
         ClockSource::Redis => redis_time(conn).await?,
         ClockSource::Local => host_time()?,
     };
-    if !settings.max_clock_skew.is_zero() {
-        let other = match settings.clock {
-            ClockSource::Redis => host_time()?,
-            ClockSource::Local => redis_time(conn).await?,
-        };
-        let skew =
-            Duration::from_micros(u64::try_from((now - other).unsigned_abs()).unwrap_or(u64::MAX));
-        if skew > settings.max_clock_skew {
-            return Err(SweepError::ClockSkew {
-                skew,
-                max: settings.max_clock_skew,
-            });
-        }
+    if settings.max_clock_skew.is_zero() {
+        return Ok(now);
     }
-    Ok(now)
+    let other = match settings.clock {
+        ClockSource::Redis => host_time()?,
+        ClockSource::Local => redis_time(conn).await?,
+    };
+    let skew =
+        Duration::from_micros(u64::try_from((now - other).unsigned_abs()).unwrap_or(u64::MAX));
+    if skew > settings.max_clock_skew {
+        return Err(SweepError::ClockSkew {
+            skew,
+            max: settings.max_clock_skew,
+        });
+    }
+    Ok(match settings.clock {
+        ClockSource::Redis => now,
+        ClockSource::Local => now.min(other),
+    })
 }
 
 /// The step name of the clock read, in errors.
@@ -1090,8 +1162,113 @@ pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<
     }
 }
 
-/// Sends one pipeline over `keys`: `ZREMRANGEBYSCORE key -inf cutoff`
-/// (or `ZCOUNT` in a dry run), and tallies the replies.
+/// The scores a sweep removes: at or below the cutoff and, in milliseconds,
+/// above the [`removal_floor`].
+///
+/// A score that could be a seconds timestamp is never removed from data
+/// swept as milliseconds, whatever the unit guard saw: read as
+/// milliseconds it is early 1970, so nothing legitimate is kept by this,
+/// while a live seconds-scored token (a set written by a service moving
+/// from seconds to milliseconds, or shared with one in seconds) would
+/// otherwise be removed as long expired. The unit guard samples only some
+/// sets and reads one score of each; this holds for every member of every
+/// key, in the command itself, at no extra cost. In seconds no floor is
+/// needed: a millisecond timestamp is a thousand times above any seconds
+/// cutoff, so it is never expired. Members scored `-inf` (or anything at or
+/// below the floor) stay in milliseconds: the key's TTL takes them.
+///
+/// ```
+/// use std::time::Duration;
+/// use token_sweeper::config::ScoreUnit;
+/// use token_sweeper::sweep::Expired;
+///
+/// let now = 1_700_000_000 * 1_000_000; // microseconds
+/// let ms = Expired::at(now, Duration::ZERO, ScoreUnit::Milliseconds).unwrap();
+/// assert!(ms.contains(1_699_999_999_000.0)); // a millisecond expiry a second ago
+/// assert!(!ms.contains(1_700_003_600.0)); // an hour ahead, in seconds: kept
+/// assert!(!ms.contains(f64::NEG_INFINITY));
+/// let s = Expired::at(now, Duration::ZERO, ScoreUnit::Seconds).unwrap();
+/// assert!(s.contains(1_699_999_999.0) && s.contains(f64::NEG_INFINITY));
+/// assert!(!s.contains(1_699_999_999_000.0)); // milliseconds: far in the future
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expired {
+    floor: Option<i64>,
+    cutoff: i64,
+}
+
+impl Expired {
+    /// The expired scores at `now_micros` (microseconds since the epoch)
+    /// less `grace`, in `unit`: [`cutoff_for`] and [`removal_floor`].
+    /// `None` when the cutoff is beyond what Redis compares exactly.
+    pub fn at(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<Self> {
+        Some(Self {
+            floor: removal_floor(unit, now_micros),
+            cutoff: cutoff_for(now_micros, grace, unit)?,
+        })
+    }
+
+    /// The highest expired score.
+    pub fn cutoff(self) -> i64 {
+        self.cutoff
+    }
+
+    /// Scores at or below this are never removed; `None`: no floor.
+    pub fn floor(self) -> Option<i64> {
+        self.floor
+    }
+
+    /// Whether a member scored `score` is removed.
+    pub fn contains(self, score: f64) -> bool {
+        score <= self.cutoff as f64 && self.floor.is_none_or(|floor| score > floor as f64)
+    }
+}
+
+/// The earliest "now" [`removal_floor`] counts from: 2024-01-01T00:00:00Z,
+/// before this code existed. A clock reading earlier (a host booted at the
+/// epoch, with the skew check off) cannot lower the floor into the years
+/// of real seconds timestamps; it only lowers the cutoff, which keeps more.
+const EARLIEST_NOW_SECS: i128 = 1_704_067_200;
+
+/// The score at or below which nothing is ever removed from sets scored in
+/// `unit` at `now_micros`: for milliseconds, the top of the window where a
+/// score looks like a seconds timestamp ([`looks_like`]: up to 50 years
+/// ahead, counted from now or from 2024 if later), about 3.4e9; `None` for seconds. The one definition the sweep and the auth
+/// path's login script share; render it for Redis with [`min_bound`].
+///
+/// ```
+/// use token_sweeper::config::ScoreUnit;
+/// use token_sweeper::sweep::{looks_like, removal_floor};
+///
+/// let now = 1_800_000_000 * 1_000_000; // microseconds
+/// let floor = removal_floor(ScoreUnit::Milliseconds, now).unwrap();
+/// assert_eq!(looks_like(floor as f64, now), Some(ScoreUnit::Seconds));
+/// assert_eq!(looks_like(floor as f64 + 1.0, now), None);
+/// assert_eq!(removal_floor(ScoreUnit::Seconds, now), None);
+/// ```
+pub fn removal_floor(unit: ScoreUnit, now_micros: i128) -> Option<i64> {
+    match unit {
+        ScoreUnit::Seconds => None,
+        ScoreUnit::Milliseconds => {
+            let now_secs = now_micros.div_euclid(1_000_000).max(EARLIEST_NOW_SECS);
+            // Saturating: a floor at the top keeps everything, never less.
+            Some(i64::try_from(now_secs.saturating_add(PLAUSIBLE_FUTURE)).unwrap_or(i64::MAX))
+        }
+    }
+}
+
+/// The `min` argument of `ZREMRANGEBYSCORE`/`ZCOUNT` for `floor`: `(floor`
+/// (exclusive: the floor itself is kept), or `-inf` without one.
+pub fn min_bound(floor: Option<i64>) -> String {
+    match floor {
+        Some(floor) => format!("({floor}"),
+        None => "-inf".to_owned(),
+    }
+}
+
+/// Sends one pipeline over `keys`: `ZREMRANGEBYSCORE key <min> cutoff`
+/// (or `ZCOUNT` in a dry run) over the scores `expired` says, and tallies
+/// the replies.
 ///
 /// On a connection to one cluster node, keys that answer MOVED (their slot
 /// moved) are sent again, one command each, through the cluster client, which
@@ -1108,10 +1285,10 @@ pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<
 pub async fn sweep_keys(
     conn: &mut Connection,
     keys: &[Vec<u8>],
-    cutoff: i64,
+    expired: Expired,
     mode: SweepMode,
 ) -> Result<BatchOutcome, RedisError> {
-    sweep_batch(conn, keys, Found::Anywhere, cutoff, mode).await
+    sweep_batch(conn, keys, Found::Anywhere, expired, mode).await
 }
 
 /// [`sweep_keys`] for keys `found` as said.
@@ -1119,16 +1296,14 @@ async fn sweep_batch(
     conn: &mut Connection,
     keys: &[Vec<u8>],
     found: Found<'_>,
-    cutoff: i64,
+    expired: Expired,
     mode: SweepMode,
 ) -> Result<BatchOutcome, RedisError> {
-    let command = match mode {
-        SweepMode::Remove => "ZREMRANGEBYSCORE",
-        SweepMode::DryRun => "ZCOUNT",
-    };
+    let command = mode.command();
+    let min = min_bound(expired.floor);
     let replies = query_each(conn, command, keys, found, |key| {
         let mut cmd = redis::cmd(command);
-        cmd.arg(key).arg("-inf").arg(cutoff);
+        cmd.arg(key).arg(&min).arg(expired.cutoff);
         cmd
     })
     .await?;
@@ -1151,6 +1326,54 @@ async fn sweep_batch(
         }
     }
     Ok(outcome)
+}
+
+/// [`Check::Permission`] on `key`, a key SCAN `found` on `conn`'s node: the
+/// command `mode` sends, over the score range `(0 (0`, which is empty (no
+/// score is both above and below 0; 0 and -0 are neither), so it removes
+/// and counts nothing, while Redis's ACL check, which comes before the
+/// command runs, refuses it with NOPERM if the user may not run it on such
+/// keys. Redis checks the ACL before the key's type and before redirecting,
+/// so WRONGTYPE (the key changed type since SCAN) and a MOVED/ASK the
+/// cluster client followed both mean the node let the command through.
+async fn check_permission(
+    conn: &mut Connection,
+    key: &Vec<u8>,
+    found: Found<'_>,
+    mode: SweepMode,
+) -> Result<(), SweepError> {
+    // Errors read "the permission check could not run ...: ZCOUNT failed:
+    // ...", so the step is named by its command alone.
+    let what = mode.command();
+    let replies = query_each(conn, what, std::slice::from_ref(key), found, |key| {
+        let mut cmd = redis::cmd(what);
+        cmd.arg(key).arg("(0").arg("(0");
+        cmd
+    })
+    .await
+    .map_err(|e| Check::Permission.failed(e))?;
+    for KeyReply { reply, redirected } in replies {
+        match reply {
+            Ok(Value::Int(0)) => {}
+            Err(e) if e.code() == Some("WRONGTYPE") => {}
+            Err(e) if !redirected && is_redirect(&e) => {
+                return Err(Check::Permission.refused(not_a_cluster(conn, what)))
+            }
+            Err(e) => {
+                let e = replied_from(conn, redirected).error(what, e);
+                return Err(Check::Permission.failed(e));
+            }
+            Ok(other) => {
+                return Err(Check::Permission.refused(format!(
+                    "Redis at {}: {what} answered {} for key {:?}, not 0",
+                    replied_from(conn, redirected).address(),
+                    shape(&other),
+                    String::from_utf8_lossy(key)
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One key's reply, from where the key lives.
@@ -1430,9 +1653,8 @@ impl<'a> Scanner<'a> {
         &mut self,
         now_micros: i128,
         found: Found<'_>,
-        shutdown: impl Future<Output = ()>,
+        shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
     ) -> Result<Result<bool, RedisError>, SweepError> {
-        let mut shutdown = std::pin::pin!(shutdown);
         let sample = usize::try_from(self.settings.unit_guard_sample).unwrap_or(usize::MAX);
         if sample == 0 {
             return Err(Check::UnitGuard.refused("sweep.unit_guard_sample is 0".to_owned()));
@@ -1441,7 +1663,7 @@ impl<'a> Scanner<'a> {
         let (mut read, mut scored) = (0, 0);
         while scored < sample && read < limit {
             let upto = read.saturating_add(sample - scored).min(limit);
-            match self.fill(upto, &mut shutdown).await {
+            match self.fill(upto, shutdown).await {
                 Ok(true) => return Ok(Ok(true)),
                 Ok(false) => {}
                 Err(e) => return Ok(Err(e)),
@@ -1829,6 +2051,7 @@ mod tests {
             (Check::Cutoff, "cutoff"),
             (Check::ClusterTopology, "cluster_topology"),
             (Check::UnitGuard, "unit_guard"),
+            (Check::Permission, "permission"),
         ] {
             assert_eq!(check.label(), label);
             let message = check.refused("because".to_owned()).to_string();
@@ -1838,6 +2061,54 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn the_removal_floor_is_the_top_of_the_seconds_window() {
+        for now_secs in [EARLIEST_NOW_SECS, 1_795_836_033, 2_500_000_000] {
+            let now = now_secs * 1_000_000;
+            let floor = removal_floor(ScoreUnit::Milliseconds, now).unwrap();
+            assert_eq!(looks_like(floor as f64, now), Some(ScoreUnit::Seconds));
+            assert_ne!(
+                looks_like(floor as f64 + 1.0, now),
+                Some(ScoreUnit::Seconds)
+            );
+            assert_eq!(removal_floor(ScoreUnit::Seconds, now), None);
+        }
+        // A clock before 2024, even before 1970, does not lower it.
+        let earliest = removal_floor(ScoreUnit::Milliseconds, EARLIEST_NOW_SECS * 1_000_000);
+        for now in [0, -1, 86_400 * 1_000_000, i128::MIN] {
+            assert_eq!(removal_floor(ScoreUnit::Milliseconds, now), earliest);
+        }
+        // A clock far ahead saturates: a floor at the top keeps everything.
+        assert_eq!(
+            removal_floor(ScoreUnit::Milliseconds, i128::MAX),
+            Some(i64::MAX)
+        );
+        assert_eq!(min_bound(Some(3_400_000_000)), "(3400000000");
+        assert_eq!(min_bound(None), "-inf");
+    }
+
+    #[test]
+    fn expired_is_the_range_the_command_removes() {
+        let now = 1_795_836_033_123_456;
+        let ms = Expired::at(now, Duration::ZERO, ScoreUnit::Milliseconds).unwrap();
+        let floor = ms.floor().unwrap() as f64;
+        assert!(ms.contains(ms.cutoff() as f64));
+        assert!(!ms.contains(ms.cutoff() as f64 + 0.5));
+        assert!(ms.contains(floor + 1.0));
+        for kept in [floor, 0.0, -0.0, f64::NEG_INFINITY, f64::INFINITY] {
+            assert!(!ms.contains(kept), "{kept}");
+        }
+        let s = Expired::at(now, Duration::ZERO, ScoreUnit::Seconds).unwrap();
+        assert_eq!(s.floor(), None);
+        assert!(s.contains(f64::NEG_INFINITY) && s.contains(0.0));
+        assert!(!s.contains(1_795_836_033_000.0 - 86_400_000.0));
+        // No cutoff Redis cannot compare exactly, floor or not.
+        assert_eq!(
+            Expired::at(i128::MAX / 2, Duration::ZERO, ScoreUnit::Milliseconds),
+            None
+        );
     }
 
     #[test]

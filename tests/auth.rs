@@ -1260,3 +1260,62 @@ fn an_empty_user_is_refused_by_every_tokens_command() {
         assert!(out.stdout.is_empty(), "{command}");
     }
 }
+
+// ---- the removal floor: a login never drops seconds-scored sessions --------
+
+/// A set scored in milliseconds that also holds sessions in seconds (another
+/// service writing seconds, or one moving from seconds to milliseconds).
+/// Before, a login's script removed `-inf .. now` in milliseconds: every
+/// seconds member, the live one included, while the sweeper refused to
+/// touch them. Now the login removes what the sweeper would: the expired
+/// millisecond member, and nothing at or below the seconds window.
+#[tokio::test]
+async fn a_login_keeps_seconds_scored_sessions_in_a_milliseconds_set() {
+    let server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = redis::cmd("ZADD")
+        .arg("u-tokens")
+        .arg(now / 1000 + 3600)
+        .arg("s-live")
+        .arg(now / 1000 - 3600)
+        .arg("s-expired")
+        .arg(now - 60_000)
+        .arg("ms-expired")
+        .query(&mut c)
+        .unwrap();
+
+    let issued = tokens.issue("u", None, no_claims()).await.unwrap();
+
+    let left: Vec<String> = c.zrange("u-tokens", 0, -1).unwrap();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(&left[..2], ["s-expired", "s-live"]);
+    assert!(tokens.verify(&issued.token).await.is_ok());
+}
+
+/// Seconds the other way round: a millisecond score, even one long expired,
+/// is far above any seconds cutoff, so a login in seconds keeps it.
+#[tokio::test]
+async fn a_login_in_seconds_keeps_millisecond_scored_sessions() {
+    let server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Seconds).await;
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = redis::cmd("ZADD")
+        .arg("u-tokens")
+        .arg(now + 3_600_000)
+        .arg("ms-live")
+        .arg(1_600_000_000_000_i64)
+        .arg("ms-expired")
+        .arg(now / 1000 - 60)
+        .arg("s-expired")
+        .query(&mut c)
+        .unwrap();
+
+    tokens.issue("u", None, no_claims()).await.unwrap();
+
+    let left: Vec<String> = c.zrange("u-tokens", 0, -1).unwrap();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(&left[1..], ["ms-expired", "ms-live"]);
+}

@@ -292,7 +292,9 @@ fn a_unix_socket_url_carries_its_password_in_the_query_and_never_prints_it() {
         .unwrap()
         .get_connection()
         .unwrap();
-    let _: () = c.zadd("u-tokens", "old", 1).unwrap();
+    // Long expired in milliseconds (2020); a score like 1 is below the
+    // seconds window that a milliseconds sweep never removes.
+    let _: () = c.zadd("u-tokens", "old", 1_600_000_000_000_i64).unwrap();
     let url = format!("unix://{}?pass=sock%2Fet-pw", socket.display());
 
     let out = run_sweeper(&["sweep", "--json"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);
@@ -555,9 +557,9 @@ fn database_index_from_the_url() {
     let server = RedisServer::start();
     let mut c = server.conn();
     let _: () = redis::cmd("SELECT").arg(2).query(&mut c).unwrap();
-    let _: () = c.zadd("db2-tokens", "old", 1).unwrap();
+    let _: () = c.zadd("db2-tokens", "old", 1_600_000_000_000_i64).unwrap();
     let _: () = redis::cmd("SELECT").arg(0).query(&mut c).unwrap();
-    let _: () = c.zadd("db0-tokens", "old", 1).unwrap();
+    let _: () = c.zadd("db0-tokens", "old", 1_600_000_000_000_i64).unwrap();
     let url = format!("{}/2", server.url());
 
     let out = run_sweeper(&["sweep", "--json"], &[("TOKEN_SWEEPER__REDIS__URL", &url)]);

@@ -14,7 +14,7 @@ use token_sweeper::auth::{AuthError, TokenService};
 use token_sweeper::config::{AuthSettings, RedisMode, ScoreUnit, Secret};
 use token_sweeper::redis::{Connection, Reconnecting};
 use token_sweeper::sweep::{
-    check_units, sweep_keys, sweep_nodes, Check, SweepError, SweepMode, SweepProgress,
+    check_units, sweep_keys, sweep_nodes, Check, Expired, SweepError, SweepMode, SweepProgress,
 };
 
 const HOUR_MS: i64 = 3_600_000;
@@ -648,6 +648,12 @@ async fn keys_that_answer_moved_or_ask_are_swept_through_the_cluster_once() {
         .await
         .unwrap();
     let mut on_a = conn.node(&a).await.unwrap();
+    let expired = Expired::at(
+        i128::from(now - 1) * 1000,
+        Duration::ZERO,
+        ScoreUnit::Milliseconds,
+    )
+    .unwrap();
 
     // MOVED: node A is sent keys that live on node B.
     let b_keys: Vec<Vec<u8>> = cluster
@@ -655,7 +661,7 @@ async fn keys_that_answer_moved_or_ask_are_swept_through_the_cluster_once() {
         .into_iter()
         .map(String::into_bytes)
         .collect();
-    let outcome = sweep_keys(&mut on_a, &b_keys, now - 1, SweepMode::Remove)
+    let outcome = sweep_keys(&mut on_a, &b_keys, expired, SweepMode::Remove)
         .await
         .unwrap();
     assert_eq!(outcome.counts.keys_redirected, b_keys.len() as u64);
@@ -669,7 +675,7 @@ async fn keys_that_answer_moved_or_ask_are_swept_through_the_cluster_once() {
     let mut source = cluster.node(&a).conn();
 
     let batch: Vec<Vec<u8>> = slot_keys.iter().map(|k| k.clone().into_bytes()).collect();
-    let outcome = sweep_keys(&mut on_a, &batch, now - 1, SweepMode::Remove)
+    let outcome = sweep_keys(&mut on_a, &batch, expired, SweepMode::Remove)
         .await
         .unwrap();
     assert_eq!(outcome.counts.keys_redirected, moved.len() as u64);

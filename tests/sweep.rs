@@ -11,10 +11,24 @@ use redis::Commands;
 use token_sweeper::config::ScoreUnit;
 use token_sweeper::redis::Connection;
 use token_sweeper::sweep::{
-    check_units, sweep_keys, sweep_nodes, Check, SweepError, SweepMode, SweepProgress,
+    check_units, sweep_keys, sweep_nodes, Check, Expired, SweepError, SweepMode, SweepProgress,
 };
 
 const HOUR_MS: i64 = 3_600_000;
+
+/// A millisecond expiry long past (September 2020): expired whatever the
+/// clock, and far above the seconds window that milliseconds sweeps keep.
+const LONG_AGO_MS: i64 = 1_600_000_000_000;
+
+/// The scores a milliseconds sweep at `now_ms` (no grace) removes.
+fn expired_ms(now_ms: i64) -> Expired {
+    Expired::at(
+        i128::from(now_ms) * 1000,
+        Duration::ZERO,
+        ScoreUnit::Milliseconds,
+    )
+    .unwrap()
+}
 
 #[tokio::test]
 async fn removes_expired_members_and_keeps_live_ones() {
@@ -61,7 +75,7 @@ async fn boundary_members_at_the_cutoff_go_and_one_unit_later_stay() {
     let outcome = sweep_keys(
         &mut conn,
         &[b"b-tokens".to_vec()],
-        cutoff,
+        expired_ms(cutoff),
         SweepMode::Remove,
     )
     .await
@@ -122,29 +136,42 @@ async fn grace_keeps_recently_expired_tokens() {
     assert_eq!(left, ["expired-a-minute-ago"]);
 }
 
+/// `+inf` never expires. `-inf` is expired, and swept in seconds; in
+/// milliseconds it is below the removal floor, so it stays (for the key's
+/// TTL to take): the range removed there starts above the seconds window.
 #[tokio::test]
 async fn infinite_scores_minus_inf_is_expired_plus_inf_never() {
     let server = RedisServer::start();
     let mut c = server.conn();
-    let now = redis_now_ms(&mut c);
-    let _: () = redis::cmd("ZADD")
-        .arg("inf-tokens")
-        .arg("-inf")
-        .arg("minus")
-        .arg("+inf")
-        .arg("plus")
-        .arg(now + HOUR_MS)
-        .arg("live")
-        .query(&mut c)
-        .unwrap();
+    for (unit, removed, left) in [
+        (ScoreUnit::Seconds, 1, vec!["live", "plus"]),
+        (ScoreUnit::Milliseconds, 0, vec!["minus", "live", "plus"]),
+    ] {
+        let now = redis_now_ms(&mut c);
+        let live = match unit {
+            ScoreUnit::Seconds => now / 1000 + 3600,
+            ScoreUnit::Milliseconds => now + HOUR_MS,
+        };
+        let _: () = redis::cmd("ZADD")
+            .arg("inf-tokens")
+            .arg("-inf")
+            .arg("minus")
+            .arg("+inf")
+            .arg("plus")
+            .arg(live)
+            .arg("live")
+            .query(&mut c)
+            .unwrap();
+        let mut settings = settings_for(&server);
+        settings.sweep.score_unit = unit;
 
-    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
-        .await
-        .unwrap();
+        let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-    assert_eq!(report.counts.members_removed, 1);
-    let left: Vec<String> = c.zrange("inf-tokens", 0, -1).unwrap();
-    assert_eq!(left, ["live", "plus"]);
+        assert_eq!(report.counts.members_removed, removed, "{unit}");
+        let members: Vec<String> = c.zrange("inf-tokens", 0, -1).unwrap();
+        assert_eq!(members, left, "{unit}");
+        let _: () = c.del("inf-tokens").unwrap();
+    }
 }
 
 #[tokio::test]
@@ -308,9 +335,9 @@ async fn dry_run_counts_and_changes_nothing() {
 async fn a_key_that_is_no_longer_a_sorted_set_is_skipped_and_counted() {
     let server = RedisServer::start();
     let mut c = server.conn();
-    let _: () = c.zadd("z1-tokens", "old", 1).unwrap();
+    let _: () = c.zadd("z1-tokens", "old", LONG_AGO_MS).unwrap();
     let _: () = c.set("became-a-string-tokens", "x").unwrap();
-    let _: () = c.zadd("z2-tokens", "old", 1).unwrap();
+    let _: () = c.zadd("z2-tokens", "old", LONG_AGO_MS).unwrap();
     let mut conn = Connection::connect(&settings_for(&server).redis)
         .await
         .unwrap();
@@ -321,9 +348,14 @@ async fn a_key_that_is_no_longer_a_sorted_set_is_skipped_and_counted() {
         b"z2-tokens".to_vec(),
     ];
 
-    let outcome = sweep_keys(&mut conn, &batch, 100, SweepMode::Remove)
-        .await
-        .unwrap();
+    let outcome = sweep_keys(
+        &mut conn,
+        &batch,
+        expired_ms(LONG_AGO_MS),
+        SweepMode::Remove,
+    )
+    .await
+    .unwrap();
 
     assert_eq!(outcome.counts.skipped_wrong_type, 1);
     assert_eq!(outcome.counts.errors, 0);
@@ -341,7 +373,8 @@ async fn keys_changing_type_during_a_sweep_never_fail_it() {
     let mut c = server.conn();
     let mut pipe = redis::pipe();
     for user in 0..20_000 {
-        pipe.zadd(format!("u{user}-tokens"), "old", 1).ignore();
+        pipe.zadd(format!("u{user}-tokens"), "old", LONG_AGO_MS)
+            .ignore();
     }
     let _: () = pipe.query(&mut c).unwrap();
     let flipper = {
@@ -461,19 +494,28 @@ async fn unit_guard_refuses_milliseconds_data_swept_as_seconds() {
     );
 }
 
+/// With the guard off, seconds swept as milliseconds still keep their live
+/// members: the removal floor is in the command. (Before, they read as
+/// January 1970 and went.) Milliseconds data is swept as usual.
 #[tokio::test]
 async fn unit_guard_can_be_turned_off() {
     let server = RedisServer::start();
     let mut c = server.conn();
-    let now_s = redis_now_ms(&mut c) / 1000;
-    let _: () = c.zadd("s-tokens", "live-in-seconds", now_s + 3600).unwrap();
+    let now = redis_now_ms(&mut c);
+    let _: () = c
+        .zadd("s-tokens", "live-in-seconds", now / 1000 + 3600)
+        .unwrap();
+    let _: () = c.zadd("ms-tokens", "old", now - HOUR_MS).unwrap();
     let mut settings = settings_for(&server);
     settings.sweep.unit_guard = false;
 
     let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
-    // The guard is off: seconds read as milliseconds are in 1970, so they go.
     assert_eq!(report.counts.members_removed, 1);
+    let left: Vec<String> = c.zrange("s-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["live-in-seconds"]);
+    let ms: i64 = c.zcard("ms-tokens").unwrap();
+    assert_eq!(ms, 0);
 }
 
 #[tokio::test]
@@ -527,7 +569,8 @@ async fn max_keys_per_second_paces_the_sweep() {
     let mut c = server.conn();
     let mut pipe = redis::pipe();
     for user in 0..300 {
-        pipe.zadd(format!("u{user}-tokens"), "old", 1).ignore();
+        pipe.zadd(format!("u{user}-tokens"), "old", LONG_AGO_MS)
+            .ignore();
     }
     let _: () = pipe.query(&mut c).unwrap();
     let mut settings = settings_for(&server);
@@ -548,7 +591,7 @@ async fn max_keys_per_second_paces_the_sweep() {
 async fn shutdown_stops_the_scan_and_says_so() {
     let server = RedisServer::start();
     let mut c = server.conn();
-    let _: () = c.zadd("u-tokens", "old", 1).unwrap();
+    let _: () = c.zadd("u-tokens", "old", LONG_AGO_MS).unwrap();
     let settings = settings_for(&server);
     let conn = Connection::connect(&settings.redis).await.unwrap();
     let progress = token_sweeper::sweep::SweepProgress::default();
@@ -567,8 +610,11 @@ async fn shutdown_stops_the_scan_and_says_so() {
     assert_eq!(report.counts.members_removed, 0);
 }
 
-/// Random sets with random scores around now, in both units: after one sweep,
-/// exactly the members scored at or below the reported cutoff are gone.
+/// Random sets with random scores around now, in both units, mixed with
+/// scores in the other unit and around the removal floor (the unit guard
+/// off, so that nothing stops the sweep): after one sweep, exactly the
+/// members scored at or below the reported cutoff, and above the reported
+/// floor if there is one, are gone.
 #[tokio::test]
 async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
     let server = RedisServer::start();
@@ -586,14 +632,25 @@ async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
             ScoreUnit::Milliseconds => (now as f64, 2_000.0),
             ScoreUnit::Seconds => ((now / 1000) as f64, 3.0),
         };
+        // A timestamp in the other unit, a few months either side of now.
+        let other_unit = match unit {
+            ScoreUnit::Milliseconds => (now / 1000) as f64,
+            ScoreUnit::Seconds => now as f64,
+        };
+        let floor =
+            token_sweeper::sweep::removal_floor(unit, i128::from(now) * 1000).unwrap_or(0) as f64;
         let mut written: Vec<(String, String, f64)> = Vec::new();
         let mut pipe = redis::pipe();
         for user in 0..rng.random_range(1..300) {
             let key = format!("u{round}-{user}-tokens");
             for m in 0..rng.random_range(1..8) {
-                let score = match rng.random_range(0..10) {
+                let score = match rng.random_range(0..14) {
                     0 => center.floor(), // exactly "now"
                     1 => center + rng.random_range(-spread..spread).round(),
+                    2 => other_unit + rng.random_range(-1e7..1e7_f64).round(),
+                    // Around the floor (in seconds: around 0).
+                    3 => floor + f64::from(rng.random_range(-2..=2)),
+                    4 => [0.0, -0.0, -1.0, 1.0][rng.random_range(0..4)],
                     _ => center + rng.random_range(-spread..spread),
                 };
                 let member = format!("m{m}");
@@ -604,21 +661,29 @@ async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
         let _: () = pipe.query(&mut c).unwrap();
         let mut settings = settings_for(&server);
         settings.sweep.score_unit = unit;
+        settings.sweep.unit_guard = false;
         settings.sweep.batch_size = rng.random_range(1..64);
         settings.sweep.scan_count = rng.random_range(1..200);
 
         let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
+        assert_eq!(
+            report.score_floor.is_some(),
+            unit == ScoreUnit::Milliseconds,
+            "{report:?}"
+        );
         let mut expected_removed = 0;
         for (key, member, score) in &written {
             let present: Option<f64> = c.zscore(key, member).unwrap();
-            let expired = *score <= report.cutoff as f64;
+            let expired = *score <= report.cutoff as f64
+                && report.score_floor.is_none_or(|floor| *score > floor as f64);
             expected_removed += u64::from(expired);
             assert_eq!(
                 present.is_none(),
                 expired,
-                "round {round} ({unit}): {key} {member} score {score} cutoff {}",
-                report.cutoff
+                "round {round} ({unit}): {key} {member} score {score} cutoff {} floor {:?}",
+                report.cutoff,
+                report.score_floor
             );
         }
         assert_eq!(
@@ -729,16 +794,17 @@ async fn the_unit_guard_refuses_to_pass_on_no_evidence() {
 }
 
 /// The same sets, all of them read: nothing on the node has a score the
-/// unit matters for, so the sweep goes ahead (and removes only -inf).
+/// unit matters for, so the sweep goes ahead (and removes only -inf, which
+/// a seconds sweep removes).
 #[tokio::test]
 async fn the_unit_guard_passes_when_it_read_every_key_and_none_had_a_finite_score() {
     let server = RedisServer::start();
     let mut c = server.conn();
     seed_infinite_only(&mut c, "inf", 5);
+    let mut settings = settings_for(&server);
+    settings.sweep.score_unit = ScoreUnit::Seconds;
 
-    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
-        .await
-        .unwrap();
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
 
     assert_eq!(report.counts.members_removed, 5);
     let left: Vec<String> = c.zrange("inf0-tokens", 0, -1).unwrap();
@@ -981,4 +1047,378 @@ async fn sweeping_no_primaries_is_an_error_not_an_empty_success() {
         ),
         "{result:?}"
     );
+}
+
+// ---- the removal floor: seconds never swept as milliseconds ------------------
+
+/// Runs `token-sweeper sweep <args>` against `server` with `env`; returns
+/// (exit code, stdout, stderr).
+fn sweep_cli(
+    server: &RedisServer,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
+    let url = server.url();
+    let mut all = vec![("TOKEN_SWEEPER__REDIS__URL", url.as_str())];
+    all.extend_from_slice(env);
+    let mut argv = vec!["sweep"];
+    argv.extend_from_slice(args);
+    let out = common::run_sweeper(&argv, &all);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A set written in milliseconds that also holds seconds-scored sessions
+/// (a service moving from seconds to milliseconds). Its highest score is in
+/// milliseconds, so the unit guard, which reads only that, passes. Before,
+/// the sweep then removed every seconds member as January 1970, the live
+/// one included, and exited 0; now the range it removes starts above the
+/// seconds window, in the dry run's count as in the sweep.
+#[test]
+fn a_live_seconds_member_in_a_milliseconds_set_survives_the_sweep() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let now_s = now / 1000;
+    let _: () = redis::cmd("ZADD")
+        .arg("mixed-tokens")
+        .arg(now + HOUR_MS)
+        .arg("ms-live")
+        .arg(now - HOUR_MS)
+        .arg("ms-expired")
+        .arg(now_s + 3600)
+        .arg("s-live")
+        .arg(now_s - 3600)
+        .arg("s-expired")
+        .query(&mut c)
+        .unwrap();
+
+    let (code, out, err) = sweep_cli(&server, &["--dry-run", "--json"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let dry: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dry["members_removed"], 1, "{dry}");
+
+    let (code, out, err) = sweep_cli(&server, &["--json"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["members_removed"], 1, "{report}");
+    let floor = report["score_floor"].as_i64().unwrap();
+    assert!(floor >= now_s + 3600, "the floor {floor} is above s-live");
+    let left: Vec<String> = c.zrange("mixed-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["s-expired", "s-live", "ms-live"]);
+}
+
+/// 3000 sets in milliseconds and one in seconds that the unit guard does not
+/// sample (the last SCAN returns). Before, the guard passed on the sample and
+/// the seconds set was deleted whole.
+#[tokio::test]
+async fn a_seconds_set_outside_the_guards_sample_survives_the_sweep() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let mut pipe = redis::pipe();
+    for user in 0..3001 {
+        pipe.zadd(format!("u{user}-tokens"), "old", now - HOUR_MS)
+            .ignore()
+            .zadd(format!("u{user}-tokens"), "live", now + HOUR_MS)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    let settings = settings_for(&server);
+    // The key SCAN returns last, as the sweep scans: far outside the
+    // guard's first 64. Changing its members leaves it where it is.
+    let mut cursor = 0;
+    let mut order: Vec<String> = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&settings.sweep.pattern)
+            .arg("COUNT")
+            .arg(settings.sweep.scan_count)
+            .arg("TYPE")
+            .arg("zset")
+            .query(&mut c)
+            .unwrap();
+        order.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(order.len(), 3001);
+    let seconds_key = order.last().unwrap().clone();
+    let _: () = redis::cmd("ZADD")
+        .arg(&seconds_key)
+        .arg(now / 1000 - 3600)
+        .arg("old")
+        .arg(now / 1000 + 3600)
+        .arg("live")
+        .query(&mut c)
+        .unwrap();
+    assert!(settings.sweep.unit_guard_sample < 1000);
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    assert_eq!(report.counts.members_removed, 3000);
+    let left = members(&mut c, seconds_key.as_bytes());
+    assert_eq!(
+        left,
+        [
+            (b"old".to_vec(), (now / 1000 - 3600) as f64),
+            (b"live".to_vec(), (now / 1000 + 3600) as f64)
+        ],
+        "{seconds_key}"
+    );
+}
+
+/// In seconds the other way round is safe by construction: a millisecond
+/// timestamp, even one long expired, is a thousand times above any seconds
+/// cutoff, so with the guard off nothing in milliseconds is removed.
+#[tokio::test]
+async fn a_seconds_sweep_never_removes_millisecond_scores() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = redis::cmd("ZADD")
+        .arg("mixed-tokens")
+        .arg(now + HOUR_MS)
+        .arg("ms-live")
+        .arg(LONG_AGO_MS)
+        .arg("ms-expired")
+        .arg(now / 1000 - 3600)
+        .arg("s-expired")
+        .query(&mut c)
+        .unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.score_unit = ScoreUnit::Seconds;
+    settings.sweep.unit_guard = false;
+
+    let report = sweep_with(&settings, SweepMode::Remove).await.unwrap();
+
+    assert_eq!(report.score_floor, None);
+    assert_eq!(report.counts.members_removed, 1);
+    let left: Vec<String> = c.zrange("mixed-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["ms-expired", "ms-live"]);
+}
+
+// ---- the clock: the earlier of the two ---------------------------------------
+
+/// A host clock 50 s ahead of Redis, inside the default skew limit of a
+/// minute, with `sweep.clock = "local"`: a token with 30 s left by Redis
+/// TIME (the clock the auth path judges it by) stays. Before, "now" was the
+/// host's and the token went. With `sweep.clock = "redis"` the host clock
+/// is not used for "now" at all.
+#[test]
+fn a_host_clock_ahead_within_the_skew_limit_removes_no_live_token() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    for clock in ["local", "redis"] {
+        let now = redis_now_ms(&mut c);
+        let _: () = c
+            .zadd("u-tokens", "thirty-seconds-left", now + 30_000)
+            .unwrap();
+        let _: () = c.zadd("u-tokens", "expired", now - 60_000).unwrap();
+
+        let (code, err) =
+            sweep_with_host_clock(&server, "+50s", &[("TOKEN_SWEEPER__SWEEP__CLOCK", clock)]);
+
+        assert_eq!(code, Some(0), "{clock}: {err}");
+        let left: Vec<String> = c.zrange("u-tokens", 0, -1).unwrap();
+        assert_eq!(left, ["thirty-seconds-left"], "{clock}");
+        let _: () = c.del("u-tokens").unwrap();
+    }
+}
+
+/// A host clock behind Redis, `sweep.clock = "local"`: the host's (earlier)
+/// time is "now", so a token that expired by Redis TIME but not yet by the
+/// host clock stays until the host clock passes it; one expired by both goes.
+#[test]
+fn a_host_clock_behind_keeps_what_it_has_not_seen_expire() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("u-tokens", "expired-20s-ago", now - 20_000).unwrap();
+    let _: () = c.zadd("u-tokens", "expired-2m-ago", now - 120_000).unwrap();
+
+    let (code, err) =
+        sweep_with_host_clock(&server, "-50s", &[("TOKEN_SWEEPER__SWEEP__CLOCK", "local")]);
+
+    assert_eq!(code, Some(0), "{err}");
+    let left: Vec<String> = c.zrange("u-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["expired-20s-ago"]);
+}
+
+// ---- the permission check ------------------------------------------------------
+
+/// `INFO commandstats` calls of `command` (lowercase) so far.
+fn calls(c: &mut redis::Connection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// The permission check runs the sweep's command on a real key over the
+/// range `(0 (0`, which is empty: members at 0, -0, the smallest doubles
+/// either side of 0 and the infinities all stay, in a small set (listpack)
+/// and a large one (skiplist), even in seconds, where most of them are
+/// expired. The checks are run alone ([`prepare`] without `run`).
+#[tokio::test]
+async fn the_permission_check_removes_nothing_even_at_zero() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let zeroes = ["0", "-0", "5e-324", "-5e-324", "-inf", "+inf"];
+    for (key, filler) in [("small-tokens", 0), ("large-tokens", 300)] {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(key);
+        for (n, score) in zeroes.iter().enumerate() {
+            zadd.arg(score).arg(format!("z{n}"));
+        }
+        for n in 0..filler {
+            zadd.arg(LONG_AGO_MS / 1000 + n).arg(format!("f{n}"));
+        }
+        let _: () = zadd.query(&mut c).unwrap();
+    }
+    let encoding = |c: &mut redis::Connection, key: &str| -> String {
+        redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(key)
+            .query(c)
+            .unwrap()
+    };
+    assert_eq!(encoding(&mut c, "small-tokens"), "listpack");
+    assert_eq!(encoding(&mut c, "large-tokens"), "skiplist");
+    let before = (
+        members(&mut c, b"small-tokens"),
+        members(&mut c, b"large-tokens"),
+    );
+    let mut settings = settings_for(&server);
+    settings.sweep.score_unit = ScoreUnit::Seconds;
+    settings.sweep.unit_guard_sample = 1;
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let progress = SweepProgress::default();
+
+    for unit_guard in [true, false] {
+        settings.sweep.unit_guard = unit_guard;
+        let probes = calls(&mut c, "zremrangebyscore");
+        let prepared = token_sweeper::sweep::prepare(
+            &conn,
+            &conn.primaries().await.unwrap(),
+            &settings.sweep,
+            SweepMode::Remove,
+            &progress,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        drop(prepared);
+
+        assert_eq!(
+            calls(&mut c, "zremrangebyscore"),
+            probes + 1,
+            "guard {unit_guard}: one probe"
+        );
+        assert_eq!(
+            (
+                members(&mut c, b"small-tokens"),
+                members(&mut c, b"large-tokens")
+            ),
+            before,
+            "guard {unit_guard}"
+        );
+    }
+}
+
+/// The daemon as a user who may read the sets but not remove from them:
+/// before, every check passed, it took the lock, and only its first
+/// pipeline failed (a period in which a healthy replica skipped the sweep).
+/// Now the permission check refuses before the lock: no lease is ever
+/// taken (the lock script's `SET` never runs), `lock_held` stays 0, the
+/// round counts as `noperm` and `/readyz` names the check.
+#[test]
+fn a_daemon_that_may_not_remove_never_takes_the_lock() {
+    let server = RedisServer::start();
+    common::create_user(
+        &server,
+        "token-sweeper",
+        "sweeper-pw",
+        &["zremrangebyscore"],
+    );
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("u-tokens", "old", now - HOUR_MS).unwrap();
+    let _: () = c.zadd("u-tokens", "live", now + HOUR_MS).unwrap();
+    let daemon = common::DaemonProcess::start(
+        &server.url(),
+        &[
+            ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+            ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s"),
+        ],
+        None,
+    );
+
+    common::wait_until(Duration::from_secs(20), "three refused rounds", || {
+        daemon.metric("token_sweeper_errors_total{kind=\"noperm\"}") >= 3.0
+    });
+
+    let log = daemon.log_text();
+    assert_eq!(calls(&mut c, "set"), 0, "a lease was taken: {log}");
+    let holder: Option<String> = c.get("token-sweeper:lock").unwrap();
+    assert_eq!(holder, None);
+    assert_eq!(daemon.metric("token_sweeper_lock_held"), 0.0);
+    assert!(daemon.events("sweep started").is_empty(), "{log}");
+    let (code, body) = common::http_get(daemon.metrics_port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("permission check could not run"), "{body}");
+    // Redis names the key, not the command: the lock's selector may run
+    // ZREMRANGEBYSCORE, on other keys.
+    assert!(body.contains("ZREMRANGEBYSCORE failed: NoPerm"), "{body}");
+    assert_eq!(c.zcard::<_, i64>("u-tokens").unwrap(), 2);
+}
+
+/// The check runs the command of the mode: a dry run needs `ZCOUNT`, not
+/// `ZREMRANGEBYSCORE`; a sweep the other way round. A node with no key has
+/// nothing to remove and nothing to prove.
+#[test]
+fn the_permission_check_asks_for_the_modes_command_only_where_there_are_keys() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let user = [
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+    ];
+
+    common::create_user(
+        &server,
+        "token-sweeper",
+        "sweeper-pw",
+        &["zremrangebyscore"],
+    );
+    let (code, _, err) = sweep_cli(&server, &[], &user);
+    assert_eq!(code, Some(0), "an empty node: {err}");
+
+    let now = redis_now_ms(&mut c);
+    let _: () = c.zadd("u-tokens", "old", now - HOUR_MS).unwrap();
+    let (code, out, err) = sweep_cli(&server, &["--dry-run", "--json"], &user);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"members_removed\":1"), "{out}");
+
+    let (code, _, err) = sweep_cli(&server, &[], &user);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("permission check could not run"), "{err}");
+    assert!(err.contains("ZREMRANGEBYSCORE failed: NoPerm"), "{err}");
+
+    common::create_user(&server, "token-sweeper", "sweeper-pw", &["zcount"]);
+    let (code, _, err) = sweep_cli(&server, &["--dry-run"], &user);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("permission check could not run"), "{err}");
+    assert!(err.contains("ZCOUNT failed: NoPerm"), "{err}");
+    assert!(err.contains("'zcount' command"), "{err}");
+    assert_eq!(c.zcard::<_, i64>("u-tokens").unwrap(), 1);
 }
