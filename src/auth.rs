@@ -243,9 +243,15 @@ return dropped"
 
 /// Ends every session of a user; returns how many were live.
 ///
+/// `allow-oom`: it only reads (`TIME`, `ZCOUNT`) and deletes (`DEL`), and
+/// "log out everywhere" must work most of all when Redis is out of memory.
+/// A `#!lua` script without that flag is refused whole under `maxmemory`
+/// with `noeviction`, though deleting is what frees memory. (Not
+/// `no-writes`: it writes, so a read-only replica still refuses it.)
+///
 /// KEYS[1] set; ARGV: leeway in score units, score units per second.
 const REVOKE_ALL: &str = concat!(
-    "#!lua\n",
+    "#!lua flags=allow-oom\n",
     lua_cutoff!(),
     r"
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', cutoff(tonumber(ARGV[2]), tonumber(ARGV[1]))), '+inf')

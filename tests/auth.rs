@@ -1260,3 +1260,136 @@ fn an_empty_user_is_refused_by_every_tokens_command() {
         assert!(out.stdout.is_empty(), "{command}");
     }
 }
+
+// ---- bounds: log out everywhere under OOM, lifetimes, odd members ---------
+
+/// The environment of a `tokens` command against `url`.
+fn cli_env(url: &str) -> [(&'static str, &str); 2] {
+    [
+        ("TOKEN_SWEEPER__REDIS__URL", url),
+        ("TOKEN_SWEEPER__AUTH__SECRET", SECRET),
+    ]
+}
+
+/// `tokens <args>`, with `input` on stdin (a token kept out of `ps`).
+fn tokens_cli(env: &[(&str, &str)], args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut all = vec!["tokens"];
+    all.extend_from_slice(args);
+    let mut child = common::sweeper(&all, env)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn issue_cli(env: &[(&str, &str)], user: &str) -> String {
+    let out = tokens_cli(env, &["issue", "--user", user], "");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn config_set(c: &mut redis::Connection, key: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(key)
+        .arg(value)
+        .query(c)
+        .unwrap();
+}
+
+/// "Log out everywhere" works when Redis is out of memory (`maxmemory`,
+/// `noeviction`): it only deletes, which is what such a Redis needs. So do
+/// a single logout (`ZREM`) and requests (`ZSCORE`); a login is refused
+/// with OOM and writes nothing (the README's Faults table says so). The
+/// revoke-all script used to start with a bare `#!lua`, and Redis refuses
+/// a flagged script without `allow-oom` as a whole: revoke-all failed with
+/// OOM and the user's tokens kept verifying.
+#[test]
+fn log_out_everywhere_works_when_redis_is_out_of_memory() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let url = server.url();
+    let env = cli_env(&url);
+    let mine = [issue_cli(&env, "u"), issue_cli(&env, "u")];
+    let other = issue_cli(&env, "v");
+    issue_cli(&env, "w");
+    let mut c = server.conn();
+    let u_before = common::members(&mut c, b"u-tokens");
+    assert_eq!(u_before.len(), 2);
+
+    // The smallest limit: every write that needs memory is refused.
+    config_set(&mut c, "maxmemory", "1");
+    let write: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg(1).query(&mut c);
+    assert!(
+        matches!(&write, Err(e) if e.code() == Some("OOM")),
+        "Redis is out of memory: {write:?}"
+    );
+
+    // A login is refused and writes nothing.
+    let login = tokens_cli(&env, &["issue", "--user", "u"], "");
+    let err = String::from_utf8_lossy(&login.stderr);
+    assert_eq!(login.status.code(), Some(1), "{err}");
+    assert!(err.contains("OOM"), "{err}");
+    assert!(login.stdout.is_empty(), "no token without its session");
+    assert_eq!(common::members(&mut c, b"u-tokens"), u_before);
+
+    // A request still verifies.
+    let request = tokens_cli(&env, &["verify"], &mine[0]);
+    assert_eq!(
+        request.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&request.stderr)
+    );
+
+    // A logout works.
+    let logout = tokens_cli(&env, &["revoke"], &other);
+    assert_eq!(
+        String::from_utf8_lossy(&logout.stdout).trim(),
+        "revoked",
+        "{}",
+        String::from_utf8_lossy(&logout.stderr)
+    );
+
+    // Log out everywhere works, whether Redis has the script cached or not
+    // (u's is the first call; w's finds it cached).
+    for (user, live) in [("u", 2), ("w", 1)] {
+        let all = tokens_cli(&env, &["revoke-all", "--user", user], "");
+        let err = String::from_utf8_lossy(&all.stderr);
+        assert_eq!(all.status.code(), Some(0), "{user}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&all.stdout).trim(),
+            format!("ended {live} active sessions of {user}")
+        );
+        let exists: bool = c.exists(format!("{user}-tokens")).unwrap();
+        assert!(!exists, "{user}: the set is gone");
+    }
+    for token in mine.iter().chain([&other]) {
+        let request = tokens_cli(&env, &["verify"], token);
+        assert_eq!(request.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&request.stderr).trim(),
+            "token-sweeper: token revoked"
+        );
+    }
+    // Still out of memory all along: nothing above needed any.
+    let write: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg(1).query(&mut c);
+    assert!(
+        matches!(&write, Err(e) if e.code() == Some("OOM")),
+        "{write:?}"
+    );
+    config_set(&mut c, "maxmemory", "0");
+}
