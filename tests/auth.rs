@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{redis_now_ms, run_sweeper, settings_for, sweep_with, write_file, RedisServer};
 use redis::Commands;
-use token_sweeper::auth::{AuthError, TokenService};
+use token_sweeper::auth::{AuthError, Expiry, TokenService};
 use token_sweeper::config::{AuthSettings, MemberKind, ScoreUnit, Secret, Settings};
 use token_sweeper::redis::Reconnecting;
 use token_sweeper::sweep::SweepMode;
@@ -370,7 +370,7 @@ async fn revoke_all_ends_every_session_and_list_shows_the_active_ones() {
     assert_eq!(sessions.len(), 3);
     assert!(sessions
         .iter()
-        .all(|s| s.expires_at > 1.7e9 && s.id.len() == 64));
+        .all(|s| matches!(s.expires_at, Expiry::At(at) if at > 1.7e9) && s.id().len() == 64));
 
     assert_eq!(tokens.revoke_all("u").await.unwrap(), 3);
     for token in &issued {
@@ -474,7 +474,7 @@ async fn ec_and_eddsa_keys_and_jti_members_work() {
         let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
         let issued = tokens.issue(kind, None, no_claims()).await.unwrap();
         assert!(tokens.verify(&issued.token).await.is_ok(), "{algorithm}");
-        assert_eq!(tokens.list(kind).await.unwrap()[0].id, issued.claims.jti);
+        assert_eq!(tokens.list(kind).await.unwrap()[0].id(), issued.claims.jti);
 
         // Verify-only: a public key alone cannot issue.
         let verifier = service(
@@ -1392,4 +1392,92 @@ fn log_out_everywhere_works_when_redis_is_out_of_memory() {
         "{write:?}"
     );
     config_set(&mut c, "maxmemory", "0");
+}
+
+/// `tokens list` shows a member scored `+inf` as never expiring (text
+/// "never", JSON "never"), and lists every member whatever its bytes: one
+/// that is not UTF-8 (written by another service) no longer fails the whole
+/// listing, and it, a member with a newline or a space and one that itself
+/// starts with "hex:" are shown as "hex:" and their bytes, so no id can be
+/// mistaken for another.
+#[test]
+fn tokens_list_shows_never_expiring_and_non_utf8_members() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = cli_env(&url);
+    let token = issue_cli(&env, "u");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let mut c = server.conn();
+    let later = redis_now_ms(&mut c) + 3_600_000;
+    let _: () = redis::cmd("ZADD")
+        .arg("u-tokens")
+        .arg("+inf")
+        .arg("forever")
+        .arg(later)
+        .arg(b"\xff\xfe-binary".as_slice())
+        .arg(later)
+        .arg("two\nlines")
+        .arg(later)
+        .arg("hex:abcd")
+        .arg("1e300")
+        .arg("far")
+        .arg(later)
+        .arg("two words")
+        .query(&mut c)
+        .unwrap();
+
+    let text = run_sweeper(&["tokens", "list", "--user", "u"], &env);
+    assert_eq!(
+        text.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8(text.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    let line_of = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l.split("  ").next() == Some(id))
+            .unwrap_or_else(|| panic!("no line for {id:?}: {text}"))
+            .to_owned()
+    };
+    assert_eq!(line_of("forever"), "forever  expires never");
+    // Past any calendar date: the number, not a blank.
+    assert_eq!(line_of("far"), "far  expires at 1e297 s since the epoch");
+    for id in [
+        format!("hex:{}", hex::encode(b"\xff\xfe-binary")),
+        format!("hex:{}", hex::encode(b"two\nlines")),
+        format!("hex:{}", hex::encode(b"two words")),
+        format!("hex:{}", hex::encode(b"hex:abcd")),
+        digest.clone(),
+    ] {
+        let expires = line_of(&id)
+            .strip_prefix(&format!("{id}  expires "))
+            .unwrap()
+            .to_owned();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&expires).is_ok(),
+            "{id}: {expires:?}"
+        );
+    }
+
+    let json = run_sweeper(&["tokens", "list", "--user", "u", "--json"], &env);
+    assert_eq!(json.status.code(), Some(0));
+    let sessions: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 7);
+    let expiry_of = |id: &str| {
+        sessions
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("no session {id:?}: {sessions:?}"))["expires_at"]
+            .clone()
+    };
+    assert_eq!(expiry_of("forever"), "never");
+    assert_eq!(expiry_of("far").as_f64(), Some(1e297));
+    let binary = format!("hex:{}", hex::encode(b"\xff\xfe-binary"));
+    assert_eq!(expiry_of(&binary).as_f64(), Some(later as f64 / 1000.0));
+    assert!(expiry_of(&digest).as_f64().unwrap() > 1.7e9);
 }
