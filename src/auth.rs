@@ -48,7 +48,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header,
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings};
+use crate::config::{in_days, AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings};
 use crate::redis::{Connection, Reconnecting, RedisError};
 
 /// Why a token was refused or an operation failed.
@@ -376,9 +376,7 @@ impl TokenService {
         unit: ScoreUnit,
     ) -> Result<Self, AuthError> {
         let keys = Keys::load(settings)?;
-        if settings.ttl > MAX_TTL {
-            return Err(too_long("auth.ttl", settings.ttl));
-        }
+        check_ttl("auth.ttl", settings.ttl)?;
         if settings.leeway > MAX_LEEWAY || settings.leeway.subsec_nanos() != 0 {
             return Err(AuthError::OutOfRange {
                 key: "auth.leeway",
@@ -442,7 +440,7 @@ impl TokenService {
     /// # Errors
     /// [`AuthError::EmptyUser`], [`AuthError::ReservedClaim`] when
     /// `extra_claims` names a claim set here, [`AuthError::OutOfRange`] for a
-    /// `ttl` above [`MAX_TTL`], [`AuthError::KeyMaterial`] without a signing
+    /// `ttl` that [`ttl_problem`] refuses, [`AuthError::KeyMaterial`] without a signing
     /// key, or a Redis error.
     pub async fn issue(
         &self,
@@ -457,9 +455,7 @@ impl TokenService {
             return Err(AuthError::ReservedClaim(name.clone()));
         }
         let ttl = ttl.unwrap_or(self.ttl);
-        if ttl > MAX_TTL {
-            return Err(too_long("ttl", ttl));
-        }
+        check_ttl("ttl", ttl)?;
         let encoding = self.keys.encoding.as_ref().ok_or(AuthError::KeyMaterial {
             key: "auth.private_key_file",
             message: format!(
@@ -478,8 +474,11 @@ impl TokenService {
         let iat = now.secs();
         // Bounded by MAX_TTL above; checked all the same, so that no value
         // can ever wrap into a token that expired long ago.
-        let overflow = || too_long("ttl", ttl);
-        let exp = iat.checked_add(ttl.as_secs().max(1)).ok_or_else(overflow)?;
+        let overflow = || AuthError::OutOfRange {
+            key: "ttl",
+            message: format!("{} overflows the token's expiry", in_days(ttl)),
+        };
+        let exp = iat.checked_add(ttl.as_secs()).ok_or_else(overflow)?;
         let expire_at_ms = exp
             .checked_add(self.leeway.as_secs())
             .and_then(|at| at.checked_mul(1000))
@@ -754,14 +753,33 @@ impl TokenService {
     }
 }
 
-fn too_long(key: &'static str, ttl: Duration) -> AuthError {
-    AuthError::OutOfRange {
-        key,
-        message: format!(
-            "{} is longer than the longest token lifetime, {} days",
-            humantime::format_duration(ttl),
-            MAX_TTL.as_secs() / 86_400
-        ),
+/// What is wrong with a token lifetime (`auth.ttl`, the `ttl` of
+/// [`TokenService::issue`], `--ttl`), or `None` when it is one a token can
+/// have: whole seconds (`exp` is whole seconds: 1.5 s would silently become
+/// 1 s), at least one second (a lifetime of 0 would issue a token that is
+/// expired as it is handed out), at most [`MAX_TTL`]. Long values are
+/// written in days, as the limit is.
+pub fn ttl_problem(ttl: Duration) -> Option<String> {
+    if ttl > MAX_TTL {
+        Some(format!(
+            "{} is longer than the longest token lifetime, {}",
+            in_days(ttl),
+            in_days(MAX_TTL)
+        ))
+    } else if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
+        Some(format!(
+            "must be whole seconds, at least 1s, got {}",
+            in_days(ttl)
+        ))
+    } else {
+        None
+    }
+}
+
+fn check_ttl(key: &'static str, ttl: Duration) -> Result<(), AuthError> {
+    match ttl_problem(ttl) {
+        Some(message) => Err(AuthError::OutOfRange { key, message }),
+        None => Ok(()),
     }
 }
 

@@ -900,7 +900,8 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     /// `aud` written into tokens and required when verifying.
     pub audience: Option<String>,
-    /// Lifetime of issued tokens, at most 10 years (`auth::MAX_TTL`).
+    /// Lifetime of issued tokens: whole seconds, from 1s to 3650 days
+    /// (`auth::MAX_TTL`; see `auth::ttl_problem`).
     #[serde(with = "human_duration")]
     pub ttl: Duration,
     /// Clock tolerance, whole seconds up to 1h: a token verifies until `exp`
@@ -1213,7 +1214,9 @@ impl Settings {
                 "set either auth.secret or auth.secret_file, not both",
             ));
         }
-        positive("auth.ttl", a.ttl)?;
+        if let Some(problem) = crate::auth::ttl_problem(a.ttl) {
+            return Err(ConfigError::invalid("auth.ttl", problem));
+        }
         // A token inside the leeway still verifies; a sweep with less grace
         // would already have removed its session.
         if self.sweep.grace < a.leeway {
@@ -1241,6 +1244,25 @@ impl Settings {
     /// Only if serialization fails, which the types here do not allow.
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|e| ConfigError::invalid("(top level)", e.to_string()))
+    }
+}
+
+/// A duration for an error message: under a day as humantime writes it
+/// ("1s 500ms"), from a day on in days and the rest ("3651 days",
+/// "3650 days 1s"), never in humantime's months and years (which are not
+/// whole days: "9years 11months 28days 11h 24m").
+pub fn in_days(duration: Duration) -> String {
+    const DAY: u64 = 86_400;
+    let days = duration.as_secs() / DAY;
+    if days == 0 {
+        return humantime::format_duration(duration).to_string();
+    }
+    let rest = duration - Duration::from_secs(days * DAY);
+    let unit = if days == 1 { "day" } else { "days" };
+    if rest.is_zero() {
+        format!("{days} {unit}")
+    } else {
+        format!("{days} {unit} {}", humantime::format_duration(rest))
     }
 }
 
@@ -1356,6 +1378,19 @@ mod tests {
         assert!(err.contains("invalid port number"), "{err}");
         let err = RedisUrl::parse("redis://h/?protocol=s3cret").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn in_days_never_writes_months_or_years() {
+        assert_eq!(in_days(Duration::ZERO), "0s");
+        assert_eq!(in_days(Duration::from_millis(1500)), "1s 500ms");
+        assert_eq!(in_days(Duration::from_secs(86_399)), "23h 59m 59s");
+        assert_eq!(in_days(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(in_days(Duration::from_secs(3651 * 86_400)), "3651 days");
+        assert_eq!(
+            in_days(Duration::from_secs(3650 * 86_400 + 1)),
+            "3650 days 1s"
+        );
     }
 
     #[test]

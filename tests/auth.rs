@@ -1394,6 +1394,99 @@ fn log_out_everywhere_works_when_redis_is_out_of_memory() {
     config_set(&mut c, "maxmemory", "0");
 }
 
+/// A lifetime under a second or not whole seconds is refused: exit 2, one
+/// line, no token, nothing written. (`--ttl 0s` and `1ns` issued a
+/// 1-second token and `1500ms` one of 1 s.) A too long one is shown in
+/// days, as the limit is, never in humantime's years.
+#[test]
+fn tokens_issue_refuses_a_ttl_that_is_not_whole_seconds_from_1s() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = cli_env(&url);
+    let cases = [
+        ("0s", "ttl: must be whole seconds, at least 1s, got 0s"),
+        ("1ns", "ttl: must be whole seconds, at least 1s, got 1ns"),
+        (
+            "999ms",
+            "ttl: must be whole seconds, at least 1s, got 999ms",
+        ),
+        (
+            "1500ms",
+            "ttl: must be whole seconds, at least 1s, got 1s 500ms",
+        ),
+        (
+            "3651days",
+            "ttl: 3651 days is longer than the longest token lifetime, 3650 days",
+        ),
+        (
+            "3650days 1s",
+            "ttl: 3650 days 1s is longer than the longest token lifetime, 3650 days",
+        ),
+    ];
+    for (ttl, expected) in cases {
+        let out = run_sweeper(&["tokens", "issue", "--user", "u", "--ttl", ttl], &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ttl}: {err}");
+        assert!(out.stdout.is_empty(), "{ttl}: printed a token");
+        assert_eq!(
+            err.trim_end(),
+            format!("token-sweeper: {expected}"),
+            "{ttl}"
+        );
+    }
+    let keys: Vec<String> = server.conn().keys("*").unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+
+    // The smallest lifetime is a whole second, as asked.
+    let out = run_sweeper(
+        &["tokens", "issue", "--user", "u", "--ttl", "1s", "--json"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let issued: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let claims = &issued["claims"];
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        1
+    );
+}
+
+/// The library refuses the same lifetimes, from `auth.ttl` as from the
+/// argument, naming which.
+#[tokio::test]
+async fn the_library_refuses_a_ttl_that_is_not_whole_seconds_from_1s() {
+    let server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_millis(1500),
+    ] {
+        let err = tokens.issue("u", Some(ttl), no_claims()).await.unwrap_err();
+        assert!(
+            matches!(&err, AuthError::OutOfRange { key: "ttl", .. }),
+            "{ttl:?}: {err}"
+        );
+    }
+    let auth = AuthSettings {
+        ttl: Duration::from_millis(1500),
+        ..hs256()
+    };
+    let err = refused(&server, &auth).await;
+    assert!(
+        matches!(
+            &err,
+            AuthError::OutOfRange {
+                key: "auth.ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let keys: Vec<String> = server.conn().keys("*").unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
 /// `tokens list` shows a member scored `+inf` as never expiring (text
 /// "never", JSON "never"), and lists every member whatever its bytes: one
 /// that is not UTF-8 (written by another service) no longer fails the whole
