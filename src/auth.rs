@@ -48,7 +48,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header,
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings};
+use crate::config::{in_days, AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings};
 use crate::redis::{Connection, Reconnecting, RedisError};
 use crate::sweep::{min_bound, removal_floor};
 
@@ -151,12 +151,69 @@ pub struct IssuedToken {
 }
 
 /// One active session of a user.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+///
+/// Serialized as `{"id": ..., "expires_at": ...}`: `id` is
+/// [`Session::id`], and `expires_at` is seconds since the epoch, or the
+/// string `"never"` for a member scored `+inf` (JSON has no infinity, and
+/// `null` would read as "unknown", or as 0, "long expired").
+#[derive(Clone, Debug, PartialEq)]
 pub struct Session {
-    /// The stored member: the token's SHA-256 (default), the token, or its `jti`.
-    pub id: String,
-    /// Expiry, seconds since the epoch.
-    pub expires_at: f64,
+    /// The stored member, byte for byte: the token's SHA-256 (default), the
+    /// token, or its `jti`; or anything another service wrote into the set.
+    pub member: Vec<u8>,
+    /// When the session expires.
+    pub expires_at: Expiry,
+}
+
+/// When a session expires.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Expiry {
+    /// Seconds since the epoch (the score over the score unit).
+    At(f64),
+    /// Never: the member is scored `+inf` (written by something else: this
+    /// module never does). It verifies until revoked, and no sweep removes it.
+    Never,
+}
+
+/// What starts [`Session::id`] for a member that is shown in hex.
+pub const HEX_MARKER: &str = "hex:";
+
+impl Session {
+    /// The member as text that cannot be mistaken: the member itself when
+    /// it is printable ASCII without spaces and does not start with
+    /// [`HEX_MARKER`] (every member this module writes: hex digests, `jti`s,
+    /// JWTs); otherwise `hex:` and its bytes in lowercase hex. So bytes that
+    /// are not UTF-8, control characters (a newline, a terminal escape) and
+    /// spaces never reach a terminal or a line-based listing as they are,
+    /// and an id starting with `hex:` is always hex.
+    pub fn id(&self) -> String {
+        let plain = !self.member.is_empty()
+            && self.member.iter().all(u8::is_ascii_graphic)
+            && !self.member.starts_with(HEX_MARKER.as_bytes());
+        match std::str::from_utf8(&self.member) {
+            Ok(text) if plain => text.to_owned(),
+            _ => format!("{HEX_MARKER}{}", hex::encode(&self.member)),
+        }
+    }
+}
+
+impl Serialize for Session {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("Session", 2)?;
+        out.serialize_field("id", &self.id())?;
+        out.serialize_field("expires_at", &self.expires_at)?;
+        out.end()
+    }
+}
+
+impl Serialize for Expiry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::At(secs) => s.serialize_f64(*secs),
+            Self::Never => s.serialize_str("never"),
+        }
+    }
 }
 
 /// "Now" in score units from Redis `TIME`, and the cutoff at or below which
@@ -257,9 +314,15 @@ return dropped"
 
 /// Ends every session of a user; returns how many were live.
 ///
+/// `allow-oom`: it only reads (`TIME`, `ZCOUNT`) and deletes (`DEL`), and
+/// "log out everywhere" must work most of all when Redis is out of memory.
+/// A `#!lua` script without that flag is refused whole under `maxmemory`
+/// with `noeviction`, though deleting is what frees memory. (Not
+/// `no-writes`: it writes, so a read-only replica still refuses it.)
+///
 /// KEYS[1] set; ARGV: leeway in score units, score units per second.
 const REVOKE_ALL: &str = concat!(
-    "#!lua\n",
+    "#!lua flags=allow-oom\n",
     lua_cutoff!(),
     r"
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', cutoff(tonumber(ARGV[2]), tonumber(ARGV[1]))), '+inf')
@@ -327,9 +390,7 @@ impl TokenService {
         unit: ScoreUnit,
     ) -> Result<Self, AuthError> {
         let keys = Keys::load(settings)?;
-        if settings.ttl > MAX_TTL {
-            return Err(too_long("auth.ttl", settings.ttl));
-        }
+        check_ttl("auth.ttl", settings.ttl)?;
         if settings.leeway > MAX_LEEWAY || settings.leeway.subsec_nanos() != 0 {
             return Err(AuthError::OutOfRange {
                 key: "auth.leeway",
@@ -393,7 +454,7 @@ impl TokenService {
     /// # Errors
     /// [`AuthError::EmptyUser`], [`AuthError::ReservedClaim`] when
     /// `extra_claims` names a claim set here, [`AuthError::OutOfRange`] for a
-    /// `ttl` above [`MAX_TTL`], [`AuthError::KeyMaterial`] without a signing
+    /// `ttl` that [`ttl_problem`] refuses, [`AuthError::KeyMaterial`] without a signing
     /// key, or a Redis error.
     pub async fn issue(
         &self,
@@ -408,9 +469,7 @@ impl TokenService {
             return Err(AuthError::ReservedClaim(name.clone()));
         }
         let ttl = ttl.unwrap_or(self.ttl);
-        if ttl > MAX_TTL {
-            return Err(too_long("ttl", ttl));
-        }
+        check_ttl("ttl", ttl)?;
         let encoding = self.keys.encoding.as_ref().ok_or(AuthError::KeyMaterial {
             key: "auth.private_key_file",
             message: format!(
@@ -429,8 +488,11 @@ impl TokenService {
         let iat = now.secs();
         // Bounded by MAX_TTL above; checked all the same, so that no value
         // can ever wrap into a token that expired long ago.
-        let overflow = || too_long("ttl", ttl);
-        let exp = iat.checked_add(ttl.as_secs().max(1)).ok_or_else(overflow)?;
+        let overflow = || AuthError::OutOfRange {
+            key: "ttl",
+            message: format!("{} overflows the token's expiry", in_days(ttl)),
+        };
+        let exp = iat.checked_add(ttl.as_secs()).ok_or_else(overflow)?;
         let expire_at_ms = exp
             .checked_add(self.leeway.as_secs())
             .and_then(|at| at.checked_mul(1000))
@@ -587,7 +649,10 @@ impl TokenService {
             .arg("+inf")
             .arg("WITHSCORES")
             .cmd("TIME");
-        let (rows, now): (Vec<(String, f64)>, (u64, u64)) = self
+        // Members as bytes: the set is shared with whatever else writes it,
+        // and one member that is not UTF-8 must not hide all the others.
+        type Rows = Vec<(Vec<u8>, f64)>;
+        let (rows, now): (Rows, (u64, u64)) = self
             .round_trip(|mut conn| async move {
                 match pipe.query_async(&mut conn).await {
                     Ok(reply) => Ok(reply),
@@ -600,9 +665,13 @@ impl TokenService {
         Ok(rows
             .into_iter()
             .filter(|(_, score)| self.is_live(*score, now))
-            .map(|(id, score)| Session {
-                id,
-                expires_at: score / per_second,
+            .map(|(member, score)| Session {
+                member,
+                expires_at: if score == f64::INFINITY {
+                    Expiry::Never
+                } else {
+                    Expiry::At(score / per_second)
+                },
             })
             .collect())
     }
@@ -699,14 +768,33 @@ impl TokenService {
     }
 }
 
-fn too_long(key: &'static str, ttl: Duration) -> AuthError {
-    AuthError::OutOfRange {
-        key,
-        message: format!(
-            "{} is longer than the longest token lifetime, {} days",
-            humantime::format_duration(ttl),
-            MAX_TTL.as_secs() / 86_400
-        ),
+/// What is wrong with a token lifetime (`auth.ttl`, the `ttl` of
+/// [`TokenService::issue`], `--ttl`), or `None` when it is one a token can
+/// have: whole seconds (`exp` is whole seconds: 1.5 s would silently become
+/// 1 s), at least one second (a lifetime of 0 would issue a token that is
+/// expired as it is handed out), at most [`MAX_TTL`]. Long values are
+/// written in days, as the limit is.
+pub fn ttl_problem(ttl: Duration) -> Option<String> {
+    if ttl > MAX_TTL {
+        Some(format!(
+            "{} is longer than the longest token lifetime, {}",
+            in_days(ttl),
+            in_days(MAX_TTL)
+        ))
+    } else if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
+        Some(format!(
+            "must be whole seconds, at least 1s, got {}",
+            in_days(ttl)
+        ))
+    } else {
+        None
+    }
+}
+
+fn check_ttl(key: &'static str, ttl: Duration) -> Result<(), AuthError> {
+    match ttl_problem(ttl) {
+        Some(message) => Err(AuthError::OutOfRange { key, message }),
+        None => Ok(()),
     }
 }
 

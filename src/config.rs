@@ -746,6 +746,21 @@ pub const MAX_BATCH_SIZE: u32 = 10_000;
 /// at the two maxima 650 000 keys (some 65 MB with 100-byte keys).
 pub const MAX_IN_FLIGHT: u32 = 32;
 
+/// Longest `sweep.interval`: 366 days. A sweep less than once a year is
+/// no sweep; a yearly cron schedule is the way to ask for one. The bound
+/// keeps every tick the interval plans inside the calendar (an interval of
+/// 500000000y has no next tick), so such a value is refused here, when the
+/// configuration is read, and not found out when the daemon runs.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86_400);
+
+/// Longest `lock.ttl`: one day. The lease of a daemon that dies mid-sweep
+/// keeps the others from that Redis (or primary) until it expires, so a
+/// longer one stops the fleet sweeping for longer than any sweep needs
+/// between two renewals (every third of it); and a value near the top of the
+/// range does not fit Redis's millisecond expiry, which refused every lease
+/// ("value is not an integer or out of range") while check-config passed.
+pub const MAX_LOCK_TTL: Duration = Duration::from_secs(86_400);
+
 /// Largest `sweep.unit_guard_sample`. The sampled keys are held until each
 /// has been read; a few dozen already tell seconds from milliseconds.
 pub const MAX_UNIT_GUARD_SAMPLE: u32 = 10_000;
@@ -787,8 +802,8 @@ pub struct SweepSettings {
     pub unit_guard: bool,
     /// How many sets the unit guard inspects, at most [`MAX_UNIT_GUARD_SAMPLE`].
     pub unit_guard_sample: u32,
-    /// Daemon schedule as an interval (`"5m"`): whole seconds, at least 1s.
-    /// Exactly one of `interval` and `schedule` may be set.
+    /// Daemon schedule as an interval (`"5m"`): whole seconds, from 1s to
+    /// [`MAX_INTERVAL`]. Exactly one of `interval` and `schedule` may be set.
     #[serde(with = "human_duration_option")]
     pub interval: Option<Duration>,
     /// Daemon schedule as a cron expression with seconds, in UTC:
@@ -797,7 +812,9 @@ pub struct SweepSettings {
     /// Sweep once as soon as the daemon starts, before the first tick.
     pub run_on_start: bool,
     /// Delay each scheduled sweep by a random time up to this, so replicas
-    /// started together do not all hit Redis at the same instant.
+    /// started together do not all hit Redis at the same instant. Shorter
+    /// than the interval, or than the shortest gap between two ticks of the
+    /// cron schedule (over the next two years), so every tick can sweep.
     #[serde(with = "human_duration")]
     pub jitter: Duration,
     /// After SIGTERM/SIGINT, how long a running sweep may take to finish its
@@ -840,7 +857,7 @@ pub struct LockSettings {
     pub key: String,
     /// While a sweep runs, the lock is kept alive this long at a time
     /// (renewed every third of it); if the holder dies, another daemon takes
-    /// over within the period plus this.
+    /// over within the period plus this. From 1s to [`MAX_LOCK_TTL`].
     #[serde(with = "human_duration")]
     pub ttl: Duration,
 }
@@ -900,7 +917,8 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     /// `aud` written into tokens and required when verifying.
     pub audience: Option<String>,
-    /// Lifetime of issued tokens, at most 10 years (`auth::MAX_TTL`).
+    /// Lifetime of issued tokens: whole seconds, from 1s to 3650 days
+    /// (`auth::MAX_TTL`; see `auth::ttl_problem`).
     #[serde(with = "human_duration")]
     pub ttl: Duration,
     /// Clock tolerance, whole seconds up to 1h: a token verifies until `exp`
@@ -1154,16 +1172,52 @@ impl Settings {
                 }
             }
             (None, Some(interval)) => {
-                if interval < Duration::from_secs(1) || interval.subsec_nanos() != 0 {
+                if interval < Duration::from_secs(1)
+                    || interval.subsec_nanos() != 0
+                    || interval > MAX_INTERVAL
+                {
                     return Err(ConfigError::invalid(
                         "sweep.interval",
                         format!(
-                            "must be whole seconds, at least 1s, got {:?}",
-                            humantime::format_duration(interval).to_string()
+                            "must be whole seconds, at least 1s and at most {}, got {}",
+                            in_days(MAX_INTERVAL),
+                            in_days(interval)
                         ),
                     ));
                 }
             }
+        }
+        // Each scheduled sweep first waits a random time up to the jitter; a
+        // jitter as long as the gap to the next tick makes every tick land on
+        // a round still waiting, and no sweep ever runs.
+        let schedule = crate::daemon::Schedule::of(s);
+        let (limit, what) = match (&schedule, schedule.shortest_gap(chrono::Utc::now())) {
+            (crate::daemon::Schedule::Interval(_), Some(gap)) => (gap, "sweep.interval".to_owned()),
+            (_, Some(gap)) => (
+                gap,
+                format!(
+                    "the shortest gap between two ticks of sweep.schedule {:?}",
+                    s.schedule.as_deref().unwrap_or_default()
+                ),
+            ),
+            // Not two ticks within the next two years (Feb 29 only): the
+            // interval's bound, so the jitter stays a delay and never an end
+            // to sweeping.
+            (_, None) => (
+                MAX_INTERVAL,
+                "the longest sweep.interval (the schedule has no two ticks within two years)"
+                    .to_owned(),
+            ),
+        };
+        if s.jitter >= limit {
+            return Err(ConfigError::invalid(
+                "sweep.jitter",
+                format!(
+                    "must be shorter than {what}, {}, got {}: each sweep first waits up to the jitter",
+                    in_days(limit),
+                    in_days(s.jitter)
+                ),
+            ));
         }
         positive("sweep.shutdown_timeout", s.shutdown_timeout)?;
         if self.lock.enabled {
@@ -1181,8 +1235,15 @@ impl Settings {
                     ),
                 ));
             }
-            if self.lock.ttl < Duration::from_secs(1) {
-                return Err(ConfigError::invalid("lock.ttl", "must be at least 1s"));
+            if self.lock.ttl < Duration::from_secs(1) || self.lock.ttl > MAX_LOCK_TTL {
+                return Err(ConfigError::invalid(
+                    "lock.ttl",
+                    format!(
+                        "must be from 1s to {}, got {}",
+                        in_days(MAX_LOCK_TTL),
+                        in_days(self.lock.ttl)
+                    ),
+                ));
             }
         }
         if let Err(e) = self.metrics.listen.parse::<std::net::SocketAddr>() {
@@ -1213,7 +1274,9 @@ impl Settings {
                 "set either auth.secret or auth.secret_file, not both",
             ));
         }
-        positive("auth.ttl", a.ttl)?;
+        if let Some(problem) = crate::auth::ttl_problem(a.ttl) {
+            return Err(ConfigError::invalid("auth.ttl", problem));
+        }
         // A token inside the leeway still verifies; a sweep with less grace
         // would already have removed its session.
         if self.sweep.grace < a.leeway {
@@ -1241,6 +1304,25 @@ impl Settings {
     /// Only if serialization fails, which the types here do not allow.
     pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
         toml::to_string(self).map_err(|e| ConfigError::invalid("(top level)", e.to_string()))
+    }
+}
+
+/// A duration for an error message: under a day as humantime writes it
+/// ("1s 500ms"), from a day on in days and the rest ("3651 days",
+/// "3650 days 1s"), never in humantime's months and years (which are not
+/// whole days: "9years 11months 28days 11h 24m").
+pub fn in_days(duration: Duration) -> String {
+    const DAY: u64 = 86_400;
+    let days = duration.as_secs() / DAY;
+    if days == 0 {
+        return humantime::format_duration(duration).to_string();
+    }
+    let rest = duration - Duration::from_secs(days * DAY);
+    let unit = if days == 1 { "day" } else { "days" };
+    if rest.is_zero() {
+        format!("{days} {unit}")
+    } else {
+        format!("{days} {unit} {}", humantime::format_duration(rest))
     }
 }
 
@@ -1356,6 +1438,19 @@ mod tests {
         assert!(err.contains("invalid port number"), "{err}");
         let err = RedisUrl::parse("redis://h/?protocol=s3cret").unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn in_days_never_writes_months_or_years() {
+        assert_eq!(in_days(Duration::ZERO), "0s");
+        assert_eq!(in_days(Duration::from_millis(1500)), "1s 500ms");
+        assert_eq!(in_days(Duration::from_secs(86_399)), "23h 59m 59s");
+        assert_eq!(in_days(Duration::from_secs(86_400)), "1 day");
+        assert_eq!(in_days(Duration::from_secs(3651 * 86_400)), "3651 days");
+        assert_eq!(
+            in_days(Duration::from_secs(3650 * 86_400 + 1)),
+            "3650 days 1s"
+        );
     }
 
     #[test]

@@ -167,6 +167,41 @@ impl Schedule {
             .unwrap_or(Duration::from_secs(1))
     }
 
+    /// The shortest time between two consecutive ticks from `now` on: the
+    /// interval itself, or for a cron schedule the shortest gap between its
+    /// ticks over the next [`GAP_HORIZON`] (at most [`GAP_TICKS`] ticks).
+    /// `None` when fewer than two ticks fall in that window.
+    ///
+    /// Not [`Schedule::period`]: a cron schedule's gaps differ (`"0 0,1 * * *
+    /// *"` has one of a minute, then one of 59), and a bound checked
+    /// against the gap that happens to come next would accept a value at
+    /// one time of day and refuse it at another.
+    pub fn shortest_gap(&self, now: DateTime<Utc>) -> Option<Duration> {
+        let cron = match self {
+            Self::Interval(interval) => return Some(*interval),
+            Self::Cron(expr) => parse_cron_expression(expr).ok()?,
+        };
+        let horizon = later(now, GAP_HORIZON);
+        let mut tick = cron
+            .find_next_occurrence(&now.trunc_subsecs(0), false)
+            .ok()?;
+        let mut shortest: Option<Duration> = None;
+        for _ in 0..GAP_TICKS {
+            let Ok(next) = cron.find_next_occurrence(&tick, false) else {
+                break;
+            };
+            if next > horizon {
+                break;
+            }
+            // Ticks only move forward; a gap that does not convert is none.
+            if let Ok(gap) = (next - tick).to_std() {
+                shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+            }
+            tick = next;
+        }
+        shortest
+    }
+
     /// The longest wait between two reconnect attempts that still lets the
     /// daemon sweep within two periods of Redis coming back: half a period,
     /// between 1 s and 30 s.
@@ -183,6 +218,19 @@ impl Schedule {
             .unwrap_or(Duration::from_secs(1))
     }
 }
+
+/// How far ahead [`Schedule::shortest_gap`] looks: two years of 366 days,
+/// so that every month and weekday combination of a cron schedule comes
+/// round, and a yearly schedule has two ticks in it.
+pub const GAP_HORIZON: Duration = Duration::from_secs(2 * 366 * 86_400);
+
+/// How many ticks [`Schedule::shortest_gap`] reads at most, so that a
+/// schedule of every second costs milliseconds, not a year of ticks. A cron
+/// expression repeats its seconds in every minute it selects and its minutes
+/// in every hour, so these ticks show every gap within an hour many times
+/// over; a shorter gap could be missed only where it comes from a
+/// combination of hours or days these ticks do not reach.
+pub const GAP_TICKS: usize = 10_000;
 
 /// The cron parser, configured as the schedule is documented.
 fn parse_cron_expression(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
@@ -346,7 +394,7 @@ fn plan(
 }
 
 /// The setting behind a schedule, as an operator wrote it.
-fn describe(schedule: &Schedule) -> String {
+pub(crate) fn describe(schedule: &Schedule) -> String {
     match schedule {
         Schedule::Cron(expr) => format!("sweep.schedule {expr:?}"),
         Schedule::Interval(interval) => format!(
@@ -888,6 +936,29 @@ enum Trigger {
     Manual,
 }
 
+/// What a round that a tick overlaps is doing, for the overlap warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RoundPhase {
+    /// Waiting out its `sweep.jitter` delay: it has not read Redis yet.
+    Waiting,
+    /// Sweeping (checks, lease and the sweep itself).
+    Sweeping,
+}
+
+/// The random delay before a round sweeps: up to `sweep.jitter` for the
+/// scheduled rounds and the start-up one, so replicas started together
+/// spread out; none for a sweep an operator asked for now (SIGUSR1).
+/// Validation keeps the jitter shorter than the shortest gap between ticks,
+/// so a scheduled round has finished waiting by the next tick; the start-up
+/// round, which does not start on a tick, may still be waiting then.
+fn jitter_delay(trigger: Trigger, jitter: Duration) -> Duration {
+    if trigger == Trigger::Manual || jitter.is_zero() {
+        return Duration::ZERO;
+    }
+    let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
+}
+
 /// Everything one sweep round needs, cloned out of the loop's state so the
 /// round can run while the loop keeps answering ticks and signals.
 struct Round {
@@ -897,6 +968,10 @@ struct Round {
     lock: Option<Arc<ReplicaLock>>,
     schedule: Schedule,
     trigger: Trigger,
+    /// When the round's `sweep.jitter` delay ends and it starts sweeping
+    /// (now, when it has none); the loop reads the same instant to say
+    /// which of the two a round that overlaps a tick is doing.
+    sweep_at: tokio::time::Instant,
     stop: watch::Receiver<bool>,
 }
 
@@ -924,12 +999,9 @@ impl Round {
         };
         let stopped = stopped.shared();
 
-        let jitter = self.settings.sweep.jitter;
-        if self.trigger != Trigger::Manual && !jitter.is_zero() {
-            let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
-            let delay = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
+        if self.sweep_at > tokio::time::Instant::now() {
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep_until(self.sweep_at) => {}
                 () = stopped.clone() => return None,
             }
         }
@@ -1456,7 +1528,10 @@ impl Daemon {
         let (stop_tx, _) = watch::channel(false);
         // `Some(failure)` when the round failed; `/readyz` reports it.
         let mut running: Option<Pin<Box<dyn Future<Output = Option<String>> + Send>>> = None;
-        let mut overlap_logged = false;
+        // When the running round starts (or started) sweeping, and what the
+        // overlap warning last said about it.
+        let mut sweep_at = tokio::time::Instant::now();
+        let mut overlap_logged: Option<RoundPhase> = None;
         let mut pending_start = self.settings.sweep.run_on_start;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -1528,17 +1603,38 @@ impl Daemon {
             let Some(trigger) = trigger else { continue };
             if running.is_some() {
                 metrics.count_sweep(SweepResult::SkippedOverlap);
-                if !overlap_logged {
-                    overlap_logged = true;
-                    tracing::warn!(
-                        ?trigger,
-                        "previous sweep still running; skipping this tick (logged once per sweep)"
-                    );
+                let now = tokio::time::Instant::now();
+                let phase = if now < sweep_at {
+                    RoundPhase::Waiting
+                } else {
+                    RoundPhase::Sweeping
+                };
+                if overlap_logged != Some(phase) {
+                    overlap_logged = Some(phase);
+                    match phase {
+                        RoundPhase::Waiting => tracing::warn!(
+                            ?trigger,
+                            sweeps_in = %humantime::format_duration(Duration::from_millis(
+                                u64::try_from((sweep_at - now).as_millis()).unwrap_or(u64::MAX)
+                            )),
+                            "previous sweep still waiting out its sweep.jitter delay; skipping \
+                             this tick (logged once per delay)"
+                        ),
+                        RoundPhase::Sweeping => tracing::warn!(
+                            ?trigger,
+                            "previous sweep still running; skipping this tick (logged once per sweep)"
+                        ),
+                    }
                 }
                 continue;
             }
-            overlap_logged = false;
+            overlap_logged = None;
             let settings = Arc::new(self.settings.clone());
+            let delay = jitter_delay(trigger, settings.sweep.jitter);
+            if !delay.is_zero() {
+                tracing::info!(?trigger, ?delay, "sweep waits out its sweep.jitter delay");
+            }
+            sweep_at = tokio::time::Instant::now() + delay;
             let lock = settings.lock.enabled.then(|| {
                 Arc::new(ReplicaLock {
                     key: settings.lock.key.clone(),
@@ -1554,6 +1650,7 @@ impl Daemon {
                     lock,
                     schedule: ticker.schedule.clone(),
                     trigger,
+                    sweep_at,
                     stop: stop_tx.subscribe(),
                 }
                 .run(),
@@ -1725,6 +1822,49 @@ mod tests {
             cron.next_tick_after(at("2030-01-01T10:00:00.300Z")),
             Some(at("2030-01-01T10:00:01Z"))
         );
+    }
+
+    /// The bound on `sweep.jitter`: the shortest gap, whatever the time of
+    /// day it is computed at (the next gap, `period()`, depends on it).
+    #[test]
+    fn the_shortest_gap_does_not_depend_on_when_it_is_asked() {
+        assert_eq!(
+            every(2).shortest_gap(at("2030-01-01T10:00:00Z")),
+            Some(Duration::from_secs(2))
+        );
+        let twice_an_hour = Schedule::Cron("0 0,1 * * * *".to_owned());
+        for now in ["2030-01-01T10:00:30Z", "2030-01-01T10:30:00Z"] {
+            assert_eq!(
+                twice_an_hour.shortest_gap(at(now)),
+                Some(Duration::from_secs(60)),
+                "{now}"
+            );
+        }
+        // Midnight and 23:00: the short gap crosses the day.
+        let late = Schedule::Cron("0 0 0,23 * * *".to_owned());
+        assert_eq!(
+            late.shortest_gap(at("2030-01-01T12:00:00Z")),
+            Some(Duration::from_secs(3600))
+        );
+        // Every second: bounded by GAP_TICKS, not a year of ticks.
+        let dense = Schedule::Cron("* * * * * *".to_owned());
+        assert_eq!(
+            dense.shortest_gap(at("2030-01-01T12:00:00Z")),
+            Some(Duration::from_secs(1))
+        );
+        // Yearly: two ticks within the horizon from any day of the year.
+        let yearly = Schedule::Cron("0 0 0 1 1 *".to_owned());
+        for now in ["2030-01-01T00:00:01Z", "2030-12-31T23:59:59Z"] {
+            let gap = yearly.shortest_gap(at(now)).unwrap();
+            assert!(
+                gap == Duration::from_secs(365 * 86_400)
+                    || gap == Duration::from_secs(366 * 86_400),
+                "{now}: {gap:?}"
+            );
+        }
+        // Feb 29 only: no two ticks within two years.
+        let leap = Schedule::Cron("0 0 0 29 2 *".to_owned());
+        assert_eq!(leap.shortest_gap(at("2029-03-01T00:00:00Z")), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use token_sweeper::auth::{self, AuthError, TokenService};
+use token_sweeper::auth::{self, AuthError, Expiry, TokenService};
 use token_sweeper::config::Settings;
 use token_sweeper::daemon::{Control, Daemon};
 use token_sweeper::redis::Connection;
@@ -514,18 +514,29 @@ async fn tokens(action: TokensCommand, settings: &Settings) -> Result<ExitCode, 
                 println!("{}", json_line(&sessions)?);
             } else {
                 for session in &sessions {
-                    let expires = chrono::DateTime::from_timestamp_millis(
-                        (session.expires_at * 1000.0) as i64,
-                    )
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_default();
-                    println!("{}  expires {expires}", session.id);
+                    println!(
+                        "{}  expires {}",
+                        session.id(),
+                        expiry_text(session.expires_at)
+                    );
                 }
                 eprintln!("{} active sessions", sessions.len());
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An expiry for `tokens list`: RFC 3339 (UTC), "never" for a `+inf`
+/// score, and the seconds since the epoch for a score past the dates chrono
+/// can write (some 260 000 years ahead), rather than nothing.
+fn expiry_text(expiry: Expiry) -> String {
+    match expiry {
+        Expiry::Never => "never".to_owned(),
+        Expiry::At(secs) => chrono::DateTime::from_timestamp_millis((secs * 1000.0) as i64)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| format!("at {secs:e} s since the epoch")),
+    }
 }
 
 fn json_line<T: serde::Serialize>(value: &T) -> Result<String, Failure> {

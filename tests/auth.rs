@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{redis_now_ms, run_sweeper, settings_for, sweep_with, write_file, RedisServer};
 use redis::Commands;
-use token_sweeper::auth::{AuthError, TokenService};
+use token_sweeper::auth::{AuthError, Expiry, TokenService};
 use token_sweeper::config::{AuthSettings, MemberKind, ScoreUnit, Secret, Settings};
 use token_sweeper::redis::Reconnecting;
 use token_sweeper::sweep::SweepMode;
@@ -370,7 +370,7 @@ async fn revoke_all_ends_every_session_and_list_shows_the_active_ones() {
     assert_eq!(sessions.len(), 3);
     assert!(sessions
         .iter()
-        .all(|s| s.expires_at > 1.7e9 && s.id.len() == 64));
+        .all(|s| matches!(s.expires_at, Expiry::At(at) if at > 1.7e9) && s.id().len() == 64));
 
     assert_eq!(tokens.revoke_all("u").await.unwrap(), 3);
     for token in &issued {
@@ -474,7 +474,7 @@ async fn ec_and_eddsa_keys_and_jti_members_work() {
         let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
         let issued = tokens.issue(kind, None, no_claims()).await.unwrap();
         assert!(tokens.verify(&issued.token).await.is_ok(), "{algorithm}");
-        assert_eq!(tokens.list(kind).await.unwrap()[0].id, issued.claims.jti);
+        assert_eq!(tokens.list(kind).await.unwrap()[0].id(), issued.claims.jti);
 
         // Verify-only: a public key alone cannot issue.
         let verifier = service(
@@ -1318,4 +1318,318 @@ async fn a_login_in_seconds_keeps_millisecond_scored_sessions() {
     let left: Vec<String> = c.zrange("u-tokens", 0, -1).unwrap();
     assert_eq!(left.len(), 3, "{left:?}");
     assert_eq!(&left[1..], ["ms-expired", "ms-live"]);
+}
+
+// ---- bounds: log out everywhere under OOM, lifetimes, odd members ---------
+
+/// The environment of a `tokens` command against `url`.
+fn cli_env(url: &str) -> [(&'static str, &str); 2] {
+    [
+        ("TOKEN_SWEEPER__REDIS__URL", url),
+        ("TOKEN_SWEEPER__AUTH__SECRET", SECRET),
+    ]
+}
+
+/// `tokens <args>`, with `input` on stdin (a token kept out of `ps`).
+fn tokens_cli(env: &[(&str, &str)], args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut all = vec!["tokens"];
+    all.extend_from_slice(args);
+    let mut child = common::sweeper(&all, env)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn issue_cli(env: &[(&str, &str)], user: &str) -> String {
+    let out = tokens_cli(env, &["issue", "--user", user], "");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn config_set(c: &mut redis::Connection, key: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(key)
+        .arg(value)
+        .query(c)
+        .unwrap();
+}
+
+/// "Log out everywhere" works when Redis is out of memory (`maxmemory`,
+/// `noeviction`): it only deletes, which is what such a Redis needs. So do
+/// a single logout (`ZREM`) and requests (`ZSCORE`); a login is refused
+/// with OOM and writes nothing (the README's Faults table says so). The
+/// revoke-all script used to start with a bare `#!lua`, and Redis refuses
+/// a flagged script without `allow-oom` as a whole: revoke-all failed with
+/// OOM and the user's tokens kept verifying.
+#[test]
+fn log_out_everywhere_works_when_redis_is_out_of_memory() {
+    let server = RedisServer::start_with(&["--maxmemory-policy", "noeviction"]);
+    let url = server.url();
+    let env = cli_env(&url);
+    let mine = [issue_cli(&env, "u"), issue_cli(&env, "u")];
+    let other = issue_cli(&env, "v");
+    issue_cli(&env, "w");
+    let mut c = server.conn();
+    let u_before = common::members(&mut c, b"u-tokens");
+    assert_eq!(u_before.len(), 2);
+
+    // The smallest limit: every write that needs memory is refused.
+    config_set(&mut c, "maxmemory", "1");
+    let write: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg(1).query(&mut c);
+    assert!(
+        matches!(&write, Err(e) if e.code() == Some("OOM")),
+        "Redis is out of memory: {write:?}"
+    );
+
+    // A login is refused and writes nothing.
+    let login = tokens_cli(&env, &["issue", "--user", "u"], "");
+    let err = String::from_utf8_lossy(&login.stderr);
+    assert_eq!(login.status.code(), Some(1), "{err}");
+    assert!(err.contains("OOM"), "{err}");
+    assert!(login.stdout.is_empty(), "no token without its session");
+    assert_eq!(common::members(&mut c, b"u-tokens"), u_before);
+
+    // A request still verifies.
+    let request = tokens_cli(&env, &["verify"], &mine[0]);
+    assert_eq!(
+        request.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&request.stderr)
+    );
+
+    // A logout works.
+    let logout = tokens_cli(&env, &["revoke"], &other);
+    assert_eq!(
+        String::from_utf8_lossy(&logout.stdout).trim(),
+        "revoked",
+        "{}",
+        String::from_utf8_lossy(&logout.stderr)
+    );
+
+    // Log out everywhere works, whether Redis has the script cached or not
+    // (u's is the first call; w's finds it cached).
+    for (user, live) in [("u", 2), ("w", 1)] {
+        let all = tokens_cli(&env, &["revoke-all", "--user", user], "");
+        let err = String::from_utf8_lossy(&all.stderr);
+        assert_eq!(all.status.code(), Some(0), "{user}: {err}");
+        assert_eq!(
+            String::from_utf8_lossy(&all.stdout).trim(),
+            format!("ended {live} active sessions of {user}")
+        );
+        let exists: bool = c.exists(format!("{user}-tokens")).unwrap();
+        assert!(!exists, "{user}: the set is gone");
+    }
+    for token in mine.iter().chain([&other]) {
+        let request = tokens_cli(&env, &["verify"], token);
+        assert_eq!(request.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&request.stderr).trim(),
+            "token-sweeper: token revoked"
+        );
+    }
+    // Still out of memory all along: nothing above needed any.
+    let write: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg(1).query(&mut c);
+    assert!(
+        matches!(&write, Err(e) if e.code() == Some("OOM")),
+        "{write:?}"
+    );
+    config_set(&mut c, "maxmemory", "0");
+}
+
+/// A lifetime under a second or not whole seconds is refused: exit 2, one
+/// line, no token, nothing written. (`--ttl 0s` and `1ns` issued a
+/// 1-second token and `1500ms` one of 1 s.) A too long one is shown in
+/// days, as the limit is, never in humantime's years.
+#[test]
+fn tokens_issue_refuses_a_ttl_that_is_not_whole_seconds_from_1s() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = cli_env(&url);
+    let cases = [
+        ("0s", "ttl: must be whole seconds, at least 1s, got 0s"),
+        ("1ns", "ttl: must be whole seconds, at least 1s, got 1ns"),
+        (
+            "999ms",
+            "ttl: must be whole seconds, at least 1s, got 999ms",
+        ),
+        (
+            "1500ms",
+            "ttl: must be whole seconds, at least 1s, got 1s 500ms",
+        ),
+        (
+            "3651days",
+            "ttl: 3651 days is longer than the longest token lifetime, 3650 days",
+        ),
+        (
+            "3650days 1s",
+            "ttl: 3650 days 1s is longer than the longest token lifetime, 3650 days",
+        ),
+    ];
+    for (ttl, expected) in cases {
+        let out = run_sweeper(&["tokens", "issue", "--user", "u", "--ttl", ttl], &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ttl}: {err}");
+        assert!(out.stdout.is_empty(), "{ttl}: printed a token");
+        assert_eq!(
+            err.trim_end(),
+            format!("token-sweeper: {expected}"),
+            "{ttl}"
+        );
+    }
+    let keys: Vec<String> = server.conn().keys("*").unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+
+    // The smallest lifetime is a whole second, as asked.
+    let out = run_sweeper(
+        &["tokens", "issue", "--user", "u", "--ttl", "1s", "--json"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let issued: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let claims = &issued["claims"];
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        1
+    );
+}
+
+/// The library refuses the same lifetimes, from `auth.ttl` as from the
+/// argument, naming which.
+#[tokio::test]
+async fn the_library_refuses_a_ttl_that_is_not_whole_seconds_from_1s() {
+    let server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_millis(1500),
+    ] {
+        let err = tokens.issue("u", Some(ttl), no_claims()).await.unwrap_err();
+        assert!(
+            matches!(&err, AuthError::OutOfRange { key: "ttl", .. }),
+            "{ttl:?}: {err}"
+        );
+    }
+    let auth = AuthSettings {
+        ttl: Duration::from_millis(1500),
+        ..hs256()
+    };
+    let err = refused(&server, &auth).await;
+    assert!(
+        matches!(
+            &err,
+            AuthError::OutOfRange {
+                key: "auth.ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let keys: Vec<String> = server.conn().keys("*").unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+/// `tokens list` shows a member scored `+inf` as never expiring (text
+/// "never", JSON "never"), and lists every member whatever its bytes: one
+/// that is not UTF-8 (written by another service) no longer fails the whole
+/// listing, and it, a member with a newline or a space and one that itself
+/// starts with "hex:" are shown as "hex:" and their bytes, so no id can be
+/// mistaken for another.
+#[test]
+fn tokens_list_shows_never_expiring_and_non_utf8_members() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = cli_env(&url);
+    let token = issue_cli(&env, "u");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let mut c = server.conn();
+    let later = redis_now_ms(&mut c) + 3_600_000;
+    let _: () = redis::cmd("ZADD")
+        .arg("u-tokens")
+        .arg("+inf")
+        .arg("forever")
+        .arg(later)
+        .arg(b"\xff\xfe-binary".as_slice())
+        .arg(later)
+        .arg("two\nlines")
+        .arg(later)
+        .arg("hex:abcd")
+        .arg("1e300")
+        .arg("far")
+        .arg(later)
+        .arg("two words")
+        .query(&mut c)
+        .unwrap();
+
+    let text = run_sweeper(&["tokens", "list", "--user", "u"], &env);
+    assert_eq!(
+        text.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let text = String::from_utf8(text.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 7, "{text}");
+    let line_of = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l.split("  ").next() == Some(id))
+            .unwrap_or_else(|| panic!("no line for {id:?}: {text}"))
+            .to_owned()
+    };
+    assert_eq!(line_of("forever"), "forever  expires never");
+    // Past any calendar date: the number, not a blank.
+    assert_eq!(line_of("far"), "far  expires at 1e297 s since the epoch");
+    for id in [
+        format!("hex:{}", hex::encode(b"\xff\xfe-binary")),
+        format!("hex:{}", hex::encode(b"two\nlines")),
+        format!("hex:{}", hex::encode(b"two words")),
+        format!("hex:{}", hex::encode(b"hex:abcd")),
+        digest.clone(),
+    ] {
+        let expires = line_of(&id)
+            .strip_prefix(&format!("{id}  expires "))
+            .unwrap()
+            .to_owned();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&expires).is_ok(),
+            "{id}: {expires:?}"
+        );
+    }
+
+    let json = run_sweeper(&["tokens", "list", "--user", "u", "--json"], &env);
+    assert_eq!(json.status.code(), Some(0));
+    let sessions: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 7);
+    let expiry_of = |id: &str| {
+        sessions
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("no session {id:?}: {sessions:?}"))["expires_at"]
+            .clone()
+    };
+    assert_eq!(expiry_of("forever"), "never");
+    assert_eq!(expiry_of("far").as_f64(), Some(1e297));
+    let binary = format!("hex:{}", hex::encode(b"\xff\xfe-binary"));
+    assert_eq!(expiry_of(&binary).as_f64(), Some(later as f64 / 1000.0));
+    assert!(expiry_of(&digest).as_f64().unwrap() > 1.7e9);
 }

@@ -866,3 +866,122 @@ fn progress_is_drawn_on_a_terminal() {
     );
     assert!(text.contains("swept 600 keys"), "{text:?}");
 }
+
+/// Values that passed `check-config` and failed only when the daemon ran
+/// (or never swept): each is refused when the configuration is read, exit
+/// 2, one line naming the key.
+/// - `sweep.jitter` as long as the period: every round slept it and no sweep
+///   ever ran while `/readyz` said ready. It must be shorter than the
+///   interval, or than the shortest gap between two cron ticks (not the
+///   gap that comes next: "0 0,1 * * * *" has gaps of 1 and 59 minutes).
+/// - `lock.ttl = "500000000y"`: every lease failed ("value is not an integer
+///   or out of range"); at most a day.
+/// - `sweep.interval = "500000000y"`: no next tick; at most 366 days.
+/// - `auth.ttl` not whole seconds or under 1s.
+#[test]
+fn schedule_lock_and_lifetime_bounds_are_refused_at_config_time() {
+    let cases: &[(Env, &str)] = &[
+        (
+            &[
+                ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+                ("TOKEN_SWEEPER__SWEEP__JITTER", "100y"),
+            ],
+            "sweep.jitter: must be shorter than sweep.interval, 2s, got 36525 days",
+        ),
+        (
+            &[
+                ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+                ("TOKEN_SWEEPER__SWEEP__JITTER", "2s"),
+            ],
+            "sweep.jitter: must be shorter than sweep.interval, 2s, got 2s",
+        ),
+        (
+            &[("TOKEN_SWEEPER__SWEEP__JITTER", "5m")],
+            "sweep.jitter: must be shorter than sweep.interval, 5m, got 5m",
+        ),
+        (
+            &[
+                ("TOKEN_SWEEPER__SWEEP__SCHEDULE", "0 0,1 * * * *"),
+                ("TOKEN_SWEEPER__SWEEP__JITTER", "1m"),
+            ],
+            "sweep.jitter: must be shorter than the shortest gap between two ticks of \
+             sweep.schedule \"0 0,1 * * * *\", 1m, got 1m",
+        ),
+        (
+            &[("TOKEN_SWEEPER__LOCK__TTL", "500000000y")],
+            "lock.ttl: must be from 1s to 1 day, got 182625000000 days",
+        ),
+        (
+            &[("TOKEN_SWEEPER__LOCK__TTL", "1day 1s")],
+            "lock.ttl: must be from 1s to 1 day, got 1 day 1s",
+        ),
+        (
+            &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "500000000y")],
+            "sweep.interval: must be whole seconds, at least 1s and at most 366 days, \
+             got 182625000000 days",
+        ),
+        (
+            &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "367days")],
+            "sweep.interval: must be whole seconds, at least 1s and at most 366 days, \
+             got 367 days",
+        ),
+        (
+            &[("TOKEN_SWEEPER__AUTH__TTL", "1500ms")],
+            "auth.ttl: must be whole seconds, at least 1s, got 1s 500ms",
+        ),
+        (
+            &[("TOKEN_SWEEPER__AUTH__TTL", "1ns")],
+            "auth.ttl: must be whole seconds, at least 1s, got 1ns",
+        ),
+        (
+            &[("TOKEN_SWEEPER__AUTH__TTL", "3651days")],
+            "auth.ttl: 3651 days is longer than the longest token lifetime, 3650 days",
+        ),
+    ];
+    for (env, expected) in cases {
+        let (code, out, err) = check_config(None, env);
+        assert_eq!(code, 2, "{env:?}: {err}");
+        assert!(out.is_empty(), "{env:?}: {out}");
+        assert!(
+            err.starts_with(&format!("token-sweeper: {expected}")),
+            "{env:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    }
+    // The daemon itself refuses to start with one (nothing listens at the
+    // URL: a daemon that wrongly starts cannot touch a Redis).
+    let port = common::free_port().to_string();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = run_sweeper(
+        &["run"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+            ("TOKEN_SWEEPER__SWEEP__JITTER", "100y"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("token-sweeper: sweep.jitter: "));
+}
+
+#[test]
+fn schedule_lock_and_lifetime_values_inside_the_bounds_are_accepted() {
+    let cases: &[Env] = &[
+        &[
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+            ("TOKEN_SWEEPER__SWEEP__JITTER", "1999ms"),
+        ],
+        &[
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", "0 0,1 * * * *"),
+            ("TOKEN_SWEEPER__SWEEP__JITTER", "59s"),
+        ],
+        &[("TOKEN_SWEEPER__SWEEP__INTERVAL", "366days")],
+        &[("TOKEN_SWEEPER__LOCK__TTL", "1day")],
+        &[("TOKEN_SWEEPER__AUTH__TTL", "1s")],
+        &[("TOKEN_SWEEPER__AUTH__TTL", "3650days")],
+    ];
+    for env in cases {
+        let (code, _, err) = check_config(None, env);
+        assert_eq!(code, 0, "{env:?}: {err}");
+    }
+}

@@ -1224,3 +1224,102 @@ fn a_late_failure_of_an_old_round_does_not_drop_the_new_connection() {
     );
     assert_eq!(daemon.metric("token_sweeper_redis_up"), 1.0);
 }
+
+/// A reload to a `sweep.jitter` as long as the period is refused and the
+/// daemon keeps sweeping on the old settings. (It was taken: each round then
+/// slept the jitter, 100 years, and no sweep ever ran while `/readyz` said
+/// ready.)
+#[test]
+fn a_reload_to_a_jitter_as_long_as_the_period_is_refused_and_sweeping_goes_on() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "sweeper.toml", "[sweep]\ninterval = \"1s\"\n");
+    let daemon = DaemonProcess::start(&server.url(), &[], Some(&config));
+    seed(&mut c, "a", 10);
+    wait_until(Duration::from_secs(10), "a swept", || {
+        count_members(&mut c, "a").0 == 0
+    });
+
+    write_file(
+        dir.path(),
+        "sweeper.toml",
+        "[sweep]\ninterval = \"2s\"\njitter = \"100y\"\n",
+    );
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(10), "the refused reload", || {
+        events_containing(&daemon, "reload failed").iter().any(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("sweep.jitter: must be shorter than sweep.interval"))
+        })
+    });
+    seed(&mut c, "b", 10);
+    wait_until(
+        Duration::from_secs(10),
+        "b swept on the old settings",
+        || count_members(&mut c, "b").0 == 0,
+    );
+    assert_eq!(count_members(&mut c, "b").1, 10, "no live token removed");
+    assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+}
+
+/// A tick that lands on a round still waiting out its `sweep.jitter` delay
+/// is logged as that, not as "previous sweep still running" (which it is
+/// not: it has not read Redis yet). The start-up round waits up to the
+/// jitter (59 minutes here); a SIGUSR1 sweep asked for meanwhile is the
+/// overlapping tick.
+#[test]
+fn a_tick_during_the_jitter_delay_is_logged_as_waiting_not_as_running() {
+    let server = RedisServer::start();
+    // A delay drawn under a few seconds would let the start-up sweep run
+    // before the signal: try again with a new daemon (each try has a 1 in
+    // 700 chance of that).
+    for _attempt in 0..3 {
+        let daemon = DaemonProcess::start(
+            &server.url(),
+            &[
+                ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
+                ("TOKEN_SWEEPER__SWEEP__JITTER", "59m"),
+            ],
+            None,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        daemon.signal("USR1");
+        wait_until(Duration::from_secs(10), "the overlap warning", || {
+            daemon.metric(SKIPPED_OVERLAP) >= 1.0 || !daemon.events("sweep started").is_empty()
+        });
+        if !daemon.events("sweep started").is_empty() {
+            continue;
+        }
+        let warnings = events_containing(&daemon, "previous sweep still");
+        assert_eq!(warnings.len(), 1, "{}", daemon.log_text());
+        assert!(
+            warnings[0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("previous sweep still waiting out its sweep.jitter delay"),
+            "{}",
+            daemon.log_text()
+        );
+        assert!(
+            !daemon.log_text().contains("previous sweep still running"),
+            "{}",
+            daemon.log_text()
+        );
+        // Not swept yet, and not failing: the daemon is ready.
+        assert_eq!(daemon.metric(OK), 0.0);
+        assert_eq!(http_get(daemon.metrics_port, "/readyz").unwrap().0, 200);
+        return;
+    }
+    panic!("three start-up sweeps drew a jitter delay under a few seconds");
+}
+
+/// The daemon's log events whose message contains `text`.
+fn events_containing(daemon: &DaemonProcess, text: &str) -> Vec<serde_json::Value> {
+    daemon
+        .logs()
+        .into_iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.contains(text)))
+        .collect()
+}

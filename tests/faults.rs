@@ -760,6 +760,11 @@ impl Standalone {
             .rt
             .block_on(self.suite.workload.login("oom-probe"))
             .expect("a login works before the fault");
+        let everywhere_tok = self
+            .suite
+            .rt
+            .block_on(self.suite.workload.login("oom-probe-2"))
+            .expect("a login works before the fault");
         let dead = self.suite.canaries.seed_dead(&mut self.suite.admin);
         let connection_errors = self.suite.count(&errors_of("connection"));
         let used: i64 = info_field(self.server.port, "memory", "used_memory")
@@ -779,19 +784,51 @@ impl Standalone {
             matches!(&write, Err(e) if e.code() == Some("OOM")),
             "maxmemory {limit} below used {used} did not refuse a write: {write:?}"
         );
-        // What a login does then (Redis checks a script for OOM only up to
-        // its first write, and the issue script starts with one).
+        // A login is refused whole (its script has no allow-oom flag), and
+        // leaves nothing behind.
         let login = self
             .suite
             .rt
             .block_on(self.suite.workload.issue_raw("oom-check"));
-        self.suite
-            .note(format!("maxmemory-noeviction: a login answered {login:?}"));
+        let left_behind: i64 = self
+            .suite
+            .admin
+            .query(redis::cmd("EXISTS").arg("oom-check-tokens"))
+            .unwrap_or(-1);
+        if login.is_ok() || left_behind != 0 {
+            self.suite.violations.report(
+                "a login is refused while Redis is out of memory, and writes nothing",
+                format!("the login answered {login:?}; its key exists: {left_behind}"),
+            );
+        }
         // Requests are still authenticated: ZSCORE needs no memory.
         if let Err(e) = self.suite.rt.block_on(self.suite.workload.verify_raw(&tok)) {
             self.suite.violations.report(
                 "requests are still authenticated while Redis is out of memory",
                 format!("verify of a live token: {e}"),
+            );
+        }
+        // Logging out only deletes: it works, and the token stops verifying.
+        let logout = self.suite.rt.block_on(self.suite.workload.logout_raw(&tok));
+        let after = self.suite.rt.block_on(self.suite.workload.verify_raw(&tok));
+        if logout.is_err() || after.is_ok() {
+            self.suite.violations.report(
+                "a logout works while Redis is out of memory",
+                format!("logout answered {logout:?}; verify after it answered {after:?}"),
+            );
+        }
+        let everywhere = self
+            .suite
+            .rt
+            .block_on(self.suite.workload.logout_everywhere_raw("oom-probe-2"));
+        let after = self
+            .suite
+            .rt
+            .block_on(self.suite.workload.verify_raw(&everywhere_tok));
+        if everywhere.is_err() || after.is_ok() {
+            self.suite.violations.report(
+                "log out everywhere works while Redis is out of memory",
+                format!("revoke-all answered {everywhere:?}; verify after it answered {after:?}"),
             );
         }
         // Deleting is exactly what an out-of-memory Redis needs.

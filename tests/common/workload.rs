@@ -775,6 +775,41 @@ impl Workload {
         bounded(self.service().verify(&tok.token)).await
     }
 
+    /// Logs `tok` out once (the model told first, as the workers do),
+    /// returning what the service answered.
+    pub async fn logout_raw(&self, tok: &Tok) -> Result<(), OpFailure> {
+        self.model.set_state(tok.id, TokState::Revoking);
+        let answer = bounded(self.service().revoke(&tok.token)).await.map(drop);
+        if answer.is_ok() {
+            self.model
+                .set_state(tok.id, TokState::Revoked(Instant::now()));
+        }
+        answer
+    }
+
+    /// Logs `user` out everywhere once (the model told first), returning
+    /// what the service answered.
+    pub async fn logout_everywhere_raw(&self, user: &str) -> Result<(), OpFailure> {
+        let ids: Vec<u64> = self
+            .model
+            .tokens_of(user)
+            .into_iter()
+            .filter(|t| !matches!(t.state, TokState::Revoked(_)))
+            .map(|t| t.id)
+            .collect();
+        for &id in &ids {
+            self.model.set_state(id, TokState::Revoking);
+        }
+        let answer = bounded(self.service().revoke_all(user)).await.map(drop);
+        if answer.is_ok() {
+            let at = Instant::now();
+            for id in ids {
+                self.model.set_state(id, TokState::Revoked(at));
+            }
+        }
+        answer
+    }
+
     /// Issues a token for `user` once, returning what the service answered.
     pub async fn issue_raw(&self, user: &str) -> Result<(), OpFailure> {
         bounded(
