@@ -239,23 +239,21 @@ fn sigterm_during_a_long_sweep_exits_0_within_the_timeout() {
     assert_eq!(lock, None, "the lock is released on shutdown");
 }
 
-/// Starts a daemon whose start-up sweep hangs mid-batch: writes are paused,
-/// so its ZREMRANGEBYSCORE pipelines get no reply while SCAN still works.
+/// Starts a daemon whose start-up sweep hangs mid-batch: writes are paused
+/// once the sweep has started (its checks include a write, the permission
+/// probe, so pausing earlier would hold it up there), and a slow pace
+/// leaves most of its ZREMRANGEBYSCORE pipelines to be sent after that:
+/// they get no reply while SCAN still works.
 fn daemon_stuck_in_a_batch(server: &RedisServer, shutdown_timeout: &str) -> DaemonProcess {
     let mut c = server.conn();
     seed(&mut c, "u", 1_000);
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(60_000)
-        .arg("WRITE")
-        .query(&mut c)
-        .unwrap();
     let daemon = DaemonProcess::start(
         &server.url(),
         &[
             ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1h"),
             ("TOKEN_SWEEPER__SWEEP__SHUTDOWN_TIMEOUT", shutdown_timeout),
-            // The lock is a write too; without it the sweep reaches its batches.
+            // 1,000 keys at 100 a second: ten seconds of batches.
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "100"),
             ("TOKEN_SWEEPER__LOCK__ENABLED", "false"),
         ],
         None,
@@ -263,6 +261,12 @@ fn daemon_stuck_in_a_batch(server: &RedisServer, shutdown_timeout: &str) -> Daem
     wait_until(Duration::from_secs(10), "the sweep to start", || {
         !daemon.events("sweep started").is_empty()
     });
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(60_000)
+        .arg("WRITE")
+        .query(&mut c)
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     daemon
 }
