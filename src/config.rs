@@ -1211,7 +1211,7 @@ impl Settings {
         // jitter as long as the gap to the next tick makes every tick land on
         // a round still waiting, and no sweep ever runs.
         let schedule = crate::daemon::Schedule::of(s);
-        let (limit, what) = match (&schedule, schedule.shortest_gap(chrono::Utc::now())) {
+        let (limit, what) = match (&schedule, schedule.shortest_gap(wall_clock())) {
             (crate::daemon::Schedule::Interval(_), Some(gap)) => (gap, "sweep.interval".to_owned()),
             (_, Some(gap)) => (
                 gap,
@@ -1344,6 +1344,24 @@ pub fn in_days(duration: Duration) -> String {
     } else {
         format!("{days} {unit} {}", humantime::format_duration(rest))
     }
+}
+
+/// The host clock for the schedule bounds, without `chrono::Utc::now`'s
+/// panics. A clock before 1970 or past chrono's range (the year 262143) is
+/// for the sweep's clock check to refuse, in one line naming it, not a
+/// panic while the configuration is read. The bounds then count from the
+/// epoch, which every interval and cron schedule ticks after as well.
+fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|since| {
+            chrono::DateTime::from_timestamp(
+                i64::try_from(since.as_secs()).ok()?,
+                since.subsec_nanos(),
+            )
+        })
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
 }
 
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
