@@ -254,7 +254,12 @@ end
 /// drops the ones that expire first. The set holds nothing but expiries, so
 /// that is what "oldest" means here: with one `auth.ttl`, the oldest logins.
 /// Sessions expiring in the same unit tie, and Redis orders ties by member,
-/// which for digests and random `jti`s is arbitrary.
+/// which for digests and random `jti`s is arbitrary. It counts and ranks
+/// only the members above the removal floor (all of them in seconds): in
+/// milliseconds, a member at or below it is foreign data this module never
+/// wrote (a seconds-scored session of another service, which ranked by
+/// score would look like the oldest of all and be dropped first), so it is
+/// neither counted against the limit nor dropped.
 ///
 /// KEYS[1] set; ARGV: member, score, expire-at ms, max sessions (0 = no
 /// limit), leeway in score units, score units per second (1 or 1000), the
@@ -292,10 +297,11 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], floor, string.format('%d', cutoff(per_se
 redis.call('ZADD', KEYS[1], string.format('%d', score), member)
 local dropped = 0
 if max > 0 then
-  local over = redis.call('ZCARD', KEYS[1]) - max
+  -- Only members above the floor are sessions of this module.
+  local over = redis.call('ZCOUNT', KEYS[1], floor, '+inf') - max
   if over > 0 then
     -- The new member is among the first over + 1 at most once.
-    for _, other in ipairs(redis.call('ZRANGE', KEYS[1], 0, over)) do
+    for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], floor, '+inf', 'LIMIT', 0, over + 1)) do
       if dropped < over and other ~= member then
         dropped = dropped + redis.call('ZREM', KEYS[1], other)
       end
@@ -524,7 +530,7 @@ impl TokenService {
             .arg(self.max_sessions)
             .arg(self.leeway_units())
             .arg(self.units_per_second())
-            .arg(min_bound(removal_floor(self.unit, now.micros as i128)));
+            .arg(min_bound(removal_floor(self.unit)));
         let sessions_dropped: u64 = self
             .round_trip(|mut conn| async move {
                 match invocation.invoke_async(&mut conn).await {

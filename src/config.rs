@@ -761,6 +761,15 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(366 * 86_400);
 /// ("value is not an integer or out of range") while check-config passed.
 pub const MAX_LOCK_TTL: Duration = Duration::from_secs(86_400);
 
+/// Largest `sweep.max_clock_skew` (`0s` turns the check off). Every UTC
+/// offset is a whole number of quarter hours, so a host whose clock is set
+/// in local time or the wrong time zone (or not moved for daylight saving)
+/// is off by at least 15 minutes: a limit below that catches it, while an
+/// NTP-synced clock is off by milliseconds, far inside it. A larger limit
+/// would be the check turned off without saying so (`100y` used to pass),
+/// and would let a clock that far ahead remove live tokens.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(600);
+
 /// Largest `sweep.unit_guard_sample`. The sampled keys are held until each
 /// has been read; a few dozen already tell seconds from milliseconds.
 pub const MAX_UNIT_GUARD_SAMPLE: u32 = 10_000;
@@ -779,8 +788,8 @@ pub struct SweepSettings {
     #[serde(with = "human_duration")]
     pub grace: Duration,
     /// Refuse to sweep when the Redis clock and the host clock differ by more
-    /// than this ("0s" turns the check off). A clock running ahead would
-    /// remove live tokens.
+    /// than this ("0s" turns the check off), at most [`MAX_CLOCK_SKEW`]. A
+    /// clock running ahead would remove live tokens.
     #[serde(with = "human_duration")]
     pub max_clock_skew: Duration,
     /// SCAN COUNT hint: how many slots Redis visits per SCAN call, at most
@@ -1136,6 +1145,17 @@ impl Settings {
         if s.pattern.is_empty() {
             return Err(ConfigError::invalid("sweep.pattern", "must not be empty"));
         }
+        if s.max_clock_skew > MAX_CLOCK_SKEW {
+            return Err(ConfigError::invalid(
+                "sweep.max_clock_skew",
+                format!(
+                    "must be at most {} (0s turns the check off), got {}: a clock set in the \
+                     wrong time zone is off by 15 minutes or more",
+                    in_days(MAX_CLOCK_SKEW),
+                    in_days(s.max_clock_skew)
+                ),
+            ));
+        }
         between_one_and("sweep.scan_count", s.scan_count, MAX_SCAN_COUNT)?;
         between_one_and("sweep.batch_size", s.batch_size, MAX_BATCH_SIZE)?;
         between_one_and("sweep.max_in_flight", s.max_in_flight, MAX_IN_FLIGHT)?;
@@ -1191,7 +1211,7 @@ impl Settings {
         // jitter as long as the gap to the next tick makes every tick land on
         // a round still waiting, and no sweep ever runs.
         let schedule = crate::daemon::Schedule::of(s);
-        let (limit, what) = match (&schedule, schedule.shortest_gap(chrono::Utc::now())) {
+        let (limit, what) = match (&schedule, schedule.shortest_gap(wall_clock())) {
             (crate::daemon::Schedule::Interval(_), Some(gap)) => (gap, "sweep.interval".to_owned()),
             (_, Some(gap)) => (
                 gap,
@@ -1324,6 +1344,24 @@ pub fn in_days(duration: Duration) -> String {
     } else {
         format!("{days} {unit} {}", humantime::format_duration(rest))
     }
+}
+
+/// The host clock for the schedule bounds, without `chrono::Utc::now`'s
+/// panics. A clock before 1970 or past chrono's range (the year 262143) is
+/// for the sweep's clock check to refuse, in one line naming it, not a
+/// panic while the configuration is read. The bounds then count from the
+/// epoch, which every interval and cron schedule ticks after as well.
+fn wall_clock() -> chrono::DateTime<chrono::Utc> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|since| {
+            chrono::DateTime::from_timestamp(
+                i64::try_from(since.as_secs()).ok()?,
+                since.subsec_nanos(),
+            )
+        })
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
 }
 
 fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {

@@ -15,19 +15,22 @@
 //!    refused. `cutoff = floor((now - grace) / unit)`; members with
 //!    `score <= cutoff` are expired. Rounding down only ever keeps a member
 //!    longer; a cutoff above 2^53, which Redis would round, is refused. In
-//!    milliseconds, scores at or below the top of the seconds window
-//!    ([`removal_floor`]) are never removed: see [`Expired`].
+//!    milliseconds, scores at or below 10^12 ([`removal_floor`], a constant
+//!    above every seconds timestamp) are never removed: see [`Expired`].
 //! 2. **Scan.** `SCAN cursor MATCH pattern COUNT n TYPE zset`, one page at a
 //!    time. Keys are handed on in batches through a bounded channel, so memory
 //!    holds at most a few batches whatever the size of the keyspace.
 //! 3. **Unit guard.** The keys scanned first are held back and their highest
-//!    finite score is read, until `unit_guard_sample` have had one (reading at
-//!    most [`GUARD_READ_FACTOR`] times that many keys). If any looks like the
-//!    other unit (seconds while sweeping milliseconds would delete every live
-//!    token), the sweep stops before a single deletion. Every key read must
-//!    give a definite answer; one with nothing to say (deleted since SCAN,
-//!    only `+inf` members) is fine, but if none had a finite score and the
-//!    node has keys left unread, the guard refuses: it has no evidence.
+//!    finite score is read, until `unit_guard_sample` have confirmed the unit
+//!    (reading at most [`GUARD_READ_FACTOR`] times that many keys). If any looks like the
+//!    other unit (a wrong `sweep.score_unit`), the sweep stops before a
+//!    single deletion. Every key read must
+//!    give a definite answer; only a score that looks like the configured
+//!    unit is evidence. One with nothing to say (deleted since SCAN, only
+//!    `+inf` members, in milliseconds nothing above the removal floor) is
+//!    fine, but if none confirmed the unit and the node has keys left
+//!    unread, or a set read has a score that looks like neither unit, the
+//!    guard refuses: it has no evidence.
 //!    Last, one command of the kind the sweep will send is run on a sampled
 //!    key over an empty score range ([`Check::Permission`]), so that a user
 //!    who may read but not remove is refused here, before a daemon takes a
@@ -456,9 +459,10 @@ pub struct SweepReport {
     pub mode: SweepMode,
     /// Members with a score at or below this were expired.
     pub cutoff: i64,
-    /// In milliseconds: members scored at or below this were kept whatever
-    /// the cutoff, because such a score could be a seconds timestamp (see
-    /// [`Expired`]); `None` (seconds): no floor.
+    /// In milliseconds: members scored at or below this
+    /// ([`MS_REMOVAL_FLOOR`]) were kept whatever the cutoff, because such a
+    /// score could be a seconds timestamp (see [`Expired`]); `None`
+    /// (seconds): no floor.
     pub score_floor: Option<i64>,
     /// Unit of `cutoff` and `score_floor`.
     pub score_unit: String,
@@ -932,9 +936,12 @@ impl<'a> NodeSweep<'a> {
                 }
             })
             .buffer_unordered(in_flight)
-            .try_for_each(|outcome| {
+            .map(Ok)
+            .try_for_each(|(outcome, stopped)| {
+                // Counted before the error ends the node: what the batch's
+                // other keys removed was removed.
                 tally.add(&outcome);
-                std::future::ready(Ok(()))
+                std::future::ready(stopped)
             });
         let (interrupted, ()) = tokio::try_join!(scanning, removing)?;
         Ok(interrupted)
@@ -1165,9 +1172,10 @@ pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<
 /// The scores a sweep removes: at or below the cutoff and, in milliseconds,
 /// above the [`removal_floor`].
 ///
-/// A score that could be a seconds timestamp is never removed from data
-/// swept as milliseconds, whatever the unit guard saw: read as
-/// milliseconds it is early 1970, so nothing legitimate is kept by this,
+/// A score that could be a seconds timestamp, far-future "never expires"
+/// placeholders included, is never removed from data swept as
+/// milliseconds, whatever the unit guard saw: read as milliseconds it is
+/// before 2001, so nothing legitimate is kept by this,
 /// while a live seconds-scored token (a set written by a service moving
 /// from seconds to milliseconds, or shared with one in seconds) would
 /// otherwise be removed as long expired. The unit guard samples only some
@@ -1203,7 +1211,7 @@ impl Expired {
     /// `None` when the cutoff is beyond what Redis compares exactly.
     pub fn at(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<Self> {
         Some(Self {
-            floor: removal_floor(unit, now_micros),
+            floor: removal_floor(unit),
             cutoff: cutoff_for(now_micros, grace, unit)?,
         })
     }
@@ -1224,36 +1232,45 @@ impl Expired {
     }
 }
 
-/// The earliest "now" [`removal_floor`] counts from: 2024-01-01T00:00:00Z,
-/// before this code existed. A clock reading earlier (a host booted at the
-/// epoch, with the skew check off) cannot lower the floor into the years
-/// of real seconds timestamps; it only lowers the cutoff, which keeps more.
-const EARLIEST_NOW_SECS: i128 = 1_704_067_200;
+/// The score at or below which nothing is ever removed from sets scored in
+/// milliseconds: 10^12 ms, 2001-09-09T01:46:40Z.
+///
+/// Why this constant, and why not one counted from the clock: it must sit
+/// above every seconds timestamp anyone writes, and below every millisecond
+/// timestamp a live token can have.
+/// - Above seconds: read as seconds, 10^12 is the year 33658. Every
+///   "never expires" placeholder a seconds-writing service uses (2^32 - 1,
+///   4102444800 for 2100, 9999999999, even 10^11) is far below it, so in a
+///   milliseconds sweep no plausible seconds score is ever removed. (The
+///   floor it replaces, now + 50 years in seconds, left such placeholders
+///   above it: read as 1970 milliseconds, they were removed.)
+/// - Below milliseconds: it is 2001 in milliseconds, before this code, JWT
+///   session stores and any token alive today; the unit guard's idea of a
+///   plausible millisecond timestamp starts 20 years back from now, also
+///   above it ([`looks_like`]). Keeping members scored 1970 to 2001 in
+///   milliseconds costs nothing: the key's TTL takes them.
+/// - Independent of the clock: no clock reading (a host booted at the
+///   epoch, a Redis `TIME` decades ahead) can move it, so no clock oddity
+///   can bring a seconds score into the removed range.
+pub const MS_REMOVAL_FLOOR: i64 = 1_000_000_000_000;
 
 /// The score at or below which nothing is ever removed from sets scored in
-/// `unit` at `now_micros`: for milliseconds, the top of the window where a
-/// score looks like a seconds timestamp ([`looks_like`]: up to 50 years
-/// ahead, counted from now or from 2024 if later), about 3.4e9; `None` for seconds. The one definition the sweep and the auth
-/// path's login script share; render it for Redis with [`min_bound`].
+/// `unit`: [`MS_REMOVAL_FLOOR`] for milliseconds, `None` (no floor) for
+/// seconds. The one definition the sweep and the auth path's login script
+/// share; render it for Redis with [`min_bound`].
 ///
 /// ```
 /// use token_sweeper::config::ScoreUnit;
-/// use token_sweeper::sweep::{looks_like, removal_floor};
+/// use token_sweeper::sweep::{removal_floor, MS_REMOVAL_FLOOR};
 ///
-/// let now = 1_800_000_000 * 1_000_000; // microseconds
-/// let floor = removal_floor(ScoreUnit::Milliseconds, now).unwrap();
-/// assert_eq!(looks_like(floor as f64, now), Some(ScoreUnit::Seconds));
-/// assert_eq!(looks_like(floor as f64 + 1.0, now), None);
-/// assert_eq!(removal_floor(ScoreUnit::Seconds, now), None);
+/// assert_eq!(removal_floor(ScoreUnit::Milliseconds), Some(MS_REMOVAL_FLOOR));
+/// assert!(9_999_999_999 < MS_REMOVAL_FLOOR); // a seconds "never" is kept
+/// assert_eq!(removal_floor(ScoreUnit::Seconds), None);
 /// ```
-pub fn removal_floor(unit: ScoreUnit, now_micros: i128) -> Option<i64> {
+pub fn removal_floor(unit: ScoreUnit) -> Option<i64> {
     match unit {
         ScoreUnit::Seconds => None,
-        ScoreUnit::Milliseconds => {
-            let now_secs = now_micros.div_euclid(1_000_000).max(EARLIEST_NOW_SECS);
-            // Saturating: a floor at the top keeps everything, never less.
-            Some(i64::try_from(now_secs.saturating_add(PLAUSIBLE_FUTURE)).unwrap_or(i64::MAX))
-        }
+        ScoreUnit::Milliseconds => Some(MS_REMOVAL_FLOOR),
     }
 }
 
@@ -1288,26 +1305,36 @@ pub async fn sweep_keys(
     expired: Expired,
     mode: SweepMode,
 ) -> Result<BatchOutcome, RedisError> {
-    sweep_batch(conn, keys, Found::Anywhere, expired, mode).await
+    let (outcome, stopped) = sweep_batch(conn, keys, Found::Anywhere, expired, mode).await;
+    stopped.map(|()| outcome)
 }
 
-/// [`sweep_keys`] for keys `found` as said.
+/// [`sweep_keys`] for keys `found` as said. Returns the outcome of every
+/// reply the pipeline got, and beside it the error that ends the node's
+/// sweep, if any: a NOPERM on one key (an ACL that lets the user write
+/// only some keys) does not undo what the other keys of the same pipeline
+/// did, so their counts are reported with the error, not dropped.
 async fn sweep_batch(
     conn: &mut Connection,
     keys: &[Vec<u8>],
     found: Found<'_>,
     expired: Expired,
     mode: SweepMode,
-) -> Result<BatchOutcome, RedisError> {
+) -> (BatchOutcome, Result<(), RedisError>) {
     let command = mode.command();
     let min = min_bound(expired.floor);
-    let replies = query_each(conn, command, keys, found, |key| {
+    let mut outcome = BatchOutcome::default();
+    let replies = match query_each(conn, command, keys, found, |key| {
         let mut cmd = redis::cmd(command);
         cmd.arg(key).arg(&min).arg(expired.cutoff);
         cmd
     })
-    .await?;
-    let mut outcome = BatchOutcome::default();
+    .await
+    {
+        Ok(replies) => replies,
+        Err(e) => return (outcome, Err(e)),
+    };
+    let mut stopped = Ok(());
     for KeyReply { reply, redirected } in replies {
         outcome.counts.keys_redirected += u64::from(redirected);
         match reply {
@@ -1319,13 +1346,17 @@ async fn sweep_batch(
             }
             reply => {
                 let count = reply.and_then(|value| Ok(redis::from_redis_value::<u64>(value)?));
-                outcome
-                    .tally(command, count)
-                    .map_err(|e| replied_from(conn, redirected).error(command, e))?;
+                if let Err(e) = outcome.tally(command, count) {
+                    // The first such error is the node's; every reply is
+                    // still counted.
+                    if stopped.is_ok() {
+                        stopped = Err(replied_from(conn, redirected).error(command, e));
+                    }
+                }
             }
         }
     }
-    Ok(outcome)
+    (outcome, stopped)
 }
 
 /// [`Check::Permission`] on `key`, a key SCAN `found` on `conn`'s node: the
@@ -1531,8 +1562,10 @@ fn replied_from(conn: &Connection, redirected: bool) -> Connection {
 
 impl BatchOutcome {
     /// Counts one key's reply. Errors that are not about the key (missing ACL
-    /// permission, a replica, a cluster that is down) are returned: every other key would fail the
-    /// same way, so the node's sweep stops with the server's own message.
+    /// permission, a replica, a cluster that is down) are returned: the
+    /// node's sweep stops with the server's own message, once the rest of
+    /// the batch's replies are counted (an ACL may allow some keys and not
+    /// others, so replies before and after it may have removed members).
     fn tally(
         &mut self,
         command: &str,
@@ -1638,14 +1671,21 @@ impl<'a> Scanner<'a> {
 
     /// The unit guard of this node: reads the highest score of the keys
     /// scanned first (see [`check_units`]) until `unit_guard_sample` of them
-    /// have had a finite one, the node has no more keys, or
+    /// have confirmed the unit, the node has no more keys, or
     /// [`GUARD_READ_FACTOR`] times the sample were read. The keys read stay
     /// pending, to be swept like the others.
     ///
-    /// A set with nothing to say (deleted since SCAN, only `+inf` members)
-    /// is a definite answer, but not evidence: if no set read had a finite
-    /// score and the node has keys the guard did not read, those keys' unit
-    /// is unknown, so the guard refuses rather than pass on no evidence.
+    /// Only a score that looks like a timestamp in the configured unit is
+    /// evidence. A set with nothing to say (deleted since SCAN, only `+inf`
+    /// members, in milliseconds only scores at or below the removal floor,
+    /// which the sweep never removes) is a definite answer, but not
+    /// evidence. A score that looks like neither unit (and is above the
+    /// floor) is not evidence either, and it is data the sweep could remove
+    /// (in seconds, a score of 42 is long expired). So the guard refuses
+    /// when nothing read confirmed the unit and either such a score was read
+    /// or the node has keys the guard did not read, whose unit is unknown.
+    /// A node whose every set was read and said nothing goes ahead: nothing
+    /// on it depends on the unit.
     ///
     /// The outer error aborts the sweep; the inner one is SCAN failing, the
     /// node not being swept. Returns whether `shutdown` came first.
@@ -1660,9 +1700,9 @@ impl<'a> Scanner<'a> {
             return Err(Check::UnitGuard.refused("sweep.unit_guard_sample is 0".to_owned()));
         }
         let limit = sample.saturating_mul(GUARD_READ_FACTOR);
-        let (mut read, mut scored) = (0, 0);
-        while scored < sample && read < limit {
-            let upto = read.saturating_add(sample - scored).min(limit);
+        let (mut read, mut seen) = (0, GuardSample::default());
+        while seen.confirmed < sample && read < limit {
+            let upto = read.saturating_add(sample - seen.confirmed).min(limit);
             match self.fill(upto, shutdown).await {
                 Ok(true) => return Ok(Ok(true)),
                 Ok(false) => {}
@@ -1674,7 +1714,7 @@ impl<'a> Scanner<'a> {
                 // The node has no more keys.
                 break;
             }
-            scored += check_batch(
+            let batch = check_batch(
                 &mut self.conn,
                 keys,
                 found,
@@ -1682,15 +1722,25 @@ impl<'a> Scanner<'a> {
                 now_micros,
             )
             .await?;
+            seen.confirmed += batch.confirmed;
+            seen.unclear += batch.unclear;
             read = end;
         }
         let read_all = self.finished && read == self.pending.len();
-        if scored == 0 && !read_all {
+        if seen.confirmed == 0 && (seen.unclear > 0 || !read_all) {
+            let unit = self.settings.score_unit;
             return Err(Check::UnitGuard.refused(format!(
-                "{}: none of the first {read} sets has a finite score (only +inf members, or \
-                 deleted since SCAN), so the unit of the others cannot be confirmed; set \
+                "{}: none of the first {read} sets has a score that looks like a timestamp in \
+                 {unit} ({} have scores that look like neither unit, the others only +inf \
+                 members{}, or were deleted since SCAN), so the unit cannot be confirmed; set \
                  sweep.unit_guard = false if the data is known to be right",
-                self.conn.address()
+                self.conn.address(),
+                seen.unclear,
+                if removal_floor(unit).is_some() {
+                    " or scores at or below the removal floor"
+                } else {
+                    ""
+                },
             )));
         }
         Ok(Ok(false))
@@ -1802,7 +1852,9 @@ const GUARD_READ: &str = "ZREVRANGEBYSCORE (unit guard)";
 /// The unit guard's read of `keys`: the highest score below `+inf` of each
 /// (members scored `+inf`, tokens that never expire, say nothing about the
 /// unit; the highest finite score is the newest token). Returns how many of
-/// the keys had a finite score.
+/// the keys confirm `unit`: their highest finite score looks like a
+/// timestamp in it ([`looks_like`]). A score that looks like neither unit
+/// is not evidence for either: a set of such scores confirms nothing.
 ///
 /// Every key must get a definite answer: a score, or nothing to say (the
 /// key no longer exists or is no longer a sorted set, or holds only
@@ -1826,7 +1878,20 @@ pub async fn check_units(
     unit: ScoreUnit,
     now_micros: i128,
 ) -> Result<usize, SweepError> {
-    check_batch(conn, keys, Found::Anywhere, unit, now_micros).await
+    Ok(check_batch(conn, keys, Found::Anywhere, unit, now_micros)
+        .await?
+        .confirmed)
+}
+
+/// What the unit guard's read of some keys says about the configured unit.
+#[derive(Clone, Copy, Debug, Default)]
+struct GuardSample {
+    /// Keys whose highest finite score looks like a timestamp in the
+    /// configured unit: the only evidence for it.
+    confirmed: usize,
+    /// Keys whose highest finite score looks like a timestamp in neither
+    /// unit and is above the removal floor (in seconds: any such score).
+    unclear: usize,
 }
 
 /// [`check_units`] for keys `found` as said.
@@ -1836,7 +1901,7 @@ async fn check_batch(
     found: Found<'_>,
     unit: ScoreUnit,
     now_micros: i128,
-) -> Result<usize, SweepError> {
+) -> Result<GuardSample, SweepError> {
     let replies = query_each(conn, GUARD_READ, keys, found, |key| {
         let mut cmd = redis::cmd("ZREVRANGEBYSCORE");
         cmd.arg(key)
@@ -1850,7 +1915,7 @@ async fn check_batch(
     })
     .await
     .map_err(|e| Check::UnitGuard.failed(e))?;
-    let mut scored = 0;
+    let mut sample = GuardSample::default();
     let mut suspicious = Vec::new();
     for (key, KeyReply { reply, redirected }) in keys.iter().zip(replies) {
         let reply = match reply {
@@ -1876,13 +1941,19 @@ async fn check_batch(
         let Some(score) = score.filter(|score| score.is_finite()) else {
             continue;
         };
-        scored += 1;
-        if let Some(seen) = looks_like(score, now_micros).filter(|seen| *seen != unit) {
-            suspicious.push((key, score, seen));
+        match looks_like(score, now_micros) {
+            Some(seen) if seen == unit => sample.confirmed += 1,
+            Some(seen) => suspicious.push((key, score, seen)),
+            // The sweep removes none of this set's members whatever the
+            // unit: every finite one is at or below the floor.
+            None if removal_floor(unit).is_some_and(|floor| score <= floor as f64) => {}
+            // Not a timestamp near now in either unit: it confirms nothing,
+            // and a sweep could remove it (in seconds, 42 is long expired).
+            None => sample.unclear += 1,
         }
     }
     let Some(&(example_key, example_score, seen)) = suspicious.first() else {
-        return Ok(scored);
+        return Ok(sample);
     };
     Err(SweepError::UnitGuard {
         configured: unit,
@@ -2064,28 +2135,27 @@ mod tests {
     }
 
     #[test]
-    fn the_removal_floor_is_the_top_of_the_seconds_window() {
-        for now_secs in [EARLIEST_NOW_SECS, 1_795_836_033, 2_500_000_000] {
+    fn the_removal_floor_is_above_every_seconds_score_and_below_live_milliseconds() {
+        let floor = removal_floor(ScoreUnit::Milliseconds).unwrap() as f64;
+        assert_eq!(removal_floor(ScoreUnit::Seconds), None);
+        // Seconds "never expires" placeholders, and the top of the seconds
+        // window at any clock up to the year 2500.
+        for seconds in [4_294_967_295.0, 4_102_444_800.0, 9_999_999_999.0, 1e11] {
+            assert!(seconds < floor, "{seconds}");
+        }
+        for now_secs in [0, 1_704_067_200, 1_795_836_033, 16_725_225_600_i128] {
             let now = now_secs * 1_000_000;
-            let floor = removal_floor(ScoreUnit::Milliseconds, now).unwrap();
-            assert_eq!(looks_like(floor as f64, now), Some(ScoreUnit::Seconds));
-            assert_ne!(
-                looks_like(floor as f64 + 1.0, now),
-                Some(ScoreUnit::Seconds)
-            );
-            assert_eq!(removal_floor(ScoreUnit::Seconds, now), None);
+            let top_of_seconds = (now_secs + PLAUSIBLE_FUTURE) as f64;
+            assert!(top_of_seconds < floor, "{now_secs}");
+            // From 2022 on, every score that looks like milliseconds (20
+            // years back at most) is above it.
+            if now_secs >= 1_640_995_200 {
+                let low_ms = ((now_secs - PLAUSIBLE_PAST) * 1000) as f64;
+                assert_eq!(looks_like(low_ms, now), Some(ScoreUnit::Milliseconds));
+                assert!(low_ms > floor, "{now_secs}");
+            }
         }
-        // A clock before 2024, even before 1970, does not lower it.
-        let earliest = removal_floor(ScoreUnit::Milliseconds, EARLIEST_NOW_SECS * 1_000_000);
-        for now in [0, -1, 86_400 * 1_000_000, i128::MIN] {
-            assert_eq!(removal_floor(ScoreUnit::Milliseconds, now), earliest);
-        }
-        // A clock far ahead saturates: a floor at the top keeps everything.
-        assert_eq!(
-            removal_floor(ScoreUnit::Milliseconds, i128::MAX),
-            Some(i64::MAX)
-        );
-        assert_eq!(min_bound(Some(3_400_000_000)), "(3400000000");
+        assert_eq!(min_bound(Some(MS_REMOVAL_FLOOR)), "(1000000000000");
         assert_eq!(min_bound(None), "-inf");
     }
 

@@ -1294,6 +1294,81 @@ async fn a_login_keeps_seconds_scored_sessions_in_a_milliseconds_set() {
     assert!(tokens.verify(&issued.token).await.is_ok());
 }
 
+/// Seconds-writing services mark "never expires" with far-future values
+/// (2^32 - 1, 4102444800 = 2100, 9999999999). The login's floor used to be
+/// now + 50 years in seconds (about 3.4e9): above it, such a placeholder
+/// read as a 1970 millisecond and a login removed it. The floor is now
+/// 10^12 whatever the clock, above every such value.
+#[tokio::test]
+async fn a_login_keeps_far_future_seconds_placeholders_in_a_milliseconds_set() {
+    let server = RedisServer::start();
+    let tokens = service(&server, &hs256(), ScoreUnit::Milliseconds).await;
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = redis::cmd("ZADD")
+        .arg("u-tokens")
+        .arg(4_102_444_800_i64)
+        .arg("y2100")
+        .arg(4_294_967_295_i64)
+        .arg("u32-max")
+        .arg(9_999_999_999_i64)
+        .arg("never")
+        .arg(now - 60_000)
+        .arg("ms-expired")
+        .query(&mut c)
+        .unwrap();
+
+    tokens.issue("u", None, no_claims()).await.unwrap();
+
+    let left: Vec<String> = c.zrange("u-tokens", 0, -1).unwrap();
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert_eq!(&left[..3], ["y2100", "u32-max", "never"]);
+}
+
+/// `auth.max_sessions` ranked every member by score: in milliseconds a live
+/// seconds-scored session of another service (below the removal floor)
+/// looked like the oldest of all, counted against the limit and was dropped
+/// first. Now only members above the floor, this module's own sessions, are
+/// counted and ranked.
+#[tokio::test]
+async fn max_sessions_neither_counts_nor_drops_seconds_scored_sessions() {
+    let server = RedisServer::start();
+    let auth = AuthSettings {
+        max_sessions: 2,
+        ..hs256()
+    };
+    let tokens = service(&server, &auth, ScoreUnit::Milliseconds).await;
+    let mut c = server.conn();
+    let now_s = redis_now_ms(&mut c) / 1000;
+    let _: () = redis::cmd("ZADD")
+        .arg("u-tokens")
+        .arg(now_s + 3600)
+        .arg("s-live")
+        .arg(9_999_999_999_i64)
+        .arg("s-never")
+        .query(&mut c)
+        .unwrap();
+
+    let mut issued = Vec::new();
+    for i in 0..3 {
+        let ttl = Duration::from_secs(3600 + i * 10);
+        issued.push(tokens.issue("u", Some(ttl), no_claims()).await.unwrap());
+    }
+
+    let dropped: Vec<u64> = issued.iter().map(|t| t.sessions_dropped).collect();
+    assert_eq!(dropped, [0, 0, 1], "only the third login is over the limit");
+    let left: Vec<String> = c.zrange("u-tokens", 0, -1).unwrap();
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert_eq!(&left[..2], ["s-live", "s-never"]);
+    assert!(matches!(
+        tokens.verify(&issued[0].token).await,
+        Err(AuthError::Revoked)
+    ));
+    for token in &issued[1..] {
+        assert!(tokens.verify(&token.token).await.is_ok());
+    }
+}
+
 /// Seconds the other way round: a millisecond score, even one long expired,
 /// is far above any seconds cutoff, so a login in seconds keeps it.
 #[tokio::test]

@@ -985,3 +985,31 @@ fn schedule_lock_and_lifetime_values_inside_the_bounds_are_accepted() {
         assert_eq!(code, 0, "{env:?}: {err}");
     }
 }
+
+/// `sweep.max_clock_skew` had no upper bound: `100y` passed and silently
+/// turned the skew check off (as `0s` does on purpose). At most 10 minutes,
+/// below the smallest time-zone offset, so a clock set in the wrong zone is
+/// always caught; exit 2, one line naming the key.
+#[test]
+fn a_clock_skew_limit_that_disables_the_check_is_refused() {
+    for (value, got) in [("100y", "36525 days"), ("10m 1ms", "10m 1ms"), ("1h", "1h")] {
+        let (code, out, err) =
+            check_config(None, &[("TOKEN_SWEEPER__SWEEP__MAX_CLOCK_SKEW", value)]);
+        assert_eq!(code, 2, "{value}: {err}");
+        assert!(out.is_empty(), "{value}: {out}");
+        assert!(
+            err.starts_with(&format!(
+                "token-sweeper: sweep.max_clock_skew: must be at most 10m (0s turns the check \
+                 off), got {got}: "
+            )),
+            "{value}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    }
+    for value in ["0s", "1m", "10m"] {
+        let (code, out, err) =
+            check_config(None, &[("TOKEN_SWEEPER__SWEEP__MAX_CLOCK_SKEW", value)]);
+        assert_eq!(code, 0, "{value}: {err}");
+        assert!(out.contains("max_clock_skew = "), "{value}: {out}");
+    }
+}

@@ -637,8 +637,7 @@ async fn property_exactly_the_members_at_or_below_the_cutoff_are_removed() {
             ScoreUnit::Milliseconds => (now / 1000) as f64,
             ScoreUnit::Seconds => now as f64,
         };
-        let floor =
-            token_sweeper::sweep::removal_floor(unit, i128::from(now) * 1000).unwrap_or(0) as f64;
+        let floor = token_sweeper::sweep::removal_floor(unit).unwrap_or(0) as f64;
         let mut written: Vec<(String, String, f64)> = Vec::new();
         let mut pipe = redis::pipe();
         for user in 0..rng.random_range(1..300) {
@@ -785,8 +784,10 @@ async fn the_unit_guard_refuses_to_pass_on_no_evidence() {
     );
     let read = token_sweeper::sweep::GUARD_READ_FACTOR;
     assert!(
-        err.to_string()
-            .contains(&format!("none of the first {read} sets has a finite score")),
+        err.to_string().contains(&format!(
+            "none of the first {read} sets has a score that looks like a timestamp in ms \
+                 (0 have scores that look like neither unit"
+        )),
         "{err}"
     );
     let revoked: i64 = c.zcard("inf0-tokens").unwrap();
@@ -1421,4 +1422,211 @@ fn the_permission_check_asks_for_the_modes_command_only_where_there_are_keys() {
     assert!(err.contains("ZCOUNT failed: NoPerm"), "{err}");
     assert!(err.contains("'zcount' command"), "{err}");
     assert_eq!(c.zcard::<_, i64>("u-tokens").unwrap(), 1);
+}
+
+/// Seconds-writing services mark "never expires" with far-future values:
+/// 2^32 - 1, 4102444800 (2100), 9999999999. The removal floor used to be
+/// now + 50 years in seconds (about 3.4e9), so in milliseconds those read
+/// as January 1970 and were removed, exit 0 (`members_removed` 3 too many).
+/// The floor is now 10^12 (2001 in milliseconds, the year 33658 in seconds),
+/// whatever the clock.
+#[test]
+fn far_future_seconds_placeholders_survive_a_milliseconds_sweep() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let _: () = redis::cmd("ZADD")
+        .arg("far-tokens")
+        .arg(4_102_444_800_i64)
+        .arg("y2100")
+        .arg(4_294_967_295_i64)
+        .arg("u32-max")
+        .arg(9_999_999_999_i64)
+        .arg("never")
+        .arg(now - HOUR_MS)
+        .arg("ms-expired")
+        .arg(now + HOUR_MS)
+        .arg("ms-live")
+        .query(&mut c)
+        .unwrap();
+
+    for args in [&["--dry-run", "--json"][..], &["--json"]] {
+        let (code, out, err) = sweep_cli(&server, args, &[]);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["members_removed"], 1, "{args:?}: {report}");
+        assert_eq!(report["score_floor"], 1_000_000_000_000_i64, "{report}");
+    }
+    let left: Vec<String> = c.zrange("far-tokens", 0, -1).unwrap();
+    assert_eq!(left, ["y2100", "u32-max", "never", "ms-live"]);
+}
+
+/// The unit guard counted any finite score as evidence, also one that looks
+/// like neither unit: sets scored 42 "confirmed" seconds, the guard passed,
+/// and the seconds sweep removed them all (42 is long expired). In
+/// milliseconds, sets scored 1.1e12 (2004 in ms: above the floor, older than
+/// the 20 years a token's expiry plausibly lies back) did the same. Only a
+/// score that looks like the configured unit is evidence now; a node whose
+/// sets read have only such odd scores is refused, read whole or not.
+#[tokio::test]
+async fn scores_that_look_like_neither_unit_do_not_confirm_it() {
+    for (unit, odd, sets, sample) in [
+        (ScoreUnit::Seconds, 42.0, 100, 1),
+        (ScoreUnit::Seconds, 42.0, 3, 64),
+        (ScoreUnit::Milliseconds, 1.1e12, 100, 1),
+        (ScoreUnit::Milliseconds, 1.1e12, 3, 64),
+    ] {
+        let server = RedisServer::start();
+        let mut c = server.conn();
+        let mut pipe = redis::pipe();
+        for n in 0..sets {
+            pipe.zadd(format!("odd{n}-tokens"), "m", odd).ignore();
+        }
+        let _: () = pipe.query(&mut c).unwrap();
+        let mut settings = settings_for(&server);
+        settings.sweep.score_unit = unit;
+        settings.sweep.unit_guard_sample = sample;
+
+        let err = sweep_with(&settings, SweepMode::Remove).await.unwrap_err();
+
+        let case = format!("{unit} {odd} x{sets} sample {sample}");
+        assert!(
+            matches!(
+                err,
+                SweepError::SafetyCheck {
+                    check: Check::UnitGuard,
+                    ..
+                }
+            ),
+            "{case}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("looks like a timestamp in {unit}")),
+            "{case}: {err}"
+        );
+        let left: usize = (0..sets)
+            .map(|n| c.zcard::<_, usize>(format!("odd{n}-tokens")).unwrap())
+            .sum();
+        assert_eq!(left, sets, "{case}: nothing deleted");
+    }
+}
+
+/// In milliseconds a set whose scores are all at or below the removal floor
+/// (a seconds service's "never expires" placeholders) has nothing to say:
+/// the sweep removes none of its members whatever the unit. A node of only
+/// such sets, read whole, goes ahead and keeps them; it never "confirms"
+/// the unit for sets the guard did not read.
+#[tokio::test]
+async fn sets_below_the_removal_floor_say_nothing_about_the_unit() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    for n in 0..3 {
+        let _: () = c
+            .zadd(format!("never{n}-tokens"), "m", 9_999_999_999_i64)
+            .unwrap();
+    }
+    let report = sweep_with(&settings_for(&server), SweepMode::Remove)
+        .await
+        .unwrap();
+    assert_eq!(report.counts.members_removed, 0);
+
+    for n in 3..100 {
+        let _: () = c
+            .zadd(format!("never{n}-tokens"), "m", 9_999_999_999_i64)
+            .unwrap();
+    }
+    let mut settings = settings_for(&server);
+    settings.sweep.unit_guard_sample = 1;
+    let err = sweep_with(&settings, SweepMode::Remove).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SweepError::SafetyCheck {
+                check: Check::UnitGuard,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// An ACL user who may remove from some token sets and not others (Redis 7
+/// key selectors). The pipeline's NOPERM ended the node's sweep, and the
+/// counts of the keys in the same pipeline that were removed from were
+/// dropped with it: `--json` said 0 members removed while Redis had removed
+/// some. Every reply of the batch is counted now, then the error returned.
+#[test]
+fn counts_of_a_pipeline_cut_short_by_noperm_match_what_redis_removed() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let now = redis_now_ms(&mut c);
+    let mut pipe = redis::pipe();
+    for n in 0..20 {
+        pipe.zadd(format!("k{n}-tokens"), "old", now - HOUR_MS)
+            .ignore()
+            .zadd(format!("k{n}-tokens"), "live", now + HOUR_MS)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut c).unwrap();
+    // Let incremental rehashing finish, so the sweeper's SCAN returns the
+    // keys in the order this one does.
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, order): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg("*-tokens")
+        .arg("COUNT")
+        .arg(1000)
+        .arg("TYPE")
+        .arg("zset")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(order.len(), 20);
+    // Write access to every key but three in the middle of the SCAN order
+    // (the first one is the permission check's): writable keys come before
+    // and after them in the one pipeline.
+    let denied = &order[8..11];
+    let mut rules = Vec::new();
+    for arg in common::readme_acl("token-sweeper").into_iter().skip(3) {
+        match arg.as_str() {
+            a if a.starts_with('>') => rules.push(">sweeper-pw".to_owned()),
+            "~*-tokens" => {
+                rules.push("%R~*-tokens".to_owned());
+                for key in order.iter().filter(|k| !denied.contains(k)) {
+                    rules.push(format!("%W~{key}"));
+                }
+            }
+            _ => rules.push(arg),
+        }
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("token-sweeper")
+        .arg(&rules)
+        .query(&mut c)
+        .unwrap();
+
+    let (code, out, err) = sweep_cli(
+        &server,
+        &["--json"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+            ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+        ],
+    );
+
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("NoPerm"), "{err}");
+    assert!(!err.contains("permission check"), "past the probe: {err}");
+    let mut removed = 0;
+    for key in &order {
+        let left: i64 = c.zcard(key).unwrap();
+        assert_eq!(left, if denied.contains(key) { 2 } else { 1 }, "{key}");
+        removed += 2 - left;
+    }
+    assert_eq!(removed, 17);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["members_removed"], removed, "{report}");
+    assert_eq!(report["keys_changed"], removed, "{report}");
 }
