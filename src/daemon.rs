@@ -702,29 +702,25 @@ return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '-inf')"
 );
 
 impl Fleet {
-    /// Runs a lease script on `key` with this daemon's name and `ms`. A
-    /// script that has not answered within `timeout` is given up on: a
-    /// primary that is down must not hold up the leases on the others.
-    async fn eval(
+    /// Runs a lease script (or the registration) on `key` with this
+    /// daemon's name and `ms`. A script that has not answered within
+    /// `timeout` is given up on: a primary that is down or stalled (`CLIENT
+    /// PAUSE ... WRITE` holds every script) must not hold up the leases on
+    /// the others, nor the round.
+    async fn eval<T: redis::FromRedisValue>(
         &self,
         conn: &mut Connection,
         (script, what): (&str, &'static str),
         key: &str,
         ms: Duration,
         timeout: Duration,
-    ) -> Result<i64, RedisError> {
+    ) -> Result<T, RedisError> {
         let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script).arg(1).arg(key).arg(&self.holder).arg(ms);
-        match tokio::time::timeout(timeout, conn.query::<i64>(what, &cmd)).await {
+        match tokio::time::timeout(timeout, conn.query::<T>(what, &cmd)).await {
             Ok(answer) => answer,
-            Err(_) => Err(conn.error(
-                what,
-                redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {timeout:?}"),
-                )),
-            )),
+            Err(_) => Err(conn.error(what, sweep::no_answer_within(timeout))),
         }
     }
 
@@ -735,7 +731,7 @@ impl Fleet {
         key: &str,
         timeout: Duration,
     ) -> Result<bool, RedisError> {
-        let released = self
+        let released: i64 = self
             .eval(
                 conn,
                 (RELEASE, "lock release"),
@@ -762,7 +758,7 @@ impl Fleet {
         let Some(registry) = left else { return };
         let leaving = (DEREGISTER, "lock deregister");
         match self
-            .eval(conn, leaving, &registry, Duration::ZERO, timeout)
+            .eval::<i64>(conn, leaving, &registry, Duration::ZERO, timeout)
             .await
         {
             Ok(1) => tracing::info!(registry, "left the registry of daemons"),
@@ -798,6 +794,15 @@ impl Fleet {
     }
 }
 
+/// The lease ttl in force: `lock.ttl`, but never longer than the period.
+/// A lease outlives its holder by up to the ttl, so a longer one would keep
+/// the fleet off a primary for more than a period after its holder dies
+/// (30 s with a 2 s interval); the keep-alive runs every third of the ttl,
+/// so a ttl of one period still keeps a running sweep's leases.
+fn effective_ttl(ttl: Duration, schedule: &Schedule) -> Duration {
+    ttl.min(schedule.period())
+}
+
 /// The registry of the daemons sharing `lock_key`.
 fn registry_of(lock_key: &str) -> String {
     format!("{lock_key}:daemons")
@@ -817,7 +822,7 @@ impl ReplicaLock {
         script: (&str, &'static str),
         ms: Duration,
     ) -> Result<bool, RedisError> {
-        let answer = self
+        let answer: i64 = self
             .fleet
             .eval(conn, script, key, ms, self.timeout())
             .await?;
@@ -882,7 +887,8 @@ impl ReplicaLock {
     /// daemons, M/N (rounded up) starting at an offset given by this
     /// daemon's rank. The shares of all live daemons cover every primary,
     /// so no daemon needs to take more. If the registry cannot be reached
-    /// (its primary is down), all of them: the leases still keep two
+    /// (its primary is down, or has not answered within a third of the
+    /// ttl: its writes stall), all of them: the leases still keep two
     /// daemons off one primary.
     async fn share_of(
         &self,
@@ -902,14 +908,14 @@ impl ReplicaLock {
             self.fleet.leave(conn, Some(&stale), self.timeout()).await;
         }
         *lock(&self.fleet.registered) = Some(registry.clone());
-        let ms = u64::try_from(registration.as_millis()).unwrap_or(u64::MAX);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(REGISTER)
-            .arg(1)
-            .arg(&registry)
-            .arg(&self.fleet.holder)
-            .arg(ms);
-        let (rank, daemons): (usize, usize) = match conn.query("lock register", &cmd).await {
+        // Bounded like the lease scripts: a stall on the registry's primary
+        // must not keep this daemon from the primaries that answer.
+        let registering = (REGISTER, "lock register");
+        let ranked = self
+            .fleet
+            .eval(conn, registering, &registry, registration, self.timeout())
+            .await;
+        let (rank, daemons): (usize, usize) = match ranked {
             Ok(ranked) => ranked,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with the other daemons; trying every primary");
@@ -1081,13 +1087,17 @@ impl Round {
     ) -> Result<RoundSweeps, SweepError> {
         // Before any lease or registration: a daemon that refuses (clock,
         // unit guard, permission) must not hold what another could sweep.
-        let prepared = sweep::prepare(
+        // Under the lock, a primary's checks get no longer than a lease
+        // script: a stalled primary is left unswept (reported unfinished)
+        // instead of holding up the others.
+        let prepared = sweep::prepare_within(
             conn,
             primaries,
             &self.settings.sweep,
             SweepMode::Remove,
             progress,
             stopped,
+            self.lock.as_ref().map(|lock| lock.timeout()),
         )
         .await?;
         match &self.lock {
@@ -1136,6 +1146,12 @@ impl Round {
         let mut taken = BTreeSet::new();
         let mut skipped = 0;
         for primary in share {
+            // One whose checks failed will not be swept: a lease on it would
+            // only keep another daemon off it.
+            if !prepared.can_sweep(&primary.address) {
+                taken.insert(primary.address);
+                continue;
+            }
             let key = lock.key_for(&primary);
             match lock.acquire(&mut conn, &key, lease).await {
                 Ok(true) => {
@@ -1638,7 +1654,7 @@ impl Daemon {
             let lock = settings.lock.enabled.then(|| {
                 Arc::new(ReplicaLock {
                     key: settings.lock.key.clone(),
-                    ttl: settings.lock.ttl,
+                    ttl: effective_ttl(settings.lock.ttl, &ticker.schedule),
                     fleet: Arc::clone(&fleet),
                 })
             });

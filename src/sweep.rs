@@ -582,6 +582,28 @@ pub async fn prepare<'a, S: Future<Output = ()>>(
     progress: &'a SweepProgress,
     shutdown: S,
 ) -> Result<PreparedSweep<'a, S>, SweepError> {
+    prepare_within(conn, nodes, settings, mode, progress, shutdown, None).await
+}
+
+/// [`prepare`], with each primary's checks (connecting to it, its slots,
+/// unit guard and permission check) bounded by `node_checks`: a primary
+/// whose checks have not answered by then is not swept, and is reported
+/// unfinished, as one that cannot be reached is. A daemon sharing the
+/// primaries with others needs this: a primary whose writes stall (`CLIENT
+/// PAUSE ... WRITE` holds the permission check's command) must not keep it
+/// from sweeping the primaries that answer.
+///
+/// # Errors
+/// As [`prepare`].
+pub async fn prepare_within<'a, S: Future<Output = ()>>(
+    conn: &Connection,
+    nodes: &[Primary],
+    settings: &'a SweepSettings,
+    mode: SweepMode,
+    progress: &'a SweepProgress,
+    shutdown: S,
+    node_checks: Option<Duration>,
+) -> Result<PreparedSweep<'a, S>, SweepError> {
     let started = Instant::now();
     if nodes.is_empty() {
         return Err(Check::ClusterTopology.refused("no primary to sweep".to_owned()));
@@ -612,7 +634,7 @@ pub async fn prepare<'a, S: Future<Output = ()>>(
     let starts: Vec<_> = nodes
         .iter()
         .map(|primary| {
-            NodeSweep::start(
+            let start = NodeSweep::start(
                 conn,
                 primary,
                 settings,
@@ -620,7 +642,27 @@ pub async fn prepare<'a, S: Future<Output = ()>>(
                 mode,
                 progress,
                 shutdown.clone(),
-            )
+            );
+            async move {
+                let Some(limit) = node_checks else {
+                    return start.await;
+                };
+                match tokio::time::timeout(limit, start).await {
+                    Ok(started) => started,
+                    Err(_) => {
+                        let error = RedisError::Command {
+                            address: primary.address.clone(),
+                            what: "the checks before the sweep",
+                            source: no_answer_within(limit),
+                        };
+                        Ok(Err(NodeFailed {
+                            address: primary.address.clone(),
+                            reason: error.to_string(),
+                            error: Some(error),
+                        }))
+                    }
+                }
+            }
         })
         .collect();
     let prepared = stream::iter(starts)
@@ -642,6 +684,15 @@ fn parallel_nodes(settings: &SweepSettings) -> usize {
     usize::try_from(settings.max_parallel_nodes)
         .unwrap_or(1)
         .max(1)
+}
+
+/// The error of a command given up on after `limit`: a timeout, as
+/// redis-rs reports one (`RedisError::is_timeout`).
+pub(crate) fn no_answer_within(limit: Duration) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {limit:?}"),
+    ))
 }
 
 /// A sweep whose checks passed on every primary ([`prepare`]) and that has
@@ -672,6 +723,15 @@ impl<S: Future<Output = ()>> PreparedSweep<'_, S> {
             }
             kept
         });
+    }
+
+    /// Whether the checks of the primary `node` (`host:port`) passed, so
+    /// that it can be swept: `false` for one that could not be reached,
+    /// stalled, or no longer serves its slots (it is reported unfinished).
+    pub fn can_sweep(&self, node: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n, Ok(n) if n.address == node))
     }
 
     /// Scans the rest of each primary and removes (or counts, in a dry run:
@@ -810,6 +870,16 @@ impl<'a> NodeSweep<'a> {
     ) -> Result<Result<NodeSweep<'a>, NodeFailed>, SweepError> {
         let address = primary.address.as_str();
         let failed = |error: RedisError| {
+            if is_own_inability(&error) {
+                // Every daemon would not fail alike here: this one must not
+                // go on as if it could sweep (a daemon would stay counted
+                // in the shares and keep this node out of the others').
+                return Err(SweepError::SafetyCheck {
+                    check: Check::Permission,
+                    reason: error.to_string(),
+                    refusal: Some(error.kind()),
+                });
+            }
             Ok(Err(NodeFailed {
                 address: address.to_owned(),
                 reason: error.to_string(),
@@ -987,6 +1057,15 @@ impl<'a> NodeSweep<'a> {
             None
         })
     }
+}
+
+/// Whether a node's `error` is this client's own inability (its ACL user
+/// may not run a command there, its credentials are refused there, its
+/// client settings do not work), which another client may not share, as
+/// opposed to the node being down, stalled or reconfiguring, which every
+/// client sees alike. ACLs and passwords are per node on a cluster.
+fn is_own_inability(error: &RedisError) -> bool {
+    matches!(error.kind(), "noperm" | "auth" | "config")
 }
 
 /// Why a node, by its own account `now`, no longer serves what `primary`

@@ -1635,3 +1635,129 @@ fn a_registration_outlasts_the_next_periods_jitter() {
         );
     }
 }
+
+/// A write stall (`CLIENT PAUSE ... WRITE`) on the primary holding the
+/// registry of daemons used to hold every round: the registration had no
+/// timeout, and neither had that primary's permission check (a write), so
+/// no primary was swept until the stall ended (or redis.response_timeout,
+/// 30 s) while /readyz said ready. Now both are bounded like the lease
+/// scripts (a third of the ttl): the stalled primary is reported unfinished
+/// and the others are swept every period.
+#[test]
+fn a_write_stall_on_the_registrys_primary_leaves_the_others_swept_every_period() {
+    let mut cluster = RedisCluster::start(3, 0);
+    seed(&cluster, &user_keys(300));
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+    let env = fleet_env("2s");
+    let env = env_refs(&env);
+    let a = cluster.daemon(&env);
+    let b = cluster.daemon(&env);
+    wait_all_swept(&[&a, &b], &primaries);
+    let stalled = primaries
+        .iter()
+        .find(|n| !cluster.keys_on(n, "token-sweeper:lock:daemons").is_empty())
+        .unwrap()
+        .clone();
+    let others: Vec<String> = primaries
+        .iter()
+        .filter(|n| **n != stalled)
+        .cloned()
+        .collect();
+
+    let pause = PERIOD * 6;
+    let mut node = cluster.node(&stalled).conn();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(pause.as_millis() as u64)
+        .arg("WRITE")
+        .query(&mut node)
+        .unwrap();
+    let paused = std::time::Instant::now();
+    // Every period (a missed one would be twice that), for most of the stall.
+    assert_swept_within(&[&a, &b], &others, PERIOD + PERIOD / 2, PERIOD * 4, || {});
+    assert!(paused.elapsed() < pause, "the watch outlasted the stall");
+    let unfinished = format!("token_sweeper_node_unfinished{{node=\"{stalled}\"}}");
+    assert!(
+        [&a, &b].iter().any(|d| d.metric(&unfinished) == 1.0),
+        "the stalled primary is reported unfinished"
+    );
+}
+
+/// A daemon that can check every primary but may not SCAN one (ACLs are
+/// per node) used to get a node failure, not a refusal: it stayed
+/// registered, kept leasing that primary as its share, and the primary was
+/// never swept while a healthy daemon could. Now such a failure (NOPERM,
+/// auth, config: its own inability, not the node's) is a refusal: it
+/// registers and leases nothing, and the healthy daemon sweeps that
+/// primary within two periods.
+#[test]
+fn a_daemon_that_may_not_scan_one_primary_leaves_it_to_the_others() {
+    let mut cluster = RedisCluster::start(3, 0);
+    seed(&cluster, &user_keys(300));
+    let primaries: Vec<String> = cluster.primaries().into_iter().map(|p| p.address).collect();
+    for node in &cluster.nodes {
+        common::create_user(node, "token-sweeper", "sweeper-pw", &[]);
+    }
+    // A long ttl: a registration or lease left behind would outlast periods.
+    let env = fleet_env("5s");
+    let env = env_refs(&env);
+    let healthy = cluster.daemon(&env);
+    let mut limited_env = env.clone();
+    limited_env.extend([
+        ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
+        ("TOKEN_SWEEPER__REDIS__PASSWORD", "sweeper-pw"),
+    ]);
+    let limited = cluster.daemon(&limited_env);
+    // A primary in the limited daemon's share only: it sweeps it, the
+    // healthy one does not (any more: alone at first, it swept them all).
+    let swept_by = |d: &DaemonProcess, node: &str| {
+        let last = common::metric(&d.scrape(), &last_success_series(node)).unwrap_or(0.0);
+        common::unix_now() - last < (PERIOD * 2).as_secs_f64()
+    };
+    let mut target = None;
+    wait_until(
+        Duration::from_secs(20),
+        "a primary only the limited daemon sweeps",
+        || {
+            target = (registered(&cluster).len() == 2 && healthy.metric(OK) >= 2.0)
+                .then(|| {
+                    primaries
+                        .iter()
+                        .find(|n| swept_by(&limited, n) && !swept_by(&healthy, n))
+                        .cloned()
+                })
+                .flatten();
+            target.is_some()
+        },
+    );
+    let target = target.unwrap();
+    common::create_user(
+        cluster.node(&target),
+        "token-sweeper",
+        "sweeper-pw",
+        &["scan"],
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the limited daemon to refuse",
+        || limited.metric("token_sweeper_errors_total{kind=\"noperm\"}") >= 1.0,
+    );
+    // Fleet-wide, as the README's alert reads it; only the healthy daemon
+    // can sweep the target now.
+    assert_swept_within(
+        &[&healthy, &limited],
+        std::slice::from_ref(&target),
+        PERIOD * 2 + Duration::from_secs(1),
+        PERIOD * 5,
+        || {
+            assert!(
+                !registered(&cluster).contains(&limited.pid()),
+                "the limited daemon registered"
+            );
+        },
+    );
+    assert!(!lease_holders(&mut cluster, &primaries).contains(&limited.pid()));
+    let (code, body) = common::http_get(limited.metrics_port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("NOPERM") || body.contains("scan"), "{body}");
+}

@@ -1327,3 +1327,53 @@ fn events_containing(daemon: &DaemonProcess, text: &str) -> Vec<serde_json::Valu
         .filter(|e| e["message"].as_str().is_some_and(|m| m.contains(text)))
         .collect()
 }
+
+/// `lock.ttl` was not bounded by the period: a holder killed mid-sweep kept
+/// the lease for the default 30 s (15 periods of 2 s) while the survivor
+/// said ready. Now the ttl in force is at most one period, and the survivor
+/// sweeps within two periods of the kill.
+#[test]
+fn a_killed_holder_with_the_default_lock_ttl_is_taken_over_within_two_periods() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 6_000);
+    // lock.ttl left at its default (30s).
+    let env = [
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "2s"),
+        // About 6 s per full sweep: three periods long.
+        ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "1000"),
+    ];
+    let mut holder = DaemonProcess::start(&server.url(), &env, None);
+    wait_until(
+        Duration::from_secs(10),
+        "the holder's sweep to start",
+        || !holder.events("sweep started").is_empty(),
+    );
+    let other = DaemonProcess::start(
+        &server.url(),
+        &[
+            env[0],
+            env[1],
+            ("TOKEN_SWEEPER__SWEEP__RUN_ON_START", "false"),
+        ],
+        None,
+    );
+    wait_until(Duration::from_secs(10), "a tick skipped as locked", || {
+        other.metric(SKIPPED_LOCKED) >= 1.0
+    });
+    assert!(
+        holder.events("sweep finished").is_empty(),
+        "the holder is still sweeping"
+    );
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        "the other daemon to take over",
+        || !other.events("sweep started").is_empty(),
+    );
+    let took = killed.elapsed();
+    // Two periods, and a tick's latency.
+    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+}
