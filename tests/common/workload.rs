@@ -596,13 +596,10 @@ impl Workload {
     }
 
     async fn revoke(&self, tok: &Tok) {
-        self.model.set_state(tok.id, TokState::Revoking);
         let started = Instant::now();
-        match bounded(self.service().revoke(&tok.token)).await {
-            Ok(_) => {
+        match self.logout_raw(tok).await {
+            Ok(()) => {
                 self.stats.revoked.fetch_add(1, Ordering::Relaxed);
-                self.model
-                    .set_state(tok.id, TokState::Revoked(Instant::now()));
             }
             Err(OpFailure::Auth(AuthError::Invalid(e))) => self.violations.report(
                 "the auth path accepts its own tokens",
@@ -613,24 +610,10 @@ impl Workload {
     }
 
     async fn revoke_all(&self, user: &str) {
-        let ids: Vec<u64> = self
-            .model
-            .tokens_of(user)
-            .into_iter()
-            .filter(|t| !matches!(t.state, TokState::Revoked(_)))
-            .map(|t| t.id)
-            .collect();
-        for &id in &ids {
-            self.model.set_state(id, TokState::Revoking);
-        }
         let started = Instant::now();
-        match bounded(self.service().revoke_all(user)).await {
-            Ok(_) => {
+        match self.logout_everywhere_raw(user).await {
+            Ok(()) => {
                 self.stats.revoked_all.fetch_add(1, Ordering::Relaxed);
-                let at = Instant::now();
-                for id in ids {
-                    self.model.set_state(id, TokState::Revoked(at));
-                }
             }
             // The tokens stay "being revoked"; single revokes settle them.
             Err(e) => self.failed("revoke-all", started, &e),
