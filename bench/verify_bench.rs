@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use token_sweeper::auth::TokenService;
 use token_sweeper::config::{AuthSettings, RedisSettings, Secret, Settings};
-use token_sweeper::redis::Connection;
+use token_sweeper::store::Connection;
 
 const USERS: usize = 1_000;
 

@@ -10,7 +10,8 @@
 //! | module | concern |
 //! | --- | --- |
 //! | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment, validation |
-//! | [`redis`] | connecting (standalone, sentinel, cluster, TLS, ACL user), reconnecting with backoff; errors name the address |
+//! | [`schedule`] | when sweeps run: a cron expression or an interval, and its ticks (a leaf) |
+//! | [`store`] | connecting (standalone, sentinel, cluster, TLS, ACL user), reconnecting with backoff; errors name the address |
 //! | [`sweep`] | the sweep algorithm (per primary on a cluster), top to bottom in one file; no scheduling, no HTTP |
 //! | [`daemon`] | the service: schedule, overlap guard, replica lock (per-primary leases on a cluster), reload, shutdown |
 //! | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
@@ -23,7 +24,7 @@
 //! # One sweep from code
 //!
 //! ```no_run
-//! use token_sweeper::{config::Settings, redis::Connection, sweep};
+//! use token_sweeper::{config::Settings, store::Connection, sweep};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let settings = Settings::load(None)?;
@@ -49,5 +50,7 @@ pub mod config;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
-pub mod redis;
+mod mutex;
+pub mod schedule;
+pub mod store;
 pub mod sweep;

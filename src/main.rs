@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use token_sweeper::auth::{self, AuthError, Expiry, TokenService};
 use token_sweeper::config::Settings;
 use token_sweeper::daemon::{Control, Daemon};
-use token_sweeper::redis::Connection;
+use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, Counts, SweepMode, SweepProgress, SweepReport};
 use token_sweeper::{logging, metrics};
 

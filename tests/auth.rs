@@ -13,7 +13,7 @@ use common::{redis_now_ms, run_sweeper, settings_for, sweep_with, write_file, Re
 use redis::Commands;
 use token_sweeper::auth::{AuthError, Expiry, TokenService};
 use token_sweeper::config::{AuthSettings, MemberKind, ScoreUnit, Secret, Settings};
-use token_sweeper::redis::Reconnecting;
+use token_sweeper::store::Reconnecting;
 use token_sweeper::sweep::SweepMode;
 
 const SECRET: &str = "an-hmac-secret-of-at-least-32-bytes!!";

@@ -12,7 +12,7 @@ use common::{redis_now_ms, run_sweeper, wait_until, DaemonProcess};
 use redis::Commands;
 use token_sweeper::auth::{AuthError, TokenService};
 use token_sweeper::config::{AuthSettings, RedisMode, ScoreUnit, Secret};
-use token_sweeper::redis::{Connection, Reconnecting};
+use token_sweeper::store::{Connection, Reconnecting};
 use token_sweeper::sweep::{
     check_units, sweep_keys, sweep_nodes, Check, Expired, SweepError, SweepMode, SweepProgress,
 };

@@ -829,7 +829,7 @@ fn errors_are_counted_by_what_they_are() {
         .build()
         .unwrap();
     let error = runtime.block_on(async {
-        let mut conn = token_sweeper::redis::Connection::connect(&settings.redis)
+        let mut conn = token_sweeper::store::Connection::connect(&settings.redis)
             .await
             .unwrap();
         let mut set = redis::cmd("SET");

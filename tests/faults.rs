@@ -37,7 +37,7 @@ use common::workload::{unix_now, OpFailure, Workload};
 use common::{http_get, user_args, wait_until, DaemonProcess, RedisServer};
 use token_sweeper::auth::AuthError;
 use token_sweeper::config::{RedisMode, RedisSettings, Secret, Settings};
-use token_sweeper::redis::key_slot;
+use token_sweeper::store::key_slot;
 
 /// The daemon's sweep period.
 const PERIOD: Duration = Duration::from_secs(1);

@@ -245,12 +245,12 @@ async fn the_sentinel_that_answered_well_is_asked_first_next_time() {
         .map(|url| url.parse().unwrap())
         .collect();
 
-    let first = token_sweeper::redis::Connection::connect(&settings)
+    let first = token_sweeper::store::Connection::connect(&settings)
         .await
         .unwrap();
     assert_eq!(first.address(), format!("127.0.0.1:{}", fleet.primary.port));
     let asked_before = connections_received(&fleet.names_the_replica);
-    let second = token_sweeper::redis::Connection::connect(&settings)
+    let second = token_sweeper::store::Connection::connect(&settings)
         .await
         .unwrap();
     assert_eq!(second.address(), first.address());

@@ -9,7 +9,7 @@ use common::{members, redis_now_ms, settings_for, sweep_with, RedisServer};
 use rand::{Rng, SeedableRng};
 use redis::Commands;
 use token_sweeper::config::ScoreUnit;
-use token_sweeper::redis::Connection;
+use token_sweeper::store::Connection;
 use token_sweeper::sweep::{
     check_units, sweep_keys, sweep_nodes, Check, Expired, SweepError, SweepMode, SweepProgress,
 };

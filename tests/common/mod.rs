@@ -204,7 +204,7 @@ pub async fn sweep_with(
     settings: &token_sweeper::config::Settings,
     mode: token_sweeper::sweep::SweepMode,
 ) -> Result<token_sweeper::sweep::SweepReport, token_sweeper::sweep::SweepError> {
-    let conn = token_sweeper::redis::Connection::connect(&settings.redis)
+    let conn = token_sweeper::store::Connection::connect(&settings.redis)
         .await
         .expect("connect");
     let progress = token_sweeper::sweep::SweepProgress::default();

@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use token_sweeper::auth::{AuthError, Claims, TokenService};
 use token_sweeper::config::Settings;
-use token_sweeper::redis::key_slot;
+use token_sweeper::store::key_slot;
 
 use super::invariants::{Admin, Violations};
 

@@ -84,7 +84,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{ClockSource, ScoreUnit, SweepSettings};
-use crate::redis::{key_slot, Connection, Primary, RedisError, SlotAssignment};
+use crate::store::{key_slot, Connection, Primary, RedisError, SlotAssignment};
 use redis::Value;
 
 /// Whether the sweep deletes or only counts.

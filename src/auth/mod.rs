@@ -48,8 +48,10 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header,
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{in_days, AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings};
-use crate::redis::{Connection, Reconnecting, RedisError};
+use crate::config::{
+    in_days, ttl_problem, AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings,
+};
+use crate::store::{Connection, Reconnecting, RedisError};
 use crate::sweep::{min_bound, removal_floor};
 
 /// Why a token was refused or an operation failed.
@@ -125,13 +127,6 @@ pub struct Claims {
 }
 
 const RESERVED: &[&str] = &["sub", "iat", "exp", "jti", "iss", "aud", "nbf"];
-
-/// The longest token lifetime `issue` accepts (10 years, 3650 days). It keeps
-/// every score and key expiry exact (far below 2^53 milliseconds) and well
-/// inside the 50 years ahead that the sweeper's unit guard takes for a
-/// plausible expiry, so a long-lived token can never make a set look like
-/// the other unit.
-pub const MAX_TTL: Duration = Duration::from_secs(3650 * 86_400);
 
 /// The largest `auth.leeway`: a clock tolerance, not a second lifetime.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(3600);
@@ -771,29 +766,6 @@ impl TokenService {
     /// `auth.leeway` in score units (whole seconds, checked in `new`).
     fn leeway_units(&self) -> u64 {
         self.leeway.as_secs() * self.units_per_second()
-    }
-}
-
-/// What is wrong with a token lifetime (`auth.ttl`, the `ttl` of
-/// [`TokenService::issue`], `--ttl`), or `None` when it is one a token can
-/// have: whole seconds (`exp` is whole seconds: 1.5 s would silently become
-/// 1 s), at least one second (a lifetime of 0 would issue a token that is
-/// expired as it is handed out), at most [`MAX_TTL`]. Long values are
-/// written in days, as the limit is.
-pub fn ttl_problem(ttl: Duration) -> Option<String> {
-    if ttl > MAX_TTL {
-        Some(format!(
-            "{} is longer than the longest token lifetime, {}",
-            in_days(ttl),
-            in_days(MAX_TTL)
-        ))
-    } else if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
-        Some(format!(
-            "must be whole seconds, at least 1s, got {}",
-            in_days(ttl)
-        ))
-    } else {
-        None
     }
 }
 

@@ -22,6 +22,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, Value};
 
 use crate::config::{RedisMode, RedisSettings, RedisUrl};
+use crate::mutex::lock;
 
 /// A failure to reach or talk to Redis, naming the address.
 #[derive(Debug, thiserror::Error)]
@@ -860,7 +861,7 @@ impl Primary {
 /// the whole key without one, modulo 16384.
 ///
 /// ```
-/// use token_sweeper::redis::key_slot;
+/// use token_sweeper::store::key_slot;
 ///
 /// assert_eq!(key_slot(b"foo"), 12182);
 /// assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
@@ -1601,13 +1602,6 @@ fn seeds_of(settings: &RedisSettings) -> (RedisMode, Vec<String>) {
         .map(|url| url.connection_info().addr().to_string())
         .collect();
     (settings.mode, seeds)
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: the
-/// states guarded with it (here and in the daemon) are replaced or inserted
-/// into whole, never left half-written.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

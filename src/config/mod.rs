@@ -832,6 +832,50 @@ pub struct SweepSettings {
     pub shutdown_timeout: Duration,
 }
 
+/// The longest token lifetime `issue` accepts (10 years, 3650 days). It keeps
+/// every score and key expiry exact (far below 2^53 milliseconds) and well
+/// inside the 50 years ahead that the sweeper's unit guard takes for a
+/// plausible expiry, so a long-lived token can never make a set look like
+/// the other unit.
+pub const MAX_TTL: Duration = Duration::from_secs(3650 * 86_400);
+
+/// What is wrong with a token lifetime (`auth.ttl`, the `ttl` of
+/// `TokenService::issue`, `--ttl`), or `None` when it is one a token can
+/// have: whole seconds (`exp` is whole seconds: 1.5 s would silently become
+/// 1 s), at least one second (a lifetime of 0 would issue a token that is
+/// expired as it is handed out), at most [`MAX_TTL`]. Long values are
+/// written in days, as the limit is.
+pub fn ttl_problem(ttl: Duration) -> Option<String> {
+    if ttl > MAX_TTL {
+        Some(format!(
+            "{} is longer than the longest token lifetime, {}",
+            in_days(ttl),
+            in_days(MAX_TTL)
+        ))
+    } else if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
+        Some(format!(
+            "must be whole seconds, at least 1s, got {}",
+            in_days(ttl)
+        ))
+    } else {
+        None
+    }
+}
+
+impl SweepSettings {
+    /// When sweeps run, from `schedule` or `interval` (validation makes sure
+    /// exactly one is set).
+    pub fn schedule(&self) -> crate::schedule::Schedule {
+        use crate::schedule::Schedule;
+        match (&self.schedule, self.interval) {
+            (Some(cron), _) => Schedule::Cron(cron.clone()),
+            (None, Some(interval)) => Schedule::Interval(interval),
+            // Validation rejects this; five minutes is the documented default.
+            (None, None) => Schedule::Interval(Duration::from_secs(300)),
+        }
+    }
+}
+
 impl Default for SweepSettings {
     fn default() -> Self {
         Self {
@@ -927,7 +971,7 @@ pub struct AuthSettings {
     /// `aud` written into tokens and required when verifying.
     pub audience: Option<String>,
     /// Lifetime of issued tokens: whole seconds, from 1s to 3650 days
-    /// (`auth::MAX_TTL`; see `auth::ttl_problem`).
+    /// ([`MAX_TTL`]; see [`ttl_problem`]).
     #[serde(with = "human_duration")]
     pub ttl: Duration,
     /// Clock tolerance, whole seconds up to 1h: a token verifies until `exp`
@@ -1184,7 +1228,7 @@ impl Settings {
                 ))
             }
             (Some(cron), None) => {
-                if let Err(e) = crate::daemon::Schedule::parse_cron(cron) {
+                if let Err(e) = crate::schedule::Schedule::parse_cron(cron) {
                     return Err(ConfigError::invalid(
                         "sweep.schedule",
                         format!("{cron:?} {e}"),
@@ -1210,9 +1254,11 @@ impl Settings {
         // Each scheduled sweep first waits a random time up to the jitter; a
         // jitter as long as the gap to the next tick makes every tick land on
         // a round still waiting, and no sweep ever runs.
-        let schedule = crate::daemon::Schedule::of(s);
+        let schedule = s.schedule();
         let (limit, what) = match (&schedule, schedule.shortest_gap(wall_clock())) {
-            (crate::daemon::Schedule::Interval(_), Some(gap)) => (gap, "sweep.interval".to_owned()),
+            (crate::schedule::Schedule::Interval(_), Some(gap)) => {
+                (gap, "sweep.interval".to_owned())
+            }
             (_, Some(gap)) => (
                 gap,
                 format!(
@@ -1294,7 +1340,7 @@ impl Settings {
                 "set either auth.secret or auth.secret_file, not both",
             ));
         }
-        if let Some(problem) = crate::auth::ttl_problem(a.ttl) {
+        if let Some(problem) = ttl_problem(a.ttl) {
             return Err(ConfigError::invalid("auth.ttl", problem));
         }
         // A token inside the leeway still verifies; a sweep with less grace

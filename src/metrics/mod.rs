@@ -250,7 +250,7 @@ impl Metrics {
     /// primaries of the sweep may still run): its counts, whether it was
     /// left unfinished, and, if it was finished, now as its last success.
     pub fn record_node(&self, node: &NodeReport) {
-        crate::redis::lock(&self.nodes).insert(node.node.clone());
+        crate::mutex::lock(&self.nodes).insert(node.node.clone());
         let label = [node.node.as_str()];
         self.keys_scanned
             .with_label_values(&label)
@@ -283,7 +283,7 @@ impl Metrics {
         swept: &BTreeSet<String>,
     ) {
         let primaries: BTreeSet<&str> = primaries.into_iter().collect();
-        let mut known = crate::redis::lock(&self.nodes);
+        let mut known = crate::mutex::lock(&self.nodes);
         for node in known.iter() {
             if !primaries.contains(node.as_str()) {
                 // Err: no such series; nothing to drop.
@@ -589,7 +589,7 @@ impl Connections {
     }
 
     fn admit(self: &Arc<Self>) -> Admission {
-        let mut table = crate::redis::lock(&self.table);
+        let mut table = crate::mutex::lock(&self.table);
         let mut evicted = false;
         if table.open.len() >= self.max {
             let idle = table
@@ -622,7 +622,7 @@ impl Connections {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        crate::redis::lock(&self.connections.table)
+        crate::mutex::lock(&self.connections.table)
             .open
             .remove(&self.id);
     }
@@ -744,7 +744,7 @@ mod tests {
         let busy = Answering::mark(&first.slot);
         let (fourth, evicted) = admitted(connections.admit());
         assert!(evicted);
-        let open: Vec<u64> = crate::redis::lock(&connections.table)
+        let open: Vec<u64> = crate::mutex::lock(&connections.table)
             .open
             .keys()
             .copied()
@@ -760,7 +760,7 @@ mod tests {
         drop(busy);
         let (_, evicted) = admitted(connections.admit());
         assert!(evicted);
-        assert!(!crate::redis::lock(&connections.table)
+        assert!(!crate::mutex::lock(&connections.table)
             .open
             .contains_key(&first.id));
     }

@@ -49,10 +49,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use uuid::Uuid;
 
-use crate::config::{Settings, SweepSettings};
+use crate::config::Settings;
 use crate::logging::LogLevel;
 use crate::metrics::{Metrics, Readiness, SweepResult};
-use crate::redis::{lock, Connection, ConnectionId, Primary, Reconnecting, RedisError};
+use crate::mutex::lock;
+use crate::schedule::{describe, later, Schedule};
+use crate::store::{Connection, ConnectionId, Primary, Reconnecting, RedisError};
 use crate::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
 
 /// What the outside world (signals, tests) asks of a running daemon.
@@ -83,162 +85,6 @@ pub enum DaemonError {
         /// Why binding failed.
         source: std::io::Error,
     },
-}
-
-/// When sweeps run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Schedule {
-    /// Six-field cron expression (with seconds; an optional seventh field
-    /// is the year), UTC.
-    Cron(String),
-    /// Fixed interval in whole seconds.
-    Interval(Duration),
-}
-
-/// Why `sweep.schedule` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    /// The expression does not parse.
-    #[error("is not a cron expression with seconds (\"0 */5 * * * *\"): {0}")]
-    Invalid(String),
-    /// The expression parses, but no time from now on matches it (Feb 30,
-    /// a year in the past): the daemon would sweep at start-up, then never.
-    #[error("never fires: no time after {after} matches it")]
-    NeverFires {
-        /// The time searched from.
-        after: DateTime<Utc>,
-    },
-}
-
-impl Schedule {
-    /// The schedule of validated settings.
-    pub fn of(settings: &SweepSettings) -> Self {
-        match (&settings.schedule, settings.interval) {
-            (Some(cron), _) => Self::Cron(cron.clone()),
-            (None, Some(interval)) => Self::Interval(interval),
-            // Validation rejects this; five minutes is the documented default.
-            (None, None) => Self::Interval(Duration::from_secs(300)),
-        }
-    }
-
-    /// Parses a cron expression (seconds required, day-of-month AND
-    /// day-of-week) and makes sure it fires at least once more: a schedule
-    /// that never fires is refused where the configuration is validated.
-    ///
-    /// # Errors
-    /// [`ScheduleError`] saying which.
-    pub fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
-        let cron =
-            parse_cron_expression(expr).map_err(|e| ScheduleError::Invalid(e.to_string()))?;
-        let now = Utc::now().trunc_subsecs(0);
-        match cron.find_next_occurrence(&now, false) {
-            Ok(_) => Ok(cron),
-            Err(_) => Err(ScheduleError::NeverFires { after: now }),
-        }
-    }
-
-    /// The first tick strictly after `now`, or `None` when the schedule has
-    /// no more. Interval ticks fall on multiples of the interval since the
-    /// Unix epoch (5m: :00, :05, :10 ...), so replicas tick together, as
-    /// they do with a cron schedule.
-    pub fn next_tick_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match self {
-            Self::Interval(interval) => {
-                let period = i64::try_from(interval.as_millis()).ok()?.max(1);
-                let next = (now.timestamp_millis().div_euclid(period) + 1).checked_mul(period)?;
-                DateTime::from_timestamp_millis(next)
-            }
-            // croner keeps the fraction of a second it starts from: on the
-            // whole second, ticks stay on whole seconds.
-            Self::Cron(expr) => parse_cron_expression(expr)
-                .ok()?
-                .find_next_occurrence(&now.trunc_subsecs(0), false)
-                .ok(),
-        }
-    }
-
-    /// The time between the next two ticks (for a cron schedule, the gap
-    /// that comes next); one second when there are not two more.
-    pub fn period(&self) -> Duration {
-        let now = Utc::now();
-        self.next_tick_after(now)
-            .and_then(|first| Some((first, self.next_tick_after(first)?)))
-            .and_then(|(first, second)| (second - first).to_std().ok())
-            .unwrap_or(Duration::from_secs(1))
-    }
-
-    /// The shortest time between two consecutive ticks from `now` on: the
-    /// interval itself, or for a cron schedule the shortest gap between its
-    /// ticks over the next [`GAP_HORIZON`] (at most [`GAP_TICKS`] ticks).
-    /// `None` when fewer than two ticks fall in that window.
-    ///
-    /// Not [`Schedule::period`]: a cron schedule's gaps differ (`"0 0,1 * * *
-    /// *"` has one of a minute, then one of 59), and a bound checked
-    /// against the gap that happens to come next would accept a value at
-    /// one time of day and refuse it at another.
-    pub fn shortest_gap(&self, now: DateTime<Utc>) -> Option<Duration> {
-        let cron = match self {
-            Self::Interval(interval) => return Some(*interval),
-            Self::Cron(expr) => parse_cron_expression(expr).ok()?,
-        };
-        let horizon = later(now, GAP_HORIZON);
-        let mut tick = cron
-            .find_next_occurrence(&now.trunc_subsecs(0), false)
-            .ok()?;
-        let mut shortest: Option<Duration> = None;
-        for _ in 0..GAP_TICKS {
-            let Ok(next) = cron.find_next_occurrence(&tick, false) else {
-                break;
-            };
-            if next > horizon {
-                break;
-            }
-            // Ticks only move forward; a gap that does not convert is none.
-            if let Ok(gap) = (next - tick).to_std() {
-                shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
-            }
-            tick = next;
-        }
-        shortest
-    }
-
-    /// The longest wait between two reconnect attempts that still lets the
-    /// daemon sweep within two periods of Redis coming back: half a period,
-    /// between 1 s and 30 s.
-    pub fn reconnect_backoff(&self) -> Duration {
-        (self.period() / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
-    }
-
-    /// Time from now until the next tick; one second when there is none
-    /// (what a lease needs, as a lower bound).
-    pub fn time_to_next_tick(&self) -> Duration {
-        let now = Utc::now();
-        self.next_tick_after(now)
-            .and_then(|next| (next - now).to_std().ok())
-            .unwrap_or(Duration::from_secs(1))
-    }
-}
-
-/// How far ahead [`Schedule::shortest_gap`] looks: two years of 366 days,
-/// so that every month and weekday combination of a cron schedule comes
-/// round, and a yearly schedule has two ticks in it.
-pub const GAP_HORIZON: Duration = Duration::from_secs(2 * 366 * 86_400);
-
-/// How many ticks [`Schedule::shortest_gap`] reads at most, so that a
-/// schedule of every second costs milliseconds, not a year of ticks. A cron
-/// expression repeats its seconds in every minute it selects and its minutes
-/// in every hour, so these ticks show every gap within an hour many times
-/// over; a shorter gap could be missed only where it comes from a
-/// combination of hours or days these ticks do not reach.
-pub const GAP_TICKS: usize = 10_000;
-
-/// The cron parser, configured as the schedule is documented.
-fn parse_cron_expression(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expr)
 }
 
 /// The longest the loop sleeps: it re-reads the wall clock at least this
@@ -372,14 +218,6 @@ impl Ticker {
     }
 }
 
-/// `time` plus `by`, saturating at the end of time.
-fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(by)
-        .ok()
-        .and_then(|by| time.checked_add_signed(by))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// The next tick of `schedule` after `now`; if there is none, to be looked
 /// for again `backoff` from now.
 fn plan(
@@ -391,17 +229,6 @@ fn plan(
         retry_at: later(now, backoff),
         backoff,
     })
-}
-
-/// The setting behind a schedule, as an operator wrote it.
-pub(crate) fn describe(schedule: &Schedule) -> String {
-    match schedule {
-        Schedule::Cron(expr) => format!("sweep.schedule {expr:?}"),
-        Schedule::Interval(interval) => format!(
-            "sweep.interval {:?}",
-            humantime::format_duration(*interval).to_string()
-        ),
-    }
 }
 
 /// The scheduler's side of the ticks: one one-shot job in
@@ -1488,7 +1315,7 @@ impl Daemon {
         let redis = Arc::new(Reconnecting::new(self.settings.redis.clone(), move |up| {
             up_metrics.set_redis_up(up);
         }));
-        redis.set_max_backoff(Schedule::of(&self.settings.sweep).reconnect_backoff());
+        redis.set_max_backoff(self.settings.sweep.schedule().reconnect_backoff());
         let address = self.settings.metrics.listen.clone();
         let listener = tokio::net::TcpListener::bind(&address)
             .await
@@ -1500,7 +1327,7 @@ impl Daemon {
         let (unscheduled_tx, unscheduled) = watch::channel(None::<String>);
         let mut watchdog = Watchdog::new(sd_notify::watchdog_enabled());
         // Before the endpoints answer, so that their first answer is true.
-        let mut ticker = Ticker::new(Schedule::of(&self.settings.sweep), Utc::now());
+        let mut ticker = Ticker::new(self.settings.sweep.schedule(), Utc::now());
         // Room for a few alarms: more are never pending in a healthy loop,
         // and one dropped is a tick the loop's own check takes.
         let (rings_tx, mut rings) = mpsc::channel(8);
@@ -1718,7 +1545,7 @@ impl Daemon {
         };
         // First, as it is the one step that can still fail: nothing of the
         // new configuration applies unless all of it does.
-        let schedule = Schedule::of(&new.sweep);
+        let schedule = new.sweep.schedule();
         if schedule != ticker.schedule {
             if let Err(reason) = ticker.reschedule(schedule, Utc::now()) {
                 tracing::error!("reload failed, keeping the previous configuration: {reason}");
@@ -1822,76 +1649,8 @@ mod tests {
         Schedule::Interval(Duration::from_secs(secs))
     }
 
-    #[test]
-    fn ticks_are_strictly_after_now_on_whole_multiples() {
-        let five = every(300);
-        assert_eq!(
-            five.next_tick_after(at("2030-01-01T10:02:30.5Z")),
-            Some(at("2030-01-01T10:05:00Z"))
-        );
-        assert_eq!(
-            five.next_tick_after(at("2030-01-01T10:05:00Z")),
-            Some(at("2030-01-01T10:10:00Z"))
-        );
-        let cron = Schedule::Cron("* * * * * *".to_owned());
-        assert_eq!(
-            cron.next_tick_after(at("2030-01-01T10:00:00.300Z")),
-            Some(at("2030-01-01T10:00:01Z"))
-        );
-    }
-
     /// The bound on `sweep.jitter`: the shortest gap, whatever the time of
     /// day it is computed at (the next gap, `period()`, depends on it).
-    #[test]
-    fn the_shortest_gap_does_not_depend_on_when_it_is_asked() {
-        assert_eq!(
-            every(2).shortest_gap(at("2030-01-01T10:00:00Z")),
-            Some(Duration::from_secs(2))
-        );
-        let twice_an_hour = Schedule::Cron("0 0,1 * * * *".to_owned());
-        for now in ["2030-01-01T10:00:30Z", "2030-01-01T10:30:00Z"] {
-            assert_eq!(
-                twice_an_hour.shortest_gap(at(now)),
-                Some(Duration::from_secs(60)),
-                "{now}"
-            );
-        }
-        // Midnight and 23:00: the short gap crosses the day.
-        let late = Schedule::Cron("0 0 0,23 * * *".to_owned());
-        assert_eq!(
-            late.shortest_gap(at("2030-01-01T12:00:00Z")),
-            Some(Duration::from_secs(3600))
-        );
-        // Every second: bounded by GAP_TICKS, not a year of ticks.
-        let dense = Schedule::Cron("* * * * * *".to_owned());
-        assert_eq!(
-            dense.shortest_gap(at("2030-01-01T12:00:00Z")),
-            Some(Duration::from_secs(1))
-        );
-        // Yearly: two ticks within the horizon from any day of the year.
-        let yearly = Schedule::Cron("0 0 0 1 1 *".to_owned());
-        for now in ["2030-01-01T00:00:01Z", "2030-12-31T23:59:59Z"] {
-            let gap = yearly.shortest_gap(at(now)).unwrap();
-            assert!(
-                gap == Duration::from_secs(365 * 86_400)
-                    || gap == Duration::from_secs(366 * 86_400),
-                "{now}: {gap:?}"
-            );
-        }
-        // Feb 29 only: no two ticks within two years.
-        let leap = Schedule::Cron("0 0 0 29 2 *".to_owned());
-        assert_eq!(leap.shortest_gap(at("2029-03-01T00:00:00Z")), None);
-    }
-
-    #[test]
-    fn reconnects_back_off_to_half_a_period_within_1s_and_30s() {
-        assert_eq!(every(1).reconnect_backoff(), Duration::from_secs(1));
-        assert_eq!(every(10).reconnect_backoff(), Duration::from_secs(5));
-        assert_eq!(every(300).reconnect_backoff(), Duration::from_secs(30));
-        let minutely = Schedule::Cron("0 * * * * *".to_owned());
-        assert_eq!(minutely.period(), Duration::from_secs(60));
-        assert_eq!(minutely.reconnect_backoff(), Duration::from_secs(30));
-    }
 
     #[test]
     fn a_tick_is_never_early_and_a_late_one_comes_once() {
@@ -1970,27 +1729,6 @@ mod tests {
 
         assert_eq!(ticker.reschedule(every(60), now), Ok(()));
         assert_eq!(ticker.next(), Some(at("2030-01-01T10:01:00Z")));
-    }
-
-    #[test]
-    fn a_cron_schedule_that_never_fires_is_refused() {
-        for expr in ["0 0 0 30 2 *", "0 0 0 1 1 * 2020"] {
-            assert!(
-                matches!(
-                    Schedule::parse_cron(expr),
-                    Err(ScheduleError::NeverFires { .. })
-                ),
-                "{expr}"
-            );
-        }
-        assert!(matches!(
-            Schedule::parse_cron("every monday"),
-            Err(ScheduleError::Invalid(_))
-        ));
-        assert!(
-            Schedule::parse_cron("0 0 0 29 2 *").is_ok(),
-            "leap days come"
-        );
     }
 
     #[test]
