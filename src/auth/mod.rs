@@ -51,7 +51,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{
     in_days, ttl_problem, AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings,
 };
-use crate::store::{Connection, Reconnecting, RedisError};
+use crate::store::{Connection, Reconnecting, StoreError};
 use crate::sweep::{min_bound, removal_floor};
 
 /// Why a token was refused or an operation failed.
@@ -101,7 +101,7 @@ pub enum AuthError {
     Unavailable(String),
     /// Redis failed.
     #[error(transparent)]
-    Redis(#[from] RedisError),
+    Redis(#[from] StoreError),
 }
 
 /// The claims of tokens this module issues.
@@ -684,7 +684,7 @@ impl TokenService {
     async fn round_trip<T, F, Fut>(&self, step: F) -> Result<T, AuthError>
     where
         F: FnOnce(Connection) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
         let (conn, id) = self.redis.checkout().map_err(AuthError::Unavailable)?;
         match step(conn).await {

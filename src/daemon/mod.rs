@@ -54,7 +54,7 @@ use crate::logging::LogLevel;
 use crate::metrics::{Metrics, Readiness, SweepResult};
 use crate::mutex::lock;
 use crate::schedule::{describe, later, Schedule};
-use crate::store::{Connection, ConnectionId, Primary, Reconnecting, RedisError};
+use crate::store::{Connection, ConnectionId, Primary, Reconnecting, StoreError};
 use crate::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
 
 /// What the outside world (signals, tests) asks of a running daemon.
@@ -541,7 +541,7 @@ impl Fleet {
         key: &str,
         ms: Duration,
         timeout: Duration,
-    ) -> Result<T, RedisError> {
+    ) -> Result<T, StoreError> {
         let ms = u64::try_from(ms.as_millis()).unwrap_or(u64::MAX);
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script).arg(1).arg(key).arg(&self.holder).arg(ms);
@@ -557,7 +557,7 @@ impl Fleet {
         conn: &mut Connection,
         key: &str,
         timeout: Duration,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         let released: i64 = self
             .eval(
                 conn,
@@ -648,7 +648,7 @@ impl ReplicaLock {
         key: &str,
         script: (&str, &'static str),
         ms: Duration,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         let answer: i64 = self
             .fleet
             .eval(conn, script, key, ms, self.timeout())
@@ -679,7 +679,7 @@ impl ReplicaLock {
         conn: &mut Connection,
         key: &str,
         lease: Duration,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         let taken = self
             .run(conn, key, (ACQUIRE, "lock acquire"), lease.max(self.ttl))
             .await?;
@@ -696,16 +696,16 @@ impl ReplicaLock {
         conn: &mut Connection,
         key: &str,
         left: Duration,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         self.run(conn, key, (SETTLE, "lock settle"), left).await
     }
 
-    async fn keep_alive(&self, conn: &mut Connection, key: &str) -> Result<bool, RedisError> {
+    async fn keep_alive(&self, conn: &mut Connection, key: &str) -> Result<bool, StoreError> {
         self.run(conn, key, (KEEP_ALIVE, "lock keep-alive"), self.ttl)
             .await
     }
 
-    async fn release(&self, conn: &mut Connection, key: &str) -> Result<bool, RedisError> {
+    async fn release(&self, conn: &mut Connection, key: &str) -> Result<bool, StoreError> {
         self.fleet.release(conn, key, self.timeout()).await
     }
 
@@ -1100,7 +1100,7 @@ impl Round {
     }
 
     /// A lost connection is replaced, unless it has been already.
-    fn report_loss(&self, e: &RedisError, id: ConnectionId) {
+    fn report_loss(&self, e: &StoreError, id: ConnectionId) {
         if e.is_connection_lost() {
             self.redis.lost_connection(id, &e.to_string());
         }

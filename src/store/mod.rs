@@ -26,7 +26,7 @@ use crate::mutex::lock;
 
 /// A failure to reach or talk to Redis, naming the address.
 #[derive(Debug, thiserror::Error)]
-pub enum RedisError {
+pub enum StoreError {
     /// redis-rs could not set up a client with the settings (the URLs
     /// parsed and the TLS files were checked when the settings were read,
     /// so this is what those checks cannot see).
@@ -184,9 +184,9 @@ impl Connection {
     /// mode to the cluster through its seed nodes.
     ///
     /// # Errors
-    /// [`RedisError::Connect`] naming the address when Redis cannot be reached
+    /// [`StoreError::Connect`] naming the address when Redis cannot be reached
     /// within `connect_timeout` or rejects the credentials.
-    pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisError> {
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
         Self::connect_knowing(settings, &KnownNodes::default()).await
     }
 
@@ -196,7 +196,7 @@ impl Connection {
     async fn connect_knowing(
         settings: &RedisSettings,
         known: &KnownNodes,
-    ) -> Result<Self, RedisError> {
+    ) -> Result<Self, StoreError> {
         match settings.mode {
             RedisMode::Standalone => {
                 Self::open(settings.url.connection_info().clone(), settings).await
@@ -212,16 +212,16 @@ impl Connection {
     /// would fail.
     ///
     /// # Errors
-    /// [`RedisError::NotPrimary`] when ROLE says anything but `master`.
+    /// [`StoreError::NotPrimary`] when ROLE says anything but `master`.
     async fn open_primary(
         info: ConnectionInfo,
         settings: &RedisSettings,
-    ) -> Result<Self, RedisError> {
+    ) -> Result<Self, StoreError> {
         let conn = Self::open(info, settings).await?;
         let mut probe = conn.clone();
         let role: Vec<Value> = probe.query("ROLE", &redis::cmd("ROLE")).await?;
         if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
-            return Err(RedisError::NotPrimary {
+            return Err(StoreError::NotPrimary {
                 address: conn.address.clone(),
             });
         }
@@ -244,13 +244,13 @@ impl Connection {
     async fn connect_cluster(
         settings: &RedisSettings,
         known: &KnownNodes,
-    ) -> Result<Self, RedisError> {
+    ) -> Result<Self, StoreError> {
         let seeds = cluster_seeds(settings)?;
         let address = format!("cluster (seeds {})", addresses_of(&seeds));
         let (address, source) =
             match Self::open_cluster(seeds.clone(), address, settings, known).await {
                 Ok(conn) => return Ok(conn),
-                Err(RedisError::Connect { address, source }) => (address, source),
+                Err(StoreError::Connect { address, source }) => (address, source),
                 Err(e) => return Err(e),
             };
         let last_seen = known.get();
@@ -261,7 +261,7 @@ impl Connection {
             .filter(|node| !seed_addresses.contains(&node.address))
             .collect();
         if others.is_empty() {
-            return Err(RedisError::Connect { address, source });
+            return Err(StoreError::Connect { address, source });
         }
         let ids: BTreeSet<&str> = last_seen.iter().map(|node| node.id.as_str()).collect();
         let checks = others
@@ -276,7 +276,7 @@ impl Connection {
             }
         }
         if members.is_empty() {
-            return Err(RedisError::ClusterUnreachable {
+            return Err(StoreError::ClusterUnreachable {
                 address,
                 source,
                 last_seen: refused.join("; "),
@@ -298,7 +298,7 @@ impl Connection {
                 );
                 Ok(conn)
             }
-            Err(e) => Err(RedisError::ClusterUnreachable {
+            Err(e) => Err(StoreError::ClusterUnreachable {
                 address,
                 source,
                 last_seen: e.to_string(),
@@ -313,7 +313,7 @@ impl Connection {
         address: String,
         settings: &RedisSettings,
         known: &KnownNodes,
-    ) -> Result<Self, RedisError> {
+    ) -> Result<Self, StoreError> {
         let tls = seeds
             .first()
             .is_some_and(|seed| matches!(seed.addr(), ConnectionAddr::TcpTls { .. }));
@@ -332,7 +332,7 @@ impl Connection {
         if let Some(certificates) = tls_certificates(settings)?.filter(|_| tls) {
             builder = builder.certs(certificates);
         }
-        let client = builder.build().map_err(|source| RedisError::Client {
+        let client = builder.build().map_err(|source| StoreError::Client {
             address: address.clone(),
             source,
         })?;
@@ -357,7 +357,7 @@ impl Connection {
 
     /// Opens a connection to exactly `info`, with the credentials, TLS files
     /// and timeouts of `settings`.
-    async fn open(info: ConnectionInfo, settings: &RedisSettings) -> Result<Self, RedisError> {
+    async fn open(info: ConnectionInfo, settings: &RedisSettings) -> Result<Self, StoreError> {
         let direct = open_server(info, settings).await?;
         Ok(Self {
             address: direct.0,
@@ -383,7 +383,7 @@ impl Connection {
     /// does not parse, or names no primary that serves slots. A cluster
     /// always has one; "none" is a reply the sweep cannot use, never
     /// "nothing to sweep".
-    pub async fn primaries(&self) -> Result<Vec<Primary>, RedisError> {
+    pub async fn primaries(&self) -> Result<Vec<Primary>, StoreError> {
         let Link::Cluster { client, known, .. } = &self.link else {
             return Ok(vec![Primary {
                 address: self.address.clone(),
@@ -408,7 +408,7 @@ impl Connection {
     ///
     /// # Errors
     /// Why Redis did not answer.
-    pub async fn ping(&mut self) -> Result<(), RedisError> {
+    pub async fn ping(&mut self) -> Result<(), StoreError> {
         let ping = redis::cmd("PING");
         match &self.link {
             Link::Cluster { client, .. } => {
@@ -427,7 +427,7 @@ impl Connection {
     ///
     /// # Errors
     /// When the node cannot be reached.
-    pub async fn node(&self, address: &str) -> Result<Self, RedisError> {
+    pub async fn node(&self, address: &str) -> Result<Self, StoreError> {
         let (Link::Cluster {
             client,
             settings,
@@ -443,7 +443,7 @@ impl Connection {
             return Ok(self.clone());
         };
         let Some((host, port)) = split_address(address) else {
-            return Err(RedisError::BadNodeAddress {
+            return Err(StoreError::BadNodeAddress {
                 address: address.to_owned(),
             });
         };
@@ -534,7 +534,7 @@ impl Connection {
     /// When the node does not answer, or its answer does not parse or has
     /// no line (or several) flagged `myself`: without it nothing proves the
     /// node's scan covered its slots.
-    pub async fn slot_assignment(&mut self) -> Result<Option<SlotAssignment>, RedisError> {
+    pub async fn slot_assignment(&mut self) -> Result<Option<SlotAssignment>, StoreError> {
         if !matches!(self.link, Link::Node { .. }) {
             return Ok(None);
         }
@@ -546,9 +546,9 @@ impl Connection {
             .map_err(|reason| self.bad_reply("CLUSTER NODES", reason))
     }
 
-    /// A [`RedisError::BadReply`] from this connection.
-    pub fn bad_reply(&self, what: &'static str, reason: String) -> RedisError {
-        RedisError::BadReply {
+    /// A [`StoreError::BadReply`] from this connection.
+    pub fn bad_reply(&self, what: &'static str, reason: String) -> StoreError {
+        StoreError::BadReply {
             address: self.address.clone(),
             what,
             reason,
@@ -556,8 +556,8 @@ impl Connection {
     }
 
     /// Wraps a redis-rs error with this connection's address and the step that failed.
-    pub fn error(&self, what: &'static str, source: redis::RedisError) -> RedisError {
-        RedisError::Command {
+    pub fn error(&self, what: &'static str, source: redis::RedisError) -> StoreError {
+        StoreError::Command {
             address: self.address.clone(),
             what,
             source,
@@ -567,12 +567,12 @@ impl Connection {
     /// Runs one command and converts its reply.
     ///
     /// # Errors
-    /// [`RedisError::Command`] naming `what`.
+    /// [`StoreError::Command`] naming `what`.
     pub async fn query<T: redis::FromRedisValue>(
         &mut self,
         what: &'static str,
         cmd: &redis::Cmd,
-    ) -> Result<T, RedisError> {
+    ) -> Result<T, StoreError> {
         match cmd.query_async(self).await {
             Ok(value) => Ok(value),
             Err(source) => Err(self.error(what, source)),
@@ -590,10 +590,10 @@ fn split_address(address: &str) -> Option<(String, u16)> {
 async fn open_server(
     info: ConnectionInfo,
     settings: &RedisSettings,
-) -> Result<(String, MultiplexedConnection), RedisError> {
+) -> Result<(String, MultiplexedConnection), StoreError> {
     let info = with_credentials(info, settings)?;
     let address = info.addr().to_string();
-    let invalid = |source| RedisError::Client {
+    let invalid = |source| StoreError::Client {
         address: address.clone(),
         source,
     };
@@ -620,8 +620,8 @@ async fn within<T>(
     timeout: Duration,
     address: &str,
     connecting: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, RedisError> {
-    let failed = |source| RedisError::Connect {
+) -> Result<T, StoreError> {
+    let failed = |source| StoreError::Connect {
         address: address.to_owned(),
         source,
     };
@@ -639,7 +639,7 @@ async fn within<T>(
 fn with_credentials(
     info: ConnectionInfo,
     settings: &RedisSettings,
-) -> Result<ConnectionInfo, RedisError> {
+) -> Result<ConnectionInfo, StoreError> {
     let mut redis_info = info.redis_settings().clone();
     if let Some(user) = &settings.username {
         redis_info = redis_info.set_username(user);
@@ -681,7 +681,7 @@ fn cluster_slots_command() -> redis::Cmd {
 }
 
 /// The seeds `redis.url` and `redis.nodes`, with the credentials of `settings`.
-fn cluster_seeds(settings: &RedisSettings) -> Result<Vec<ConnectionInfo>, RedisError> {
+fn cluster_seeds(settings: &RedisSettings) -> Result<Vec<ConnectionInfo>, StoreError> {
     std::iter::once(&settings.url)
         .chain(&settings.nodes)
         .map(|url| with_credentials(url.connection_info().clone(), settings))
@@ -1111,7 +1111,7 @@ static PREFERRED_SENTINEL: Mutex<BTreeMap<String, RedisUrl>> = Mutex::new(BTreeM
 /// can be reached and says (ROLE) that it is a primary; otherwise the next
 /// sentinel is asked, so one stale, misconfigured or lying sentinel first in
 /// the list does not stop every connection.
-async fn discover_primary(settings: &RedisSettings) -> Result<Connection, RedisError> {
+async fn discover_primary(settings: &RedisSettings) -> Result<Connection, StoreError> {
     let name = settings.master_name.clone().unwrap_or_default();
     let info = settings.url.connection_info().clone();
     let preferred = lock(&PREFERRED_SENTINEL).get(&name).cloned();
@@ -1157,7 +1157,7 @@ async fn discover_primary(settings: &RedisSettings) -> Result<Connection, RedisE
             Err(e) => failures.push(format!("{sentinel}: names {address}: {e}")),
         }
     }
-    Err(RedisError::NoPrimary {
+    Err(StoreError::NoPrimary {
         master_name: name,
         reasons: failures.join("; "),
     })
@@ -1168,7 +1168,7 @@ async fn ask_sentinel(
     sentinel_url: &RedisUrl,
     name: &str,
     settings: &RedisSettings,
-) -> Result<Option<(String, u16)>, RedisError> {
+) -> Result<Option<(String, u16)>, StoreError> {
     // Sentinels carry their own credentials in their URLs.
     let sentinel_settings = RedisSettings {
         url: sentinel_url.clone(),
@@ -1191,7 +1191,7 @@ async fn ask_sentinel(
 /// certificate.
 fn tls_certificates(
     settings: &RedisSettings,
-) -> Result<Option<redis::TlsCertificates>, RedisError> {
+) -> Result<Option<redis::TlsCertificates>, StoreError> {
     Ok(settings.tls_files()?.map(|files| redis::TlsCertificates {
         client_tls: files
             .client
@@ -1203,7 +1203,7 @@ fn tls_certificates(
     }))
 }
 
-impl RedisError {
+impl StoreError {
     /// True when the connection itself is gone (refused, reset, timed out),
     /// as opposed to Redis answering with an error: the caller should
     /// reconnect rather than retry on the same connection.
@@ -1233,7 +1233,7 @@ impl RedisError {
     }
 }
 
-impl RedisError {
+impl StoreError {
     /// What kind of failure this is, for the `kind` label of
     /// `errors_total`: `oom`, `noperm`, `auth`, `readonly`, `clusterdown`,
     /// `masterdown`, `loading`, `busy`, `redirect`, `timeout`,
@@ -1434,7 +1434,7 @@ impl Reconnecting {
     ///
     /// # Errors
     /// The connect error.
-    pub async fn connect_now(self: &Arc<Self>) -> Result<Connection, RedisError> {
+    pub async fn connect_now(self: &Arc<Self>) -> Result<Connection, StoreError> {
         match self.connect_current().await {
             Ok(conn) => Ok(conn),
             Err(e) => {
@@ -1447,7 +1447,7 @@ impl Reconnecting {
     /// Connects with the current settings and installs the connection,
     /// unless the settings changed meanwhile: then the connection is dropped
     /// and the new settings are tried at once.
-    async fn connect_current(&self) -> Result<Connection, RedisError> {
+    async fn connect_current(&self) -> Result<Connection, StoreError> {
         loop {
             let (settings, known, generation) = {
                 let state = lock(&self.state);

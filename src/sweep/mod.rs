@@ -84,7 +84,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::{ClockSource, ScoreUnit, SweepSettings};
-use crate::store::{key_slot, Connection, Primary, RedisError, SlotAssignment};
+use crate::store::{key_slot, Connection, Primary, SlotAssignment, StoreError};
 use redis::Value;
 
 /// Whether the sweep deletes or only counts.
@@ -115,7 +115,7 @@ pub enum SweepError {
     /// a safety check, this variant (not [`SweepError::SafetyCheck`]) says
     /// so, naming the check in the failed step, so that a daemon reconnects.
     #[error(transparent)]
-    Redis(#[from] RedisError),
+    Redis(#[from] StoreError),
     /// A safety check could not get the answer it needs (a refused command,
     /// a reply of the wrong shape, an impossible clock); nothing was deleted.
     #[error("{check} could not run, so nothing was deleted: {reason}")]
@@ -125,7 +125,7 @@ pub enum SweepError {
         /// Why it could not run.
         reason: String,
         /// When Redis refused the check's command: the kind of refusal
-        /// ([`RedisError::kind`]: `noperm`, `oom`, ...), which is what an
+        /// ([`StoreError::kind`]: `noperm`, `oom`, ...), which is what an
         /// operator has to fix.
         refusal: Option<&'static str>,
     },
@@ -221,7 +221,7 @@ impl Check {
     /// [`SweepError::Redis`], which a daemon answers by reconnecting; any
     /// other failure (Redis answered, but not with what the check needs) is
     /// [`SweepError::SafetyCheck`]. Either way the sweep stops here.
-    fn failed(self, error: RedisError) -> SweepError {
+    fn failed(self, error: StoreError) -> SweepError {
         if error.is_connection_lost() {
             SweepError::Redis(error)
         } else {
@@ -650,7 +650,7 @@ pub async fn prepare_within<'a, S: Future<Output = ()>>(
                 match tokio::time::timeout(limit, start).await {
                     Ok(started) => started,
                     Err(_) => {
-                        let error = RedisError::Command {
+                        let error = StoreError::Command {
                             address: primary.address.clone(),
                             what: "the checks before the sweep",
                             source: no_answer_within(limit),
@@ -687,7 +687,7 @@ fn parallel_nodes(settings: &SweepSettings) -> usize {
 }
 
 /// The error of a command given up on after `limit`: a timeout, as
-/// redis-rs reports one (`RedisError::is_timeout`).
+/// redis-rs reports one (`StoreError::is_timeout`).
 pub(crate) fn no_answer_within(limit: Duration) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
@@ -766,7 +766,7 @@ impl<S: Future<Output = ()>> PreparedSweep<'_, S> {
                 }
             })
             .collect();
-        let ended: Vec<(NodeReport, Option<RedisError>)> = stream::iter(finishes)
+        let ended: Vec<(NodeReport, Option<StoreError>)> = stream::iter(finishes)
             .buffer_unordered(parallel_nodes(settings))
             .collect()
             .await;
@@ -818,11 +818,11 @@ struct NodeFailed {
     reason: String,
     /// The Redis error behind it, if it was one (not when the node no
     /// longer serves the slots it was chosen for).
-    error: Option<RedisError>,
+    error: Option<StoreError>,
 }
 
 impl NodeFailed {
-    fn report(self) -> (NodeReport, Option<RedisError>) {
+    fn report(self) -> (NodeReport, Option<StoreError>) {
         let report = NodeReport::new(self.address, &Counters::default(), Some(self.reason));
         (report, self.error)
     }
@@ -869,7 +869,7 @@ impl<'a> NodeSweep<'a> {
         shutdown: impl Future<Output = ()>,
     ) -> Result<Result<NodeSweep<'a>, NodeFailed>, SweepError> {
         let address = primary.address.as_str();
-        let failed = |error: RedisError| {
+        let failed = |error: StoreError| {
             if is_own_inability(&error) {
                 // Every daemon would not fail alike here: this one must not
                 // go on as if it could sweep (a daemon would stay counted
@@ -952,7 +952,7 @@ impl<'a> NodeSweep<'a> {
         expired: Expired,
         mode: SweepMode,
         shutdown: impl Future<Output = ()>,
-    ) -> (NodeReport, Option<RedisError>) {
+    ) -> (NodeReport, Option<StoreError>) {
         let scanned = if self.interrupted {
             Ok(true)
         } else {
@@ -979,7 +979,7 @@ impl<'a> NodeSweep<'a> {
         expired: Expired,
         mode: SweepMode,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         // Capacity = max_in_flight: the scanner may run one channel's worth
         // ahead of the pipelines, which bounds memory to about
         // 2 * max_in_flight batches per node.
@@ -1019,7 +1019,7 @@ impl<'a> NodeSweep<'a> {
 
     /// `Some(reason)` when the node's slots moved or were migrating while it
     /// was scanned: keys may have left ahead of the cursor unseen.
-    async fn check_assignment(&mut self) -> Result<Option<String>, RedisError> {
+    async fn check_assignment(&mut self) -> Result<Option<String>, StoreError> {
         let Some(before) = self.assignment.take() else {
             return Ok(None);
         };
@@ -1064,7 +1064,7 @@ impl<'a> NodeSweep<'a> {
 /// client settings do not work), which another client may not share, as
 /// opposed to the node being down, stalled or reconfiguring, which every
 /// client sees alike. ACLs and passwords are per node on a cluster.
-fn is_own_inability(error: &RedisError) -> bool {
+fn is_own_inability(error: &StoreError) -> bool {
     matches!(error.kind(), "noperm" | "auth" | "config")
 }
 
@@ -1376,14 +1376,14 @@ pub fn min_bound(floor: Option<i64>) -> String {
 /// users) use the exact same command.
 ///
 /// # Errors
-/// [`RedisError::Command`] when the pipeline as a whole fails (connection
+/// [`StoreError::Command`] when the pipeline as a whole fails (connection
 /// lost, timeout). Per-key errors are counted in the outcome instead.
 pub async fn sweep_keys(
     conn: &mut Connection,
     keys: &[Vec<u8>],
     expired: Expired,
     mode: SweepMode,
-) -> Result<BatchOutcome, RedisError> {
+) -> Result<BatchOutcome, StoreError> {
     let (outcome, stopped) = sweep_batch(conn, keys, Found::Anywhere, expired, mode).await;
     stopped.map(|()| outcome)
 }
@@ -1399,7 +1399,7 @@ async fn sweep_batch(
     found: Found<'_>,
     expired: Expired,
     mode: SweepMode,
-) -> (BatchOutcome, Result<(), RedisError>) {
+) -> (BatchOutcome, Result<(), StoreError>) {
     let command = mode.command();
     let min = min_bound(expired.floor);
     let mut outcome = BatchOutcome::default();
@@ -1535,7 +1535,7 @@ async fn query_each(
     keys: &[Vec<u8>],
     found: Found<'_>,
     command: impl Fn(&[u8]) -> redis::Cmd,
-) -> Result<Vec<KeyReply>, RedisError> {
+) -> Result<Vec<KeyReply>, StoreError> {
     let mut pipe = redis::pipe();
     let mut asking = Vec::with_capacity(keys.len());
     for key in keys {
@@ -1712,7 +1712,7 @@ impl<'a> Scanner<'a> {
     async fn next_page(
         &mut self,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         let mut scan = redis::cmd("SCAN");
         scan.arg(self.cursor)
             .arg("MATCH")
@@ -1739,7 +1739,7 @@ impl<'a> Scanner<'a> {
         &mut self,
         keys: usize,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         while self.pending.len() < keys && !self.finished {
             if self.next_page(shutdown).await? {
                 return Ok(true);
@@ -1773,7 +1773,7 @@ impl<'a> Scanner<'a> {
         now_micros: i128,
         found: Found<'_>,
         shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Result<Result<bool, RedisError>, SweepError> {
+    ) -> Result<Result<bool, StoreError>, SweepError> {
         let sample = usize::try_from(self.settings.unit_guard_sample).unwrap_or(usize::MAX);
         if sample == 0 {
             return Err(Check::UnitGuard.refused("sweep.unit_guard_sample is 0".to_owned()));
@@ -1831,7 +1831,7 @@ impl<'a> Scanner<'a> {
         &mut self,
         batches: mpsc::Sender<Vec<Vec<u8>>>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<bool, StoreError> {
         let mut shutdown = std::pin::pin!(shutdown);
         let pacer = Pacer::new(self.settings.max_keys_per_second);
         let mut sent: u64 = 0;
