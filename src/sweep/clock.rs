@@ -125,13 +125,9 @@ fn host_time() -> Result<i128, SweepError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    fn bulk(text: &str) -> Value {
-        Value::BulkString(text.as_bytes().to_vec())
-    }
+    use crate::sweep::query::tests::bulk;
 
     #[test]
     fn time_replies_are_decoded_strictly() {

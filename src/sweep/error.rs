@@ -154,7 +154,6 @@ impl std::fmt::Display for Check {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -278,10 +278,7 @@ fn highest_score(reply: &Value) -> Result<Option<f64>, String> {
 mod tests {
     use super::*;
     use crate::sweep::cutoff::{min_bound, MS_REMOVAL_FLOOR};
-
-    fn bulk(text: &str) -> Value {
-        Value::BulkString(text.as_bytes().to_vec())
-    }
+    use crate::sweep::query::tests::bulk;
 
     #[test]
     fn the_guard_reads_a_score_or_nothing_and_nothing_else() {

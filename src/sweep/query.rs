@@ -175,3 +175,13 @@ pub(super) fn replied_from(conn: &Connection, redirected: bool) -> Connection {
         .filter(|_| redirected)
         .unwrap_or_else(|| conn.clone())
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use redis::Value;
+
+    /// A bulk string reply, for tests that decode replies.
+    pub(in crate::sweep) fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+}
