@@ -119,7 +119,7 @@ impl Expired {
 /// - Below milliseconds: it is 2001 in milliseconds, before this code, JWT
 ///   session stores and any token alive today; the unit guard's idea of a
 ///   plausible millisecond timestamp starts 20 years back from now, also
-///   above it ([`looks_like`]). Keeping members scored 1970 to 2001 in
+///   above it ([`looks_like`](crate::sweep::looks_like)). Keeping members scored 1970 to 2001 in
 ///   milliseconds costs nothing: the key's TTL takes them.
 /// - Independent of the clock: no clock reading (a host booted at the
 ///   epoch, a Redis `TIME` decades ahead) can move it, so no clock oddity

@@ -146,7 +146,7 @@ const GUARD_READ: &str = "ZREVRANGEBYSCORE (unit guard)";
 /// as the sweep would remove them there.
 ///
 /// Public so that callers sweeping keys they found another way (with
-/// [`sweep_keys`]) can run the same guard first.
+/// [`sweep_keys`](crate::sweep::sweep_keys)) can run the same guard first.
 ///
 /// # Errors
 /// [`SweepError::UnitGuard`] when a score looks like the other unit;

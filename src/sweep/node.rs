@@ -40,7 +40,7 @@ pub(crate) fn no_answer_within(limit: Duration) -> redis::RedisError {
     ))
 }
 
-/// A sweep whose checks passed on every primary ([`prepare`]) and that has
+/// A sweep whose checks passed on every primary ([`prepare`](crate::sweep::prepare)) and that has
 /// deleted nothing yet.
 pub struct PreparedSweep<'a> {
     pub(super) started: Instant,

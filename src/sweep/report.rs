@@ -54,7 +54,7 @@ impl SweepProgress {
     /// with that node's report, while the other nodes may still be swept:
     /// a daemon hands back that node's lease and stamps its metrics then,
     /// not when the slowest node of the sweep is done. Called once for
-    /// every node [`PreparedSweep::run`] sweeps, from the sweeping task:
+    /// every node [`PreparedSweep::run`](crate::sweep::PreparedSweep::run) sweeps, from the sweeping task:
     /// it must not block.
     #[must_use]
     pub fn on_node_end(mut self, hook: impl Fn(&NodeReport) + Send + Sync + 'static) -> Self {
@@ -139,8 +139,8 @@ pub struct SweepReport {
     /// Members with a score at or below this were expired.
     pub cutoff: i64,
     /// In milliseconds: members scored at or below this
-    /// ([`MS_REMOVAL_FLOOR`]) were kept whatever the cutoff, because such a
-    /// score could be a seconds timestamp (see [`Expired`]); `None`
+    /// ([`MS_REMOVAL_FLOOR`](crate::sweep::MS_REMOVAL_FLOOR)) were kept whatever the cutoff, because such a
+    /// score could be a seconds timestamp (see [`Expired`](crate::sweep::Expired)); `None`
     /// (seconds): no floor.
     pub score_floor: Option<i64>,
     /// Unit of `cutoff` and `score_floor`.
