@@ -12,7 +12,7 @@
 //! | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment, validation |
 //! | [`schedule`] | when sweeps run: a cron expression or an interval, and its ticks (a leaf) |
 //! | [`store`] | connecting (standalone, sentinel, cluster, TLS, ACL user), reconnecting with backoff; errors name the address |
-//! | [`sweep`] | the sweep algorithm (per primary on a cluster), top to bottom in one file; no scheduling, no HTTP |
+//! | [`sweep`] | the sweep algorithm (per primary on a cluster): `mod.rs` tells its six steps in order, each in a file of its own; no scheduling, no HTTP |
 //! | [`daemon`] | the service: schedule, overlap guard, replica lock (per-primary leases on a cluster), reload, shutdown |
 //! | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
 //! | [`logging`] | log format and the level that SIGHUP can change |
@@ -30,12 +30,14 @@
 //! let settings = Settings::load(None)?;
 //! let conn = Connection::connect(&settings.redis).await?;
 //! let progress = sweep::SweepProgress::default();
+//! // Cancelled (from another task), it stops after the batches in flight.
+//! let stop = tokio_util::sync::CancellationToken::new();
 //! let report = sweep::sweep(
 //!     &conn,
 //!     &settings.sweep,
 //!     sweep::SweepMode::Remove,
 //!     &progress,
-//!     std::future::pending(),
+//!     &stop,
 //! )
 //! .await?;
 //! println!("removed {} expired tokens", report.counts.members_removed);

@@ -2,7 +2,6 @@
 //! and calls into the library. Exit codes: 0 success, 1 runtime failure,
 //! 2 bad usage or configuration.
 
-use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +15,7 @@ use token_sweeper::daemon::{Control, Daemon};
 use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, Counts, SweepMode, SweepProgress, SweepReport};
 use token_sweeper::{logging, metrics};
+use tokio_util::sync::CancellationToken;
 
 /// Keeps Redis JWT allowlists clean.
 #[derive(Parser)]
@@ -308,7 +308,7 @@ async fn sweep_once(settings: &Settings, output: &SweepOutput) -> Result<SweepRe
     let display = std::io::stderr()
         .is_terminal()
         .then(|| tokio::spawn(show_progress(Arc::clone(progress))));
-    let result = sweep::sweep(&conn, &settings.sweep, output.mode, progress, interrupted).await;
+    let result = sweep::sweep(&conn, &settings.sweep, output.mode, progress, &interrupted).await;
     if let Some(display) = display {
         display.abort();
         eprint!("\r\x1b[2K");
@@ -316,33 +316,30 @@ async fn sweep_once(settings: &Settings, output: &SweepOutput) -> Result<SweepRe
     result.map_err(|e| Failure::Runtime(e.into()))
 }
 
-/// Watches Ctrl-C from now on. The future returned completes on the first,
-/// so the sweep stops sending and finishes what is in flight; the second
-/// exits at once, after `on_quit`.
+/// Watches Ctrl-C from now on. The token returned is cancelled on the
+/// first, so the sweep stops sending and finishes what is in flight; the
+/// second exits at once, after `on_quit`.
 ///
-/// The watching runs in a task of its own: the sweep polls the future only
-/// between SCAN pages, and a sweep stuck on a batch must still quit on the
-/// second Ctrl-C.
-fn watch_interrupts(on_quit: impl FnOnce() + Send + 'static) -> impl Future<Output = ()> {
-    let (interrupt, mut interrupted) = tokio::sync::watch::channel(false);
+/// The watching runs in a task of its own: the sweep looks at the token
+/// only between SCAN pages, and a sweep stuck on a batch must still quit on
+/// the second Ctrl-C.
+fn watch_interrupts(on_quit: impl FnOnce() + Send + 'static) -> CancellationToken {
+    let interrupted = CancellationToken::new();
+    let interrupt = interrupted.clone();
     tokio::spawn(async move {
-        // Without a signal handler, never interrupt: `interrupt` is dropped.
+        // Without a signal handler, never interrupt.
         if tokio::signal::ctrl_c().await.is_err() {
             return;
         }
         eprintln!(
             "token-sweeper: interrupted, finishing the batches in flight (Ctrl-C again to quit now)"
         );
-        let _ = interrupt.send(true);
+        interrupt.cancel();
         let _ = tokio::signal::ctrl_c().await;
         on_quit();
         std::process::exit(1);
     });
-    async move {
-        if interrupted.wait_for(|&stop| stop).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
+    interrupted
 }
 
 /// Redraws one status line on stderr until aborted.
@@ -364,10 +361,6 @@ async fn show_progress(progress: Arc<SweepProgress>) {
 }
 
 fn print_report(report: &SweepReport) {
-    let removed = match report.mode {
-        SweepMode::Remove => "members removed    ",
-        SweepMode::DryRun => "members expired    ",
-    };
     println!(
         "swept {} keys in {:.2}s ({}/s){}",
         thousands(report.counts.keys_scanned),
@@ -379,22 +372,11 @@ fn print_report(report: &SweepReport) {
             ""
         }
     );
-    println!(
-        "  keys changed        {}",
-        thousands(report.counts.keys_changed)
-    );
-    println!("  {removed} {}", thousands(report.counts.members_removed));
-    println!(
-        "  skipped (not zset)  {}",
-        thousands(report.counts.skipped_wrong_type)
-    );
-    if report.counts.keys_redirected > 0 {
-        println!(
-            "  redirected (moved)  {}",
-            thousands(report.counts.keys_redirected)
-        );
+    for (kind, n) in report.counts.iter() {
+        if let Some(label) = kind.line_label(report.mode, n) {
+            println!("  {label:<19} {}", thousands(n));
+        }
     }
-    println!("  errors              {}", thousands(report.counts.errors));
     println!(
         "  cutoff              {} ({})",
         report.cutoff, report.score_unit

@@ -907,7 +907,7 @@ async fn a_primary_whose_slots_moved_since_the_topology_was_read_is_not_finished
         &settings.sweep,
         SweepMode::Remove,
         &SweepProgress::default(),
-        std::future::pending(),
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap();
@@ -934,7 +934,7 @@ async fn a_primary_whose_slots_moved_since_the_topology_was_read_is_not_finished
         &settings.sweep,
         SweepMode::Remove,
         &SweepProgress::default(),
-        std::future::pending(),
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap();

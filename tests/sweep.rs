@@ -595,16 +595,13 @@ async fn shutdown_stops_the_scan_and_says_so() {
     let settings = settings_for(&server);
     let conn = Connection::connect(&settings.redis).await.unwrap();
     let progress = token_sweeper::sweep::SweepProgress::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    stop.cancel();
 
-    let report = token_sweeper::sweep::sweep(
-        &conn,
-        &settings.sweep,
-        SweepMode::Remove,
-        &progress,
-        std::future::ready(()),
-    )
-    .await
-    .unwrap();
+    let report =
+        token_sweeper::sweep::sweep(&conn, &settings.sweep, SweepMode::Remove, &progress, &stop)
+            .await
+            .unwrap();
 
     assert!(report.interrupted);
     assert_eq!(report.counts.members_removed, 0);
@@ -1034,7 +1031,7 @@ async fn sweeping_no_primaries_is_an_error_not_an_empty_success() {
         &settings.sweep,
         SweepMode::Remove,
         &SweepProgress::default(),
-        std::future::pending(),
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await;
 
@@ -1312,7 +1309,7 @@ async fn the_permission_check_removes_nothing_even_at_zero() {
             &settings.sweep,
             SweepMode::Remove,
             &progress,
-            std::future::pending(),
+            &tokio_util::sync::CancellationToken::new(),
         )
         .await
         .unwrap();

@@ -47,6 +47,7 @@ use futures_util::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Settings;
@@ -874,9 +875,20 @@ impl Round {
                 });
             })
         };
+        // The sweep stops on a token; this round still on the watch (until
+        // the daemon moves to tokens): bridged for the sweep's length.
+        let sweep_stop = CancellationToken::new();
+        let bridge = tokio::spawn({
+            let (sweep_stop, stopped) = (sweep_stop.clone(), stopped.clone());
+            async move {
+                stopped.await;
+                sweep_stop.cancel();
+            }
+        });
         let swept = self
-            .sweep(&conn, &primaries, &progress, ended, stopped)
+            .sweep(&conn, &primaries, &progress, ended, &sweep_stop)
             .await;
+        bridge.abort();
         self.metrics.retain_nodes(
             primaries.iter().map(|p| p.address.as_str()),
             &lock(&swept_nodes),
@@ -910,7 +922,7 @@ impl Round {
         primaries: &[Primary],
         progress: &SweepProgress,
         ended: mpsc::UnboundedReceiver<NodeEnded>,
-        stopped: impl Future<Output = ()>,
+        stop: &CancellationToken,
     ) -> Result<RoundSweeps, SweepError> {
         // Before any lease or registration: a daemon that refuses (clock,
         // unit guard, permission) must not hold what another could sweep.
@@ -923,7 +935,7 @@ impl Round {
             &self.settings.sweep,
             SweepMode::Remove,
             progress,
-            stopped,
+            stop,
             self.lock.as_ref().map(|lock| lock.timeout()),
         )
         .await?;
@@ -948,11 +960,11 @@ impl Round {
     }
 
     /// Sweeps the primaries of this daemon's share that it can lease.
-    async fn sweep_leased<S: Future<Output = ()>>(
+    async fn sweep_leased(
         &self,
         lock: &ReplicaLock,
         conn: &Connection,
-        mut prepared: sweep::PreparedSweep<'_, S>,
+        mut prepared: sweep::PreparedSweep<'_>,
         nodes: &[Primary],
         mut ended: mpsc::UnboundedReceiver<NodeEnded>,
     ) -> Result<RoundSweeps, SweepError> {
@@ -1052,21 +1064,24 @@ impl Round {
             SweepResult::Ok
         };
         self.metrics.count_sweep(result);
-        tracing::info!(
-            nodes = report.nodes.len(),
-            leased_by_others = swept.skipped,
-            keys_scanned = report.counts.keys_scanned,
-            keys_changed = report.counts.keys_changed,
-            members_removed = report.counts.members_removed,
-            skipped_wrong_type = report.counts.skipped_wrong_type,
-            keys_redirected = report.counts.keys_redirected,
-            errors = report.counts.errors,
-            duration_seconds = report.duration_seconds,
-            keys_per_second = report.keys_per_second.round(),
-            interrupted = report.interrupted,
-            cutoff = report.cutoff,
-            "sweep finished"
-        );
+        // One field per counter, from the sweep's one table of them.
+        macro_rules! log_finished {
+            (($report:ident, $skipped:expr) $(
+                $(#[doc = $doc:literal])+ $field:ident / $kind:ident : $printed:expr, $metric:expr;
+            )+) => {
+                tracing::info!(
+                    nodes = $report.nodes.len(),
+                    leased_by_others = $skipped,
+                    $($field = $report.counts.$field,)+
+                    duration_seconds = $report.duration_seconds,
+                    keys_per_second = $report.keys_per_second.round(),
+                    interrupted = $report.interrupted,
+                    cutoff = $report.cutoff,
+                    "sweep finished"
+                )
+            };
+        }
+        sweep::count_table!(log_finished!(report, swept.skipped));
         let mut failures = Vec::new();
         for node in &report.nodes {
             if let Some(reason) = &node.unfinished_reason {

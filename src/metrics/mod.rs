@@ -21,7 +21,7 @@ use prometheus::{
 };
 use tokio::sync::{watch, Notify};
 
-use crate::sweep::{NodeReport, SweepReport};
+use crate::sweep::{CountKind, CountMetric, NodeReport, SweepReport};
 
 /// Buckets from 5 ms to 30 min: a sweep of a few keys and one of tens of
 /// millions both land in a bucket of their own.
@@ -74,8 +74,8 @@ pub struct Metrics {
     /// Per pipeline; observed by the sweep through [`crate::sweep::SweepProgress`].
     pub batch_duration: Histogram,
     /// By `node` (`host:port` of the primary): per node, never per key.
-    keys_scanned: IntCounterVec,
-    tokens_removed: IntCounterVec,
+    /// One per sweep counter with a [`CountMetric::PerNode`].
+    per_node: Vec<(CountKind, IntCounterVec)>,
     errors: IntCounterVec,
     last_success: Gauge,
     /// By `node`: when each primary was last swept to the end, so an alert
@@ -122,20 +122,14 @@ impl Metrics {
             )
             .buckets(BATCH_BUCKETS.to_vec()),
         )?;
-        let keys_scanned = IntCounterVec::new(
-            Opts::new(
-                name("keys_scanned_total"),
-                "Keys returned by SCAN, by node.",
-            ),
-            &["node"],
-        )?;
-        let tokens_removed = IntCounterVec::new(
-            Opts::new(
-                name("tokens_removed_total"),
-                "Expired members removed from token sets, by node.",
-            ),
-            &["node"],
-        )?;
+        let mut per_node = Vec::new();
+        for kind in CountKind::ALL {
+            if let Some(CountMetric::PerNode { name: metric, help }) = kind.metric() {
+                let counter = IntCounterVec::new(Opts::new(name(metric), help), &["node"])?;
+                registry.register(Box::new(counter.clone()))?;
+                per_node.push((kind, counter));
+            }
+        }
         let node_last_success = GaugeVec::new(
             Opts::new(
                 name("node_last_success_timestamp_seconds"),
@@ -194,8 +188,6 @@ impl Metrics {
         registry.register(Box::new(sweeps.clone()))?;
         registry.register(Box::new(sweep_duration.clone()))?;
         registry.register(Box::new(batch_duration.clone()))?;
-        registry.register(Box::new(keys_scanned.clone()))?;
-        registry.register(Box::new(tokens_removed.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(node_last_success.clone()))?;
@@ -226,8 +218,7 @@ impl Metrics {
             sweeps,
             sweep_duration,
             batch_duration,
-            keys_scanned,
-            tokens_removed,
+            per_node,
             errors,
             last_success,
             node_last_success,
@@ -252,12 +243,11 @@ impl Metrics {
     pub fn record_node(&self, node: &NodeReport) {
         crate::mutex::lock(&self.nodes).insert(node.node.clone());
         let label = [node.node.as_str()];
-        self.keys_scanned
-            .with_label_values(&label)
-            .inc_by(node.counts.keys_scanned);
-        self.tokens_removed
-            .with_label_values(&label)
-            .inc_by(node.counts.members_removed);
+        for (kind, counter) in &self.per_node {
+            counter
+                .with_label_values(&label)
+                .inc_by(node.counts.get(*kind));
+        }
         let unfinished = node.unfinished_reason.is_some();
         self.node_unfinished
             .with_label_values(&label)
@@ -303,11 +293,10 @@ impl Metrics {
     /// per-primary ones come from [`Metrics::record_node`].
     pub fn record_report(&self, report: &SweepReport) {
         self.sweep_duration.observe(report.duration_seconds);
-        if report.counts.skipped_wrong_type > 0 {
-            self.count_error("wrong_type", report.counts.skipped_wrong_type);
-        }
-        if report.counts.errors > 0 {
-            self.count_error("command", report.counts.errors);
+        for (kind, n) in report.counts.iter() {
+            if let (Some(CountMetric::Error(error)), true) = (kind.metric(), n > 0) {
+                self.count_error(error, n);
+            }
         }
     }
 

@@ -213,7 +213,7 @@ pub async fn sweep_with(
         &settings.sweep,
         mode,
         &progress,
-        std::future::pending(),
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await
 }

@@ -1,0 +1,393 @@
+//! One primary's sweep: its checks ([`NodeSweep::start`]: slots, unit
+//! guard, permission), then its scan and removal and the check that its
+//! slots did not move meanwhile ([`NodeSweep::finish`]); and
+//! [`PreparedSweep`], every primary whose checks have run.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::counts::Counters;
+use super::cutoff::Expired;
+use super::error::{Check, SweepError};
+use super::guard::guard_node;
+use super::mode::SweepMode;
+use super::permission::check_permission;
+use super::query::Found;
+use super::remove::sweep_batch;
+use super::report::{NodeReport, SweepProgress, Tally};
+use super::scan::Scanner;
+use crate::config::SweepSettings;
+use crate::store::{Connection, Primary, SlotAssignment, StoreError};
+
+/// `sweep.max_parallel_nodes`, at least one.
+pub(super) fn parallel_nodes(settings: &SweepSettings) -> usize {
+    usize::try_from(settings.max_parallel_nodes)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The error of a command given up on after `limit`: a timeout, as
+/// redis-rs reports one (`StoreError::is_timeout`).
+pub(crate) fn no_answer_within(limit: Duration) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {limit:?}"),
+    ))
+}
+
+/// A sweep whose checks passed on every primary ([`prepare`](crate::sweep::prepare)) and that has
+/// deleted nothing yet.
+pub struct PreparedSweep<'a> {
+    pub(super) started: Instant,
+    pub(super) settings: &'a SweepSettings,
+    pub(super) progress: &'a SweepProgress,
+    pub(super) expired: Expired,
+    /// The mode the permission check was run for, so the one `run` uses.
+    pub(super) mode: SweepMode,
+    pub(super) nodes: Vec<Result<NodeSweep<'a>, NodeFailed>>,
+    /// Cancelled: stop sending, finish the batches in flight.
+    pub(super) stop: CancellationToken,
+}
+
+impl PreparedSweep<'_> {
+    /// Keeps only the primaries (by `host:port`) that `keep` accepts; the
+    /// others are not swept, and what their checks scanned is taken back
+    /// out of the sweep's counts.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.nodes.retain(|node| {
+            let kept = keep(match node {
+                Ok(node) => &node.address,
+                Err(failed) => &failed.address,
+            });
+            if let (false, Ok(node)) = (kept, node) {
+                node.tally.retract();
+            }
+            kept
+        });
+    }
+
+    /// Whether the checks of the primary `node` (`host:port`) passed, so
+    /// that it can be swept: `false` for one that could not be reached,
+    /// stalled, or no longer serves its slots (it is reported unfinished).
+    pub fn can_sweep(&self, node: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n, Ok(n) if n.address == node))
+    }
+}
+
+/// A node that could not be swept at all.
+pub(super) struct NodeFailed {
+    pub(super) address: String,
+    /// Why, for the report.
+    reason: String,
+    /// The Redis error behind it, if it was one (not when the node no
+    /// longer serves the slots it was chosen for).
+    error: Option<StoreError>,
+}
+
+impl NodeFailed {
+    /// A node whose checks did not answer within `limit`: not swept, as
+    /// one that cannot be reached.
+    pub(super) fn stalled(address: &str, limit: Duration) -> Self {
+        let error = StoreError::Command {
+            address: address.to_owned(),
+            what: "the checks before the sweep",
+            source: no_answer_within(limit),
+        };
+        Self {
+            address: address.to_owned(),
+            reason: error.to_string(),
+            error: Some(error),
+        }
+    }
+
+    pub(super) fn report(self) -> (NodeReport, Option<StoreError>) {
+        let report = NodeReport::new(self.address, &Counters::default(), Some(self.reason));
+        (report, self.error)
+    }
+}
+
+/// One node's sweep, between its unit guard and its end.
+pub(super) struct NodeSweep<'a> {
+    pub(super) address: String,
+    /// Direct to the node; SCAN and the pipelines go here.
+    conn: Connection,
+    /// The node's slot assignment before the scan (`None`: not a cluster).
+    assignment: Option<SlotAssignment>,
+    /// The slots it was importing then: its keys of those are sent after `ASKING`.
+    importing: BTreeSet<u16>,
+    scanner: Scanner<'a>,
+    pub(super) tally: Tally<'a>,
+    /// `stop` was cancelled during the unit-guard sample.
+    interrupted: bool,
+}
+
+impl<'a> NodeSweep<'a> {
+    /// Connects to the node, checks it still serves the slots it was chosen
+    /// for, and runs its unit guard and permission check. The outer error
+    /// aborts the whole sweep (a check refused or could not run); the inner
+    /// one is this node not being swept.
+    pub(super) async fn start(
+        conn: &Connection,
+        primary: &Primary,
+        settings: &'a SweepSettings,
+        now_micros: i128,
+        mode: SweepMode,
+        progress: &'a SweepProgress,
+        stop: &CancellationToken,
+    ) -> Result<Result<NodeSweep<'a>, NodeFailed>, SweepError> {
+        let address = primary.address.as_str();
+        let failed = |error: StoreError| {
+            if is_own_inability(&error) {
+                // Every daemon would not fail alike here: this one must not
+                // go on as if it could sweep (a daemon would stay counted
+                // in the shares and keep this node out of the others').
+                return Err(SweepError::SafetyCheck {
+                    check: Check::Permission,
+                    reason: error.to_string(),
+                    refusal: Some(error.kind()),
+                });
+            }
+            Ok(Err(NodeFailed {
+                address: address.to_owned(),
+                reason: error.to_string(),
+                error: Some(error),
+            }))
+        };
+        let mut node_conn = match conn.node(address).await {
+            Ok(node_conn) => node_conn,
+            Err(e) => return failed(e),
+        };
+        let assignment = match node_conn.slot_assignment().await {
+            Ok(assignment) => assignment,
+            Err(e) => return failed(e),
+        };
+        if let Some(reason) = assignment
+            .as_ref()
+            .and_then(|now| moved_since(primary, now))
+        {
+            // Swept or not, it could not count as finished; the next sweep
+            // reads the topology afresh.
+            return Ok(Err(NodeFailed {
+                address: address.to_owned(),
+                reason,
+                error: None,
+            }));
+        }
+        let importing = assignment
+            .as_ref()
+            .map(SlotAssignment::importing)
+            .unwrap_or_default();
+        let tally = Tally {
+            progress,
+            node: Arc::default(),
+        };
+        let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
+        let found = Found::ScannedOn {
+            importing: &importing,
+        };
+        let scanned = if settings.unit_guard {
+            guard_node(&mut scanner, now_micros, found, stop).await?
+        } else {
+            // The permission check needs a key: the first SCAN page.
+            scanner.fill(1, stop).await
+        };
+        let interrupted = match scanned {
+            Ok(interrupted) => interrupted,
+            Err(e) => return failed(e),
+        };
+        // No key on the node: nothing to remove, so nothing to prove.
+        // Interrupted: nothing will be sent.
+        if let (false, Some(key)) = (interrupted, scanner.pending.first()) {
+            check_permission(&mut node_conn, key, found, mode).await?;
+        }
+        Ok(Ok(NodeSweep {
+            address: address.to_owned(),
+            conn: node_conn,
+            assignment,
+            importing,
+            scanner,
+            tally,
+            interrupted,
+        }))
+    }
+
+    /// Scans the rest of the node and removes, up to `max_in_flight`
+    /// pipelines at a time; then checks the slots did not move meanwhile.
+    pub(super) async fn finish(
+        mut self,
+        expired: Expired,
+        mode: SweepMode,
+        stop: &CancellationToken,
+    ) -> (NodeReport, Option<StoreError>) {
+        let scanned = if self.interrupted {
+            Ok(true)
+        } else {
+            self.scan_and_remove(expired, mode, stop).await
+        };
+        let (finished, reason, error) = match scanned {
+            // Interrupted: unfinished, but nothing went wrong.
+            Ok(true) => (false, None, None),
+            Ok(false) => match self.check_assignment().await {
+                Ok(None) => (true, None, None),
+                Ok(Some(reason)) => (false, Some(reason), None),
+                Err(e) => (false, Some(e.to_string()), Some(e)),
+            },
+            Err(e) => (false, Some(e.to_string()), Some(e)),
+        };
+        let mut report = NodeReport::new(self.address, &self.tally.node, reason);
+        report.finished = finished;
+        (report, error)
+    }
+
+    /// Returns whether `stop` cut the scan short.
+    async fn scan_and_remove(
+        &mut self,
+        expired: Expired,
+        mode: SweepMode,
+        stop: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        // Capacity = max_in_flight: the scanner may run one channel's worth
+        // ahead of the pipelines, which bounds memory to about
+        // 2 * max_in_flight batches per node.
+        let in_flight = usize::try_from(self.scanner.settings.max_in_flight)
+            .unwrap_or(1)
+            .max(1);
+        let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Vec<u8>>>(in_flight);
+        let scanning = self.scanner.run(batches_tx, stop);
+        let conn = &self.conn;
+        let tally = &self.tally;
+        let found = Found::ScannedOn {
+            importing: &self.importing,
+        };
+        let removing = stream::poll_fn(|cx| batches_rx.poll_recv(cx))
+            .map(|batch| {
+                let mut conn = conn.clone();
+                async move {
+                    let sent = Instant::now();
+                    let outcome = sweep_batch(&mut conn, &batch, found, expired, mode).await;
+                    tally.progress.batch_timed(sent.elapsed());
+                    outcome
+                }
+            })
+            .buffer_unordered(in_flight)
+            .map(Ok)
+            .try_for_each(|(outcome, stopped)| {
+                // Counted before the error ends the node: what the batch's
+                // other keys removed was removed.
+                tally.add(&outcome);
+                std::future::ready(stopped)
+            });
+        let (interrupted, ()) = tokio::try_join!(scanning, removing)?;
+        Ok(interrupted)
+    }
+
+    /// `Some(reason)` when the node's slots moved or were migrating while it
+    /// was scanned: keys may have left ahead of the cursor unseen.
+    async fn check_assignment(&mut self) -> Result<Option<String>, StoreError> {
+        let Some(before) = self.assignment.take() else {
+            return Ok(None);
+        };
+        // A node that answered with a `myself` line before the scan must
+        // answer with one after it: `slot_assignment` errors otherwise.
+        let after = self.conn.slot_assignment().await?;
+        Ok(if after.as_ref() != Some(&before) {
+            Some(
+                "its slots or configuration epoch changed during the sweep (resharding or \
+                 failover)"
+                    .to_owned(),
+            )
+        } else if !before.migrations.is_empty() {
+            // While slot N moves from A (migrating) to B (importing), each
+            // of its keys is on exactly one of them: on A until MIGRATE
+            // moves it, then on B (a key created meanwhile is created on B,
+            // as A answers ASK for keys it lacks). SCAN is per node and
+            // returns what the node holds, whatever the slot: A's scan the
+            // keys still on A, which A serves; B's scan those already moved,
+            // which B serves after ASKING (see `Found::ScannedOn`); a key
+            // moved after A's scan returned it answers ASK there and is
+            // swept on B. So while no key moves, each is swept where it
+            // lives, exactly once. But a key MIGRATE moves after B's cursor
+            // passed it and before A's reached it is seen by neither scan,
+            // and the markers look the same whether keys move or the
+            // migration is stuck: neither node can count as finished until
+            // the markers go. The next sweep sees such a key on B.
+            let open: Vec<String> = before.migrations.iter().map(ToString::to_string).collect();
+            Some(format!(
+                "a slot migration was open during the sweep ({}): keys moving meanwhile may \
+                 have been missed; one that stays open is stuck (redis-cli --cluster fix)",
+                open.join(", ")
+            ))
+        } else {
+            None
+        })
+    }
+}
+
+/// Whether a node's `error` is this client's own inability (its ACL user
+/// may not run a command there, its credentials are refused there, its
+/// client settings do not work), which another client may not share, as
+/// opposed to the node being down, stalled or reconfiguring, which every
+/// client sees alike. ACLs and passwords are per node on a cluster.
+fn is_own_inability(error: &StoreError) -> bool {
+    matches!(error.kind(), "noperm" | "auth" | "config")
+}
+
+/// Why a node, by its own account `now`, no longer serves what `primary`
+/// says it did when the sweep chose it; `None` when it still does. Its
+/// scan could not cover slots it has lost, and slots that moved to a node
+/// already swept would be seen by nobody.
+fn moved_since(primary: &Primary, now: &SlotAssignment) -> Option<String> {
+    let mut expected = primary.slots.clone();
+    let mut serves = now.slots.clone();
+    // Slot lists compare as sets of ranges: the order is the server's.
+    for ranges in [&mut expected, &mut serves] {
+        ranges.sort_by_key(|range| (*range.start(), *range.end()));
+    }
+    if !now.primary {
+        Some("it is no longer a primary (failover)".to_owned())
+    } else if serves != expected {
+        Some("its slots changed since the cluster topology was read".to_owned())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(primary: bool, slots: Vec<std::ops::RangeInclusive<u16>>) -> SlotAssignment {
+        SlotAssignment {
+            primary,
+            config_epoch: 1,
+            slots,
+            migrations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_node_still_serves_its_slots_in_any_order_and_nothing_else() {
+        let chosen = Primary {
+            address: "127.0.0.1:7000".to_owned(),
+            slots: vec![0..=99, 200..=299],
+        };
+        assert_eq!(
+            moved_since(&chosen, &assignment(true, vec![200..=299, 0..=99])),
+            None
+        );
+        assert!(moved_since(&chosen, &assignment(true, vec![0..=99]))
+            .is_some_and(|reason| reason.contains("slots changed")));
+        assert!(moved_since(&chosen, &assignment(true, vec![0..=299])).is_some());
+        assert!(
+            moved_since(&chosen, &assignment(false, vec![0..=99, 200..=299]))
+                .is_some_and(|reason| reason.contains("failover"))
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! Step 5 of a sweep: one pipeline of `ZREMRANGEBYSCORE` (`ZCOUNT` in a dry
+//! run) per batch of keys, and the tally of its replies.
+
+use super::counts::Counts;
+use super::cutoff::{min_bound, Expired};
+use super::mode::SweepMode;
+use super::query::{is_redirect, not_a_cluster, query_each, replied_from, Found, KeyReply};
+use crate::store::{Connection, StoreError};
+
+/// What one pipeline of keys did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Its counts (`keys_scanned` stays 0: the scan counts those).
+    pub counts: Counts,
+    /// The first per-key error other than WRONGTYPE.
+    pub first_error: Option<String>,
+}
+
+/// Sends one pipeline over `keys`: `ZREMRANGEBYSCORE key <min> cutoff`
+/// (or `ZCOUNT` in a dry run) over the scores `expired` says, and tallies
+/// the replies.
+///
+/// On a connection to one cluster node, keys that answer MOVED (their slot
+/// moved) are sent again, one command each, through the cluster client, which
+/// routes them by slot; keys that answer ASK (their slot is being migrated)
+/// go to the node named, after `ASKING`. A redirected key did nothing where
+/// it was first sent, so it is counted once, where it lives now.
+///
+/// Public so that callers sweeping keys they found another way (a list of
+/// users) use the exact same command.
+///
+/// # Errors
+/// [`StoreError::Command`] when the pipeline as a whole fails (connection
+/// lost, timeout). Per-key errors are counted in the outcome instead.
+pub async fn sweep_keys(
+    conn: &mut Connection,
+    keys: &[Vec<u8>],
+    expired: Expired,
+    mode: SweepMode,
+) -> Result<BatchOutcome, StoreError> {
+    let (outcome, stopped) = sweep_batch(conn, keys, Found::Anywhere, expired, mode).await;
+    stopped.map(|()| outcome)
+}
+
+/// [`sweep_keys`] for keys `found` as said. Returns the outcome of every
+/// reply the pipeline got, and beside it the error that ends the node's
+/// sweep, if any: a NOPERM on one key (an ACL that lets the user write
+/// only some keys) does not undo what the other keys of the same pipeline
+/// did, so their counts are reported with the error, not dropped.
+pub(super) async fn sweep_batch(
+    conn: &mut Connection,
+    keys: &[Vec<u8>],
+    found: Found<'_>,
+    expired: Expired,
+    mode: SweepMode,
+) -> (BatchOutcome, Result<(), StoreError>) {
+    let command = mode.command();
+    let min = min_bound(expired.floor());
+    let mut outcome = BatchOutcome::default();
+    let replies = match query_each(conn, command, keys, found, |key| {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(key).arg(&min).arg(expired.cutoff());
+        cmd
+    })
+    .await
+    {
+        Ok(replies) => replies,
+        Err(e) => return (outcome, Err(e)),
+    };
+    let mut stopped = Ok(());
+    for KeyReply { reply, redirected } in replies {
+        outcome.counts.keys_redirected += u64::from(redirected);
+        match reply {
+            Err(e) if !redirected && is_redirect(&e) => {
+                outcome.counts.errors += 1;
+                outcome
+                    .first_error
+                    .get_or_insert_with(|| not_a_cluster(conn, command));
+            }
+            reply => {
+                let count = reply.and_then(|value| Ok(redis::from_redis_value::<u64>(value)?));
+                if let Err(e) = outcome.tally(command, count) {
+                    // The first such error is the node's; every reply is
+                    // still counted.
+                    if stopped.is_ok() {
+                        stopped = Err(replied_from(conn, redirected).error(command, e));
+                    }
+                }
+            }
+        }
+    }
+    (outcome, stopped)
+}
+
+impl BatchOutcome {
+    /// Counts one key's reply. Errors that are not about the key (missing ACL
+    /// permission, a replica, a cluster that is down) are returned: the
+    /// node's sweep stops with the server's own message, once the rest of
+    /// the batch's replies are counted (an ACL may allow some keys and not
+    /// others, so replies before and after it may have removed members).
+    fn tally(
+        &mut self,
+        command: &str,
+        reply: redis::RedisResult<u64>,
+    ) -> Result<(), redis::RedisError> {
+        match reply {
+            Ok(0) => {}
+            Ok(removed) => {
+                self.counts.keys_changed += 1;
+                self.counts.members_removed += removed;
+            }
+            Err(e) if e.code() == Some("WRONGTYPE") => self.counts.skipped_wrong_type += 1,
+            // CLUSTERDOWN: the node refuses keyed commands until the
+            // cluster is whole again; the next sweep retries it.
+            Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY" | "CLUSTERDOWN")) => {
+                return Err(e)
+            }
+            Err(e) => {
+                self.counts.errors += 1;
+                self.first_error
+                    .get_or_insert_with(|| format!("{command}: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
