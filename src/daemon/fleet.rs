@@ -25,6 +25,10 @@ pub(super) struct Fleet {
     pub(super) taken: Mutex<BTreeSet<String>>,
 }
 
+/// How long each lease script may take at shutdown (and when a reload
+/// changes `lock.key`).
+pub(super) const SHUTDOWN_RELEASE: Duration = Duration::from_secs(2);
+
 /// The registry of the daemons sharing `lock_key`.
 pub(super) fn registry_of(lock_key: &str) -> String {
     format!("{lock_key}:daemons")

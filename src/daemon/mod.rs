@@ -6,8 +6,13 @@
 //! own (listed below, each importing only the ones above it).
 //!
 //! One loop owns all state and reacts to a control message (sweep now,
-//! reload), the stop token being cancelled, the end of the running sweep, an alarm from the
+//! reload), the stop token, the end of the running sweep, an alarm from the
 //! scheduler, its own wake-up, and nothing else.
+//!
+//! **One way to stop: a `CancellationToken`.** When the caller cancels it,
+//! the loop schedules no more; the running round, on a child token, sends
+//! no new batch and finishes those in flight; then the leases go back, and
+//! the HTTP endpoints, on a token of their own, stop last.
 //!
 //! **The scheduler is the alarm; the loop's plan is the authority.** The
 //! `Ticker` plans each tick on the wall clock. For the planned tick the loop
@@ -74,10 +79,10 @@ use tokio_cron_scheduler::{JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 
 use self::alarm::{Alarm, TickSource};
-use self::fleet::Fleet;
+use self::fleet::{Fleet, SHUTDOWN_RELEASE};
 use self::lease::ReplicaLock;
 use self::readiness::{publish_schedule, DaemonReadiness};
-use self::reload::SHUTDOWN_RELEASE;
+use self::reload::reload;
 use self::round::{jitter_delay, warn_overlap, Round, RoundPhase, RunningRound, Trigger};
 use self::systemd::{notify_systemd, Watchdog};
 use self::ticker::{Ticker, ALARM_GRACE};
@@ -226,7 +231,15 @@ impl Daemon {
                     control = controls.recv() => match control {
                         Some(Control::SweepNow) => Some(Trigger::Manual),
                         Some(Control::Reload) => {
-                            self.reload(&mut ticker, &redis, &fleet).await;
+                            reload(
+                                &mut self.settings,
+                                self.config_path.as_deref(),
+                                self.log_level.as_ref(),
+                                &mut ticker,
+                                &redis,
+                                &fleet,
+                            )
+                            .await;
                             None
                         }
                         None => break,
