@@ -140,14 +140,16 @@ fn run(
             let log_level = logging::init(&settings.log);
             runtime()?.block_on(async {
                 let (controls_tx, controls) = tokio::sync::mpsc::channel(8);
-                forward_signals(controls_tx).map_err(|e| Failure::Runtime(e.into()))?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                forward_signals(controls_tx, stop.clone())
+                    .map_err(|e| Failure::Runtime(e.into()))?;
                 let daemon = Daemon {
                     config_path,
                     settings,
                     log_level,
                 };
                 daemon
-                    .run(controls)
+                    .run(controls, stop)
                     .await
                     .map_err(|e| Failure::Runtime(e.into()))
             })?;
@@ -574,7 +576,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 /// takes them, several of one kind in the meantime counting as one (one
 /// reload reads the file as it is by then; one extra sweep does what any
 /// number would).
-fn forward_signals(controls: tokio::sync::mpsc::Sender<Control>) -> std::io::Result<()> {
+fn forward_signals(
+    controls: tokio::sync::mpsc::Sender<Control>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
     use futures_util::StreamExt;
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 
@@ -591,7 +596,10 @@ fn forward_signals(controls: tokio::sync::mpsc::Sender<Control>) -> std::io::Res
                         eprintln!("token-sweeper: second stop signal, exiting now");
                         std::process::exit(1);
                     }
-                    Some(_) => pending.ask(Control::Shutdown),
+                    Some(_) => {
+                        pending.stop();
+                        stop.cancel();
+                    }
                     None => return,
                 },
                 permit = controls.reserve(), if !daemon_gone && pending.any() => match permit {
@@ -614,7 +622,6 @@ fn forward_signals(controls: tokio::sync::mpsc::Sender<Control>) -> std::io::Res
 struct PendingControls {
     /// A stop signal came; the next one exits.
     stopping: bool,
-    shutdown: bool,
     reload: bool,
     sweep_now: bool,
 }
@@ -624,29 +631,29 @@ impl PendingControls {
     /// dropped: the daemon would not read them.
     fn ask(&mut self, control: Control) {
         match control {
-            Control::Shutdown => {
-                *self = Self {
-                    stopping: true,
-                    shutdown: true,
-                    ..Self::default()
-                }
-            }
             _ if self.stopping => {}
             Control::Reload => self.reload = true,
             Control::SweepNow => self.sweep_now = true,
         }
     }
 
-    fn any(&self) -> bool {
-        self.shutdown || self.reload || self.sweep_now
+    /// A stop signal came (the daemon's token is cancelled): the controls
+    /// not yet taken are dropped.
+    fn stop(&mut self) {
+        *self = Self {
+            stopping: true,
+            ..Self::default()
+        }
     }
 
-    /// The next control to hand over: shutdown first; then a reload, so
-    /// that a sweep asked for with it runs the new settings.
+    fn any(&self) -> bool {
+        self.reload || self.sweep_now
+    }
+
+    /// The next control to hand over: a reload first, so that a sweep
+    /// asked for with it runs the new settings.
     fn take(&mut self) -> Option<Control> {
-        if std::mem::take(&mut self.shutdown) {
-            Some(Control::Shutdown)
-        } else if std::mem::take(&mut self.reload) {
+        if std::mem::take(&mut self.reload) {
             Some(Control::Reload)
         } else {
             std::mem::take(&mut self.sweep_now).then_some(Control::SweepNow)

@@ -1,0 +1,111 @@
+//! What a round ends with: the counts and the log line of its sweep, and
+//! the failure that `/readyz` reports until a round succeeds.
+
+use crate::metrics::{Metrics, SweepResult};
+use crate::sweep::{self, SweepReport};
+
+/// What one round swept.
+pub(super) struct RoundSweeps {
+    /// `None` when every primary of this daemon's share was leased by
+    /// another daemon this period.
+    pub(super) report: Option<SweepReport>,
+    /// Primaries of the share leased by another daemon this period.
+    pub(super) skipped: usize,
+}
+
+/// Why a round failed, in one line: `/readyz` says it until a round
+/// succeeds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RoundFailure {
+    pub(super) reason: String,
+}
+
+/// Counts and logs a round that could not sweep (`kind` names the failure
+/// in the metrics).
+pub(super) fn failed(metrics: &Metrics, kind: &str, reason: String) -> RoundFailure {
+    metrics.count_sweep(SweepResult::Error);
+    metrics.count_error(kind, 1);
+    tracing::error!(kind, "sweep failed: {reason}");
+    RoundFailure {
+        reason: format!("last sweep failed: {reason}"),
+    }
+}
+
+/// Counts and logs what a round swept; a round that swept less than its
+/// share, or had per-key errors, failed.
+pub(super) fn finished(
+    metrics: &Metrics,
+    lock_key: &str,
+    swept: &RoundSweeps,
+) -> Result<(), RoundFailure> {
+    let Some(report) = &swept.report else {
+        metrics.count_sweep(SweepResult::SkippedLocked);
+        tracing::info!(
+            key = lock_key,
+            "another daemon holds the replica lock for this period; skipping"
+        );
+        return Ok(());
+    };
+    metrics.record_report(report);
+    let result = if report.interrupted {
+        SweepResult::Interrupted
+    } else if !report.unfinished_nodes.is_empty() {
+        SweepResult::Incomplete
+    } else if report.counts.errors > 0 {
+        SweepResult::Error
+    } else {
+        SweepResult::Ok
+    };
+    metrics.count_sweep(result);
+    // One field per counter, from the sweep's one table of them
+    // (`tracing` needs the field names when it compiles).
+    macro_rules! log_finished {
+        (($report:ident, $skipped:expr) $(
+            $(#[doc = $doc:literal])+ $field:ident / $kind:ident : $printed:expr, $metric:expr;
+        )+) => {
+            tracing::info!(
+                nodes = $report.nodes.len(),
+                leased_by_others = $skipped,
+                $($field = $report.counts.$field,)+
+                duration_seconds = $report.duration_seconds,
+                keys_per_second = $report.keys_per_second.round(),
+                interrupted = $report.interrupted,
+                cutoff = $report.cutoff,
+                "sweep finished"
+            )
+        };
+    }
+    sweep::count_table!(log_finished!(report, swept.skipped));
+    let mut failures = Vec::new();
+    for node in &report.nodes {
+        if let Some(reason) = &node.unfinished_reason {
+            tracing::warn!(
+                node = node.node,
+                reason,
+                "node not finished; the next sweep covers it"
+            );
+            failures.push(format!("{}: {reason}", node.node));
+        }
+    }
+    if report.counts.errors > 0 {
+        failures.push(format!(
+            "{} per-key errors, first: {}",
+            report.counts.errors,
+            report.first_error.as_deref().unwrap_or("unknown")
+        ));
+    }
+    match result {
+        SweepResult::Ok | SweepResult::Interrupted => {
+            metrics.mark_success();
+            Ok(())
+        }
+        _ => {
+            if result == SweepResult::Incomplete {
+                metrics.count_error("incomplete", 1);
+            }
+            Err(RoundFailure {
+                reason: format!("last sweep: {}", failures.join("; ")),
+            })
+        }
+    }
+}
