@@ -13,9 +13,11 @@ use clap::{Parser, Subcommand};
 use token_sweeper::auth::{self, AuthError, Expiry, TokenService};
 use token_sweeper::config::Settings;
 use token_sweeper::daemon::{Control, Daemon};
+use token_sweeper::logging;
 use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, Counts, SweepMode, SweepProgress, SweepReport};
-use token_sweeper::{logging, metrics};
+
+mod cli;
 
 /// Keeps Redis JWT allowlists clean.
 #[derive(Parser)]
@@ -162,8 +164,10 @@ fn run(
                 let listen = settings.metrics.listen.replace("0.0.0.0:", "127.0.0.1:");
                 format!("http://{listen}/healthz")
             });
-            let status =
-                runtime()?.block_on(metrics::http_get_status(&url, Duration::from_secs(3)));
+            let status = runtime()?.block_on(cli::healthcheck::http_get_status(
+                &url,
+                Duration::from_secs(3),
+            ));
             match status {
                 Ok(200) => Ok(ExitCode::SUCCESS),
                 Ok(code) => Err(Failure::Runtime(anyhow::anyhow!("{url}: HTTP {code}"))),

@@ -1337,7 +1337,7 @@ impl Daemon {
             Alarm::start(JobScheduler::new().await?, rings_tx, watchdog.max_sleep()).await?;
         alarm.follow(ticker.next(), Instant::now()).await;
         publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
-        let (http_stop_tx, http_stop) = watch::channel(false);
+        let http_stop = tokio_util::sync::CancellationToken::new();
         let http = tokio::spawn(crate::metrics::serve(
             listener,
             metrics.clone(),
@@ -1347,10 +1347,7 @@ impl Daemon {
                 unscheduled,
                 last_failure,
             },
-            async move {
-                let mut http_stop = http_stop;
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            },
+            http_stop.clone(),
         ));
         tracing::info!("metrics at http://{address}/metrics, health at /healthz and /readyz");
 
@@ -1521,7 +1518,7 @@ impl Daemon {
         if let Ok((conn, _)) = redis.checkout() {
             fleet.withdraw(&conn, SHUTDOWN_RELEASE).await;
         }
-        let _ = http_stop_tx.send(true);
+        http_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
         tracing::info!("stopped");
         Ok(())
