@@ -51,6 +51,22 @@ pub struct IssuedToken {
 }
 
 #[cfg(test)]
+impl Claims {
+    /// Claims of user 42 without issuer, audience or extras, for unit tests.
+    pub(super) fn sample(iat: u64, exp: u64) -> Self {
+        Self {
+            sub: "42".to_owned(),
+            iat,
+            exp,
+            jti: "j".to_owned(),
+            iss: None,
+            aud: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

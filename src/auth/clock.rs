@@ -77,15 +77,7 @@ mod tests {
     use super::*;
 
     fn claims(iat: u64, exp: u64) -> Claims {
-        Claims {
-            sub: "42".to_owned(),
-            iat,
-            exp,
-            jti: "j".to_owned(),
-            iss: None,
-            aud: None,
-            extra: serde_json::Map::new(),
-        }
+        Claims::sample(iat, exp)
     }
 
     const LEEWAY: Duration = Duration::from_secs(5);

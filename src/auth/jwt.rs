@@ -141,15 +141,7 @@ mod tests {
     }
 
     fn claims(exp: u64) -> Claims {
-        Claims {
-            sub: "42".to_owned(),
-            iat: now(),
-            exp,
-            jti: "j".to_owned(),
-            iss: None,
-            aud: None,
-            extra: serde_json::Map::new(),
-        }
+        Claims::sample(now(), exp)
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";

@@ -35,8 +35,8 @@ pub fn print_json(value: &impl serde::Serialize) {
 /// The human-readable report of a one-shot sweep.
 pub fn print_report(report: &SweepReport) {
     let removed = match report.mode {
-        SweepMode::Remove => "members removed    ",
-        SweepMode::DryRun => "members expired    ",
+        SweepMode::Remove => "members removed",
+        SweepMode::DryRun => "members expired",
     };
     println!(
         "swept {} keys in {:.2}s ({}/s){}",
@@ -49,31 +49,23 @@ pub fn print_report(report: &SweepReport) {
             ""
         }
     );
-    println!(
-        "  keys changed        {}",
-        thousands(report.counts.keys_changed)
-    );
-    println!("  {removed} {}", thousands(report.counts.members_removed));
-    println!(
-        "  skipped (not zset)  {}",
-        thousands(report.counts.skipped_wrong_type)
-    );
-    if report.counts.keys_redirected > 0 {
-        println!(
-            "  redirected (moved)  {}",
-            thousands(report.counts.keys_redirected)
-        );
+    let counts = &report.counts;
+    row("keys changed", thousands(counts.keys_changed));
+    row(removed, thousands(counts.members_removed));
+    row("skipped (not zset)", thousands(counts.skipped_wrong_type));
+    if counts.keys_redirected > 0 {
+        row("redirected (moved)", thousands(counts.keys_redirected));
     }
-    println!("  errors              {}", thousands(report.counts.errors));
-    println!(
-        "  cutoff              {} ({})",
-        report.cutoff, report.score_unit
+    row("errors", thousands(counts.errors));
+    row(
+        "cutoff",
+        format!("{} ({})", report.cutoff, report.score_unit),
     );
     if report.mode == SweepMode::DryRun {
         println!("  dry run: nothing was removed");
     }
     if let Some(first) = &report.first_error {
-        println!("  first error         {first}");
+        row("first error", first);
     }
     if report.nodes.len() > 1 {
         for node in &report.nodes {
@@ -91,11 +83,19 @@ pub fn print_report(report: &SweepReport) {
         }
     }
     if !report.unfinished_nodes.is_empty() {
-        println!(
-            "  unfinished nodes    {} (the next sweep covers them)",
-            report.unfinished_nodes.join(", ")
+        row(
+            "unfinished nodes",
+            format!(
+                "{} (the next sweep covers them)",
+                report.unfinished_nodes.join(", ")
+            ),
         );
     }
+}
+
+/// One line of the report: the label in a column of its own, then the value.
+fn row(label: &str, value: impl std::fmt::Display) {
+    println!("  {label:<19} {value}");
 }
 
 /// 1234567 -> "1,234,567".
