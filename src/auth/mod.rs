@@ -19,7 +19,7 @@
 //! the host clock, with `auth.leeway`.
 //!
 //! **Reconnecting.** A [`TokenService`] keeps working through Redis
-//! restarts and failovers: it holds a [`Reconnecting`] link, a call that
+//! restarts and failovers: it holds a [`Reconnecting`](crate::store::Reconnecting) link, a call that
 //! finds the connection gone fails with [`AuthError::Unavailable`] (a 503 for
 //! an HTTP service) and one background task reconnects with backoff; calls
 //! made meanwhile fail at once without touching the network.
