@@ -27,7 +27,7 @@ pub enum AuthError {
     #[error("user id must not be empty")]
     EmptyUser,
     /// A lifetime or tolerance the module cannot honour: `auth.ttl`,
-    /// `auth.leeway`, or the `ttl` given to [`TokenService::issue`].
+    /// `auth.leeway`, or the `ttl` given to [`TokenService::issue`](super::TokenService::issue).
     #[error("{key}: {message}")]
     OutOfRange {
         /// The setting or argument, e.g. `auth.ttl`.

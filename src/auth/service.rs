@@ -103,7 +103,7 @@ impl TokenService {
     /// # Errors
     /// [`AuthError::EmptyUser`], [`AuthError::ReservedClaim`] when
     /// `extra_claims` names a claim set here, [`AuthError::OutOfRange`] for a
-    /// `ttl` that [`ttl_problem`] refuses, [`AuthError::KeyMaterial`] without a signing
+    /// `ttl` that [`ttl_problem`](crate::config::ttl_problem) refuses, [`AuthError::KeyMaterial`] without a signing
     /// key, or a Redis error.
     pub async fn issue(
         &self,
