@@ -185,8 +185,7 @@ impl Daemon {
                 unscheduled,
                 last_failure,
             },
-            // MERGE: `http_stop.clone()` once `serve` takes a token.
-            http_stop.clone().cancelled_owned(),
+            http_stop.clone(),
         ));
         tracing::info!("metrics at http://{address}/metrics, health at /healthz and /readyz");
 
