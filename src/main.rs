@@ -158,10 +158,8 @@ fn run(
             runtime()?.block_on(tokens(action, &settings))
         }
         Command::Healthcheck { url } => {
-            let url = url.unwrap_or_else(|| {
-                let listen = settings.metrics.listen.replace("0.0.0.0:", "127.0.0.1:");
-                format!("http://{listen}/healthz")
-            });
+            let url = url
+                .unwrap_or_else(|| format!("http://{}/healthz", settings.metrics.local_address()));
             let status =
                 runtime()?.block_on(metrics::http_get_status(&url, Duration::from_secs(3)));
             match status {

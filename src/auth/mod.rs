@@ -498,9 +498,7 @@ impl TokenService {
             .checked_add(self.leeway.as_secs())
             .and_then(|at| at.checked_mul(1000))
             .ok_or_else(overflow)?;
-        let score = exp
-            .checked_mul(self.units_per_second())
-            .ok_or_else(overflow)?;
+        let score = self.unit.from_unix_secs(exp).ok_or_else(overflow)?;
         let claims = Claims {
             sub: user_id.to_owned(),
             iat,
@@ -524,7 +522,7 @@ impl TokenService {
             .arg(expire_at_ms)
             .arg(self.max_sessions)
             .arg(self.leeway_units())
-            .arg(self.units_per_second())
+            .arg(self.unit.per_second())
             .arg(min_bound(removal_floor(self.unit)));
         let sessions_dropped: u64 = self
             .round_trip(|mut conn| async move {
@@ -624,7 +622,7 @@ impl TokenService {
         let mut invocation = self.revoke_all_script.key(self.key_for(user_id));
         invocation
             .arg(self.leeway_units())
-            .arg(self.units_per_second());
+            .arg(self.unit.per_second());
         self.round_trip(|mut conn| async move {
             match invocation.invoke_async(&mut conn).await {
                 Ok(live) => Ok(live),
@@ -662,7 +660,7 @@ impl TokenService {
             })
             .await?;
         let now = RedisTime::from(now);
-        let per_second = self.units_per_second() as f64;
+        let per_second = self.unit.per_second() as f64;
         Ok(rows
             .into_iter()
             .filter(|(_, score)| self.is_live(*score, now))
@@ -744,8 +742,7 @@ impl TokenService {
     /// Whether a member scored `score` verifies at `now`: score + leeway >
     /// now (the scripts' `cutoff` is the same line).
     fn is_live(&self, score: f64, now: RedisTime) -> bool {
-        let unit = self.unit.micros() as f64;
-        score * unit + self.leeway.as_micros() as f64 > now.micros
+        self.unit.to_unix_micros(score) + self.leeway.as_micros() as f64 > now.micros
     }
 
     fn member_of(&self, token: &str, claims: &Claims) -> String {
@@ -756,16 +753,9 @@ impl TokenService {
         }
     }
 
-    fn units_per_second(&self) -> u64 {
-        match self.unit {
-            ScoreUnit::Seconds => 1,
-            ScoreUnit::Milliseconds => 1000,
-        }
-    }
-
     /// `auth.leeway` in score units (whole seconds, checked in `new`).
     fn leeway_units(&self) -> u64 {
-        self.leeway.as_secs() * self.units_per_second()
+        self.leeway.as_secs() * self.unit.per_second()
     }
 }
 
@@ -843,14 +833,7 @@ struct Keys {
 impl Keys {
     /// Loads the key material named by `settings` and proves it with a probe.
     fn load(settings: &AuthSettings) -> Result<Self, AuthError> {
-        let algorithm: Algorithm =
-            settings
-                .algorithm
-                .parse()
-                .map_err(|_| AuthError::KeyMaterial {
-                    key: "auth.algorithm",
-                    message: format!("{:?} is not a JWT algorithm", settings.algorithm),
-                })?;
+        let algorithm = settings.algorithm;
         let keys = if algorithm.family() == AlgorithmFamily::Hmac {
             Self::hmac(settings, algorithm)?
         } else {

@@ -1316,11 +1316,11 @@ impl Daemon {
             up_metrics.set_redis_up(up);
         }));
         redis.set_max_backoff(self.settings.sweep.schedule().reconnect_backoff());
-        let address = self.settings.metrics.listen.clone();
-        let listener = tokio::net::TcpListener::bind(&address)
+        let address = self.settings.metrics.listen;
+        let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| DaemonError::Listen {
-                address: address.clone(),
+                address: address.to_string(),
                 source,
             })?;
         let (last_failure_tx, last_failure) = watch::channel(None::<String>);
@@ -1678,7 +1678,7 @@ mod tests {
 
     #[test]
     fn a_schedule_that_runs_out_is_reported_and_tried_again_with_backoff() {
-        let once = Schedule::Cron("0 0 12 1 1 * 2030".to_owned());
+        let once = Schedule::Cron("0 0 12 1 1 * 2030".parse().unwrap());
         let mut ticker = Ticker::new(once, at("2030-01-01T11:59:59Z"));
         assert_eq!(ticker.unarmed_reason(), None);
         assert!(ticker.poll(at("2030-01-01T12:00:00Z")), "its one tick");
@@ -1719,7 +1719,7 @@ mod tests {
     fn a_reschedule_never_leaves_the_daemon_without_a_schedule() {
         let now = at("2030-01-01T10:00:01Z");
         let mut ticker = Ticker::new(every(10), now);
-        let never = Schedule::Cron("0 0 0 1 1 * 2020".to_owned());
+        let never = Schedule::Cron("0 0 0 1 1 * 2020".parse().unwrap());
         assert_eq!(
             ticker.reschedule(never, now),
             Err("sweep.schedule \"0 0 0 1 1 * 2020\" has no next tick".to_owned())
@@ -1918,15 +1918,19 @@ mod tests {
     fn once_at(time: &str) -> Schedule {
         use chrono::{Datelike, Timelike};
         let t = at(time);
-        Schedule::Cron(format!(
-            "{} {} {} {} {} * {}",
-            t.second(),
-            t.minute(),
-            t.hour(),
-            t.day(),
-            t.month(),
-            t.year()
-        ))
+        Schedule::Cron(
+            format!(
+                "{} {} {} {} {} * {}",
+                t.second(),
+                t.minute(),
+                t.hour(),
+                t.day(),
+                t.month(),
+                t.year()
+            )
+            .parse()
+            .unwrap(),
+        )
     }
 
     #[tokio::test]

@@ -1238,7 +1238,7 @@ const EXACT_IN_A_DOUBLE: i128 = 1 << 53;
 /// ```
 pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<i64> {
     let grace = i128::try_from(grace.as_micros()).unwrap_or(i128::MAX);
-    let cutoff = now_micros.saturating_sub(grace).div_euclid(unit.micros());
+    let cutoff = unit.from_unix_micros(now_micros.saturating_sub(grace));
     if cutoff > EXACT_IN_A_DOUBLE {
         None
     } else if cutoff < -EXACT_IN_A_DOUBLE {
@@ -1912,7 +1912,7 @@ pub fn looks_like(score: f64, now_micros: i128) -> Option<ScoreUnit> {
     [ScoreUnit::Seconds, ScoreUnit::Milliseconds]
         .into_iter()
         .find(|unit| {
-            let per_second = (1_000_000 / unit.micros()) as f64;
+            let per_second = unit.per_second() as f64;
             let low = (now_secs - PLAUSIBLE_PAST as f64) * per_second;
             let high = (now_secs + PLAUSIBLE_FUTURE as f64) * per_second;
             (low..=high).contains(&score)
