@@ -1,7 +1,8 @@
 //! Typed settings, their layering and their validation.
 //!
 //! Every value is parsed into its type once, as the settings are read: the
-//! Redis URLs, the cron schedule, the JWT algorithm, the metrics address.
+//! Redis URLs, the cron schedule, the JWT algorithm, the metrics address,
+//! the log filter.
 //! Past [`Settings::load`] no setting is text to be checked again, and every
 //! problem is one [`ConfigError`] that names the key and the bad value, so
 //! an operator can fix it from a single log line.
@@ -46,7 +47,7 @@ pub use auth::{ttl_problem, AuthSettings, MemberKind, MAX_TTL};
 pub use error::ConfigError;
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 pub use lock::{LockSettings, MAX_LOCK_TTL};
-pub use log::{LogFormat, LogSettings};
+pub use log::{LogFilter, LogFormat, LogSettings};
 pub use metrics::MetricsSettings;
 pub use redis::{RedisMode, RedisSettings};
 pub use score_unit::ScoreUnit;
