@@ -149,18 +149,19 @@ impl AuthSettings {
 /// `auth.algorithm` as the name JWT headers use (`HS256`, `EdDSA`).
 mod jwt_algorithm {
     use jsonwebtoken::Algorithm;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    use super::super::values::from_text;
 
     pub fn serialize<S: Serializer>(algorithm: &Algorithm, s: S) -> Result<S::Ok, S::Error> {
         algorithm.serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Algorithm, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{text:?} is not a JWT algorithm (HS256, RS256, ES256, EdDSA, ...): {e}"
-            ))
+        from_text(d, |text| {
+            text.parse().map_err(|e| {
+                format!("{text:?} is not a JWT algorithm (HS256, RS256, ES256, EdDSA, ...): {e}")
+            })
         })
     }
 }

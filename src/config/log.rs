@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::string_enum;
+use super::values::{from_text, string_enum};
 
 string_enum! {
     /// Log line format.
@@ -92,8 +92,7 @@ impl std::str::FromStr for LogFilter {
 
 impl<'de> Deserialize<'de> for LogFilter {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        from_text(d, Self::parse)
     }
 }
 

@@ -42,16 +42,19 @@ impl MetricsSettings {
 mod listen_address {
     use std::net::SocketAddr;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
+
+    use super::super::values::from_text;
 
     pub fn serialize<S: Serializer>(address: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(address)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse()
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an address:port: {e}")))
+        from_text(d, |text| {
+            text.parse()
+                .map_err(|e| format!("{text:?} is not an address:port: {e}"))
+        })
     }
 }
 

@@ -270,8 +270,9 @@ impl SweepSettings {
 /// `sweep.schedule`: parsed, and refused when it never fires, as the
 /// settings are read.
 mod cron_text {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
+    use super::super::values::from_text;
     use crate::schedule::{CronSchedule, Schedule};
 
     pub fn serialize<S: Serializer>(cron: &Option<CronSchedule>, s: S) -> Result<S::Ok, S::Error> {
@@ -282,10 +283,11 @@ mod cron_text {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CronSchedule>, D::Error> {
-        let text = String::deserialize(d)?;
-        Schedule::parse_cron(&text)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} {e}")))
+        from_text(d, |text| {
+            Schedule::parse_cron(text)
+                .map(Some)
+                .map_err(|e| format!("{text:?} {e}"))
+        })
     }
 }
 

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::values::from_text;
 use super::Secret;
 
 /// A Redis URL of the settings (`redis.url`, `redis.nodes`,
@@ -120,8 +121,7 @@ impl Serialize for RedisUrl {
 
 impl<'de> Deserialize<'de> for RedisUrl {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(text.trim()).map_err(serde::de::Error::custom)
+        from_text(d, |text| Self::parse(text.trim()))
     }
 }
 

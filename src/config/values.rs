@@ -51,13 +51,27 @@ macro_rules! string_enum {
 
         impl<'de> ::serde::Deserialize<'de> for $name {
             fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                text.parse().map_err(::serde::de::Error::custom)
+                $crate::config::values::from_text(d, str::parse)
             }
         }
     };
 }
 pub(super) use string_enum;
+
+/// Reads a value written as text: the one way every typed setting is
+/// deserialized, so that each states only how it parses and what its error
+/// says (which names the key once the layering adds it).
+pub(super) fn from_text<'de, D, T, E>(
+    d: D,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: std::fmt::Display,
+{
+    let text = String::deserialize(d)?;
+    parse(&text).map_err(serde::de::Error::custom)
+}
 
 /// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
 pub(super) fn one_of(choices: &[&str]) -> String {
@@ -72,18 +86,16 @@ pub(super) fn one_of(choices: &[&str]) -> String {
 pub(super) mod human_duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim()).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "expected a duration such as \"30s\" or \"5m\", got {text:?}"
-            ))
+        super::from_text(d, |text| {
+            humantime::parse_duration(text.trim())
+                .map_err(|_| format!("expected a duration such as \"30s\" or \"5m\", got {text:?}"))
         })
     }
 }
