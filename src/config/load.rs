@@ -125,3 +125,81 @@ fn one_line(report: &str) -> String {
         None => first.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, String> {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load_with_env(None, env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_typed_value_that_does_not_parse_is_reported_with_its_key_first() {
+        for (variable, value, expected) in [
+            (
+                "TOKEN_SWEEPER__METRICS__LISTEN",
+                "localhost:9090",
+                "metrics.listen: \"localhost:9090\" is not an address:port",
+            ),
+            (
+                "TOKEN_SWEEPER__AUTH__ALGORITHM",
+                "none",
+                "auth.algorithm: \"none\" is not a JWT algorithm",
+            ),
+            (
+                "TOKEN_SWEEPER__SWEEP__SCHEDULE",
+                "*/5 * * * *",
+                "sweep.schedule: \"*/5 * * * *\" is not a cron expression with seconds",
+            ),
+            (
+                "TOKEN_SWEEPER__SWEEP__SCORE_UNIT",
+                "us",
+                "sweep.score_unit: expected \"ms\" or \"s\", got \"us\"",
+            ),
+            (
+                "TOKEN_SWEEPER__LOG__LEVEL",
+                "=^",
+                "log.level: \"=^\" is not a log filter",
+            ),
+        ] {
+            let err = load(&[(variable, value)]).unwrap_err();
+            assert!(err.starts_with(expected), "{variable}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_schedule_on_its_own_replaces_the_default_interval() {
+        let settings = load(&[("TOKEN_SWEEPER__SWEEP__SCHEDULE", "0 */5 * * * *")]).unwrap();
+        assert_eq!(settings.sweep.interval, None);
+        assert_eq!(
+            settings.sweep.schedule.map(|cron| cron.to_string()),
+            Some("0 */5 * * * *".to_owned())
+        );
+        let err = load(&[
+            ("TOKEN_SWEEPER__SWEEP__SCHEDULE", "0 */5 * * * *"),
+            ("TOKEN_SWEEPER__SWEEP__INTERVAL", "5m"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "sweep.schedule: sweep.schedule and sweep.interval are both set; set exactly one"
+        );
+    }
+
+    #[test]
+    fn a_toml_report_is_folded_into_one_line() {
+        let report = "TOML parse error at line 1, column 5\n  |\n1 | a = \n  |     ^\nstring values must be quoted\n";
+        assert_eq!(
+            one_line(report),
+            "TOML parse error at line 1, column 5: string values must be quoted"
+        );
+        assert_eq!(one_line("just this"), "just this");
+    }
+}
