@@ -155,3 +155,69 @@ impl RedisSettings {
         positive("redis.response_timeout", self.response_timeout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn refused(settings: RedisSettings) -> String {
+        settings.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_mode_gets_what_it_needs() {
+        RedisSettings::default().validate().unwrap();
+        let sentinel = RedisSettings {
+            mode: RedisMode::Sentinel,
+            ..RedisSettings::default()
+        };
+        assert_eq!(
+            refused(sentinel.clone()),
+            "redis.sentinels: sentinel mode needs at least one sentinel URL"
+        );
+        assert_eq!(
+            refused(RedisSettings {
+                sentinels: vec!["redis://s:26379".parse().unwrap()],
+                ..sentinel
+            }),
+            "redis.master_name: sentinel mode needs the master name the sentinels monitor"
+        );
+        assert_eq!(
+            refused(RedisSettings {
+                mode: RedisMode::Cluster,
+                nodes: vec!["redis://u:pw@n:7000/3".parse().unwrap()],
+                ..RedisSettings::default()
+            }),
+            "redis.nodes: \"redis://u:<redacted>@n:7000/3\": Redis Cluster has only database 0"
+        );
+    }
+
+    #[test]
+    fn tls_files_need_a_tls_url_and_come_in_pairs() {
+        assert_eq!(
+            refused(RedisSettings {
+                tls_ca_file: Some("/ca.pem".into()),
+                ..RedisSettings::default()
+            }),
+            "redis.url: redis.tls_* files are set, but the URL is not rediss:// (TLS)"
+        );
+        assert_eq!(
+            refused(RedisSettings {
+                url: "rediss://h:6380".parse().unwrap(),
+                tls_cert_file: Some("/c.pem".into()),
+                ..RedisSettings::default()
+            }),
+            "redis.tls_key_file: set redis.tls_cert_file and redis.tls_key_file together"
+        );
+        assert_eq!(
+            refused(RedisSettings {
+                password: Some(Secret::new("p")),
+                password_file: Some("/p".into()),
+                ..RedisSettings::default()
+            }),
+            "redis.password_file: set either redis.password or redis.password_file, not both"
+        );
+    }
+}
