@@ -4,6 +4,7 @@
 //! A leaf: it knows nothing of the daemon that drives it or the settings
 //! that hold it, so both can use it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -13,9 +14,20 @@ use chrono::{DateTime, SubsecRound, Utc};
 pub enum Schedule {
     /// Six-field cron expression (with seconds; an optional seventh field
     /// is the year), UTC.
-    Cron(String),
+    Cron(CronSchedule),
     /// Fixed interval in whole seconds.
     Interval(Duration),
+}
+
+/// A cron expression, parsed once: the ticks come from the parsed form, the
+/// text is kept as the operator wrote it for messages and dumps (the parser
+/// upper-cases and trims its copy).
+#[derive(Clone, Debug)]
+pub struct CronSchedule {
+    text: String,
+    /// Shared: the parsed form is some 300 bytes, and the settings hand out
+    /// a copy of the schedule to each part that drives it.
+    cron: Arc<croner::Cron>,
 }
 
 /// Why `sweep.schedule` cannot be used.
@@ -33,20 +45,79 @@ pub enum ScheduleError {
     },
 }
 
+impl CronSchedule {
+    /// Parses a cron expression: seconds required, day-of-month AND
+    /// day-of-week. Whether it still fires is not checked here (a schedule
+    /// that has run out is a state the daemon reports); settings use
+    /// [`Schedule::parse_cron`], which refuses one.
+    ///
+    /// # Errors
+    /// [`ScheduleError::Invalid`].
+    pub fn parse(expr: &str) -> Result<Self, ScheduleError> {
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(expr)
+            .map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+        Ok(Self {
+            text: expr.to_owned(),
+            cron: Arc::new(cron),
+        })
+    }
+
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first tick strictly after `now`, if any. croner keeps the
+    /// fraction of a second it starts from: on the whole second, ticks stay
+    /// on whole seconds.
+    fn next_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&now.trunc_subsecs(0), false)
+            .ok()
+    }
+}
+
+/// Two expressions are the same schedule when they are written the same:
+/// what a reload compares.
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for CronSchedule {}
+
+impl std::str::FromStr for CronSchedule {
+    type Err = ScheduleError;
+
+    fn from_str(expr: &str) -> Result<Self, ScheduleError> {
+        Self::parse(expr)
+    }
+}
+
+impl std::fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 impl Schedule {
-    /// Parses a cron expression (seconds required, day-of-month AND
-    /// day-of-week) and makes sure it fires at least once more: a schedule
-    /// that never fires is refused where the configuration is validated.
+    /// Parses a cron expression ([`CronSchedule::parse`]) and makes sure it
+    /// fires at least once more: a schedule that never fires is refused
+    /// where the configuration is read.
     ///
     /// # Errors
     /// [`ScheduleError`] saying which.
-    pub fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
-        let cron =
-            parse_cron_expression(expr).map_err(|e| ScheduleError::Invalid(e.to_string()))?;
+    pub fn parse_cron(expr: &str) -> Result<CronSchedule, ScheduleError> {
+        let cron = CronSchedule::parse(expr)?;
         let now = Utc::now().trunc_subsecs(0);
-        match cron.find_next_occurrence(&now, false) {
-            Ok(_) => Ok(cron),
-            Err(_) => Err(ScheduleError::NeverFires { after: now }),
+        match cron.next_after(now) {
+            Some(_) => Ok(cron),
+            None => Err(ScheduleError::NeverFires { after: now }),
         }
     }
 
@@ -61,12 +132,7 @@ impl Schedule {
                 let next = (now.timestamp_millis().div_euclid(period) + 1).checked_mul(period)?;
                 DateTime::from_timestamp_millis(next)
             }
-            // croner keeps the fraction of a second it starts from: on the
-            // whole second, ticks stay on whole seconds.
-            Self::Cron(expr) => parse_cron_expression(expr)
-                .ok()?
-                .find_next_occurrence(&now.trunc_subsecs(0), false)
-                .ok(),
+            Self::Cron(cron) => cron.next_after(now),
         }
     }
 
@@ -92,15 +158,13 @@ impl Schedule {
     pub fn shortest_gap(&self, now: DateTime<Utc>) -> Option<Duration> {
         let cron = match self {
             Self::Interval(interval) => return Some(*interval),
-            Self::Cron(expr) => parse_cron_expression(expr).ok()?,
+            Self::Cron(cron) => cron,
         };
         let horizon = later(now, GAP_HORIZON);
-        let mut tick = cron
-            .find_next_occurrence(&now.trunc_subsecs(0), false)
-            .ok()?;
+        let mut tick = cron.next_after(now)?;
         let mut shortest: Option<Duration> = None;
         for _ in 0..GAP_TICKS {
-            let Ok(next) = cron.find_next_occurrence(&tick, false) else {
+            let Some(next) = cron.next_after(tick) else {
                 break;
             };
             if next > horizon {
@@ -145,15 +209,6 @@ pub const GAP_HORIZON: Duration = Duration::from_secs(2 * 366 * 86_400);
 /// combination of hours or days these ticks do not reach.
 pub const GAP_TICKS: usize = 10_000;
 
-/// The cron parser, configured as the schedule is documented.
-fn parse_cron_expression(expr: &str) -> Result<croner::Cron, croner::errors::CronError> {
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .dom_and_dow(true)
-        .build()
-        .parse(expr)
-}
-
 /// `time` plus `by`, saturating at the end of time.
 pub fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(by)
@@ -165,7 +220,7 @@ pub fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
 /// The setting behind a schedule, as an operator wrote it.
 pub fn describe(schedule: &Schedule) -> String {
     match schedule {
-        Schedule::Cron(expr) => format!("sweep.schedule {expr:?}"),
+        Schedule::Cron(cron) => format!("sweep.schedule {:?}", cron.as_str()),
         Schedule::Interval(interval) => format!(
             "sweep.interval {:?}",
             humantime::format_duration(*interval).to_string()
@@ -187,6 +242,10 @@ mod tests {
         Schedule::Interval(Duration::from_secs(secs))
     }
 
+    fn cron(expr: &str) -> Schedule {
+        Schedule::Cron(expr.parse().unwrap())
+    }
+
     #[test]
     fn ticks_are_strictly_after_now_on_whole_multiples() {
         let five = every(300);
@@ -198,7 +257,7 @@ mod tests {
             five.next_tick_after(at("2030-01-01T10:05:00Z")),
             Some(at("2030-01-01T10:10:00Z"))
         );
-        let cron = Schedule::Cron("* * * * * *".to_owned());
+        let cron = cron("* * * * * *");
         assert_eq!(
             cron.next_tick_after(at("2030-01-01T10:00:00.300Z")),
             Some(at("2030-01-01T10:00:01Z"))
@@ -211,7 +270,7 @@ mod tests {
             every(2).shortest_gap(at("2030-01-01T10:00:00Z")),
             Some(Duration::from_secs(2))
         );
-        let twice_an_hour = Schedule::Cron("0 0,1 * * * *".to_owned());
+        let twice_an_hour = cron("0 0,1 * * * *");
         for now in ["2030-01-01T10:00:30Z", "2030-01-01T10:30:00Z"] {
             assert_eq!(
                 twice_an_hour.shortest_gap(at(now)),
@@ -220,19 +279,19 @@ mod tests {
             );
         }
         // Midnight and 23:00: the short gap crosses the day.
-        let late = Schedule::Cron("0 0 0,23 * * *".to_owned());
+        let late = cron("0 0 0,23 * * *");
         assert_eq!(
             late.shortest_gap(at("2030-01-01T12:00:00Z")),
             Some(Duration::from_secs(3600))
         );
         // Every second: bounded by GAP_TICKS, not a year of ticks.
-        let dense = Schedule::Cron("* * * * * *".to_owned());
+        let dense = cron("* * * * * *");
         assert_eq!(
             dense.shortest_gap(at("2030-01-01T12:00:00Z")),
             Some(Duration::from_secs(1))
         );
         // Yearly: two ticks within the horizon from any day of the year.
-        let yearly = Schedule::Cron("0 0 0 1 1 *".to_owned());
+        let yearly = cron("0 0 0 1 1 *");
         for now in ["2030-01-01T00:00:01Z", "2030-12-31T23:59:59Z"] {
             let gap = yearly.shortest_gap(at(now)).unwrap();
             assert!(
@@ -242,7 +301,7 @@ mod tests {
             );
         }
         // Feb 29 only: no two ticks within two years.
-        let leap = Schedule::Cron("0 0 0 29 2 *".to_owned());
+        let leap = cron("0 0 0 29 2 *");
         assert_eq!(leap.shortest_gap(at("2029-03-01T00:00:00Z")), None);
     }
 
@@ -251,7 +310,7 @@ mod tests {
         assert_eq!(every(1).reconnect_backoff(), Duration::from_secs(1));
         assert_eq!(every(10).reconnect_backoff(), Duration::from_secs(5));
         assert_eq!(every(300).reconnect_backoff(), Duration::from_secs(30));
-        let minutely = Schedule::Cron("0 * * * * *".to_owned());
+        let minutely = cron("0 * * * * *");
         assert_eq!(minutely.period(), Duration::from_secs(60));
         assert_eq!(minutely.reconnect_backoff(), Duration::from_secs(30));
     }
@@ -275,5 +334,38 @@ mod tests {
             Schedule::parse_cron("0 0 0 29 2 *").is_ok(),
             "leap days come"
         );
+    }
+
+    #[test]
+    fn a_cron_schedule_keeps_its_text_as_written() {
+        let parsed = CronSchedule::parse(" 0 0 12 * * mon ").unwrap();
+        assert_eq!(parsed.as_str(), " 0 0 12 * * mon ");
+        assert_eq!(parsed.to_string(), " 0 0 12 * * mon ");
+        assert_eq!(
+            describe(&Schedule::Cron(parsed.clone())),
+            r#"sweep.schedule " 0 0 12 * * mon ""#
+        );
+        assert_eq!(parsed, CronSchedule::parse(" 0 0 12 * * mon ").unwrap());
+        assert_ne!(parsed, CronSchedule::parse("0 0 12 * * MON").unwrap());
+        assert_eq!(
+            describe(&every(90)),
+            r#"sweep.interval "1m 30s""#,
+            "an interval as humantime writes it"
+        );
+    }
+
+    #[test]
+    fn a_cron_schedule_needs_seconds() {
+        let err = CronSchedule::parse("*/5 * * * *").unwrap_err().to_string();
+        assert!(
+            err.starts_with(r#"is not a cron expression with seconds ("0 */5 * * * *"): "#),
+            "{err}"
+        );
+        // A schedule that has run out parses: the daemon reports it, only
+        // the settings refuse it.
+        let spent = cron("0 0 0 1 1 * 2020");
+        assert_eq!(spent.next_tick_after(at("2030-01-01T00:00:00Z")), None);
+        assert_eq!(spent.shortest_gap(at("2030-01-01T00:00:00Z")), None);
+        assert_eq!(spent.period(), Duration::from_secs(1));
     }
 }

@@ -232,7 +232,7 @@ async fn tampering_wrong_keys_alg_none_and_algorithm_confusion_are_invalid() {
     // key (the classic confusion attack).
     let (private, public) = keypair(dir.path(), "rsa");
     let rs256 = AuthSettings {
-        algorithm: "RS256".into(),
+        algorithm: "RS256".parse().unwrap(),
         private_key_file: Some(private),
         public_key_file: Some(public.clone()),
         ..AuthSettings::default()
@@ -465,7 +465,7 @@ async fn ec_and_eddsa_keys_and_jti_members_work() {
     for (kind, algorithm) in [("ec", "ES256"), ("ed25519", "EdDSA")] {
         let (private, public) = keypair(dir.path(), kind);
         let auth = AuthSettings {
-            algorithm: algorithm.into(),
+            algorithm: algorithm.parse().unwrap(),
             member: MemberKind::Jti,
             private_key_file: Some(private),
             public_key_file: Some(public.clone()),
@@ -514,7 +514,7 @@ async fn bad_key_material_and_reserved_claims_are_refused_by_name() {
         "{none}"
     );
     let rsa_without_key = AuthSettings {
-        algorithm: "RS256".into(),
+        algorithm: "RS256".parse().unwrap(),
         ..AuthSettings::default()
     };
     let err = refused(&server, &rsa_without_key).await;
@@ -1143,7 +1143,7 @@ async fn hmac_secrets_are_at_least_the_hash_size() {
     let server = RedisServer::start();
     for (algorithm, minimum) in [("HS384", 48), ("HS512", 64)] {
         let short = AuthSettings {
-            algorithm: algorithm.into(),
+            algorithm: algorithm.parse().unwrap(),
             secret: Some(Secret::new("s".repeat(minimum - 1))),
             ..AuthSettings::default()
         };
@@ -1178,13 +1178,16 @@ async fn mismatched_or_wrong_curve_keys_are_refused_at_start_and_by_check_config
     let (_, other_public) = keypair(other_dir.path(), "rsa");
     let (p384_private, p384_public) = keypair(dir.path(), "ec384");
     let config = |algorithm: &str, private: Option<&Path>, public: &Path| AuthSettings {
-        algorithm: algorithm.into(),
+        algorithm: algorithm.parse().unwrap(),
         private_key_file: private.map(Path::to_path_buf),
         public_key_file: Some(public.to_path_buf()),
         ..AuthSettings::default()
     };
     let check_config = |auth: &AuthSettings| {
-        let mut env = vec![("TOKEN_SWEEPER__AUTH__ALGORITHM", auth.algorithm.clone())];
+        let mut env = vec![(
+            "TOKEN_SWEEPER__AUTH__ALGORITHM",
+            format!("{:?}", auth.algorithm),
+        )];
         if let Some(private) = &auth.private_key_file {
             env.push((
                 "TOKEN_SWEEPER__AUTH__PRIVATE_KEY_FILE",

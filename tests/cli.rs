@@ -41,7 +41,7 @@ fn default_toml_names_every_key() {
     full.redis.master_name = Some("m".into());
     full.redis.tls_cert_file = Some("/c".into());
     full.redis.tls_key_file = Some("/k".into());
-    full.sweep.schedule = Some("0 * * * * *".into());
+    full.sweep.schedule = Some("0 * * * * *".parse().unwrap());
     full.auth.issuer = Some("i".into());
     full.auth.audience = Some("a".into());
     full.auth.secret_file = Some("/s".into());

@@ -69,7 +69,7 @@ pub(super) fn check_times(
 /// Whether a member scored `score` verifies at `now`: score + leeway >
 /// now (the scripts' `cutoff` is the same line).
 pub(super) fn is_live(score: f64, unit: ScoreUnit, leeway: Duration, now: RedisTime) -> bool {
-    score * unit.micros() as f64 + leeway.as_micros() as f64 > now.micros
+    unit.to_unix_micros(score) + leeway.as_micros() as f64 > now.micros
 }
 
 #[cfg(test)]

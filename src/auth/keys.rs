@@ -8,18 +8,6 @@ use crate::config::AuthSettings;
 
 use super::AuthError;
 
-/// The JWT algorithm `settings` name. The one place that reads
-/// `auth.algorithm`, so that a typed setting changes only this.
-fn algorithm(settings: &AuthSettings) -> Result<Algorithm, AuthError> {
-    settings
-        .algorithm
-        .parse()
-        .map_err(|_| AuthError::KeyMaterial {
-            key: "auth.algorithm",
-            message: format!("{:?} is not a JWT algorithm", settings.algorithm),
-        })
-}
-
 /// The key material for one algorithm, proven usable by a probe.
 pub(super) struct Keys {
     pub(super) algorithm: Algorithm,
@@ -33,7 +21,7 @@ pub(super) struct Keys {
 impl Keys {
     /// Loads the key material named by `settings` and proves it with a probe.
     pub(super) fn load(settings: &AuthSettings) -> Result<Self, AuthError> {
-        let algorithm = algorithm(settings)?;
+        let algorithm = settings.algorithm;
         let keys = if algorithm.family() == AlgorithmFamily::Hmac {
             Self::hmac(settings, algorithm)?
         } else {

@@ -135,9 +135,7 @@ impl TokenService {
             .checked_add(self.leeway.as_secs())
             .and_then(|at| at.checked_mul(1000))
             .ok_or_else(overflow)?;
-        let score = exp
-            .checked_mul(self.units_per_second())
-            .ok_or_else(overflow)?;
+        let score = self.unit.from_unix_secs(exp).ok_or_else(overflow)?;
         let claims = Claims {
             sub: user_id.to_owned(),
             iat,
@@ -155,7 +153,7 @@ impl TokenService {
             .arg(expire_at_ms)
             .arg(self.max_sessions)
             .arg(self.leeway_units())
-            .arg(self.units_per_second())
+            .arg(self.unit.per_second())
             .arg(min_bound(removal_floor(self.unit)));
         let sessions_dropped: u64 = self
             .round_trip("issue (EVALSHA)", Request::Script(&invocation))
@@ -243,7 +241,7 @@ impl TokenService {
         let mut invocation = self.revoke_all_script.key(self.key_for(user_id));
         invocation
             .arg(self.leeway_units())
-            .arg(self.units_per_second());
+            .arg(self.unit.per_second());
         self.round_trip("revoke-all (EVALSHA)", Request::Script(&invocation))
             .await
     }
@@ -271,7 +269,7 @@ impl TokenService {
             .round_trip("list (ZRANGEBYSCORE, TIME)", Request::Pipeline(&pipe))
             .await?;
         let now = RedisTime::from(now);
-        let per_second = self.units_per_second() as f64;
+        let per_second = self.unit.per_second() as f64;
         Ok(rows
             .into_iter()
             .filter(|(_, score)| is_live(*score, self.unit, self.leeway, now))
@@ -319,16 +317,9 @@ impl TokenService {
         }
     }
 
-    fn units_per_second(&self) -> u64 {
-        match self.unit {
-            ScoreUnit::Seconds => 1,
-            ScoreUnit::Milliseconds => 1000,
-        }
-    }
-
     /// `auth.leeway` in score units (whole seconds, checked in `new`).
     fn leeway_units(&self) -> u64 {
-        self.leeway.as_secs() * self.units_per_second()
+        self.leeway.as_secs() * self.unit.per_second()
     }
 }
 

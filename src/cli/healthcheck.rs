@@ -11,20 +11,13 @@ use super::runtime;
 
 /// Exit 0 when `url` (default: `/healthz` on `metrics.listen`) answers 200.
 pub fn healthcheck(url: Option<String>, settings: &Settings) -> Result<ExitCode, Failure> {
-    let url = url.unwrap_or_else(|| default_url(&settings.metrics.listen));
+    let url = url.unwrap_or_else(|| format!("http://{}/healthz", settings.metrics.local_address()));
     let status = runtime()?.block_on(http_get_status(&url, Duration::from_secs(3)));
     match status {
         Ok(200) => Ok(ExitCode::SUCCESS),
         Ok(code) => Err(Failure::Runtime(anyhow::anyhow!("{url}: HTTP {code}"))),
         Err(e) => Err(Failure::Runtime(anyhow::anyhow!(e))),
     }
-}
-
-/// `/healthz` on the address the daemon listens on; a daemon listening on
-/// every interface (0.0.0.0) is asked on loopback.
-fn default_url(listen: &str) -> String {
-    let listen = listen.replace("0.0.0.0:", "127.0.0.1:");
-    format!("http://{listen}/healthz")
 }
 
 /// GETs `url` (`http://host:port/path`) and returns the status code.
@@ -62,12 +55,6 @@ async fn http_get_status(url: &str, timeout: Duration) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_url_asks_a_wildcard_listener_on_loopback() {
-        assert_eq!(default_url("0.0.0.0:9898"), "http://127.0.0.1:9898/healthz");
-        assert_eq!(default_url("[::1]:9898"), "http://[::1]:9898/healthz");
-    }
 
     #[tokio::test]
     async fn only_plain_http_urls_are_asked() {

@@ -152,11 +152,11 @@ impl Daemon {
             up_metrics.set_redis_up(up);
         }));
         redis.set_max_backoff(self.settings.sweep.schedule().reconnect_backoff());
-        let address = self.settings.metrics.listen.clone();
-        let listener = tokio::net::TcpListener::bind(&address)
+        let address = self.settings.metrics.listen;
+        let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|source| DaemonError::Listen {
-                address: address.clone(),
+                address: address.to_string(),
                 source,
             })?;
         let (last_failure_tx, last_failure) = watch::channel(None::<String>);

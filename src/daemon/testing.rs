@@ -21,13 +21,17 @@ pub(super) fn every(secs: u64) -> Schedule {
 pub(super) fn once_at(time: &str) -> Schedule {
     use chrono::{Datelike, Timelike};
     let t = at(time);
-    Schedule::Cron(format!(
-        "{} {} {} {} {} * {}",
-        t.second(),
-        t.minute(),
-        t.hour(),
-        t.day(),
-        t.month(),
-        t.year()
-    ))
+    Schedule::Cron(
+        format!(
+            "{} {} {} {} {} * {}",
+            t.second(),
+            t.minute(),
+            t.hour(),
+            t.day(),
+            t.month(),
+            t.year()
+        )
+        .parse()
+        .unwrap(),
+    )
 }

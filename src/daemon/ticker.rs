@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_schedule_that_runs_out_is_reported_and_tried_again_with_backoff() {
-        let once = Schedule::Cron("0 0 12 1 1 * 2030".to_owned());
+        let once = Schedule::Cron("0 0 12 1 1 * 2030".parse().unwrap());
         let mut ticker = Ticker::new(once, at("2030-01-01T11:59:59Z"));
         assert_eq!(ticker.unarmed_reason(), None);
         assert!(ticker.poll(at("2030-01-01T12:00:00Z")), "its one tick");
@@ -231,7 +231,7 @@ mod tests {
     fn a_reschedule_never_leaves_the_daemon_without_a_schedule() {
         let now = at("2030-01-01T10:00:01Z");
         let mut ticker = Ticker::new(every(10), now);
-        let never = Schedule::Cron("0 0 0 1 1 * 2020".to_owned());
+        let never = Schedule::Cron("0 0 0 1 1 * 2020".parse().unwrap());
         assert_eq!(
             ticker.reschedule(never, now),
             Err("sweep.schedule \"0 0 0 1 1 * 2020\" has no next tick".to_owned())

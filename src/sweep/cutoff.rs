@@ -31,7 +31,7 @@ const EXACT_IN_A_DOUBLE: i128 = 1 << 53;
 /// ```
 pub fn cutoff_for(now_micros: i128, grace: Duration, unit: ScoreUnit) -> Option<i64> {
     let grace = i128::try_from(grace.as_micros()).unwrap_or(i128::MAX);
-    let cutoff = now_micros.saturating_sub(grace).div_euclid(unit.micros());
+    let cutoff = unit.from_unix_micros(now_micros.saturating_sub(grace));
     if cutoff > EXACT_IN_A_DOUBLE {
         None
     } else if cutoff < -EXACT_IN_A_DOUBLE {

@@ -37,7 +37,7 @@ pub fn looks_like(score: f64, now_micros: i128) -> Option<ScoreUnit> {
     [ScoreUnit::Seconds, ScoreUnit::Milliseconds]
         .into_iter()
         .find(|unit| {
-            let per_second = (1_000_000 / unit.micros()) as f64;
+            let per_second = unit.per_second() as f64;
             let low = (now_secs - PLAUSIBLE_PAST as f64) * per_second;
             let high = (now_secs + PLAUSIBLE_FUTURE as f64) * per_second;
             (low..=high).contains(&score)
