@@ -48,6 +48,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod logging;

@@ -114,7 +114,7 @@ impl Schedule {
     /// [`ScheduleError`] saying which.
     pub fn parse_cron(expr: &str) -> Result<CronSchedule, ScheduleError> {
         let cron = CronSchedule::parse(expr)?;
-        let now = Utc::now().trunc_subsecs(0);
+        let now = crate::clock::wall_clock().trunc_subsecs(0);
         match cron.next_after(now) {
             Some(_) => Ok(cron),
             None => Err(ScheduleError::NeverFires { after: now }),
@@ -139,7 +139,7 @@ impl Schedule {
     /// The time between the next two ticks (for a cron schedule, the gap
     /// that comes next); one second when there are not two more.
     pub fn period(&self) -> Duration {
-        let now = Utc::now();
+        let now = crate::clock::wall_clock();
         self.next_tick_after(now)
             .and_then(|first| Some((first, self.next_tick_after(first)?)))
             .and_then(|(first, second)| (second - first).to_std().ok())
@@ -189,7 +189,7 @@ impl Schedule {
     /// Time from now until the next tick; one second when there is none
     /// (what a lease needs, as a lower bound).
     pub fn time_to_next_tick(&self) -> Duration {
-        let now = Utc::now();
+        let now = crate::clock::wall_clock();
         self.next_tick_after(now)
             .and_then(|next| (next - now).to_std().ok())
             .unwrap_or(Duration::from_secs(1))

@@ -2,7 +2,7 @@
 //! signature (see the module docs), in microseconds so that no unit
 //! conversion rounds a live session away.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::config::ScoreUnit;
 
@@ -17,11 +17,10 @@ pub(super) struct RedisTime {
 impl RedisTime {
     /// The host clock, for the one check that runs without Redis.
     pub(super) fn host() -> Self {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
+        // A host clock before 1970 reads as the epoch: the checks then
+        // refuse the token as not yet valid, never accept it.
         Self {
-            micros: since.as_micros() as f64,
+            micros: crate::clock::host_micros().unwrap_or(0) as f64,
         }
     }
 

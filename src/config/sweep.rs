@@ -205,7 +205,7 @@ impl SweepSettings {
             // Parsed and found to fire when read; checked again for settings
             // built in code, which can hold one that has run out.
             (Some(cron), None) => {
-                let now = wall_clock().trunc_subsecs(0);
+                let now = crate::clock::wall_clock().trunc_subsecs(0);
                 if self.schedule().next_tick_after(now).is_none() {
                     let e = ScheduleError::NeverFires { after: now };
                     return Err(ConfigError::invalid(
@@ -234,7 +234,7 @@ impl SweepSettings {
         // jitter as long as the gap to the next tick makes every tick land on
         // a round still waiting, and no sweep ever runs.
         let schedule = self.schedule();
-        let (limit, what) = match (&schedule, schedule.shortest_gap(wall_clock())) {
+        let (limit, what) = match (&schedule, schedule.shortest_gap(crate::clock::wall_clock())) {
             (Schedule::Interval(_), Some(gap)) => (gap, "sweep.interval".to_owned()),
             (Schedule::Cron(cron), Some(gap)) => (
                 gap,
@@ -289,24 +289,6 @@ mod cron_text {
                 .map_err(|e| format!("{text:?} {e}"))
         })
     }
-}
-
-/// The host clock for the schedule bounds, without `chrono::Utc::now`'s
-/// panics. A clock before 1970 or past chrono's range (the year 262143) is
-/// for the sweep's clock check to refuse, in one line naming it, not a
-/// panic while the configuration is read. The bounds then count from the
-/// epoch, which every interval and cron schedule ticks after as well.
-fn wall_clock() -> chrono::DateTime<chrono::Utc> {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .and_then(|since| {
-            chrono::DateTime::from_timestamp(
-                i64::try_from(since.as_secs()).ok()?,
-                since.subsec_nanos(),
-            )
-        })
-        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]

@@ -108,14 +108,17 @@ impl Alarm {
     /// Adds a one-shot job for `tick`, waiting at most `timeout`.
     async fn add(&self, tick: DateTime<Utc>) -> Result<Uuid, String> {
         let rings = self.rings.clone();
-        let job = Job::new_one_shot_async(one_shot_delay(tick, Utc::now()), move |job, _| {
-            let rings = rings.clone();
-            Box::pin(async move {
-                // Full only when the loop is behind on alarms already; its
-                // own check takes the tick then.
-                let _ = rings.try_send(job);
-            })
-        })
+        let job = Job::new_one_shot_async(
+            one_shot_delay(tick, crate::clock::wall_clock()),
+            move |job, _| {
+                let rings = rings.clone();
+                Box::pin(async move {
+                    // Full only when the loop is behind on alarms already; its
+                    // own check takes the tick then.
+                    let _ = rings.try_send(job);
+                })
+            },
+        )
         .map_err(|e| e.to_string())?;
         let id = job.guid();
         match tokio::time::timeout(self.timeout, self.scheduler.add(job)).await {

@@ -73,7 +73,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
@@ -163,7 +162,7 @@ impl Daemon {
         let (unscheduled_tx, unscheduled) = watch::channel(None::<String>);
         let mut watchdog = Watchdog::new(sd_notify::watchdog_enabled());
         // Before the endpoints answer, so that their first answer is true.
-        let mut ticker = Ticker::new(self.settings.sweep.schedule(), Utc::now());
+        let mut ticker = Ticker::new(self.settings.sweep.schedule(), crate::clock::wall_clock());
         // Room for a few alarms: more are never pending in a healthy loop,
         // and one dropped is a tick the loop's own check takes.
         let (rings_tx, mut rings) = mpsc::channel(8);
@@ -223,7 +222,7 @@ impl Daemon {
                     Duration::ZERO
                 };
                 let sleep = ticker
-                    .sleep_late(Utc::now(), grace)
+                    .sleep_late(crate::clock::wall_clock(), grace)
                     .min(watchdog.max_sleep());
                 let tick = ticker.next();
                 let trigger = tokio::select! {
@@ -246,14 +245,14 @@ impl Daemon {
                     () = stop.cancelled() => break,
                     Some(job) = rings.recv() => {
                         alarm.rang(job);
-                        let due = ticker.poll(Utc::now());
+                        let due = ticker.poll(crate::clock::wall_clock());
                         if due {
                             TickSource::Scheduler.log(tick, &mut alarm_missed);
                         }
                         due.then_some(Trigger::Schedule)
                     },
                     () = tokio::time::sleep(sleep) => {
-                        let due = ticker.poll_late(Utc::now(), grace);
+                        let due = ticker.poll_late(crate::clock::wall_clock(), grace);
                         if due {
                             TickSource::Loop { alarm_set: !grace.is_zero() }
                                 .log(tick, &mut alarm_missed);

@@ -3,8 +3,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::Utc;
-
 use super::fleet::{registry_of, Fleet, SHUTDOWN_RELEASE};
 use super::ticker::Ticker;
 use crate::config::Settings;
@@ -41,7 +39,7 @@ pub(super) async fn reload(
     // new configuration applies unless all of it does.
     let schedule = new.sweep.schedule();
     if schedule != ticker.schedule {
-        if let Err(reason) = ticker.reschedule(schedule, Utc::now()) {
+        if let Err(reason) = ticker.reschedule(schedule, crate::clock::wall_clock()) {
             tracing::error!("reload failed, keeping the previous configuration: {reason}");
             return;
         }

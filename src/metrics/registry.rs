@@ -246,7 +246,7 @@ impl Metrics {
         if node.finished {
             self.node_last_success
                 .with_label_values(&label)
-                .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+                .set(crate::clock::wall_clock().timestamp_millis() as f64 / 1000.0);
         }
     }
 
@@ -299,7 +299,7 @@ impl Metrics {
     /// Marks now as the time of the last successful sweep.
     pub fn mark_success(&self) {
         self.last_success
-            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            .set(crate::clock::wall_clock().timestamp_millis() as f64 / 1000.0);
     }
 
     pub(super) fn count_http_closed(&self, reason: HttpClosed) {

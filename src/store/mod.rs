@@ -24,6 +24,8 @@
 
 // The error every function here returns, its `kind` label and whether to reconnect.
 mod error;
+// A reply's shape for messages, and `TIME` decoded strictly.
+mod time;
 // Hash slots: `key_slot`, slot numbers and ranges, a `Primary` and its slots.
 mod slots;
 // Opening one server: ACL user and password, TLS files, the connect timeout.
@@ -50,4 +52,5 @@ pub use connection::Connection;
 pub use error::StoreError;
 pub use reconnecting::{ConnectionId, Reconnecting};
 pub use slots::{key_slot, Primary};
+pub use time::{parse_time, shape};
 pub use topology::{Migration, SlotAssignment};

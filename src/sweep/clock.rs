@@ -2,14 +2,13 @@
 //! the clock-skew check. Every answer is read strictly: a clock that cannot
 //! be read refuses the sweep ([`Check::Clock`]), it never guesses.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::Value;
 
 use super::error::{Check, SweepError};
-use super::query::shape;
 use crate::config::{ClockSource, SweepSettings};
-use crate::store::Connection;
+use crate::store::{parse_time, Connection};
 
 /// "Now" in microseconds since the Unix epoch, after the clock-skew check.
 ///
@@ -73,87 +72,13 @@ async fn redis_time(conn: &Connection) -> Result<i128, SweepError> {
     })
 }
 
-/// `TIME`'s reply, strictly: two decimal strings, seconds since the epoch
-/// and microseconds below a million. Anything else says what it was.
-fn parse_time(reply: &Value) -> Result<i128, String> {
-    let decimal = |part: &Value| -> Option<u64> {
-        match part {
-            Value::BulkString(text) => std::str::from_utf8(text).ok().and_then(digits),
-            Value::SimpleString(text) => digits(text),
-            Value::Int(n) => u64::try_from(*n).ok(),
-            _ => None,
-        }
-    };
-    let Value::Array(parts) = reply else {
-        return Err(shape(reply));
-    };
-    let [secs, micros] = parts.as_slice() else {
-        return Err(shape(reply));
-    };
-    match (decimal(secs), decimal(micros)) {
-        (Some(secs), Some(micros)) if micros < 1_000_000 => {
-            Ok(i128::from(secs) * 1_000_000 + i128::from(micros))
-        }
-        (Some(_), Some(micros)) => Err(format!("{micros} microseconds, not below a million")),
-        _ => Err(format!(
-            "{} and {}, not two non-negative integers",
-            shape(secs),
-            shape(micros)
-        )),
-    }
-}
-
-/// A non-negative decimal integer, digits only (no sign, no spaces).
-fn digits(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
 /// The host clock in microseconds since the Unix epoch.
 fn host_time() -> Result<i128, SweepError> {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since) => Ok(i128::try_from(since.as_micros()).unwrap_or(i128::MAX)),
-        // Before 1970 the host clock is broken: no cutoff or skew computed
-        // from it means anything.
-        Err(e) => Err(Check::Clock.refused(format!(
-            "the host clock reads {:?} before 1970-01-01; fix the host clock",
-            e.duration()
-        ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sweep::query::tests::bulk;
-
-    #[test]
-    fn time_replies_are_decoded_strictly() {
-        let time = |parts: Vec<Value>| parse_time(&Value::Array(parts));
-        assert_eq!(
-            time(vec![bulk("1700000000"), bulk("123456")]),
-            Ok(1_700_000_000_123_456)
-        );
-        assert_eq!(time(vec![Value::Int(5), Value::Int(7)]), Ok(5_000_007));
-        for bad in [
-            vec![bulk("1700000000")],
-            vec![bulk("1700000000"), bulk("1"), bulk("2")],
-            vec![bulk("-5"), bulk("0")],
-            vec![bulk("+5"), bulk("0")],
-            vec![bulk(" 5"), bulk("0")],
-            vec![bulk("1.5"), bulk("0")],
-            vec![bulk(""), bulk("0")],
-            vec![bulk("1700000000"), bulk("1000000")],
-            vec![bulk("99999999999999999999"), bulk("0")],
-            vec![Value::Nil, bulk("0")],
-            vec![Value::Int(-1), bulk("0")],
-        ] {
-            assert!(time(bad.clone()).is_err(), "{bad:?}");
-        }
-        for bad in [Value::Nil, bulk("1700000000"), Value::Okay, Value::Int(1)] {
-            assert!(parse_time(&bad).is_err(), "{bad:?}");
-        }
-    }
+    // Before 1970 the host clock is broken: no cutoff or skew computed
+    // from it means anything.
+    crate::clock::host_micros().map_err(|before| {
+        Check::Clock.refused(format!(
+            "the host clock reads {before:?} before 1970-01-01; fix the host clock"
+        ))
+    })
 }

@@ -6,22 +6,8 @@ use std::collections::BTreeSet;
 
 use redis::Value;
 
+pub(super) use crate::store::shape;
 use crate::store::{key_slot, Connection, StoreError};
-
-/// What a reply is, without its content (which may hold tokens): for
-/// error messages.
-pub(super) fn shape(reply: &Value) -> String {
-    match reply {
-        Value::Nil => "nil".to_owned(),
-        Value::Int(_) => "an integer".to_owned(),
-        Value::BulkString(bytes) => format!("a string of {} bytes", bytes.len()),
-        Value::Array(items) => format!("an array of {} elements", items.len()),
-        Value::SimpleString(_) | Value::Okay => "a status".to_owned(),
-        Value::Double(_) => "a double".to_owned(),
-        Value::ServerError(e) => format!("an error ({})", e.code()),
-        _ => "a reply of another type".to_owned(),
-    }
-}
 
 /// One key's reply, from where the key lives.
 pub(super) struct KeyReply {
