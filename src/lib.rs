@@ -7,19 +7,27 @@
 //!
 //! # Layout
 //!
-//! | module | concern |
-//! | --- | --- |
-//! | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment, validation |
-//! | [`schedule`] | when sweeps run: a cron expression or an interval, and its ticks (a leaf) |
-//! | [`store`] | connecting (standalone, sentinel, cluster, TLS, ACL user), reconnecting with backoff; errors name the address |
-//! | [`sweep`] | the sweep algorithm (per primary on a cluster): `mod.rs` tells its six steps in order, each in a file of its own; no scheduling, no HTTP |
-//! | [`daemon`] | the service: schedule, overlap guard, replica lock (per-primary leases on a cluster), reload, shutdown |
-//! | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
-//! | [`logging`] | log format and the level that SIGHUP can change |
-//! | [`auth`] | the auth path: issue, verify, revoke, revoke-all, list sessions |
+//! A folder per concern; each `mod.rs` is that concern's table of contents.
+//! Modules only import the layers below them (checked by `tests/layout.rs`):
 //!
-//! The binary (`src/main.rs`) only parses the command line, loads the
-//! settings and calls into these modules.
+//! | layer | module | concern |
+//! | --- | --- | --- |
+//! | 0 | [`clock`] | the host clock, read one way (no panics, one answer before 1970) |
+//! | 1 | [`schedule`] | when sweeps run: a cron expression or an interval, parsed once, and its ticks |
+//! | 2 | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment; a file per section, cross-key rules in `validate.rs`, secrets redacted |
+//! | 3 | [`store`] | connecting (standalone, sentinel, cluster, TLS, ACL user), reconnecting with backoff, `TIME`; errors name the address |
+//! | 3 | [`logging`] | log format and the level that SIGHUP can change |
+//! | 4 | [`sweep`] | the sweep (per primary on a cluster): `mod.rs` tells its six steps in order, each in a file of its own; no scheduling, no HTTP |
+//! | 5 | [`metrics`] | Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints |
+//! | 5 | [`auth`] | the auth path: issue, verify, revoke, revoke-all, list sessions |
+//! | 6 | [`daemon`] | the service: ticker and alarms, rounds, replica leases (per primary on a cluster), reload, systemd |
+//!
+//! The binary (`src/main.rs` and `src/cli/`) parses the command line, loads
+//! the settings and calls into these modules. Everything that runs until
+//! told to stop takes one `tokio_util::sync::CancellationToken`: the
+//! binary's root token, cancelled by the first SIGTERM/SIGINT, or a child of
+//! it, so there is one way to stop a task and one meaning of it (finish the
+//! batches in flight, hand back the leases, then return).
 //!
 //! # One sweep from code
 //!
