@@ -879,11 +879,17 @@ impl Standalone {
                 .arg(format!("-{permission}")),
         );
         let started = Instant::now();
-        // A sweep already running may have read before the change; expired
-        // members seeded after it ends must stay for the whole fault.
-        wait_until(Duration::from_secs(10), "the daemon between sweeps", || {
-            self.daemon_idle()
-        });
+        // A sweep may have passed its checks just before the change and log
+        // "sweep started" only after it, so "between sweeps" alone can be
+        // read before that sweep begins removing. A sweep refused for the
+        // missing permission comes after any such sweep (sweeps never
+        // overlap): from then on, expired members seeded must stay for the
+        // whole fault.
+        wait_until(
+            Duration::from_secs(10),
+            "a sweep refused for the permission, and the daemon between sweeps",
+            || self.suite.count(&errors_of("noperm")) > before.1 && self.daemon_idle(),
+        );
         let dead = self.suite.canaries.seed_dead(&mut self.suite.admin);
         // For the whole fault: nothing deleted, and by two periods /readyz
         // says why.
