@@ -210,7 +210,7 @@ pub const GAP_HORIZON: Duration = Duration::from_secs(2 * 366 * 86_400);
 pub const GAP_TICKS: usize = 10_000;
 
 /// `time` plus `by`, saturating at the end of time.
-pub fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+pub(crate) fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(by)
         .ok()
         .and_then(|by| time.checked_add_signed(by))
@@ -218,7 +218,7 @@ pub fn later(time: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
 }
 
 /// The setting behind a schedule, as an operator wrote it.
-pub fn describe(schedule: &Schedule) -> String {
+pub(crate) fn describe(schedule: &Schedule) -> String {
     match schedule {
         Schedule::Cron(cron) => format!("sweep.schedule {:?}", cron.as_str()),
         Schedule::Interval(interval) => format!(

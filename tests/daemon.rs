@@ -1377,3 +1377,51 @@ fn a_killed_holder_with_the_default_lock_ttl_is_taken_over_within_two_periods() 
     // Two periods, and a tick's latency.
     assert!(took < Duration::from_secs(5), "took over after {took:?}");
 }
+
+/// An embedding process that drops the daemon's future (aborts its task, a
+/// `select!` that picks another branch) gets its port back: the HTTP
+/// endpoints do not outlive the daemon they report on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_daemon_stops_its_http_endpoints() {
+    use token_sweeper::config::RedisUrl;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = token_sweeper::config::Settings::default();
+    settings.metrics.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    // Nothing listens there: the daemon keeps retrying, its endpoints up.
+    settings.redis.url = RedisUrl::parse("redis://127.0.0.1:1").unwrap();
+    settings.sweep.run_on_start = false;
+    let (_controls, controls_rx) = tokio::sync::mpsc::channel(1);
+    let daemon = token_sweeper::daemon::Daemon {
+        config_path: None,
+        settings,
+        log_level: None,
+    };
+    let task = tokio::spawn(daemon.run(controls_rx, tokio_util::sync::CancellationToken::new()));
+    let accepting = || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !accepting().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "endpoints never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while accepting().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the HTTP endpoints outlived the dropped daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

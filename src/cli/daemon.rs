@@ -20,7 +20,9 @@ pub fn run_daemon(config_path: Option<PathBuf>, settings: Settings) -> Result<Ex
     runtime()?.block_on(async {
         let stop = CancellationToken::new();
         let (controls_tx, controls) = tokio::sync::mpsc::channel(8);
-        forward_signals(controls_tx.clone(), stop.clone()).or_runtime()?;
+        // The signal task holds the only sender: if it ends, the daemon
+        // reads the channel closed and stops, rather than running on deaf.
+        forward_signals(controls_tx, stop.clone()).or_runtime()?;
         let daemon = Daemon {
             config_path,
             settings,

@@ -173,8 +173,12 @@ impl Daemon {
         alarm.follow(ticker.next(), Instant::now()).await;
         publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
         // Not a child of `stop`: the endpoints answer until the leases are
-        // given back, and stop last.
+        // given back, and stop last. The guard stops them too when this
+        // future is dropped instead of returning (aborted, a `select!`
+        // elsewhere, a panic), so an embedding process never keeps a server
+        // for a daemon that is gone.
         let http_stop = CancellationToken::new();
+        let _http_stop_on_drop = http_stop.clone().drop_guard();
         let http = tokio::spawn(crate::metrics::serve(
             listener,
             metrics.clone(),

@@ -8,7 +8,7 @@
 //! - [`Counts`] and [`CountKind`], below;
 //! - the atomic [`Counters`] and their snapshot (indexed by [`CountKind`]);
 //! - the metrics (`crate::metrics` registers and adds [`CountKind::metric`]);
-//! - the printed report (`main.rs` prints [`CountKind::printed`]);
+//! - the printed report (`src/cli/report.rs` prints [`CountKind::printed`]);
 //! - the daemon's "sweep finished" line (a callback of [`count_table!`],
 //!   since `tracing` needs the field names at compile time).
 
