@@ -52,11 +52,13 @@ OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 OPERATOR_API = "monitoring.coreos.com/v1"
 
 problems = []
+quiet = False
 
 
 def problem(text: str) -> None:
     problems.append(text)
-    print("FAIL: " + text, file=sys.stderr)
+    if not quiet:
+        print("FAIL: " + text, file=sys.stderr)
 
 
 def run(argv, **kw) -> subprocess.CompletedProcess:
@@ -319,6 +321,29 @@ def check_pod_security(rel: str, doc: dict) -> None:
             problem(f"{where}: needs a cpu request and a memory request and limit")
 
 
+def controls() -> None:
+    """The checks above catch what they are for: run on broken inputs,
+    each must complain (otherwise a check that cannot fail passes all)."""
+    global problems, quiet
+    found = METRIC.findall('fleet:token_sweeper_a:max > 1 and token_sweeper_b{x="1"}[5m]')
+    if found != ["token_sweeper_b"]:
+        problem(f"control: metric names in an expression read as {found}")
+    with open(os.path.join(KUBERNETES, "standalone.yaml")) as f:
+        pod = next(d for d in yaml.safe_load_all(f) if d and d["kind"] == "Deployment")
+    container = pod["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["readOnlyRootFilesystem"] = False
+    container["securityContext"]["allowPrivilegeEscalation"] = True
+    del container["resources"]
+    container["securityContext"]["runAsNonRoot"] = False
+    kept, problems, quiet = problems, [], True
+    check_pod_security("control", pod)
+    caught, problems, quiet = problems, kept, False
+    for needle in ("readOnlyRootFilesystem", "allowPrivilegeEscalation", "cpu request", "runAsNonRoot"):
+        if not any(needle in c for c in caught):
+            problem(f"control: the pod security check missed a broken {needle}")
+    print(f"ok: the checks catch broken inputs ({len(caught)} problems in the control Deployment)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "token-sweeper"))
@@ -330,6 +355,7 @@ def main() -> int:
         referenced.setdefault(name, set()).update(files)
     check_names(referenced, real_scrapes(args.binary))
     check_kubernetes()
+    controls()
     if problems:
         print(f"deploy check: {len(problems)} problem(s)", file=sys.stderr)
         return 1
