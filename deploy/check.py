@@ -240,7 +240,9 @@ def check_kubernetes() -> None:
         yaml.safe_dump_all(core_docs, f)
         core = f.name
     try:
-        out = run(["kubernetes-validate", "--strict", "--quiet", core])
+        # As a module of this interpreter: pip may have put the command
+        # somewhere off PATH.
+        out = run([sys.executable, "-m", "kubernetes_validate", "--strict", "--quiet", core])
         if out.returncode != 0:
             problem("kubernetes-validate --strict:\n" + out.stdout + out.stderr)
         else:
