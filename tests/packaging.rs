@@ -40,18 +40,31 @@ fn generate_writes_a_page_per_subcommand_and_three_completions() {
         &["generate", out_dir.to_str().unwrap()],
         &[("TOKEN_SWEEPER__REDIS__URL", "not a url")],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let subcommands = visible_subcommands();
-    assert!(subcommands.contains(&"check-config".to_owned()), "{subcommands:?}");
-    assert!(!subcommands.contains(&"generate".to_owned()), "generate is meant to be hidden");
+    assert!(
+        subcommands.contains(&"check-config".to_owned()),
+        "{subcommands:?}"
+    );
+    assert!(
+        !subcommands.contains(&"generate".to_owned()),
+        "generate is meant to be hidden"
+    );
     let main_page = std::fs::read_to_string(out_dir.join("man/token-sweeper.1")).unwrap();
     for name in &subcommands {
         let page = out_dir.join(format!("man/token-sweeper-{name}.1"));
         assert!(page.is_file(), "no page {}", page.display());
         // roff escapes the hyphens of the cross-reference.
         let reference = format!("token\\-sweeper\\-{}", name.replace('-', "\\-"));
-        assert!(main_page.contains(&reference), "the main page does not list {name}");
+        assert!(
+            main_page.contains(&reference),
+            "the main page does not list {name}"
+        );
     }
     assert!(!out_dir.join("man/token-sweeper-generate.1").exists());
     // The sections the package's layout adds to clap's.
@@ -62,7 +75,10 @@ fn generate_writes_a_page_per_subcommand_and_three_completions() {
     for file in ["token-sweeper.bash", "_token-sweeper", "token-sweeper.fish"] {
         let text = std::fs::read_to_string(out_dir.join("completions").join(file)).unwrap();
         for name in &subcommands {
-            assert!(text.contains(name.as_str()), "{file} does not complete {name}");
+            assert!(
+                text.contains(name.as_str()),
+                "{file} does not complete {name}"
+            );
         }
     }
 }
