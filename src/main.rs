@@ -14,6 +14,10 @@ use cli::failure::OrFail;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no settings: packaging runs it with no configuration at hand.
+    if let Some(Command::Generate { dir }) = &cli.command {
+        return cli::generate::generate(dir).unwrap_or_else(cli::failure::Failure::exit);
+    }
     let settings = Settings::load(cli.config.as_deref()).or_usage();
     let outcome = match cli.command.unwrap_or(Command::Run) {
         // Its own path: `--json` prints its object even when the settings
@@ -24,6 +28,7 @@ fn main() -> ExitCode {
             Command::Tokens { action } => cli::tokens::tokens_command(action, &settings),
             Command::Healthcheck { url } => cli::healthcheck::healthcheck(url, &settings),
             Command::CheckConfig => cli::check_config::check_config(&settings),
+            Command::Generate { dir } => cli::generate::generate(&dir),
             Command::Sweep { dry_run, json } => {
                 cli::sweep::sweep_command(Ok(settings), dry_run, json)
             }

@@ -42,6 +42,13 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Write the man pages (DIR/man) and bash, zsh and fish completions
+    /// (DIR/completions), for packaging: see deploy/debian/build-deb.
+    #[command(hide = true)]
+    Generate {
+        /// Where to write them; created if missing.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -23,6 +23,8 @@ pub mod tokens;
 pub mod check_config;
 // `healthcheck`: a minimal HTTP client for container health checks.
 pub mod healthcheck;
+// `generate` (hidden): man pages and completions for the package.
+pub mod generate;
 
 use failure::{Failure, OrFail};
 
