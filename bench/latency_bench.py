@@ -170,6 +170,9 @@ def main() -> None:
         __doc__,
         ("--idle-seconds", dict(type=float, default=5.0, help="length of each idle phase")),
         ("--no-busy", dict(action="store_true", help="skip the phases under background load")),
+        ("--sweeper-env", dict(action="append", default=[], metavar="KEY=VALUE",
+                               help="extra environment for every sweep, e.g. "
+                                    "TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND=50000")),
         ("--check", dict(action="store_true", help="exit 1 if a target is missed")))
     if not os.path.exists(PROBE):
         raise SystemExit(f"{PROBE} not found: cargo build --release --example latency_probe")
@@ -191,6 +194,11 @@ def main() -> None:
                                   live_ms=(3_600_000, 30 * h.DAY_MS))
         env = dict(os.environ, TOKEN_SWEEPER__REDIS__URL=server.url,
                    TOKEN_SWEEPER__SWEEP__PATTERN="*-tokens")
+        for pair in args.sweeper_env:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.startswith("TOKEN_SWEEPER__"):
+                raise SystemExit(f"--sweeper-env wants TOKEN_SWEEPER__SECTION__KEY=VALUE: {pair}")
+            env[key] = value
         sweep = [args.binary, "sweep", "--json"]
         default = ("sweeper", sweep + ["--throttle", "adaptive"], env) if has_throttle else None
         off = ("sweeper", sweep + (["--throttle", "off"] if has_throttle else []), env)
