@@ -40,9 +40,10 @@ class Traffic:
     """A latency_probe process (`probe` or `load`) on the private Redis,
     driven line by line on its stdin."""
 
-    def __init__(self, mode: str, server, users: int) -> None:
+    def __init__(self, mode: str, server, users: int, realtime: bool = False) -> None:
         self.proc = subprocess.Popen([PROBE, mode, str(server.port), str(users)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=fifo if realtime else None)
 
     def say(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -76,6 +77,23 @@ class MainThread:
         """CPU seconds per second since start()."""
         now, cpu = self._cpu()
         return (cpu - self.began[1]) / (now - self.began[0])
+
+
+def fifo() -> None:
+    """Runs the probe under SCHED_FIFO (its threads inherit it): on a machine
+    whose cores the sweeper, Redis and whatever else runs there also want,
+    the probe should measure how long Redis kept it waiting, not how long the
+    kernel kept the probe off a core. It sleeps almost all the time, so it
+    takes nothing from the others."""
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+
+
+def can_fifo() -> bool:
+    try:
+        out = subprocess.run(["true"], preexec_fn=fifo)
+        return out.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def main_thread_busy(server, seconds: float) -> float:
@@ -136,7 +154,7 @@ def run_phase(server, args, data, expired, sweep, load=None, rate=0):
     if load:
         load.say(f"rate {rate}")
         time.sleep(1.0)  # let the load reach its pace before measuring
-    probe = Traffic("probe", server, args.users)
+    probe = Traffic("probe", server, args.users, args.realtime)
     time.sleep(0.3)  # connected and on schedule before the window opens
     probe.say("mark")
     row = {"wall": None, "rss": None, "extra": {}}
@@ -173,6 +191,8 @@ def main() -> None:
         ("--sweeper-env", dict(action="append", default=[], metavar="KEY=VALUE",
                                help="extra environment for every sweep, e.g. "
                                     "TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND=50000")),
+        ("--normal-priority", dict(action="store_true",
+                                   help="run the probe at normal priority, not SCHED_FIFO")),
         ("--check", dict(action="store_true", help="exit 1 if a target is missed")))
     if not os.path.exists(PROBE):
         raise SystemExit(f"{PROBE} not found: cargo build --release --example latency_probe")
@@ -181,6 +201,9 @@ def main() -> None:
     except ImportError:
         raise SystemExit("the reference peer needs redis-py: pip install redis")
     has_throttle = throttle_flag(args.binary)
+    args.realtime = not args.normal_priority and can_fifo()
+    if not args.normal_priority and not args.realtime:
+        print("cannot run the probe under SCHED_FIFO (needs CAP_SYS_NICE): normal priority")
     if not has_throttle:
         print(f"{args.binary} has no `sweep --throttle` (built before the adaptive throttle): "
               "skipping the default-sweep phases; its plain sweep is the `off` phase")
@@ -238,7 +261,8 @@ def median(runs, key):
 def report(args, expired, has_throttle, rows, busy_load) -> None:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"\ndataset: {args.users:,} users x {args.tokens} tokens, {expired:,} expired; "
-          f"probe: 1 ZSCORE / 0.5 ms, open loop; {args.runs} run(s), medians; "
+          f"probe: 1 ZSCORE / 0.5 ms, open loop, "
+          f"{'SCHED_FIFO' if args.realtime else 'normal priority'}; {args.runs} run(s), medians; "
           f"{os.cpu_count()} cores; {load}")
     for rate, reached in busy_load:
         print(f"background load: {rate:,} ZSCORE/s, Redis main thread {reached:.0%} busy")
