@@ -11,7 +11,7 @@
   real /metrics scrape: the daemon is started against a private
   redis-server holding token sets, scraped once it has swept, then once
   more after a set scored in seconds has made the unit guard refuse a sweep
-  (token_sweeper_errors_total exists only once an error was counted);
+  (its unit_guard series, at 0 from the start, then counts one);
   `promtool check metrics` on those scrapes reports nothing;
 - the Kubernetes manifests: core kinds pass `kubernetes-validate --strict`,
   the Prometheus Operator's kinds (which it cannot know) parse with the
