@@ -119,6 +119,8 @@ def check_dashboard() -> dict:
         problem(f"{where}: no datasource variable named datasource")
     if variables.get("node", {}).get("type") != "query":
         problem(f"{where}: no query variable named node")
+    if variables.get("namespace", {}).get("type") != "query":
+        problem(f"{where}: no query variable named namespace")
     exprs = []
     for v in variables.values():
         query = v.get("query")
@@ -142,12 +144,29 @@ def check_dashboard() -> dict:
             if not uses_ds(t.get("datasource")) or not t.get("expr"):
                 problem(f"{where}: a query of panel {p.get('title')!r} has no expr or datasource")
             exprs.append(t.get("expr", ""))
+    # The job and namespace variables' own queries are what sets the scope.
+    scoped = [e for e in exprs if not re.search(r"label_values\(.*, (job|namespace)\)$", e)]
+    check_fleet_scope(where, scoped)
     names = {}
     for e in exprs:
         for name in METRIC.findall(e):
             names.setdefault(name, set()).add(where)
     print(f"ok: {where} is valid JSON with {len(panels)} panels and {len(exprs)} queries")
     return names
+
+
+def check_fleet_scope(where: str, exprs: list) -> None:
+    """Every selector of the daemon's series is scoped by the job and
+    namespace variables, and every "last success" is taken per fleet (job
+    and namespace): a max() across fleets shows the healthy one's success
+    and hides a fleet that stopped in another namespace."""
+    for e in exprs:
+        for selector in re.findall(r"(?<![\w:])token_sweeper_\w+(\{[^}]*\})?", e):
+            if 'job=~"$job"' not in selector or 'namespace=~"$namespace"' not in selector:
+                problem(f"{where}: {e!r}: a selector without job=~\"$job\" and namespace=~\"$namespace\"")
+        for group in re.findall(r"max(?: by \(([^)]*)\))? ?\(token_sweeper_(?:node_)?last_success", e):
+            if not {"job", "namespace"} <= {g.strip() for g in group.split(",")}:
+                problem(f"{where}: {e!r}: a last success not taken by (job, namespace)")
 
 
 # --- a real scrape --------------------------------------------------------
@@ -463,6 +482,14 @@ def controls() -> None:
             problem(f"control: the pod security check missed a broken {needle}")
     print(f"ok: the checks catch broken inputs ({len(caught)} problems in the control Deployment)")
     control_wiring()
+    kept, problems, quiet = problems, [], True
+    check_fleet_scope("control", [
+        'time() - max(token_sweeper_last_success_timestamp_seconds{job=~"$job", namespace=~"$namespace"})',
+        'sum(token_sweeper_lock_held{job=~"$job"})',
+    ])
+    caught, problems, quiet = problems, kept, False
+    if len(caught) != 2:
+        problem(f"control: the dashboard scope check caught {caught}, not the 2 broken queries")
 
 
 def control_wiring() -> None:
