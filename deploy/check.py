@@ -11,12 +11,17 @@
   real /metrics scrape: the daemon is started against a private
   redis-server holding token sets, scraped once it has swept, then once
   more after a set scored in seconds has made the unit guard refuse a sweep
-  (token_sweeper_errors_total exists only once an error was counted);
+  (its unit_guard series, at 0 from the start, then counts one);
   `promtool check metrics` on those scrapes reports nothing;
 - the Kubernetes manifests: core kinds pass `kubernetes-validate --strict`,
   the Prometheus Operator's kinds (which it cannot know) parse with the
   right apiVersion, and every pod meets the restricted Pod Security
-  Standard with a read-only root filesystem and resources set.
+  Standards with a read-only root filesystem and resources set; no
+  environment variable named like a secret (PASSWORD, SECRET, TOKEN after
+  the TOKEN_SWEEPER__ prefix) has a plain value, nor a Redis URL a password;
+  the PodMonitor selects every pod with a metrics port, the ServiceMonitor a
+  Service with one, and each Service's selector those pods; every probe asks
+  a path the daemon serves (read from its router) on a port the container has.
 
 Every problem is printed before it exits 1, so one run names them all.
 """
@@ -50,6 +55,15 @@ PROMETHEUS_OWN = {"up"}
 # Kinds of the Prometheus Operator: kubernetes-validate has no schema for them.
 OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 OPERATOR_API = "monitoring.coreos.com/v1"
+# The daemon's router: the paths it serves are read from it, so a probe of
+# a path it does not serve (a 404: the pod never ready, or restarted
+# forever) fails here rather than in a cluster.
+ROUTER = os.path.join(ROOT, "src", "metrics", "readiness.rs")
+# After the TOKEN_SWEEPER__ prefix (whose TOKEN is the project's name): a
+# variable holding a secret. *_FILE names a path to one, which is fine.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN")
+# redis://user:password@host or redis://:password@host: a secret in the URL.
+URL_PASSWORD = re.compile(r"^rediss?(\+sentinel|\+cluster)?://[^/@]*:[^/@]+@")
 
 problems = []
 quiet = False
@@ -105,6 +119,8 @@ def check_dashboard() -> dict:
         problem(f"{where}: no datasource variable named datasource")
     if variables.get("node", {}).get("type") != "query":
         problem(f"{where}: no query variable named node")
+    if variables.get("namespace", {}).get("type") != "query":
+        problem(f"{where}: no query variable named namespace")
     exprs = []
     for v in variables.values():
         query = v.get("query")
@@ -128,12 +144,29 @@ def check_dashboard() -> dict:
             if not uses_ds(t.get("datasource")) or not t.get("expr"):
                 problem(f"{where}: a query of panel {p.get('title')!r} has no expr or datasource")
             exprs.append(t.get("expr", ""))
+    # The job and namespace variables' own queries are what sets the scope.
+    scoped = [e for e in exprs if not re.search(r"label_values\(.*, (job|namespace)\)$", e)]
+    check_fleet_scope(where, scoped)
     names = {}
     for e in exprs:
         for name in METRIC.findall(e):
             names.setdefault(name, set()).add(where)
     print(f"ok: {where} is valid JSON with {len(panels)} panels and {len(exprs)} queries")
     return names
+
+
+def check_fleet_scope(where: str, exprs: list) -> None:
+    """Every selector of the daemon's series is scoped by the job and
+    namespace variables, and every "last success" is taken per fleet (job
+    and namespace): a max() across fleets shows the healthy one's success
+    and hides a fleet that stopped in another namespace."""
+    for e in exprs:
+        for selector in re.findall(r"(?<![\w:])token_sweeper_\w+(\{[^}]*\})?", e):
+            if 'job=~"$job"' not in selector or 'namespace=~"$namespace"' not in selector:
+                problem(f"{where}: {e!r}: a selector without job=~\"$job\" and namespace=~\"$namespace\"")
+        for group in re.findall(r"max(?: by \(([^)]*)\))? ?\(token_sweeper_(?:node_)?last_success", e):
+            if not {"job", "namespace"} <= {g.strip() for g in group.split(",")}:
+                problem(f"{where}: {e!r}: a last success not taken by (job, namespace)")
 
 
 # --- a real scrape --------------------------------------------------------
@@ -223,10 +256,12 @@ def check_kubernetes() -> None:
         problem("no manifests in deploy/kubernetes")
         return
     core_docs = []
+    located = []
     for path in files:
         rel = os.path.relpath(path, ROOT)
         with open(path) as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
+        located += [(rel, d) for d in docs]
         for doc in docs:
             kind = doc.get("kind")
             if kind in OPERATOR_KINDS:
@@ -236,6 +271,9 @@ def check_kubernetes() -> None:
             else:
                 core_docs.append(doc)
                 check_pod_security(rel, doc)
+                check_env(rel, doc)
+                check_probes(rel, doc)
+    check_selectors(located)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump_all(core_docs, f)
         core = f.name
@@ -275,6 +313,105 @@ def pod_spec(doc: dict):
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
         return doc.get("spec", {}).get("template", {}).get("spec")
     return None
+
+
+def containers(doc: dict) -> list:
+    spec = pod_spec(doc) or {}
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def served_paths() -> set:
+    with open(ROUTER) as f:
+        paths = set(re.findall(r'\.route\(\s*"(/[^"]*)"', f.read()))
+    if not paths:
+        problem(f"{os.path.relpath(ROUTER, ROOT)}: no .route(\"/...\") to read the served paths from")
+    return paths
+
+
+def check_env(rel: str, doc: dict) -> None:
+    """A secret in a manifest's env is in the API server, kubectl describe
+    and every copy of the file: it belongs in a Secret (secretKeyRef, or a
+    mounted file that a *_FILE variable names)."""
+    for c in containers(doc):
+        where = f"{rel}: {doc['kind']} {doc.get('metadata', {}).get('name')} container {c.get('name')}"
+        for e in c.get("env", []):
+            name = str(e.get("name", ""))
+            key = name[len("TOKEN_SWEEPER__"):] if name.startswith("TOKEN_SWEEPER__") else name
+            if "value" in e and SECRET_NAME.search(key.upper()) and not key.upper().endswith("_FILE"):
+                problem(f"{where}: env {name} has a plain value: take it from a Secret "
+                        f"(valueFrom.secretKeyRef, or a mounted file and {name}_FILE)")
+            if URL_PASSWORD.match(str(e.get("value", ""))):
+                problem(f"{where}: env {name} has a password in its URL: use "
+                        "TOKEN_SWEEPER__REDIS__PASSWORD_FILE")
+
+
+def check_probes(rel: str, doc: dict) -> None:
+    served = served_paths()
+    for c in containers(doc):
+        where = f"{rel}: {doc['kind']} {doc.get('metadata', {}).get('name')} container {c.get('name')}"
+        ports = {p.get("name") for p in c.get("ports", [])} | {p.get("containerPort") for p in c.get("ports", [])}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = (c.get(probe) or {}).get("httpGet")
+            if not get:
+                continue
+            if get.get("path") not in served:
+                problem(f"{where}: {probe} asks {get.get('path')!r}, which the daemon does not serve "
+                        f"(it serves {', '.join(sorted(served))})")
+            if get.get("port") not in ports:
+                problem(f"{where}: {probe} asks port {get.get('port')!r}, which the container does not have")
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """An equality selector (matchLabels, or a Service's selector) against labels."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_selectors(located: list) -> None:
+    """Each monitor finds the daemons, and each Service its pods: a selector
+    that matches nothing scrapes nothing, and every alert reads Absent."""
+    pods = []  # (name, pod labels, names of its containers' ports)
+    for rel, doc in located:
+        if pod_spec(doc) is None:
+            continue
+        name = f"{rel}: {doc['kind']} {doc.get('metadata', {}).get('name')}"
+        if doc["kind"] == "Pod":
+            labels = doc.get("metadata", {}).get("labels", {})
+        else:
+            labels = doc.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+            if not matches(doc.get("spec", {}).get("selector", {}).get("matchLabels", {}), labels):
+                problem(f"{name}: its selector does not match its pod template's labels")
+        ports = {p.get("name") for c in containers(doc) for p in c.get("ports", [])}
+        pods.append((name, labels, ports))
+    daemons = [p for p in pods if "metrics" in p[2]]
+    services = []
+    for rel, doc in located:
+        if doc.get("kind") != "Service":
+            continue
+        spec = doc.get("spec", {})
+        name = f"{rel}: Service {doc.get('metadata', {}).get('name')}"
+        services.append((doc.get("metadata", {}).get("labels", {}), {p.get("name") for p in spec.get("ports", [])}))
+        chosen = [p for p in pods if matches(spec.get("selector", {}), p[1])]
+        if not chosen:
+            problem(f"{name}: its selector matches no pod template")
+        for p in spec.get("ports", []):
+            target = p.get("targetPort")
+            if isinstance(target, str) and chosen and not any(target in c[2] for c in chosen):
+                problem(f"{name}: targetPort {target!r} is no port of the pods it selects")
+    for rel, doc in located:
+        kind = doc.get("kind")
+        if kind not in ("PodMonitor", "ServiceMonitor"):
+            continue
+        selector = doc.get("spec", {}).get("selector", {})
+        name = f"{rel}: {kind} {doc.get('metadata', {}).get('name')}"
+        if set(selector) - {"matchLabels"}:
+            problem(f"{name}: only matchLabels selectors are checked here")
+        wanted = selector.get("matchLabels", {})
+        if kind == "PodMonitor":
+            for pod_name, labels, _ in daemons:
+                if not matches(wanted, labels):
+                    problem(f"{name}: its selector {wanted} misses the daemon of {pod_name}")
+        elif not any(matches(wanted, labels) and "metrics" in ports for labels, ports in services):
+            problem(f"{name}: its selector {wanted} matches no Service with a port named metrics")
 
 
 def check_pod_security(rel: str, doc: dict) -> None:
@@ -344,6 +481,80 @@ def controls() -> None:
         if not any(needle in c for c in caught):
             problem(f"control: the pod security check missed a broken {needle}")
     print(f"ok: the checks catch broken inputs ({len(caught)} problems in the control Deployment)")
+    control_wiring()
+    kept, problems, quiet = problems, [], True
+    check_fleet_scope("control", [
+        'time() - max(token_sweeper_last_success_timestamp_seconds{job=~"$job", namespace=~"$namespace"})',
+        'sum(token_sweeper_lock_held{job=~"$job"})',
+    ])
+    caught, problems, quiet = problems, kept, False
+    if len(caught) != 2:
+        problem(f"control: the dashboard scope check caught {caught}, not the 2 broken queries")
+
+
+def control_wiring() -> None:
+    """The env, probe and selector checks on broken copies of the real
+    manifests: each breakage must be named; the manifests as shipped must
+    not be (a check that complains about everything proves nothing)."""
+    located = []
+    for path in sorted(glob.glob(os.path.join(KUBERNETES, "*.yaml"))):
+        with open(path) as f:
+            located += [(os.path.relpath(path, ROOT), d) for d in yaml.safe_load_all(f) if d]
+
+    def run_checks(docs) -> list:
+        global problems, quiet
+        kept, problems, quiet = problems, [], True
+        for rel, d in docs:
+            check_env(rel, d)
+            check_probes(rel, d)
+        check_selectors(docs)
+        caught, problems, quiet = problems, kept, False
+        return caught
+
+    shipped = run_checks(located)
+    if shipped:
+        problem("control: the manifests as shipped fail the env, probe or selector checks: " + "; ".join(shipped))
+
+    def broken(what, change, needle):
+        docs = json.loads(json.dumps(located))
+        change(docs)
+        if not any(needle in c for c in run_checks(docs)):
+            problem(f"control: the checks missed {what}")
+
+    def doc(docs, kind, file=None):
+        return next(d for r, d in docs if d.get("kind") == kind and (file is None or r.endswith(file)))
+
+    def sweeper(docs, file="standalone.yaml"):
+        spec = doc(docs, "Deployment", file)["spec"]["template"]["spec"]
+        return next(c for c in spec["containers"] if any(p.get("name") == "metrics" for p in c.get("ports", [])))
+
+    broken("a password in a plain env value",
+           lambda d: sweeper(d)["env"].append({"name": "TOKEN_SWEEPER__REDIS__PASSWORD", "value": "hunter2"}),
+           "TOKEN_SWEEPER__REDIS__PASSWORD has a plain value")
+    broken("a token in a plain env value",
+           lambda d: sweeper(d, "sidecar.yaml")["env"].append({"name": "AUTH_TOKEN", "value": "x"}),
+           "AUTH_TOKEN has a plain value")
+    broken("a password in the Redis URL",
+           lambda d: sweeper(d)["env"][0].update(value="redis://token-sweeper:hunter2@redis:6379"),
+           "password in its URL")
+    broken("a PodMonitor selector that misses the sidecar",
+           lambda d: doc(d, "Deployment", "sidecar.yaml")["spec"]["template"]["metadata"]["labels"]
+           .pop("token-sweeper/metrics"),
+           "misses the daemon of deploy/kubernetes/sidecar.yaml")
+    broken("a ServiceMonitor selector that matches no Service",
+           lambda d: doc(d, "ServiceMonitor")["spec"]["selector"]["matchLabels"].update(
+               {"app.kubernetes.io/name": "tokensweeper"}),
+           "matches no Service")
+    broken("a Service selector that matches no pod",
+           lambda d: doc(d, "Service")["spec"]["selector"].update({"app.kubernetes.io/name": "sweeper"}),
+           "matches no pod template")
+    broken("a probe of a path the daemon does not serve",
+           lambda d: sweeper(d)["livenessProbe"]["httpGet"].update(path="/health"),
+           "'/health', which the daemon does not serve")
+    broken("a probe of a port the container does not have",
+           lambda d: sweeper(d)["readinessProbe"]["httpGet"].update(port="http"),
+           "port 'http'")
+    print("ok: the env, probe and selector checks pass the manifests and catch 8 broken copies")
 
 
 def main() -> int:

@@ -49,18 +49,25 @@ def duration(secs: int) -> str:
 
 
 def values(params: dict) -> dict:
-    expected = {"interval", "missed_periods", "failing_periods", "down_for", "selector",
-                "fleet_labels", "runbook_base"}
+    expected = {"interval", "missed_periods", "primary_missed_periods", "failing_periods",
+                "down_for", "selector", "fleet_labels", "runbook_base"}
     if set(params) != expected:
         raise SystemExit(f"params.yml: expected the keys {sorted(expected)}, got {sorted(params)}")
     interval = seconds(params["interval"], "interval")
     missed, failing = params["missed_periods"], params["failing_periods"]
-    for key, n in (("missed_periods", missed), ("failing_periods", failing)):
+    primary = params["primary_missed_periods"]
+    for key, n in (("missed_periods", missed), ("primary_missed_periods", primary),
+                   ("failing_periods", failing)):
         if not isinstance(n, int) or n < 1:
             raise SystemExit(f"params.yml: {key} must be a whole number of periods >= 1")
     if missed < 2:
         # The fleet may take two periods to sweep a dead lease holder's share.
         raise SystemExit("params.yml: missed_periods below 2 pages on a healthy fleet")
+    if primary < 4:
+        # A cluster daemon that dies after registering at a tick leaves its
+        # primaries unswept for about three periods plus a sweep.
+        raise SystemExit("params.yml: primary_missed_periods below 4 pages when a cluster "
+                         "daemon dies mid-sweep")
     selector = str(params["selector"]).strip()
     if not selector or "{" in selector or "}" in selector:
         raise SystemExit("params.yml: selector is the inside of {...}, and not empty")
@@ -74,6 +81,9 @@ def values(params: dict) -> dict:
         "stale": duration(missed * interval),
         "late_seconds": str(interval),
         "stale_for": duration((missed - 1) * interval),
+        "primary_missed_periods": str(primary),
+        "primary_stale": duration(primary * interval),
+        "primary_stale_for": duration((primary - 1) * interval),
         "suppress_seconds": str((missed - 1) * interval),
         "failing_window": duration(failing * interval),
         "down_for": duration(seconds(params["down_for"], "down_for")),
@@ -96,8 +106,8 @@ def expand(template: str, vals: dict) -> str:
     out = PLACEHOLDER.sub(sub, template)
     # Derived values that only the descriptions mention are fine; a
     # parameter of params.yml that nothing uses is a mistake.
-    forgotten = unused & {"interval", "late_seconds", "stale_for", "failing_window", "down_for",
-                          "selector", "fleet", "runbook_base"}
+    forgotten = unused & {"interval", "late_seconds", "stale_for", "primary_stale_for",
+                          "failing_window", "down_for", "selector", "fleet", "runbook_base"}
     if forgotten:
         raise SystemExit(f"{TEMPLATE}: never uses {sorted(forgotten)}")
     return out

@@ -101,7 +101,7 @@ pub(super) fn finished(
         }
         _ => {
             if result == SweepResult::Incomplete {
-                metrics.count_error("incomplete", 1);
+                metrics.count_error(crate::metrics::INCOMPLETE, 1);
             }
             Err(RoundFailure {
                 reason: format!("last sweep: {}", failures.join("; ")),

@@ -17,5 +17,5 @@ mod connections;
 mod server;
 
 pub use readiness::Readiness;
-pub use registry::{Metrics, SweepResult};
+pub use registry::{error_kinds, Metrics, SweepResult, INCOMPLETE};
 pub use server::{serve, HEADER_READ_TIMEOUT, MAX_HTTP_CONNECTIONS};

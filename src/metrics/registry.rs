@@ -12,7 +12,32 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::sweep::{CountKind, CountMetric, NodeReport, SweepReport};
+use crate::store::StoreError;
+use crate::sweep::{Check, CountKind, CountMetric, NodeReport, SweepReport};
+
+/// The `errors_total` kind of a round that left primaries unfinished.
+pub const INCOMPLETE: &str = "incomplete";
+
+/// Every `kind` label value `errors_total` can have: a Redis error's
+/// ([`StoreError::KINDS`]), a refusing check's ([`Check::ALL`]), a per-key
+/// error's ([`CountMetric::Error`]) and [`INCOMPLETE`]. Each series starts
+/// at 0, so the first error of a kind is an increase; a series created by
+/// its first error starts at 1 and increase() never sees it.
+pub fn error_kinds() -> BTreeSet<&'static str> {
+    let per_key = CountKind::ALL
+        .iter()
+        .filter_map(|kind| match kind.metric() {
+            Some(CountMetric::Error(error)) => Some(error),
+            _ => None,
+        });
+    StoreError::KINDS
+        .iter()
+        .copied()
+        .chain(Check::ALL.iter().map(|check| check.label()))
+        .chain(per_key)
+        .chain([INCOMPLETE])
+        .collect()
+}
 
 /// Buckets from 5 ms to 30 min: a sweep of a few keys and one of tens of
 /// millions both land in a bucket of their own.
@@ -43,6 +68,16 @@ pub enum SweepResult {
 }
 
 impl SweepResult {
+    /// Every result: each `sweeps_total` series starts at 0.
+    pub const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::Error,
+        Self::Interrupted,
+        Self::Incomplete,
+        Self::SkippedOverlap,
+        Self::SkippedLocked,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -190,16 +225,13 @@ impl Metrics {
         registry.register(Box::new(next_sweep.clone()))?;
         registry.register(Box::new(build_info))?;
         // Series that exist from the start read 0 instead of being absent,
-        // so rate() and alerts work before the first event.
-        for result in [
-            SweepResult::Ok,
-            SweepResult::Error,
-            SweepResult::Interrupted,
-            SweepResult::Incomplete,
-            SweepResult::SkippedOverlap,
-            SweepResult::SkippedLocked,
-        ] {
+        // so rate() and alerts work before the first event: increase()
+        // needs two samples, and a series born at 1 has no 0 before it.
+        for result in SweepResult::ALL {
             sweeps.with_label_values(&[result.label()]);
+        }
+        for kind in error_kinds() {
+            errors.with_label_values(&[kind]);
         }
         for reason in HttpClosed::ALL {
             http_closed.with_label_values(&[reason.label()]);
@@ -355,6 +387,40 @@ impl HttpClosed {
             Self::Evicted => "evicted",
             Self::Refused => "refused",
             Self::Timeout => "timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every known series of the two counters the alerts take increase()
+    /// of is exposed at 0 before anything happened.
+    #[test]
+    fn counters_start_at_zero() {
+        let text = Metrics::new().map(|m| m.render()).unwrap_or_default();
+        let kinds = error_kinds();
+        for kind in [
+            "unit_guard",
+            "clock",
+            "clock_skew",
+            "cutoff",
+            "permission",
+            "noperm",
+        ] {
+            assert!(kinds.contains(kind), "{kind}");
+        }
+        for kind in &kinds {
+            let line = format!("token_sweeper_errors_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        for result in SweepResult::ALL {
+            let line = format!(
+                "token_sweeper_sweeps_total{{result=\"{}\"}} 0\n",
+                result.label()
+            );
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
         }
     }
 }

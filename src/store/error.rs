@@ -82,6 +82,28 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Every value [`StoreError::kind`] can return. The metrics start an
+    /// `errors_total` series at 0 for each, so that the first error of a
+    /// kind shows as an increase (a series born at 1 has none).
+    pub const KINDS: &'static [&'static str] = &[
+        "oom",
+        "noperm",
+        "auth",
+        "readonly",
+        "clusterdown",
+        "masterdown",
+        "loading",
+        "busy",
+        "redirect",
+        "command",
+        "timeout",
+        "connection",
+        "sentinel",
+        "cluster_topology",
+        "config",
+        "response",
+    ];
+
     /// True when the connection itself is gone (refused, reset, timed out),
     /// as opposed to Redis answering with an error: the caller should
     /// reconnect rather than retry on the same connection.
@@ -115,6 +137,7 @@ impl StoreError {
     /// `masterdown`, `loading`, `busy`, `redirect`, `timeout`,
     /// `connection`, `sentinel`, `cluster_topology`, `config`, `response`
     /// (a reply of an unexpected shape) or `command` (any other error reply).
+    /// Always one of [`StoreError::KINDS`].
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Connect { source, .. }
@@ -138,23 +161,7 @@ impl StoreError {
 /// one, else by what happened to the connection.
 fn reply_kind(e: &redis::RedisError) -> &'static str {
     match e.code() {
-        Some("OOM") => "oom",
-        Some("NOPERM") => "noperm",
-        // A command refused inside a script comes back as ERR, not NOPERM.
-        Some("ERR")
-            if e.detail()
-                .is_some_and(|d| d.contains("user executing the script can't")) =>
-        {
-            "noperm"
-        }
-        Some("NOAUTH" | "WRONGPASS") => "auth",
-        Some("READONLY") => "readonly",
-        Some("CLUSTERDOWN") => "clusterdown",
-        Some("MASTERDOWN") => "masterdown",
-        Some("LOADING") => "loading",
-        Some("BUSY") => "busy",
-        Some("MOVED" | "ASK" | "TRYAGAIN" | "CROSSSLOT") => "redirect",
-        Some(_) => "command",
+        Some(code) => code_kind(code, e.detail()),
         None if e.is_timeout() => "timeout",
         None if e.is_io_error()
             || e.is_connection_dropped()
@@ -164,5 +171,106 @@ fn reply_kind(e: &redis::RedisError) -> &'static str {
             "connection"
         }
         None => "response",
+    }
+}
+
+/// The `kind` of an error reply by its code (and, for `ERR`, its detail).
+fn code_kind(code: &str, detail: Option<&str>) -> &'static str {
+    match code {
+        "OOM" => "oom",
+        "NOPERM" => "noperm",
+        // A command refused inside a script comes back as ERR, not NOPERM.
+        "ERR" if detail.is_some_and(|d| d.contains("user executing the script can't")) => "noperm",
+        "NOAUTH" | "WRONGPASS" => "auth",
+        "READONLY" => "readonly",
+        "CLUSTERDOWN" => "clusterdown",
+        "MASTERDOWN" => "masterdown",
+        "LOADING" => "loading",
+        "BUSY" => "busy",
+        "MOVED" | "ASK" | "TRYAGAIN" | "CROSSSLOT" => "redirect",
+        _ => "command",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::new(kind, "test"))
+    }
+
+    /// Every kind a `StoreError` can have is in `KINDS`, and every entry of
+    /// `KINDS` is one that some error has: a new kind left out of the list
+    /// would start its series at 1, where an alert's increase() misses it.
+    #[test]
+    fn kinds_lists_every_kind_and_nothing_else() {
+        let mut seen = BTreeSet::new();
+        for (code, detail) in [
+            ("OOM", None),
+            ("NOPERM", None),
+            ("ERR", Some("the user executing the script can't run this")),
+            ("ERR", Some("unknown command")),
+            ("NOAUTH", None),
+            ("WRONGPASS", None),
+            ("READONLY", None),
+            ("CLUSTERDOWN", None),
+            ("MASTERDOWN", None),
+            ("LOADING", None),
+            ("BUSY", None),
+            ("MOVED", None),
+            ("ASK", None),
+            ("TRYAGAIN", None),
+            ("CROSSSLOT", None),
+            ("SOMETHINGNEW", None),
+        ] {
+            seen.insert(code_kind(code, detail));
+        }
+        assert_eq!(code_kind("ERR", None), "command");
+        let address = || "10.0.0.1:6379".to_owned();
+        let errors = [
+            StoreError::Command {
+                address: address(),
+                what: "SCAN",
+                source: io(std::io::ErrorKind::TimedOut),
+            },
+            StoreError::Connect {
+                address: address(),
+                source: io(std::io::ErrorKind::ConnectionRefused),
+            },
+            StoreError::ClusterUnreachable {
+                address: address(),
+                source: redis::RedisError::from((redis::ErrorKind::Parse, "test")),
+                last_seen: String::new(),
+            },
+            StoreError::NoPrimary {
+                master_name: "m".to_owned(),
+                reasons: String::new(),
+            },
+            StoreError::NotPrimary { address: address() },
+            StoreError::BadNodeAddress { address: address() },
+            StoreError::BadReply {
+                address: address(),
+                what: "CLUSTER NODES",
+                reason: String::new(),
+            },
+            StoreError::BadReply {
+                address: address(),
+                what: "TIME",
+                reason: String::new(),
+            },
+            StoreError::Client {
+                address: address(),
+                source: redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "test")),
+            },
+        ];
+        for e in &errors {
+            seen.insert(e.kind());
+        }
+        let kinds: BTreeSet<&str> = StoreError::KINDS.iter().copied().collect();
+        assert_eq!(kinds.len(), StoreError::KINDS.len(), "a kind listed twice");
+        assert_eq!(seen, kinds);
     }
 }

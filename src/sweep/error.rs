@@ -102,6 +102,18 @@ pub enum Check {
 }
 
 impl Check {
+    /// Every check. With [`crate::store::StoreError::KINDS`], the `kind`
+    /// values of [`SweepError::kind`]: the metrics start an `errors_total`
+    /// series at 0 for each.
+    pub const ALL: [Check; 6] = [
+        Self::Clock,
+        Self::ClockSkew,
+        Self::Cutoff,
+        Self::ClusterTopology,
+        Self::UnitGuard,
+        Self::Permission,
+    ];
+
     /// A short name for metrics labels: `clock`, `clock_skew`, `cutoff`,
     /// `cluster_topology`, `unit_guard`, `permission`.
     pub fn label(self) -> &'static str {
@@ -156,6 +168,64 @@ impl std::fmt::Display for Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
+
+    /// `Check::ALL` holds every check: the match below stops compiling
+    /// when a check is added, and the assertion fails until it is in ALL.
+    #[test]
+    fn all_holds_every_check() {
+        let position = |check: Check| match check {
+            Check::Clock => 0,
+            Check::ClockSkew => 1,
+            Check::Cutoff => 2,
+            Check::ClusterTopology => 3,
+            Check::UnitGuard => 4,
+            Check::Permission => 5,
+        };
+        let mut found = [false; Check::ALL.len()];
+        for check in Check::ALL {
+            found[position(check)] = true;
+        }
+        assert_eq!(found, [true; Check::ALL.len()]);
+    }
+
+    /// Every kind a `SweepError` can have is a store kind or a check's label.
+    #[test]
+    fn every_kind_is_listed() {
+        let listed = |kind: &str| {
+            StoreError::KINDS.contains(&kind) || Check::ALL.iter().any(|c| c.label() == kind)
+        };
+        let mut errors = vec![
+            SweepError::Redis(StoreError::NotPrimary {
+                address: "a:1".to_owned(),
+            }),
+            SweepError::UnitGuard {
+                configured: ScoreUnit::Seconds,
+                seen: ScoreUnit::Milliseconds,
+                suspicious: 1,
+                sampled: 1,
+                example_key: String::new(),
+                example_score: 0.0,
+            },
+            SweepError::ClockSkew {
+                skew: Duration::from_secs(10),
+                max: Duration::from_secs(1),
+            },
+        ];
+        for check in Check::ALL {
+            errors.push(check.refused("because".to_owned()));
+            for refusal in StoreError::KINDS {
+                errors.push(SweepError::SafetyCheck {
+                    check,
+                    reason: String::new(),
+                    refusal: Some(*refusal),
+                });
+            }
+        }
+        for e in &errors {
+            assert!(listed(e.kind()), "{} is in no list of kinds", e.kind());
+        }
+    }
 
     #[test]
     fn every_safety_check_names_itself_and_has_a_label() {
