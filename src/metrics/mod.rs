@@ -15,6 +15,8 @@ mod readiness;
 mod connections;
 // serve(): the hyper server with its limits, stopped by a CancellationToken.
 mod server;
+/// The adaptive throttle's per-primary series.
+mod throttle;
 
 pub use readiness::Readiness;
 pub use registry::{Metrics, SweepResult};

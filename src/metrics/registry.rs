@@ -12,7 +12,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::sweep::{CountKind, CountMetric, NodeReport, SweepReport};
+use super::throttle::ThrottleMetrics;
+use crate::sweep::{CountKind, CountMetric, NodeReport, SweepReport, ThrottleReading};
 
 /// Buckets from 5 ms to 30 min: a sweep of a few keys and one of tens of
 /// millions both land in a bucket of their own.
@@ -74,6 +75,8 @@ pub struct Metrics {
     node_last_success: GaugeVec,
     /// By `node`: 1 when the last sweep of that primary could not finish it.
     node_unfinished: IntGaugeVec,
+    /// The adaptive throttle, by `node`: see [`Metrics::record_throttle`].
+    throttle: ThrottleMetrics,
     /// Every `node` label value the per-node gauges may hold, so that
     /// [`Metrics::retain_nodes`] can find the ones to drop.
     nodes: Arc<Mutex<BTreeSet<String>>>,
@@ -189,6 +192,7 @@ impl Metrics {
         registry.register(Box::new(schedule_armed.clone()))?;
         registry.register(Box::new(next_sweep.clone()))?;
         registry.register(Box::new(build_info))?;
+        let throttle = ThrottleMetrics::new(&registry)?;
         // Series that exist from the start read 0 instead of being absent,
         // so rate() and alerts work before the first event.
         for result in [
@@ -214,6 +218,7 @@ impl Metrics {
             last_success,
             node_last_success,
             node_unfinished,
+            throttle,
             nodes: Arc::default(),
             redis_up,
             lock_held,
@@ -269,6 +274,7 @@ impl Metrics {
             if !primaries.contains(node.as_str()) {
                 // Err: no such series; nothing to drop.
                 let _ = self.node_last_success.remove_label_values(&[node]);
+                self.throttle.forget(node);
             }
             if !primaries.contains(node.as_str()) || !swept.contains(node) {
                 let _ = self.node_unfinished.remove_label_values(&[node]);
@@ -278,6 +284,13 @@ impl Metrics {
             self.node_last_success.with_label_values(&[node]);
         }
         *known = primaries.into_iter().map(str::to_owned).collect();
+    }
+
+    /// One reading of a primary's adaptive throttle (every decision while
+    /// it sweeps, and as it ends).
+    pub fn record_throttle(&self, reading: &ThrottleReading) {
+        crate::mutex::lock(&self.nodes).insert(reading.node.clone());
+        self.throttle.record(reading);
     }
 
     /// Adds the numbers of a sweep that ran (completely or not); the

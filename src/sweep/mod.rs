@@ -92,6 +92,8 @@
 //! `permission` (error, query); `scan` (report); `guard` (scan, query,
 //! cutoff); `node` (all of them); this file (node and the re-exports).
 
+/// Step 5 with the throttle: at most N members per command.
+mod bounded;
 /// Step 2: "now", and the clock-skew check.
 mod clock;
 /// The counters, defined once in a table: [`Counts`], [`CountKind`].
@@ -100,6 +102,8 @@ mod counts;
 mod cutoff;
 /// [`SweepError`] and the [`Check`]s that can refuse a sweep.
 mod error;
+/// Steps 4 and 5 with the throttle: one piece at a time.
+mod gentle;
 /// Step 3: the unit guard.
 mod guard;
 /// Remove or dry run, and the command each sends.
@@ -116,6 +120,8 @@ mod remove;
 mod report;
 /// Step 4: SCAN, batching and pacing.
 mod scan;
+/// The adaptive throttle: probe, controller, pace.
+mod throttle;
 
 pub(crate) use counts::count_table;
 pub use counts::{CountKind, CountMetric, Counts, Printed};
@@ -127,6 +133,7 @@ pub(crate) use node::no_answer_within;
 pub use node::PreparedSweep;
 pub use remove::{sweep_keys, BatchOutcome};
 pub use report::{NodeReport, SweepProgress, SweepReport};
+pub use throttle::{ThrottleReading, ThrottleState};
 
 use std::time::{Duration, Instant};
 
@@ -289,6 +296,7 @@ pub async fn prepare_within<'a>(
         mode,
         nodes: prepared,
         stop: stop.clone(),
+        deadline: None,
     })
 }
 
@@ -310,6 +318,7 @@ impl PreparedSweep<'_> {
             mode,
             nodes,
             stop,
+            deadline,
         } = self;
         // Steps 4 and 5, then the first half of 6: each node scans and
         // removes, then confirms its slots did not move meanwhile.
@@ -318,7 +327,7 @@ impl PreparedSweep<'_> {
             .into_iter()
             .map(|node| async move {
                 let (report, failure) = match node {
-                    Ok(node) => node.finish(expired, mode, stop).await,
+                    Ok(node) => node.finish(expired, mode, stop, deadline).await,
                     Err(failed) => failed.report(),
                 };
                 progress.node_ended(&report);
@@ -361,6 +370,7 @@ impl PreparedSweep<'_> {
             first_error: progress.first_error(),
             duration_seconds: duration.as_secs_f64(),
             interrupted,
+            throttled_seconds: nodes.iter().map(|n| n.throttled_seconds).sum(),
             unfinished_nodes: nodes
                 .iter()
                 .filter(|n| n.unfinished_reason.is_some())

@@ -1,0 +1,1 @@
+//! The throttle's pace, floor and "behind", on tokio's paused clock.
