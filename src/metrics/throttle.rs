@@ -102,3 +102,64 @@ impl ThrottleMetrics {
         let _ = self.throttled.remove_label_values(&[node]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use crate::metrics::Metrics;
+    use crate::sweep::{ThrottleReading, ThrottleState};
+
+    fn series(scrape: &str, name: &str) -> Option<f64> {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}{{node=\"n:1\"}} ")))
+            .map(|value| value.parse().unwrap())
+    }
+
+    #[test]
+    fn a_reading_sets_the_gauges_and_adds_the_time_throttled() {
+        let metrics = Metrics::new().unwrap();
+        let mut reading = ThrottleReading {
+            node: "n:1".to_owned(),
+            state: ThrottleState::Floor,
+            pace_keys_per_second: 2000.0,
+            signal: Some(Duration::from_millis(3)),
+            newly_throttled: Duration::from_millis(250),
+            throttled: Duration::from_millis(250),
+            behind: true,
+            ended: false,
+        };
+        metrics.record_throttle(&reading);
+        metrics.record_throttle(&reading);
+        let scrape = metrics.render();
+        let name = |n: &str| format!("token_sweeper_{n}");
+        assert_eq!(series(&scrape, &name("throttle_active")), Some(1.0));
+        assert_eq!(
+            series(&scrape, &name("sweep_pace_keys_per_second")),
+            Some(2000.0)
+        );
+        assert_eq!(series(&scrape, &name("throttled_seconds_total")), Some(0.5));
+        assert_eq!(
+            series(&scrape, &name("throttle_signal_seconds")),
+            Some(0.003)
+        );
+        assert_eq!(series(&scrape, &name("sweep_behind")), Some(1.0));
+
+        // The end: not active, no pace; behind as it ended.
+        reading.ended = true;
+        reading.behind = false;
+        reading.newly_throttled = Duration::ZERO;
+        metrics.record_throttle(&reading);
+        let scrape = metrics.render();
+        assert_eq!(series(&scrape, &name("throttle_active")), Some(0.0));
+        assert_eq!(
+            series(&scrape, &name("sweep_pace_keys_per_second")),
+            Some(0.0)
+        );
+        assert_eq!(series(&scrape, &name("sweep_behind")), Some(0.0));
+        assert_eq!(series(&scrape, &name("throttled_seconds_total")), Some(0.5));
+    }
+}

@@ -36,8 +36,7 @@ impl NodeSweep<'_> {
     ) -> (Result<bool, StoreError>, std::time::Duration) {
         let settings = self.scanner.settings;
         let progress = self.tally.progress;
-        let mut throttle =
-            Throttle::start(&self.conn, &self.address, settings, deadline, progress).await;
+        let mut throttle = Throttle::start(&self.conn, &self.address, settings, deadline, progress);
         let result = self.gently(&mut throttle, expired, mode, stop).await;
         (result, throttle.end())
     }

@@ -27,7 +27,6 @@ mod reading;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -48,8 +47,8 @@ pub(super) struct Throttle<'a> {
     node: String,
     progress: &'a SweepProgress,
     controller: Controller,
+    /// The probe's round trips; dropping it ends the probe.
     samples: mpsc::Receiver<Duration>,
-    probe: Option<JoinHandle<()>>,
     /// Keys scanned per second the sweep keeps whatever the signal.
     floor: f64,
     /// `sweep.max_keys_per_second` (0: none).
@@ -76,19 +75,12 @@ pub(super) struct Throttle<'a> {
     behind: bool,
 }
 
-impl Drop for Throttle<'_> {
-    fn drop(&mut self) {
-        if let Some(probe) = self.probe.take() {
-            probe.abort();
-        }
-    }
-}
-
 impl<'a> Throttle<'a> {
-    /// Starts the probe on a connection of its own to `conn`'s server. One
-    /// that cannot be opened leaves the throttle with no signal, which
-    /// holds the sweep at its floor: it still finishes, gently.
-    pub(super) async fn start(
+    /// Starts the probe on a connection and a thread of its own to
+    /// `conn`'s server; it ends when the throttle is dropped. One that
+    /// cannot be opened leaves the throttle with no signal, which holds the
+    /// sweep at its floor: it still finishes, gently.
+    pub(super) fn start(
         conn: &Connection,
         node: &str,
         settings: &SweepSettings,
@@ -96,20 +88,8 @@ impl<'a> Throttle<'a> {
         progress: &'a SweepProgress,
     ) -> Throttle<'a> {
         let (tx, samples) = mpsc::channel(256);
-        let probe = match conn.separate().await {
-            Ok(probe_conn) => Some(tokio::spawn(probe::run(probe_conn, tx))),
-            Err(e) => {
-                tracing::warn!(
-                    node,
-                    error = %e,
-                    "sweep throttle: cannot open the probe connection; sweeping at the floor"
-                );
-                None
-            }
-        };
-        let mut throttle = Self::new(node, settings, deadline, progress, samples);
-        throttle.probe = probe;
-        throttle
+        probe::spawn(conn.clone(), node.to_owned(), tx);
+        Self::new(node, settings, deadline, progress, samples)
     }
 
     /// A throttle fed by `samples` (the probe's round trips), with no probe
@@ -132,7 +112,6 @@ impl<'a> Throttle<'a> {
                 max_piece,
             ),
             samples,
-            probe: None,
             floor: settings.throttle_floor.max(1) as f64,
             cap: settings.max_keys_per_second,
             started: now,
