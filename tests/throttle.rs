@@ -99,7 +99,10 @@ async fn a_set_of_100k_expired_members_is_cleaned_in_bounded_commands() {
     // and one more that finds it clean; one each for the small sets; one
     // for the permission check.
     let removals = calls(&mut c, "ZREMRANGEBYSCORE");
-    assert!((121..=122).contains(&removals), "{removals} ZREMRANGEBYSCORE");
+    assert!(
+        (121..=122).contains(&removals),
+        "{removals} ZREMRANGEBYSCORE"
+    );
     assert!(calls(&mut c, "ZRANGEBYSCORE") >= 100);
 
     // Off: today's sweep, one command per key whatever its size.

@@ -102,8 +102,9 @@ pub struct SweepSettings {
     /// Adaptive: the largest share of Redis's time the sweep takes when
     /// nothing else needs it, in percent (1 to 100).
     pub throttle_max_share_percent: u8,
-    /// Adaptive: keys per second (per primary) the sweep keeps however
-    /// busy Redis is, so that it always finishes; at least 1.
+    /// Adaptive: keys per second (per primary) the sweep keeps handling
+    /// however busy Redis is (a key counts when SCAN visits it and when it
+    /// is swept), so that it always finishes; at least 1.
     pub throttle_floor: u64,
     /// Adaptive: most members one command removes from one set; a set
     /// with more is cleaned in several commands.

@@ -32,7 +32,7 @@ impl ThrottleMetrics {
             pace: GaugeVec::new(
                 by_node(
                     "sweep_pace_keys_per_second",
-                    "Keys scanned per second by the sweep of this primary over the throttle's \
+                    "Keys sent to be swept per second on this primary over the throttle's \
                      last window (0 once it ended).",
                 ),
                 &["node"],

@@ -67,6 +67,8 @@ impl NodeSweep<'_> {
                 let mut keys: Vec<Vec<u8>> = again.drain(..revisits).collect();
                 let fresh = (piece - keys.len()).min(self.scanner.pending.len());
                 keys.extend(self.scanner.pending.drain(..fresh));
+                throttle.sweeping(fresh);
+                let floor_keys = keys.len();
                 let sent = Instant::now();
                 let (outcome, stopped) = match mode {
                     // ZCOUNT is O(log n) whatever the count: nothing to bound.
@@ -83,7 +85,7 @@ impl NodeSweep<'_> {
                                 return Err(e);
                             }
                         };
-                        throttle.worked(sent, revisits);
+                        throttle.worked(sent, floor_keys);
                         if throttle.wait(stop).await {
                             // The bounds read, nothing removed: no harm.
                             self.tally.add(&read);
@@ -100,7 +102,7 @@ impl NodeSweep<'_> {
                     }
                 };
                 progress_timed(self, sent);
-                throttle.worked(sent, revisits);
+                throttle.worked(sent, floor_keys);
                 self.tally.add(&outcome);
                 stopped?;
                 continue;
@@ -109,14 +111,13 @@ impl NodeSweep<'_> {
                 return Ok(false);
             }
             self.scanner.count = u32::try_from(piece).unwrap_or(u32::MAX);
-            let before = self.scanner.pending.len();
             let sent = Instant::now();
             if self.scanner.next_page(stop).await? {
                 return Ok(true);
             }
             throttle.worked(sent, piece);
             let covered = cursor_says.then(|| covered_by(self.scanner.cursor));
-            throttle.scanned(self.scanner.pending.len() - before, covered);
+            throttle.scanned(covered);
         }
     }
 }

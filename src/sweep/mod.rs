@@ -78,6 +78,16 @@
 //! can check first, keep only some primaries, then run the rest. A
 //! [`SweepProgress::on_node_end`] hook hears of each primary as it ends.
 //!
+//! Steps 4 and 5 are as above with `sweep.throttle = "off"`. With the
+//! adaptive throttle (the default; `gentle.rs`, `throttle/`, `bounded.rs`)
+//! each primary's sweep sends one piece at a time (a SCAN page or a
+//! pipeline of at most 200 keys), pauses between pieces to take at most
+//! its share of Redis's time, adapts that share and the piece to a PING
+//! probe's latency on a connection of its own, never goes below
+//! `sweep.throttle_floor`, and removes at most
+//! `sweep.max_members_per_command` members per command, by score, with
+//! the same bounds ([`ThrottleReading`] tells the metrics).
+//!
 //! Stopping is one [`CancellationToken`]: once cancelled, no SCAN page and
 //! no batch more is sent, the pipelines in flight finish and are counted,
 //! and the report says `interrupted`.
@@ -87,10 +97,13 @@
 //! sorted sets.
 //!
 //! The files import each other one way only, leaves first: `mode`;
-//! `counts` (mode); `cutoff`, `error` and `query` (none of these); `remove`
-//! (cutoff, query, counts); `report` (counts, remove); `clock`,
-//! `permission` (error, query); `scan` (report); `guard` (scan, query,
-//! cutoff); `node` (all of them); this file (node and the re-exports).
+//! `counts` (mode); `cutoff`, `error`, `query` and `throttle/reading`
+//! (none of these); `remove` (cutoff, query, counts); `report` (counts,
+//! remove, throttle/reading); `clock`, `permission` (error, query); `scan`
+//! (report); `guard` (scan, query, cutoff); the rest of `throttle`
+//! (report); `bounded` (remove, query, cutoff);
+//! `node` (all of them); `gentle` (node, throttle, bounded); this file
+//! (node and the re-exports).
 
 /// Step 5 with the throttle: at most N members per command.
 mod bounded;

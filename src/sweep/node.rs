@@ -22,7 +22,6 @@ use super::query::Found;
 use super::remove::sweep_batch;
 use super::report::{NodeReport, SweepProgress, Tally};
 use super::scan::Scanner;
-use super::throttle::controller::START_PIECE;
 use crate::config::{SweepSettings, ThrottleMode};
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
 
@@ -200,11 +199,10 @@ impl<'a> NodeSweep<'a> {
             progress,
             node: Arc::default(),
         };
+        // The unit guard's pages are `scan_count` in either mode: its checks
+        // run within a time limit under the daemon's lock, and a few pages
+        // once per sweep are not what other clients feel.
         let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
-        if settings.throttle == ThrottleMode::Adaptive {
-            // The unit guard's pages too are pieces a gentle sweep sends.
-            scanner.count = settings.scan_count.min(START_PIECE as u32);
-        }
         let found = Found::ScannedOn {
             importing: &importing,
         };

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::counts::{CountKind, Counters, Counts};
 use super::mode::SweepMode;
 use super::remove::BatchOutcome;
-use super::throttle::ThrottleReading;
+use super::throttle::reading::ThrottleReading;
 
 /// Live counters of a running sweep.
 ///

@@ -12,8 +12,8 @@
 //!   pipeline), it idles long enough that its Redis time is at most that
 //!   share of the wall time. Redis time is the round trip less the probe's
 //!   idle round trip (the network's part, during which Redis serves
-//!   others). The floor (`sweep.throttle_floor`, keys scanned per second)
-//!   caps every pause, so a Redis kept busy by others slows the sweep but
+//!   others). The floor (`sweep.throttle_floor`, keys handled per second:
+//!   a key counts when SCAN visits it and when it is swept) caps every pause, so a Redis kept busy by others slows the sweep but
 //!   never stops it; `sweep.max_keys_per_second` caps the pace in any mode.
 //! - **Reporting**: each decision is a [`ThrottleReading`] for the metrics,
 //!   one log line when the state changes ([`ThrottleState`]), and
@@ -22,7 +22,7 @@
 
 pub mod controller;
 mod probe;
-mod reading;
+pub(super) mod reading;
 
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ pub(super) struct Throttle<'a> {
     controller: Controller,
     /// The probe's round trips; dropping it ends the probe.
     samples: mpsc::Receiver<Duration>,
-    /// Keys scanned per second the sweep keeps whatever the signal.
+    /// Keys handled per second the sweep keeps whatever the signal.
     floor: f64,
     /// `sweep.max_keys_per_second` (0: none).
     cap: u64,
@@ -58,9 +58,9 @@ pub(super) struct Throttle<'a> {
     share_due: Instant,
     /// By when the floor has the next step start.
     floor_due: Instant,
-    /// Keys SCAN returned, for the cap.
-    scanned: u64,
-    /// The last decision, and the keys scanned by then.
+    /// Keys sent to be swept (the first time), for the cap and the pace.
+    swept: u64,
+    /// The last decision, and the keys swept by then.
     decided: (Instant, u64),
     /// Waits since the last decision, and how many of them the floor cut short.
     waits: (u32, u32),
@@ -117,7 +117,7 @@ impl<'a> Throttle<'a> {
             started: now,
             share_due: now,
             floor_due: now,
-            scanned: 0,
+            swept: 0,
             decided: (now, 0),
             waits: (0, 0),
             state: ThrottleState::FullSpeed,
@@ -152,7 +152,7 @@ impl<'a> Throttle<'a> {
         }
         if self.cap > 0 {
             let cap_due =
-                self.started + Duration::from_secs_f64(self.scanned as f64 / self.cap as f64);
+                self.started + Duration::from_secs_f64(self.swept as f64 / self.cap as f64);
             due = due.max(cap_due);
         }
         if due <= now {
@@ -167,8 +167,7 @@ impl<'a> Throttle<'a> {
 
     /// A round trip of the sweep that started at `sent`: the share's pause
     /// follows from it. `floor_keys` is what it counts for the floor: the
-    /// COUNT of a SCAN page, the keys of a pipeline that came back to a key
-    /// (those SCAN did not count twice), 0 for a key's first pipeline.
+    /// COUNT of a SCAN page (the keys it visits), the keys of a pipeline.
     pub(super) fn worked(&mut self, sent: Instant, floor_keys: usize) {
         let now = Instant::now();
         let rtt = now.duration_since(sent);
@@ -181,10 +180,14 @@ impl<'a> Throttle<'a> {
         }
     }
 
-    /// A SCAN page returned `keys`; `covered` is the share of the keyspace
-    /// its cursor has passed, when the cursor says.
-    pub(super) fn scanned(&mut self, keys: usize, covered: Option<f64>) {
-        self.scanned += keys as u64;
+    /// `keys` are sent to be swept for the first time (as the pacer of a
+    /// sweep without the throttle counts them, for `max_keys_per_second`).
+    pub(super) fn sweeping(&mut self, keys: usize) {
+        self.swept += keys as u64;
+    }
+
+    /// A SCAN page's cursor has passed `covered` of the keyspace, if it says.
+    pub(super) fn scanned(&mut self, covered: Option<f64>) {
         self.covered = covered;
     }
 
@@ -193,8 +196,8 @@ impl<'a> Throttle<'a> {
         if self.state != ThrottleState::FullSpeed {
             self.throttled += window;
         }
-        self.pace = (self.scanned - self.decided.1) as f64 / window.as_secs_f64().max(1e-3);
-        self.decided = (now, self.scanned);
+        self.pace = (self.swept - self.decided.1) as f64 / window.as_secs_f64().max(1e-3);
+        self.decided = (now, self.swept);
         self.controller.decide();
         let (waits, floored) = std::mem::take(&mut self.waits);
         let state = if self.controller.at_full_speed() {

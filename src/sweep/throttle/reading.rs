@@ -35,7 +35,7 @@ pub struct ThrottleReading {
     pub node: String,
     /// Where it stands.
     pub state: ThrottleState,
-    /// Keys scanned per second over the last decision window.
+    /// Keys sent to be swept per second over the last decision window.
     pub pace_keys_per_second: f64,
     /// The latest signal: the probe's 90th percentile round trip.
     pub signal: Option<Duration>,

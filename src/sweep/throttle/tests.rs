@@ -19,7 +19,7 @@ async fn run_for(
 ) -> (u64, u64) {
     let stop = CancellationToken::new();
     let end = Instant::now() + Duration::from_secs(secs);
-    let before = throttle.scanned;
+    let before = throttle.swept;
     let mut next_probe = Instant::now();
     let mut steps = 0;
     while Instant::now() < end {
@@ -32,10 +32,11 @@ async fn run_for(
         let sent = Instant::now();
         tokio::time::advance(STEP).await;
         throttle.worked(sent, piece);
-        throttle.scanned(piece, None);
+        throttle.sweeping(piece);
+        throttle.scanned(None);
         steps += 1;
     }
-    (steps, throttle.scanned - before)
+    (steps, throttle.swept - before)
 }
 
 fn settings() -> SweepSettings {
@@ -138,11 +139,11 @@ async fn it_reports_falling_behind_by_projection_and_by_running_late() {
     let stop = CancellationToken::new();
     // A tenth of the keyspace in 2 s: done in 20 s, past the 10 s period.
     tokio::time::advance(Duration::from_secs(2)).await;
-    throttle.scanned(100, Some(0.1));
+    throttle.scanned(Some(0.1));
     assert!(!throttle.wait(&stop).await);
     assert!(last(&seen).behind);
     // Half in 2 s: done in 4 s, in time.
-    throttle.scanned(100, Some(0.5));
+    throttle.scanned(Some(0.5));
     tokio::time::advance(Duration::from_millis(300)).await;
     assert!(!throttle.wait(&stop).await);
     assert!(!last(&seen).behind);
@@ -164,7 +165,7 @@ async fn a_cancelled_sweep_stops_waiting() {
     };
     let (_probes, samples) = mpsc::channel(1);
     let mut throttle = Throttle::new("n:1", &settings, None, &progress, samples);
-    throttle.scanned(1_000_000, None);
+    throttle.sweeping(1_000_000);
     let stop = CancellationToken::new();
     stop.cancel();
     assert!(throttle.wait(&stop).await);
