@@ -101,7 +101,15 @@ impl<'a> Throttle<'a> {
         progress: &'a SweepProgress,
         samples: mpsc::Receiver<Duration>,
     ) -> Throttle<'a> {
-        let max_piece = usize::try_from(settings.batch_size.min(settings.scan_count)).unwrap_or(1);
+        let mut max_piece = settings.batch_size.min(settings.scan_count);
+        if settings.max_keys_per_second > 0 {
+            // About ten pieces a second under a rate limit, as without the
+            // throttle: a limit of 100/s should not mean a burst of 100 keys
+            // and a second of nothing.
+            let per_tenth = u32::try_from(settings.max_keys_per_second / 10).unwrap_or(u32::MAX);
+            max_piece = max_piece.min(per_tenth.max(1));
+        }
+        let max_piece = usize::try_from(max_piece).unwrap_or(1);
         let now = Instant::now();
         Throttle {
             node: node.to_owned(),
