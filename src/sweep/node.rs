@@ -219,11 +219,22 @@ impl<'a> NodeSweep<'a> {
         // No key on the node: nothing to remove, so nothing to prove.
         // Interrupted: nothing will be sent.
         if let (false, Some(key)) = (interrupted, scanner.pending.first()) {
-            check_permission(&mut node_conn, key, found, mode.command()).await?;
-            if settings.throttle == ThrottleMode::Adaptive && mode == SweepMode::Remove {
-                // The bounded removal reads before it removes.
-                check_permission(&mut node_conn, key, found, BOUND_READ).await?;
-            }
+            // The bounded removal reads before it removes: that command too.
+            // Both at once, in one round trip: the checks of a node run
+            // within a time limit under the daemon's lock.
+            let bounded = settings.throttle == ThrottleMode::Adaptive && mode == SweepMode::Remove;
+            let mut read_conn = node_conn.clone();
+            let read = async {
+                if bounded {
+                    check_permission(&mut read_conn, key, found, BOUND_READ).await
+                } else {
+                    Ok(())
+                }
+            };
+            tokio::try_join!(
+                check_permission(&mut node_conn, key, found, mode.command()),
+                read
+            )?;
         }
         Ok(Ok(NodeSweep {
             address: address.to_owned(),
