@@ -22,16 +22,22 @@ fn main() -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Run) {
         // Its own path: `--json` prints its object even when the settings
         // do not load.
-        Command::Sweep { dry_run, json } => cli::sweep::sweep_command(settings, dry_run, json),
+        Command::Sweep {
+            dry_run,
+            json,
+            throttle,
+        } => cli::sweep::sweep_command(settings, dry_run, json, throttle),
         command => settings.and_then(|settings| match command {
             Command::Run => cli::daemon::run_daemon(cli.config, settings),
             Command::Tokens { action } => cli::tokens::tokens_command(action, &settings),
             Command::Healthcheck { url } => cli::healthcheck::healthcheck(url, &settings),
             Command::CheckConfig => cli::check_config::check_config(&settings),
             Command::Generate { dir } => cli::generate::generate(&dir),
-            Command::Sweep { dry_run, json } => {
-                cli::sweep::sweep_command(Ok(settings), dry_run, json)
-            }
+            Command::Sweep {
+                dry_run,
+                json,
+                throttle,
+            } => cli::sweep::sweep_command(Ok(settings), dry_run, json, throttle),
         }),
     };
     outcome.unwrap_or_else(cli::failure::Failure::exit)

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use token_sweeper::config::ThrottleMode;
+
 /// Keeps Redis JWT allowlists clean.
 #[derive(Parser)]
 #[command(name = "token-sweeper", version, about)]
@@ -28,6 +30,10 @@ pub enum Command {
         /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Override sweep.throttle for this run: "off" clears a backlog at
+        /// full speed, "adaptive" yields to the other clients of Redis.
+        #[arg(long, value_name = "adaptive|off")]
+        throttle: Option<ThrottleMode>,
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,

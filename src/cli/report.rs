@@ -22,6 +22,7 @@ pub struct JsonFailure {
     pub counts: Counts,
     pub first_error: Option<String>,
     pub duration_seconds: f64,
+    pub throttled_seconds: f64,
 }
 
 /// One JSON object on one line of stdout.
@@ -49,6 +50,15 @@ pub fn print_report(report: &SweepReport) {
         if let Some(label) = kind.line_label(report.mode, n) {
             row(label, thousands(n));
         }
+    }
+    if report.throttled_seconds > 0.0 {
+        row(
+            "throttled",
+            format!(
+                "{:.2}s (yielding to other clients; --throttle off for full speed)",
+                report.throttled_seconds
+            ),
+        );
     }
     row(
         "cutoff",

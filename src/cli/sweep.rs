@@ -4,12 +4,12 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use token_sweeper::config::Settings;
+use token_sweeper::config::{Settings, ThrottleMode};
 use token_sweeper::logging;
 use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, SweepMode, SweepProgress, SweepReport};
@@ -20,12 +20,15 @@ use super::runtime;
 use super::signals::watch_interrupts;
 
 /// Runs the command; `settings` may have failed to load, so that `--json`
-/// prints its object then too.
+/// prints its object then too. `throttle` overrides `sweep.throttle`.
 pub fn sweep_command(
     settings: Result<Settings, Failure>,
     dry_run: bool,
     json: bool,
+    throttle: Option<ThrottleMode>,
 ) -> Result<ExitCode, Failure> {
+    let throttled = Arc::new(Mutex::new(Duration::ZERO));
+    let held = Arc::clone(&throttled);
     let output = SweepOutput {
         mode: if dry_run {
             SweepMode::DryRun
@@ -34,9 +37,19 @@ pub fn sweep_command(
         },
         json,
         started: Instant::now(),
-        progress: Arc::new(SweepProgress::default()),
+        // The throttle's time is in the report; a sweep that fails has
+        // none, so it is summed here for the failure's object.
+        progress: Arc::new(SweepProgress::default().on_throttle(move |reading| {
+            if let Ok(mut held) = held.lock() {
+                *held += reading.newly_throttled;
+            }
+        })),
+        throttled,
     };
-    let swept = settings.and_then(|settings| {
+    let swept = settings.and_then(|mut settings| {
+        if let Some(throttle) = throttle {
+            settings.sweep.throttle = throttle;
+        }
         logging::init(&settings.log);
         runtime()?.block_on(sweep_once(&settings, &output))
     });
@@ -62,6 +75,8 @@ struct SweepOutput {
     json: bool,
     started: Instant,
     progress: Arc<SweepProgress>,
+    /// Time the throttle held the sweep back so far, over every node.
+    throttled: Arc<Mutex<Duration>>,
 }
 
 impl SweepOutput {
@@ -86,6 +101,7 @@ impl SweepOutput {
                 counts: self.progress.counts(),
                 first_error: self.progress.first_error(),
                 duration_seconds: self.started.elapsed().as_secs_f64(),
+                throttled_seconds: self.throttled.lock().map_or(0.0, |held| held.as_secs_f64()),
             });
         }
     }

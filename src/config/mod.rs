@@ -37,6 +37,7 @@ mod metrics;
 mod redis;
 mod score_unit;
 mod sweep;
+mod throttle;
 mod tls;
 
 // Reading and checking the whole.
@@ -55,6 +56,9 @@ pub use secret::Secret;
 pub use sweep::{
     ClockSource, SweepSettings, MAX_BATCH_SIZE, MAX_CLOCK_SKEW, MAX_INTERVAL, MAX_IN_FLIGHT,
     MAX_SCAN_COUNT, MAX_UNIT_GUARD_SAMPLE,
+};
+pub use throttle::{
+    ThrottleMode, MAX_MEMBERS_PER_COMMAND, MAX_THROTTLE_TARGET, MIN_THROTTLE_TARGET,
 };
 pub use tls::TlsFiles;
 pub use url::{redact_url, RedisUrl};

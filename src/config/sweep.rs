@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::values::{
     between_one_and, human_duration, human_duration_option, in_days, positive, string_enum,
 };
-use super::{ConfigError, ScoreUnit};
+use super::{ConfigError, ScoreUnit, ThrottleMode};
 use crate::schedule::{CronSchedule, Schedule, ScheduleError};
 
 string_enum! {
@@ -90,8 +90,25 @@ pub struct SweepSettings {
     /// primary is its own Redis process, so sweeping them in parallel is what
     /// keeps every one of them busy.
     pub max_parallel_nodes: u32,
-    /// Upper bound on keys swept per second; 0 means no limit.
+    /// Upper bound on keys swept per second; 0 means no limit. Applies with
+    /// the throttle on or off.
     pub max_keys_per_second: u64,
+    /// `"adaptive"` (yield to the other clients of Redis) or `"off"`.
+    pub throttle: ThrottleMode,
+    /// Adaptive: the latency a probe may gain over its idle round trip
+    /// before the sweep slows down (from 50µs to 1s).
+    #[serde(with = "human_duration")]
+    pub throttle_target: Duration,
+    /// Adaptive: the largest share of Redis's time the sweep takes when
+    /// nothing else needs it, in percent (1 to 100).
+    pub throttle_max_share_percent: u8,
+    /// Adaptive: keys per second (per primary) the sweep keeps handling
+    /// however busy Redis is (a key counts when SCAN visits it and when it
+    /// is swept), so that it always finishes; at least 1.
+    pub throttle_floor: u64,
+    /// Adaptive: most members one command removes from one set; a set
+    /// with more is cleaned in several commands.
+    pub max_members_per_command: u32,
     /// Check a sample of sets before deleting anything: if their scores look
     /// like the other unit, abort. Turn off only for data that is known odd.
     pub unit_guard: bool,
@@ -132,6 +149,11 @@ impl Default for SweepSettings {
             max_in_flight: 8,
             max_parallel_nodes: 16,
             max_keys_per_second: 0,
+            throttle: ThrottleMode::Adaptive,
+            throttle_target: Duration::from_micros(500),
+            throttle_max_share_percent: 50,
+            throttle_floor: 2000,
+            max_members_per_command: 500,
             unit_guard: true,
             unit_guard_sample: 64,
             interval: Some(Duration::from_secs(300)),
@@ -174,6 +196,7 @@ impl SweepSettings {
         between_one_and("sweep.scan_count", self.scan_count, MAX_SCAN_COUNT)?;
         between_one_and("sweep.batch_size", self.batch_size, MAX_BATCH_SIZE)?;
         between_one_and("sweep.max_in_flight", self.max_in_flight, MAX_IN_FLIGHT)?;
+        self.validate_throttle()?;
         // Not bounded: each primary is its own Redis process, and the
         // cluster's size bounds how many run at once.
         between_one_and(

@@ -137,10 +137,11 @@ impl Round {
         let swept_nodes = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let progress = {
-            let (timer, recorder, swept) = (
+            let (timer, recorder, swept, throttle) = (
                 self.metrics.clone(),
                 self.metrics.clone(),
                 Arc::clone(&swept_nodes),
+                self.metrics.clone(),
             );
             SweepProgress::with_batch_timer(move |rtt| {
                 timer.batch_duration.observe(rtt.as_secs_f64());
@@ -154,6 +155,7 @@ impl Round {
                     finished: node.finished,
                 });
             })
+            .on_throttle(move |reading| throttle.record_throttle(reading))
         };
         let swept = self.sweep(&conn, &primaries, &progress, ended).await;
         self.metrics.retain_nodes(
@@ -195,7 +197,7 @@ impl Round {
         // Under the lock, a primary's checks get no longer than a lease
         // script: a stalled primary is left unswept (reported unfinished)
         // instead of holding up the others.
-        let prepared = sweep::prepare_within(
+        let mut prepared = sweep::prepare_within(
             conn,
             primaries,
             &self.settings.sweep,
@@ -205,6 +207,9 @@ impl Round {
             self.lock.as_ref().map(|lock| lock.timeout()),
         )
         .await?;
+        // The period ends at the next tick: a sweep still running then, or
+        // projected to, is behind (`sweep_behind`).
+        prepared.set_deadline(tokio::time::Instant::now() + self.schedule.time_to_next_tick());
         match &self.lock {
             Some(lock) => {
                 self.sweep_leased(lock, conn, prepared, primaries, ended)

@@ -7,6 +7,8 @@
 //! server's self-protection (connection cap, eviction, timeouts) is tested
 //! apart from both. Files import only the ones listed before them.
 
+// The label values of errors_total{kind}, listed once.
+mod kinds;
 // Metrics: the registry, every metric, and recording reports into them.
 mod registry;
 // The router: /metrics, /healthz, /readyz, and the Readiness the daemon gives it.
@@ -15,7 +17,10 @@ mod readiness;
 mod connections;
 // serve(): the hyper server with its limits, stopped by a CancellationToken.
 mod server;
+// The adaptive throttle's per-primary series.
+mod throttle;
 
+pub use kinds::{error_kinds, INCOMPLETE};
 pub use readiness::Readiness;
-pub use registry::{error_kinds, Metrics, SweepResult, INCOMPLETE};
+pub use registry::{Metrics, SweepResult};
 pub use server::{serve, HEADER_READ_TIMEOUT, MAX_HTTP_CONNECTIONS};

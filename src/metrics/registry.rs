@@ -12,32 +12,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::store::StoreError;
-use crate::sweep::{Check, CountKind, CountMetric, NodeReport, SweepReport};
-
-/// The `errors_total` kind of a round that left primaries unfinished.
-pub const INCOMPLETE: &str = "incomplete";
-
-/// Every `kind` label value `errors_total` can have: a Redis error's
-/// ([`StoreError::KINDS`]), a refusing check's ([`Check::ALL`]), a per-key
-/// error's ([`CountMetric::Error`]) and [`INCOMPLETE`]. Each series starts
-/// at 0, so the first error of a kind is an increase; a series created by
-/// its first error starts at 1 and increase() never sees it.
-pub fn error_kinds() -> BTreeSet<&'static str> {
-    let per_key = CountKind::ALL
-        .iter()
-        .filter_map(|kind| match kind.metric() {
-            Some(CountMetric::Error(error)) => Some(error),
-            _ => None,
-        });
-    StoreError::KINDS
-        .iter()
-        .copied()
-        .chain(Check::ALL.iter().map(|check| check.label()))
-        .chain(per_key)
-        .chain([INCOMPLETE])
-        .collect()
-}
+use super::kinds::error_kinds;
+use super::throttle::ThrottleMetrics;
+use crate::sweep::{CountKind, CountMetric, NodeReport, SweepReport, ThrottleReading};
 
 /// Buckets from 5 ms to 30 min: a sweep of a few keys and one of tens of
 /// millions both land in a bucket of their own.
@@ -109,6 +86,8 @@ pub struct Metrics {
     node_last_success: GaugeVec,
     /// By `node`: 1 when the last sweep of that primary could not finish it.
     node_unfinished: IntGaugeVec,
+    /// The adaptive throttle, by `node`: see [`Metrics::record_throttle`].
+    throttle: ThrottleMetrics,
     /// Every `node` label value the per-node gauges may hold, so that
     /// [`Metrics::retain_nodes`] can find the ones to drop.
     nodes: Arc<Mutex<BTreeSet<String>>>,
@@ -224,6 +203,7 @@ impl Metrics {
         registry.register(Box::new(schedule_armed.clone()))?;
         registry.register(Box::new(next_sweep.clone()))?;
         registry.register(Box::new(build_info))?;
+        let throttle = ThrottleMetrics::new(&registry)?;
         // Series that exist from the start read 0 instead of being absent,
         // so rate() and alerts work before the first event: increase()
         // needs two samples, and a series born at 1 has no 0 before it.
@@ -246,6 +226,7 @@ impl Metrics {
             last_success,
             node_last_success,
             node_unfinished,
+            throttle,
             nodes: Arc::default(),
             redis_up,
             lock_held,
@@ -301,6 +282,7 @@ impl Metrics {
             if !primaries.contains(node.as_str()) {
                 // Err: no such series; nothing to drop.
                 let _ = self.node_last_success.remove_label_values(&[node]);
+                self.throttle.forget(node);
             }
             if !primaries.contains(node.as_str()) || !swept.contains(node) {
                 let _ = self.node_unfinished.remove_label_values(&[node]);
@@ -310,6 +292,13 @@ impl Metrics {
             self.node_last_success.with_label_values(&[node]);
         }
         *known = primaries.into_iter().map(str::to_owned).collect();
+    }
+
+    /// One reading of a primary's adaptive throttle (every decision while
+    /// it sweeps, and as it ends).
+    pub fn record_throttle(&self, reading: &ThrottleReading) {
+        crate::mutex::lock(&self.nodes).insert(reading.node.clone());
+        self.throttle.record(reading);
     }
 
     /// Adds the numbers of a sweep that ran (completely or not); the

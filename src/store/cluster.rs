@@ -235,7 +235,7 @@ impl Connection {
                 address: format!("cluster (redirected from {})", self.address),
             }),
             Link::Cluster { .. } => Some(self.clone()),
-            Link::Server(_) => None,
+            Link::Server(..) => None,
         }
     }
 

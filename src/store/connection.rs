@@ -34,8 +34,10 @@ pub struct Connection {
 /// The three shapes of connection behind one API.
 #[derive(Clone)]
 pub(super) enum Link {
-    /// One server: standalone, or the primary the sentinels named.
-    Server(MultiplexedConnection),
+    /// One server: standalone, or the primary the sentinels named; with
+    /// what it was opened with, so that [`Connection::separate`] can open
+    /// another socket to exactly that server.
+    Server(MultiplexedConnection, Arc<(ConnectionInfo, RedisSettings)>),
     /// The cluster client: routes each keyed command to its slot's primary and
     /// follows MOVED/ASK redirects itself. Keeps the settings to open
     /// [`Link::Node`] connections with the same credentials and TLS, and
@@ -67,7 +69,7 @@ impl std::fmt::Debug for Connection {
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         match &mut self.link {
-            Link::Server(conn) | Link::Node { direct: conn, .. } => conn.req_packed_command(cmd),
+            Link::Server(conn, _) | Link::Node { direct: conn, .. } => conn.req_packed_command(cmd),
             Link::Cluster { client, .. } => client.req_packed_command(cmd),
         }
     }
@@ -79,7 +81,7 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match &mut self.link {
-            Link::Server(conn) | Link::Node { direct: conn, .. } => {
+            Link::Server(conn, _) | Link::Node { direct: conn, .. } => {
                 conn.req_packed_commands(pipeline, offset, count)
             }
             Link::Cluster { client, .. } => client.req_packed_commands(pipeline, offset, count),
@@ -88,7 +90,7 @@ impl ConnectionLike for Connection {
 
     fn get_db(&self) -> i64 {
         match &self.link {
-            Link::Server(conn) | Link::Node { direct: conn, .. } => conn.get_db(),
+            Link::Server(conn, _) | Link::Node { direct: conn, .. } => conn.get_db(),
             Link::Cluster { client, .. } => client.get_db(),
         }
     }
@@ -101,11 +103,27 @@ impl Connection {
         info: ConnectionInfo,
         settings: &RedisSettings,
     ) -> Result<Self, StoreError> {
-        let direct = open_server(info, settings).await?;
+        let direct = open_server(info.clone(), settings).await?;
         Ok(Self {
             address: direct.0,
-            link: Link::Server(direct.1),
+            link: Link::Server(direct.1, Arc::new((info, settings.clone()))),
         })
+    }
+
+    /// A new connection of its own (another socket) to the same server or
+    /// cluster node as this one, with the same credentials and TLS: for
+    /// what must not queue behind this connection's pipelines (the sweep
+    /// throttle's latency probe measures what other clients feel). A
+    /// whole-cluster client gives a clone: it has no one server.
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn separate(&self) -> Result<Self, StoreError> {
+        match &self.link {
+            Link::Server(_, opened) => Self::open(opened.0.clone(), &opened.1).await,
+            Link::Node { .. } => self.node(&self.address).await,
+            Link::Cluster { .. } => Ok(self.clone()),
+        }
     }
 
     /// `host:port` of the server (for a cluster client, its seeds).
@@ -115,7 +133,7 @@ impl Connection {
 
     /// True for the cluster client and for connections to one of its primaries.
     pub fn is_cluster(&self) -> bool {
-        !matches!(self.link, Link::Server(_))
+        !matches!(self.link, Link::Server(..))
     }
 
     /// PING: on a cluster, one node's answer (redis-rs would ask every

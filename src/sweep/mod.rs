@@ -78,6 +78,16 @@
 //! can check first, keep only some primaries, then run the rest. A
 //! [`SweepProgress::on_node_end`] hook hears of each primary as it ends.
 //!
+//! Steps 4 and 5 are as above with `sweep.throttle = "off"`. With the
+//! adaptive throttle (the default; `gentle.rs`, `throttle/`, `bounded.rs`)
+//! each primary's sweep sends one piece at a time (a SCAN page or a
+//! pipeline of at most 200 keys), pauses between pieces to take at most
+//! its share of Redis's time, adapts that share and the piece to a PING
+//! probe's latency on a connection of its own, never goes below
+//! `sweep.throttle_floor`, and removes at most
+//! `sweep.max_members_per_command` members per command, by score, with
+//! the same bounds ([`ThrottleReading`] tells the metrics).
+//!
 //! Stopping is one [`CancellationToken`]: once cancelled, no SCAN page and
 //! no batch more is sent, the pipelines in flight finish and are counted,
 //! and the report says `interrupted`.
@@ -87,11 +97,16 @@
 //! sorted sets.
 //!
 //! The files import each other one way only, leaves first: `mode`;
-//! `counts` (mode); `cutoff`, `error` and `query` (none of these); `remove`
-//! (cutoff, query, counts); `report` (counts, remove); `clock`,
-//! `permission` (error, query); `scan` (report); `guard` (scan, query,
-//! cutoff); `node` (all of them); this file (node and the re-exports).
+//! `counts` (mode); `cutoff`, `error`, `query` and `throttle/reading`
+//! (none of these); `remove` (cutoff, query, counts); `report` (counts,
+//! remove, throttle/reading); `clock`, `permission` (error, query); `scan`
+//! (report); `guard` (scan, query, cutoff); the rest of `throttle`
+//! (report); `bounded` (remove, query, cutoff);
+//! `node` (all of them); `gentle` (node, throttle, bounded); this file
+//! (node and the re-exports).
 
+/// Step 5 with the throttle: at most N members per command.
+mod bounded;
 /// Step 2: "now", and the clock-skew check.
 mod clock;
 /// The counters, defined once in a table: [`Counts`], [`CountKind`].
@@ -100,6 +115,8 @@ mod counts;
 mod cutoff;
 /// [`SweepError`] and the [`Check`]s that can refuse a sweep.
 mod error;
+/// Steps 4 and 5 with the throttle: one piece at a time.
+mod gentle;
 /// Step 3: the unit guard.
 mod guard;
 /// Remove or dry run, and the command each sends.
@@ -116,6 +133,8 @@ mod remove;
 mod report;
 /// Step 4: SCAN, batching and pacing.
 mod scan;
+/// The adaptive throttle: probe, controller, pace.
+mod throttle;
 
 pub(crate) use counts::count_table;
 pub use counts::{CountKind, CountMetric, Counts, Printed};
@@ -127,6 +146,7 @@ pub(crate) use node::no_answer_within;
 pub use node::PreparedSweep;
 pub use remove::{sweep_keys, BatchOutcome};
 pub use report::{NodeReport, SweepProgress, SweepReport};
+pub use throttle::{ThrottleReading, ThrottleState};
 
 use std::time::{Duration, Instant};
 
@@ -289,6 +309,7 @@ pub async fn prepare_within<'a>(
         mode,
         nodes: prepared,
         stop: stop.clone(),
+        deadline: None,
     })
 }
 
@@ -310,6 +331,7 @@ impl PreparedSweep<'_> {
             mode,
             nodes,
             stop,
+            deadline,
         } = self;
         // Steps 4 and 5, then the first half of 6: each node scans and
         // removes, then confirms its slots did not move meanwhile.
@@ -318,7 +340,7 @@ impl PreparedSweep<'_> {
             .into_iter()
             .map(|node| async move {
                 let (report, failure) = match node {
-                    Ok(node) => node.finish(expired, mode, stop).await,
+                    Ok(node) => node.finish(expired, mode, stop, deadline).await,
                     Err(failed) => failed.report(),
                 };
                 progress.node_ended(&report);
@@ -361,6 +383,7 @@ impl PreparedSweep<'_> {
             first_error: progress.first_error(),
             duration_seconds: duration.as_secs_f64(),
             interrupted,
+            throttled_seconds: nodes.iter().map(|n| n.throttled_seconds).sum(),
             unfinished_nodes: nodes
                 .iter()
                 .filter(|n| n.unfinished_reason.is_some())

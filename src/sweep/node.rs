@@ -11,6 +11,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::bounded::BOUND_READ;
 use super::counts::Counters;
 use super::cutoff::Expired;
 use super::error::{Check, SweepError};
@@ -21,7 +22,7 @@ use super::query::Found;
 use super::remove::sweep_batch;
 use super::report::{NodeReport, SweepProgress, Tally};
 use super::scan::Scanner;
-use crate::config::SweepSettings;
+use crate::config::{SweepSettings, ThrottleMode};
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
 
 /// `sweep.max_parallel_nodes`, at least one.
@@ -52,9 +53,19 @@ pub struct PreparedSweep<'a> {
     pub(super) nodes: Vec<Result<NodeSweep<'a>, NodeFailed>>,
     /// Cancelled: stop sending, finish the batches in flight.
     pub(super) stop: CancellationToken,
+    /// When the period of this sweep ends, for the throttle's "behind".
+    pub(super) deadline: Option<tokio::time::Instant>,
 }
 
 impl PreparedSweep<'_> {
+    /// Says when this sweep's period ends (the daemon's next tick): a
+    /// primary whose sweep runs past it, or whose adaptive throttle
+    /// projects it will, reports itself behind
+    /// ([`ThrottleReading::behind`](crate::sweep::ThrottleReading::behind)).
+    pub fn set_deadline(&mut self, deadline: tokio::time::Instant) {
+        self.deadline = Some(deadline);
+    }
+
     /// Keeps only the primaries (by `host:port`) that `keep` accepts; the
     /// others are not swept, and what their checks scanned is taken back
     /// out of the sweep's counts.
@@ -117,12 +128,12 @@ impl NodeFailed {
 pub(super) struct NodeSweep<'a> {
     pub(super) address: String,
     /// Direct to the node; SCAN and the pipelines go here.
-    conn: Connection,
+    pub(super) conn: Connection,
     /// The node's slot assignment before the scan (`None`: not a cluster).
-    assignment: Option<SlotAssignment>,
+    pub(super) assignment: Option<SlotAssignment>,
     /// The slots it was importing then: its keys of those are sent after `ASKING`.
-    importing: BTreeSet<u16>,
-    scanner: Scanner<'a>,
+    pub(super) importing: BTreeSet<u16>,
+    pub(super) scanner: Scanner<'a>,
     pub(super) tally: Tally<'a>,
     /// `stop` was cancelled during the unit-guard sample.
     interrupted: bool,
@@ -188,6 +199,9 @@ impl<'a> NodeSweep<'a> {
             progress,
             node: Arc::default(),
         };
+        // The unit guard's pages are `scan_count` in either mode: its checks
+        // run within a time limit under the daemon's lock, and a few pages
+        // once per sweep are not what other clients feel.
         let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
         let found = Found::ScannedOn {
             importing: &importing,
@@ -205,7 +219,22 @@ impl<'a> NodeSweep<'a> {
         // No key on the node: nothing to remove, so nothing to prove.
         // Interrupted: nothing will be sent.
         if let (false, Some(key)) = (interrupted, scanner.pending.first()) {
-            check_permission(&mut node_conn, key, found, mode).await?;
+            // The bounded removal reads before it removes: that command too.
+            // Both at once, in one round trip: the checks of a node run
+            // within a time limit under the daemon's lock.
+            let bounded = settings.throttle == ThrottleMode::Adaptive && mode == SweepMode::Remove;
+            let mut read_conn = node_conn.clone();
+            let read = async {
+                if bounded {
+                    check_permission(&mut read_conn, key, found, BOUND_READ).await
+                } else {
+                    Ok(())
+                }
+            };
+            tokio::try_join!(
+                check_permission(&mut node_conn, key, found, mode.command()),
+                read
+            )?;
         }
         Ok(Ok(NodeSweep {
             address: address.to_owned(),
@@ -225,9 +254,17 @@ impl<'a> NodeSweep<'a> {
         expired: Expired,
         mode: SweepMode,
         stop: &CancellationToken,
+        deadline: Option<tokio::time::Instant>,
     ) -> (NodeReport, Option<StoreError>) {
+        let mut throttled = Duration::ZERO;
         let scanned = if self.interrupted {
             Ok(true)
+        } else if self.scanner.settings.throttle == ThrottleMode::Adaptive {
+            let (scanned, held) = self
+                .scan_and_remove_gently(expired, mode, stop, deadline)
+                .await;
+            throttled = held;
+            scanned
         } else {
             self.scan_and_remove(expired, mode, stop).await
         };
@@ -243,6 +280,7 @@ impl<'a> NodeSweep<'a> {
         };
         let mut report = NodeReport::new(self.address, &self.tally.node, reason);
         report.finished = finished;
+        report.throttled_seconds = throttled.as_secs_f64();
         (report, error)
     }
 

@@ -4,12 +4,12 @@
 use redis::Value;
 
 use super::error::{Check, SweepError};
-use super::mode::SweepMode;
 use super::query::{is_redirect, not_a_cluster, query_each, replied_from, shape, Found, KeyReply};
 use crate::store::Connection;
 
 /// [`Check::Permission`] on `key`, a key SCAN `found` on `conn`'s node: the
-/// command `mode` sends, over the score range `(0 (0`, which is empty (no
+/// command `what` (one the sweep will send: its mode's, and in a bounded
+/// removal the read before it, ZRANGEBYSCORE), over the score range `(0 (0`, which is empty (no
 /// score is both above and below 0; 0 and -0 are neither), so it removes
 /// and counts nothing, while Redis's ACL check, which comes before the
 /// command runs, refuses it with NOPERM if the user may not run it on such
@@ -20,11 +20,10 @@ pub(super) async fn check_permission(
     conn: &mut Connection,
     key: &Vec<u8>,
     found: Found<'_>,
-    mode: SweepMode,
+    what: &'static str,
 ) -> Result<(), SweepError> {
     // Errors read "the permission check could not run ...: ZCOUNT failed:
     // ...", so the step is named by its command alone.
-    let what = mode.command();
     let replies = query_each(conn, what, std::slice::from_ref(key), found, |key| {
         let mut cmd = redis::cmd(what);
         cmd.arg(key).arg("(0").arg("(0");
@@ -34,7 +33,10 @@ pub(super) async fn check_permission(
     .map_err(|e| Check::Permission.failed(e))?;
     for KeyReply { reply, redirected } in replies {
         match reply {
+            // ZCOUNT and ZREMRANGEBYSCORE count nothing, ZRANGEBYSCORE
+            // lists nothing.
             Ok(Value::Int(0)) => {}
+            Ok(Value::Array(items)) if items.is_empty() => {}
             Err(e) if e.code() == Some("WRONGTYPE") => {}
             Err(e) if !redirected && is_redirect(&e) => {
                 return Err(Check::Permission.refused(not_a_cluster(conn, what)))

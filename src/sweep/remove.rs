@@ -1,6 +1,8 @@
 //! Step 5 of a sweep: one pipeline of `ZREMRANGEBYSCORE` (`ZCOUNT` in a dry
 //! run) per batch of keys, and the tally of its replies.
 
+use std::collections::HashMap;
+
 use super::counts::Counts;
 use super::cutoff::{min_bound, Expired};
 use super::mode::SweepMode;
@@ -54,12 +56,32 @@ pub(super) async fn sweep_batch(
     expired: Expired,
     mode: SweepMode,
 ) -> (BatchOutcome, Result<(), StoreError>) {
+    remove_up_to(conn, keys, found, expired, mode, &HashMap::new()).await
+}
+
+/// [`sweep_batch`], with the upper bound of some keys lowered from the
+/// cutoff to the score given in `upper` (as Redis wrote it, so it parses
+/// back to the very same double): the bounded removal's second step.
+/// The lower bound is always the sweep's ([`min_bound`]); every bound in
+/// `upper` has been checked to be an expired score.
+pub(super) async fn remove_up_to(
+    conn: &mut Connection,
+    keys: &[Vec<u8>],
+    found: Found<'_>,
+    expired: Expired,
+    mode: SweepMode,
+    upper: &HashMap<Vec<u8>, String>,
+) -> (BatchOutcome, Result<(), StoreError>) {
     let command = mode.command();
     let min = min_bound(expired.floor());
     let mut outcome = BatchOutcome::default();
     let replies = match query_each(conn, command, keys, found, |key| {
         let mut cmd = redis::cmd(command);
-        cmd.arg(key).arg(&min).arg(expired.cutoff());
+        cmd.arg(key).arg(&min);
+        match upper.get(key) {
+            Some(bound) => cmd.arg(bound),
+            None => cmd.arg(expired.cutoff()),
+        };
         cmd
     })
     .await
@@ -98,7 +120,7 @@ impl BatchOutcome {
     /// node's sweep stops with the server's own message, once the rest of
     /// the batch's replies are counted (an ACL may allow some keys and not
     /// others, so replies before and after it may have removed members).
-    fn tally(
+    pub(super) fn tally(
         &mut self,
         command: &str,
         reply: redis::RedisResult<u64>,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::counts::{CountKind, Counters, Counts};
 use super::mode::SweepMode;
 use super::remove::BatchOutcome;
+use super::throttle::reading::ThrottleReading;
 
 /// Live counters of a running sweep.
 ///
@@ -24,7 +25,12 @@ pub struct SweepProgress {
     batch_timer: Option<BatchTimer>,
     /// Told of each node as its sweep ends.
     node_end: Option<NodeEnd>,
+    /// Told of each throttle decision.
+    throttle: Option<ThrottleHook>,
 }
+
+/// Receives each [`ThrottleReading`].
+type ThrottleHook = Box<dyn Fn(&ThrottleReading) + Send + Sync>;
 
 /// Receives the round-trip time of each pipeline.
 type BatchTimer = Box<dyn Fn(Duration) + Send + Sync>;
@@ -60,6 +66,21 @@ impl SweepProgress {
     pub fn on_node_end(mut self, hook: impl Fn(&NodeReport) + Send + Sync + 'static) -> Self {
         self.node_end = Some(Box::new(hook));
         self
+    }
+
+    /// Also tells `hook` of every decision of the adaptive throttle of
+    /// every node (every 250 ms or so while it sweeps, and once as it
+    /// ends), for the metrics. From the sweeping task: it must not block.
+    #[must_use]
+    pub fn on_throttle(mut self, hook: impl Fn(&ThrottleReading) + Send + Sync + 'static) -> Self {
+        self.throttle = Some(Box::new(hook));
+        self
+    }
+
+    pub(super) fn throttle_read(&self, reading: &ThrottleReading) {
+        if let Some(hook) = &self.throttle {
+            hook(reading);
+        }
     }
 
     pub(super) fn node_ended(&self, report: &NodeReport) {
@@ -157,6 +178,9 @@ pub struct SweepReport {
     /// True when a shutdown request stopped the scan early; the keys not yet
     /// scanned were left for the next sweep.
     pub interrupted: bool,
+    /// Time the adaptive throttle held the sweep below its full share,
+    /// summed over the nodes (0 with `sweep.throttle = "off"`).
+    pub throttled_seconds: f64,
     /// Nodes that failed or whose slots moved while they were swept: some of
     /// their keys may not have been seen. The next sweep covers them.
     pub unfinished_nodes: Vec<String>,
@@ -174,6 +198,8 @@ pub struct NodeReport {
     pub counts: Counts,
     /// True when every key of this node's slots was seen.
     pub finished: bool,
+    /// Time the adaptive throttle held this node's sweep below its full share.
+    pub throttled_seconds: f64,
     /// Why not, when not finished.
     pub unfinished_reason: Option<String>,
 }
@@ -184,6 +210,7 @@ impl NodeReport {
             node,
             counts: counts.snapshot(),
             finished: false,
+            throttled_seconds: 0.0,
             unfinished_reason,
         }
     }

@@ -20,7 +20,9 @@ pub(super) struct Scanner<'a> {
     /// Keys per batch, lowered under a rate limit so pacing stays smooth.
     batch_size: usize,
     /// Where the next SCAN continues.
-    cursor: u64,
+    pub(super) cursor: u64,
+    /// SCAN COUNT: `sweep.scan_count`, or the adaptive throttle's piece.
+    pub(super) count: u32,
     /// The last SCAN returned cursor 0: the node has no more keys to give.
     pub(super) finished: bool,
     /// Keys scanned, not yet sent.
@@ -35,19 +37,20 @@ impl<'a> Scanner<'a> {
             tally,
             batch_size: batch_size(settings.batch_size, settings.max_keys_per_second),
             cursor: 0,
+            count: settings.scan_count,
             finished: false,
             pending: Vec::new(),
         }
     }
 
     /// One SCAN page into `pending`, unless `stop` is cancelled first (true).
-    async fn next_page(&mut self, stop: &CancellationToken) -> Result<bool, StoreError> {
+    pub(super) async fn next_page(&mut self, stop: &CancellationToken) -> Result<bool, StoreError> {
         let mut scan = redis::cmd("SCAN");
         scan.arg(self.cursor)
             .arg("MATCH")
             .arg(&self.settings.pattern)
             .arg("COUNT")
-            .arg(self.settings.scan_count)
+            .arg(self.count)
             .arg("TYPE")
             .arg("zset");
         let (cursor, keys) = tokio::select! {
