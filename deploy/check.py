@@ -200,15 +200,23 @@ def real_scrapes(binary: str) -> list:
         now = server.now_ms()
         # Millisecond scores (the default unit): one expired member, one live.
         server.cli("ZADD", "user1-tokens", str(now - 60_000), "a" * 64, str(now + 3_600_000), "b" * 64)
+        # Enough sets, swept slowly enough (100 keys/s), that a sweep outlasts
+        # the adaptive throttle's first decision windows (250 ms): its signal
+        # gauge exists only once its probe has measured something.
+        server.cli("EVAL", "for i = 1, 300 do redis.call('ZADD', 'pad' .. i .. '-tokens', ARGV[1], 'm') end",
+                   "0", str(now - 60_000))
         port = h.free_port()
         env = dict(os.environ, TOKEN_SWEEPER__REDIS__URL=server.url,
                    TOKEN_SWEEPER__SWEEP__INTERVAL="1s",
+                   TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND="100",
                    TOKEN_SWEEPER__METRICS__LISTEN=f"127.0.0.1:{port}")
         env.pop("RUST_LOG", None)
         with tempfile.TemporaryFile() as log:
             daemon = subprocess.Popen([binary, "run"], env=env, stdout=log, stderr=log)
             try:
                 url = f"http://127.0.0.1:{port}/metrics"
+                healthy = wait_for(url, r'^token_sweeper_sweeps_total\{result="ok"\} [1-9]', 30, daemon)
+                wait_for(url, r'^token_sweeper_throttle_signal_seconds\{', 30, daemon)
                 healthy = wait_for(url, r'^token_sweeper_sweeps_total\{result="ok"\} [1-9]', 30, daemon)
                 # A set scored in seconds: the unit guard refuses every sweep
                 # from now on, and counts it.
