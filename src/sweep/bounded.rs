@@ -139,7 +139,8 @@ pub(super) struct Plan {
 }
 
 impl Plan {
-    /// Step 2: the removal. Keys removed up to a bound come back.
+    /// Step 2: the removal. Keys removed up to a bound come back if that
+    /// removal removed something.
     pub(super) async fn remove(
         self,
         conn: &mut Connection,
@@ -154,7 +155,7 @@ impl Plan {
                 again: Vec::new(),
             };
         }
-        let (removed, stopped) = remove_up_to(
+        let (removed, stopped, progressed) = remove_up_to(
             conn,
             &self.keys,
             found,
@@ -174,7 +175,7 @@ impl Plan {
         Bounded {
             outcome,
             stopped,
-            again: self.upper.into_keys().collect(),
+            again: progressed,
         }
     }
 }

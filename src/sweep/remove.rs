@@ -56,7 +56,9 @@ pub(super) async fn sweep_batch(
     expired: Expired,
     mode: SweepMode,
 ) -> (BatchOutcome, Result<(), StoreError>) {
-    remove_up_to(conn, keys, found, expired, mode, &HashMap::new()).await
+    let (outcome, stopped, _) =
+        remove_up_to(conn, keys, found, expired, mode, &HashMap::new()).await;
+    (outcome, stopped)
 }
 
 /// [`sweep_batch`], with the upper bound of some keys lowered from the
@@ -71,7 +73,7 @@ pub(super) async fn remove_up_to(
     expired: Expired,
     mode: SweepMode,
     upper: &HashMap<Vec<u8>, String>,
-) -> (BatchOutcome, Result<(), StoreError>) {
+) -> (BatchOutcome, Result<(), StoreError>, Vec<Vec<u8>>) {
     let command = mode.command();
     let min = min_bound(expired.floor());
     let mut outcome = BatchOutcome::default();
@@ -87,10 +89,15 @@ pub(super) async fn remove_up_to(
     .await
     {
         Ok(replies) => replies,
-        Err(e) => return (outcome, Err(e)),
+        Err(e) => return (outcome, Err(e), Vec::new()),
     };
     let mut stopped = Ok(());
-    for KeyReply { reply, redirected } in replies {
+    // Keys removed up to a bound that did remove something: only those may
+    // have more left. One whose removal was refused (MISCONF, NOREPLICAS,
+    // OOM) is not sent back, or a node that refuses writes but answers
+    // reads would be asked for the same keys forever.
+    let mut progressed = Vec::new();
+    for (key, KeyReply { reply, redirected }) in keys.iter().zip(replies) {
         outcome.counts.keys_redirected += u64::from(redirected);
         match reply {
             Err(e) if !redirected && is_redirect(&e) => {
@@ -101,6 +108,9 @@ pub(super) async fn remove_up_to(
             }
             reply => {
                 let count = reply.and_then(|value| Ok(redis::from_redis_value::<u64>(value)?));
+                if matches!(count, Ok(n) if n > 0) && upper.contains_key(key) {
+                    progressed.push(key.clone());
+                }
                 if let Err(e) = outcome.tally(command, count) {
                     // The first such error is the node's; every reply is
                     // still counted.
@@ -111,7 +121,7 @@ pub(super) async fn remove_up_to(
             }
         }
     }
-    (outcome, stopped)
+    (outcome, stopped, progressed)
 }
 
 impl BatchOutcome {
