@@ -1,5 +1,6 @@
-//! The label values `errors_total{kind}` can take, listed once so that every
-//! series exists at 0 from start-up.
+//! The label values of the labelled counters (`errors_total{kind}`,
+//! `sweeps_total{result}`, `http_connections_closed_total{reason}`), each
+//! listed once so that every series exists at 0 from start-up.
 
 use std::collections::BTreeSet;
 
@@ -28,4 +29,66 @@ pub fn error_kinds() -> BTreeSet<&'static str> {
         .chain(per_key)
         .chain([INCOMPLETE])
         .collect()
+}
+
+/// How a scheduled sweep ended; the `result` label of `sweeps_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepResult {
+    /// Ran to the end without per-key errors.
+    Ok,
+    /// Failed, refused (unit guard, clock), or had per-key errors.
+    Error,
+    /// Stopped early by shutdown.
+    Interrupted,
+    /// Some cluster primaries could not be finished (failed, or their slots
+    /// moved); the others were swept. `node_unfinished` names them.
+    Incomplete,
+    /// A tick came while the previous sweep was still running.
+    SkippedOverlap,
+    /// Another daemon holds the replica lock for this period.
+    SkippedLocked,
+}
+
+impl SweepResult {
+    /// Every result: each `sweeps_total` series starts at 0.
+    pub const ALL: [Self; 6] = [
+        Self::Ok,
+        Self::Error,
+        Self::Interrupted,
+        Self::Incomplete,
+        Self::SkippedOverlap,
+        Self::SkippedLocked,
+    ];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Interrupted => "interrupted",
+            Self::Incomplete => "incomplete",
+            Self::SkippedOverlap => "skipped_overlap",
+            Self::SkippedLocked => "skipped_locked",
+        }
+    }
+}
+
+/// Why the server closed an HTTP connection; the `reason` label of
+/// `http_connections_closed_total`.
+#[derive(Clone, Copy)]
+pub(super) enum HttpClosed {
+    Evicted,
+    Refused,
+    Timeout,
+}
+
+impl HttpClosed {
+    pub(super) const ALL: [Self; 3] = [Self::Evicted, Self::Refused, Self::Timeout];
+
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Self::Evicted => "evicted",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! server's self-protection (connection cap, eviction, timeouts) is tested
 //! apart from both. Files import only the ones listed before them.
 
-// The label values of errors_total{kind}, listed once.
+// The label values of the labelled counters, each listed once.
 mod kinds;
 // Metrics: the registry, every metric, and recording reports into them.
 mod registry;
@@ -20,7 +20,7 @@ mod server;
 // The adaptive throttle's per-primary series.
 mod throttle;
 
-pub use kinds::{error_kinds, INCOMPLETE};
+pub use kinds::{error_kinds, SweepResult, INCOMPLETE};
 pub use readiness::Readiness;
-pub use registry::{Metrics, SweepResult};
+pub use registry::Metrics;
 pub use server::{serve, HEADER_READ_TIMEOUT, MAX_HTTP_CONNECTIONS};

@@ -12,7 +12,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use super::kinds::error_kinds;
+use super::kinds::{error_kinds, HttpClosed, SweepResult};
 use super::throttle::ThrottleMetrics;
 use crate::sweep::{CountKind, CountMetric, NodeReport, SweepReport, ThrottleReading};
 
@@ -25,47 +25,6 @@ const SWEEP_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
-
-/// How a scheduled sweep ended; the `result` label of `sweeps_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SweepResult {
-    /// Ran to the end without per-key errors.
-    Ok,
-    /// Failed, refused (unit guard, clock), or had per-key errors.
-    Error,
-    /// Stopped early by shutdown.
-    Interrupted,
-    /// Some cluster primaries could not be finished (failed, or their slots
-    /// moved); the others were swept. `node_unfinished` names them.
-    Incomplete,
-    /// A tick came while the previous sweep was still running.
-    SkippedOverlap,
-    /// Another daemon holds the replica lock for this period.
-    SkippedLocked,
-}
-
-impl SweepResult {
-    /// Every result: each `sweeps_total` series starts at 0.
-    pub const ALL: [Self; 6] = [
-        Self::Ok,
-        Self::Error,
-        Self::Interrupted,
-        Self::Incomplete,
-        Self::SkippedOverlap,
-        Self::SkippedLocked,
-    ];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Error => "error",
-            Self::Interrupted => "interrupted",
-            Self::Incomplete => "incomplete",
-            Self::SkippedOverlap => "skipped_overlap",
-            Self::SkippedLocked => "skipped_locked",
-        }
-    }
-}
 
 /// Every metric of the daemon, in one registry of its own (not the global
 /// default, so tests and embedders can have several).
@@ -356,27 +315,6 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8_lossy(&out).into_owned()
-    }
-}
-
-/// Why the server closed an HTTP connection; the `reason` label of
-/// `http_connections_closed_total`.
-#[derive(Clone, Copy)]
-pub(super) enum HttpClosed {
-    Evicted,
-    Refused,
-    Timeout,
-}
-
-impl HttpClosed {
-    pub(super) const ALL: [Self; 3] = [Self::Evicted, Self::Refused, Self::Timeout];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Evicted => "evicted",
-            Self::Refused => "refused",
-            Self::Timeout => "timeout",
-        }
     }
 }
 

@@ -11,8 +11,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
 use super::connections::{Admission, Admitted, Answering, Connections, Slot};
+use super::kinds::HttpClosed;
 use super::readiness::router;
-use super::registry::HttpClosed;
 use super::{Metrics, Readiness};
 
 /// Most HTTP connections open at once. Prometheus, a probe or two and the

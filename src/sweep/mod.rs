@@ -121,10 +121,12 @@ mod gentle;
 mod guard;
 /// Remove or dry run, and the command each sends.
 mod mode;
-/// One primary from its checks to its end; [`PreparedSweep`].
+/// One primary from its checks to its end.
 mod node;
 /// Step 3: the permission probe.
 mod permission;
+/// [`PreparedSweep`]: every primary checked, nothing deleted yet.
+mod prepared;
 /// One pipeline of a command per key, sent where each key lives.
 mod query;
 /// Step 5: the removal pipeline and the tally of its replies.
@@ -143,7 +145,7 @@ pub use error::{Check, SweepError};
 pub use guard::{check_units, looks_like, GUARD_READ_FACTOR};
 pub use mode::SweepMode;
 pub(crate) use node::no_answer_within;
-pub use node::PreparedSweep;
+pub use prepared::PreparedSweep;
 pub use remove::{sweep_keys, BatchOutcome};
 pub use report::{NodeReport, SweepProgress, SweepReport};
 pub use throttle::{ThrottleReading, ThrottleState};

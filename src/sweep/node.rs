@@ -1,7 +1,6 @@
 //! One primary's sweep: its checks ([`NodeSweep::start`]: slots, unit
 //! guard, permission), then its scan and removal and the check that its
-//! slots did not move meanwhile ([`NodeSweep::finish`]); and
-//! [`PreparedSweep`], every primary whose checks have run.
+//! slots did not move meanwhile ([`NodeSweep::finish`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -39,57 +38,6 @@ pub(crate) fn no_answer_within(limit: Duration) -> redis::RedisError {
         std::io::ErrorKind::TimedOut,
         format!("no answer within {limit:?}"),
     ))
-}
-
-/// A sweep whose checks passed on every primary ([`prepare`](crate::sweep::prepare)) and that has
-/// deleted nothing yet.
-pub struct PreparedSweep<'a> {
-    pub(super) started: Instant,
-    pub(super) settings: &'a SweepSettings,
-    pub(super) progress: &'a SweepProgress,
-    pub(super) expired: Expired,
-    /// The mode the permission check was run for, so the one `run` uses.
-    pub(super) mode: SweepMode,
-    pub(super) nodes: Vec<Result<NodeSweep<'a>, NodeFailed>>,
-    /// Cancelled: stop sending, finish the batches in flight.
-    pub(super) stop: CancellationToken,
-    /// When the period of this sweep ends, for the throttle's "behind".
-    pub(super) deadline: Option<tokio::time::Instant>,
-}
-
-impl PreparedSweep<'_> {
-    /// Says when this sweep's period ends (the daemon's next tick): a
-    /// primary whose sweep runs past it, or whose adaptive throttle
-    /// projects it will, reports itself behind
-    /// ([`ThrottleReading::behind`](crate::sweep::ThrottleReading::behind)).
-    pub fn set_deadline(&mut self, deadline: tokio::time::Instant) {
-        self.deadline = Some(deadline);
-    }
-
-    /// Keeps only the primaries (by `host:port`) that `keep` accepts; the
-    /// others are not swept, and what their checks scanned is taken back
-    /// out of the sweep's counts.
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.nodes.retain(|node| {
-            let kept = keep(match node {
-                Ok(node) => &node.address,
-                Err(failed) => &failed.address,
-            });
-            if let (false, Ok(node)) = (kept, node) {
-                node.tally.retract();
-            }
-            kept
-        });
-    }
-
-    /// Whether the checks of the primary `node` (`host:port`) passed, so
-    /// that it can be swept: `false` for one that could not be reached,
-    /// stalled, or no longer serves its slots (it is reported unfinished).
-    pub fn can_sweep(&self, node: &str) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| matches!(n, Ok(n) if n.address == node))
-    }
 }
 
 /// A node that could not be swept at all.
