@@ -8,6 +8,7 @@ import collections
 import contextlib
 import os
 import random
+import signal
 import shutil
 import socket
 import subprocess
@@ -191,9 +192,11 @@ def load(server: PrivateRedis, path: str) -> None:
 Measured = collections.namedtuple("Measured", "wall rss cpu out")
 
 
-def run_measured(argv, env=None) -> Measured:
+def run_measured(argv, env=None, stop_after=None) -> Measured:
     """Runs a command; returns its wall seconds, peak RSS bytes, CPU seconds
-    (user + system) and stdout.
+    (user + system) and stdout. With `stop_after` (seconds), a command still
+    running then gets SIGTERM (as an operator's Ctrl-C or systemd would) and
+    its exit code is not judged: the caller reads what it reported.
 
     Peak RSS and CPU come from GNU time, not from our own wait4(): Linux
     carries the forking process's RSS high-water mark across exec, so a child
@@ -202,10 +205,21 @@ def run_measured(argv, env=None) -> Measured:
         raise SystemExit("/usr/bin/time is missing: apt-get install time")
     with tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as stats_file:
         started = time.perf_counter()
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", stats_file.name, *argv],
-                              stdout=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", stats_file.name, *argv],
+                                stdout=subprocess.PIPE, env=env)
+        stopped = False
+        try:
+            out, _ = proc.communicate(timeout=stop_after)
+        except subprocess.TimeoutExpired:
+            # GNU time would die of SIGTERM itself and leave its child: signal the child.
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                      text=True).stdout.split()
+            for child in children:
+                os.kill(int(child), signal.SIGTERM)
+            stopped = True
+            out, _ = proc.communicate()
         wall = time.perf_counter() - started
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not stopped:
             raise SystemExit(f"{argv[0]} failed with exit code {proc.returncode}")
         peak_kib, user, system = stats_file.read().strip().splitlines()[-1].split()
-    return Measured(wall, int(peak_kib) * 1024, float(user) + float(system), proc.stdout.decode())
+    return Measured(wall, int(peak_kib) * 1024, float(user) + float(system), out.decode())

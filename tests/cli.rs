@@ -783,6 +783,47 @@ fn sweep_json_reports_the_counts_so_far_when_redis_is_lost_mid_sweep() {
     assert_eq!(expired_left(&mut c, users), 0);
 }
 
+/// SIGTERM (a Kubernetes Job, a systemd timer, `timeout`) stops a one-shot
+/// sweep as Ctrl-C does: what is in flight finishes, and the report says
+/// what was removed and that it was interrupted.
+#[test]
+fn sweep_json_stops_gently_on_sigterm_and_reports() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let users = 5_000;
+    seed_many(&mut c, users);
+    let url = server.url();
+    let child = common::sweeper(
+        &["sweep", "--json"],
+        &[
+            ("TOKEN_SWEEPER__REDIS__URL", &url),
+            ("TOKEN_SWEEPER__SWEEP__MAX_KEYS_PER_SECOND", "1000"),
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    common::wait_until(Duration::from_secs(10), "some keys swept", || {
+        expired_left(&mut c, users) < users as u64 - 200
+    });
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM");
+    let out = child.wait_with_output().unwrap();
+
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json_object(&out);
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert_eq!(report["error"], serde_json::Value::Null, "{report}");
+    let removed = users as u64 - expired_left(&mut c, users);
+    assert_eq!(report["members_removed"].as_u64().unwrap(), removed);
+    assert!(removed < users as u64, "stopped before the end");
+}
+
 /// A second Ctrl-C quits at once, and still prints the one JSON object.
 #[test]
 fn sweep_json_reports_a_second_interrupt() {

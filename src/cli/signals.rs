@@ -84,23 +84,42 @@ impl PendingControls {
     }
 }
 
-/// Watches Ctrl-C from now on: the first cancels `stop`, so the sweep stops
-/// sending and finishes what is in flight; the second exits at once, after
-/// `on_quit`.
+/// Watches Ctrl-C and SIGTERM from now on: the first cancels `stop`, so the
+/// sweep stops sending, finishes what is in flight and prints its report;
+/// the second exits at once, after `on_quit`.
+///
+/// SIGTERM as well as Ctrl-C, because a one-shot sweep is also run by a
+/// Kubernetes Job, a systemd timer or `timeout`, which stop it with SIGTERM:
+/// it then says what it did instead of vanishing mid-pipeline.
 ///
 /// The watching runs in a task of its own: the sweep looks at `stop` only
 /// between SCAN pages, and a sweep stuck on a batch must still quit on the
-/// second Ctrl-C. Without a signal handler, `stop` is never cancelled.
+/// second signal. Without a signal handler, `stop` is never cancelled.
 pub fn watch_interrupts(stop: CancellationToken, on_quit: impl FnOnce() + Send + 'static) {
+    use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_err() {
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(term) => Some(term),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the sweep gently");
+                None
+            }
+        };
+        let mut interrupt = async || {
+            tokio::select! {
+                Ok(()) = tokio::signal::ctrl_c() => true,
+                Some(()) = async { term.as_mut()?.recv().await } => true,
+                else => false,
+            }
+        };
+        if !interrupt().await {
             return;
         }
         eprintln!(
             "token-sweeper: interrupted, finishing the batches in flight (Ctrl-C again to quit now)"
         );
         stop.cancel();
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = interrupt().await;
         on_quit();
         std::process::exit(1);
     });

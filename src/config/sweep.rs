@@ -151,7 +151,7 @@ impl Default for SweepSettings {
             max_keys_per_second: 0,
             throttle: ThrottleMode::Adaptive,
             throttle_target: Duration::from_micros(500),
-            throttle_max_share_percent: 50,
+            throttle_max_share_percent: 75,
             throttle_floor: 2000,
             max_members_per_command: 500,
             unit_guard: true,

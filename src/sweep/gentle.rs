@@ -21,7 +21,7 @@ use super::mode::SweepMode;
 use super::node::NodeSweep;
 use super::query::Found;
 use super::remove::sweep_batch;
-use super::throttle::{covered_by, Throttle};
+use super::throttle::{covered_by, Step, Throttle};
 use crate::store::StoreError;
 
 impl NodeSweep<'_> {
@@ -57,18 +57,18 @@ impl NodeSweep<'_> {
             if throttle.wait(stop).await {
                 return Ok(true);
             }
-            let piece = throttle.piece().max(1);
             let found = Found::ScannedOn {
                 importing: &self.importing,
             };
             if !again.is_empty() || !self.scanner.pending.is_empty() {
+                let piece = throttle.piece(Step::Keys);
                 // Keys not yet clean first: they are what holds Redis longest.
                 let revisits = again.len().min(piece);
                 let mut keys: Vec<Vec<u8>> = again.drain(..revisits).collect();
                 let fresh = (piece - keys.len()).min(self.scanner.pending.len());
                 keys.extend(self.scanner.pending.drain(..fresh));
                 throttle.sweeping(fresh);
-                let floor_keys = keys.len();
+                let units = keys.len();
                 let sent = Instant::now();
                 let (outcome, stopped) = match mode {
                     // ZCOUNT is O(log n) whatever the count: nothing to bound.
@@ -85,7 +85,7 @@ impl NodeSweep<'_> {
                                 return Err(e);
                             }
                         };
-                        throttle.worked(sent, floor_keys);
+                        throttle.worked(sent, Step::Keys, units, units);
                         if throttle.wait(stop).await {
                             // The bounds read, nothing removed: no harm.
                             self.tally.add(&read);
@@ -95,14 +95,14 @@ impl NodeSweep<'_> {
                         let bounded = plan.remove(&mut self.conn, found, expired, read).await;
                         again.extend(bounded.again);
                         progress_timed(self, sent);
-                        throttle.worked(sent, 0);
+                        throttle.worked(sent, Step::Keys, units, 0);
                         self.tally.add(&bounded.outcome);
                         bounded.stopped?;
                         continue;
                     }
                 };
                 progress_timed(self, sent);
-                throttle.worked(sent, floor_keys);
+                throttle.worked(sent, Step::Keys, units, units);
                 self.tally.add(&outcome);
                 stopped?;
                 continue;
@@ -110,12 +110,13 @@ impl NodeSweep<'_> {
             if self.scanner.finished {
                 return Ok(false);
             }
+            let piece = throttle.piece(Step::Scan);
             self.scanner.count = u32::try_from(piece).unwrap_or(u32::MAX);
             let sent = Instant::now();
             if self.scanner.next_page(stop).await? {
                 return Ok(true);
             }
-            throttle.worked(sent, piece);
+            throttle.worked(sent, Step::Scan, piece, piece);
             let covered = cursor_says.then(|| covered_by(self.scanner.cursor));
             throttle.scanned(covered);
         }

@@ -2,25 +2,30 @@
 //! "adaptive"`): it measures what the other clients of that Redis feel and
 //! paces the sweep so that they do not feel it much.
 //!
-//! - **Signal** (`probe.rs`): a PING every 10 ms on a connection of its
-//!   own; its round trip is what another request waits.
+//! - **Signal** (`probe.rs`): a PING every few milliseconds on a connection
+//!   of its own; its round trip is what another request waits. The first
+//!   window, before the sweep sends anything, is the reference.
 //! - **Decisions** (`controller.rs`): every 250 ms, AIMD on the share of
-//!   Redis's time the sweep may take and on the size of its pieces, to keep
-//!   the probe's 90th percentile within `sweep.throttle_target` of its idle
-//!   round trip.
+//!   Redis's time the sweep may take and on how long one piece of it may
+//!   hold Redis (at most half the target), to keep the probe's 90th
+//!   percentile within `sweep.throttle_target` of the reference.
+//! - **Pieces** (`piece.rs`): the keys of a pipeline, the COUNT of a SCAN
+//!   page: as many as fit that budget at what a unit has cost so far.
 //! - **Pace** (here): after each round trip of the sweep (a SCAN page, a
 //!   pipeline), it idles long enough that its Redis time is at most that
 //!   share of the wall time. Redis time is the round trip less the probe's
-//!   idle round trip (the network's part, during which Redis serves
+//!   fastest round trip (the network's part, during which Redis serves
 //!   others). The floor (`sweep.throttle_floor`, keys handled per second:
-//!   a key counts when SCAN visits it and when it is swept) caps every pause, so a Redis kept busy by others slows the sweep but
-//!   never stops it; `sweep.max_keys_per_second` caps the pace in any mode.
-//! - **Reporting**: each decision is a [`ThrottleReading`] for the metrics,
-//!   one log line when the state changes ([`ThrottleState`]), and
-//!   "behind" when the sweep runs past the end of its period or its
-//!   projected end (from the SCAN cursor) is past it.
+//!   a key counts when SCAN visits it and when it is swept) caps every
+//!   pause, so a Redis kept busy by others slows the sweep but never stops
+//!   it; `sweep.max_keys_per_second` caps the pace in any mode.
+//! - **Reporting**: each decision is a [`ThrottleReading`] for the metrics
+//!   (and a debug log line), one info line when the state changes
+//!   ([`ThrottleState`]), and "behind" when the sweep runs past the end of
+//!   its period or its projected end (from the SCAN cursor) is past it.
 
 pub mod controller;
+mod piece;
 mod probe;
 pub(super) mod reading;
 
@@ -31,6 +36,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use controller::{Controller, MIN_GAP};
+use piece::Pieces;
+pub(crate) use piece::Step;
 pub use reading::{ThrottleReading, ThrottleState};
 
 use super::report::SweepProgress;
@@ -47,6 +54,11 @@ pub(super) struct Throttle<'a> {
     node: String,
     progress: &'a SweepProgress,
     controller: Controller,
+    /// What a unit of each kind of step costs Redis, to size pieces.
+    pieces: Pieces,
+    /// Most units in one piece: `batch_size`/`scan_count`, and a tenth of
+    /// `max_keys_per_second`.
+    max_piece: usize,
     /// The probe's round trips; dropping it ends the probe.
     samples: mpsc::Receiver<Duration>,
     /// Keys handled per second the sweep keeps whatever the signal.
@@ -117,14 +129,17 @@ impl<'a> Throttle<'a> {
             controller: Controller::new(
                 settings.throttle_target,
                 f64::from(settings.throttle_max_share_percent) / 100.0,
-                max_piece,
             ),
+            pieces: Pieces::default(),
+            max_piece,
             samples,
             floor: settings.throttle_floor.max(1) as f64,
             cap: settings.max_keys_per_second,
             started: now,
-            share_due: now,
-            floor_due: now,
+            // The first window measures what others see before the sweep
+            // sends anything: the reference of every later one.
+            share_due: now + MIN_GAP,
+            floor_due: now + MIN_GAP,
             swept: 0,
             decided: (now, 0),
             waits: (0, 0),
@@ -138,9 +153,11 @@ impl<'a> Throttle<'a> {
         }
     }
 
-    /// SCAN COUNT and keys per pipeline now.
-    pub(super) fn piece(&self) -> usize {
-        self.controller.piece()
+    /// The units of the next `step` (SCAN COUNT, keys per pipeline): as
+    /// many as the controller's budget allows at their measured cost.
+    pub(super) fn piece(&self, step: Step) -> usize {
+        self.pieces
+            .size(step, self.controller.budget(), self.max_piece)
     }
 
     /// Waits until the next step may start: decides first if a window has
@@ -173,13 +190,16 @@ impl<'a> Throttle<'a> {
         }
     }
 
-    /// A round trip of the sweep that started at `sent`: the share's pause
-    /// follows from it. `floor_keys` is what it counts for the floor: the
-    /// COUNT of a SCAN page (the keys it visits), the keys of a pipeline.
-    pub(super) fn worked(&mut self, sent: Instant, floor_keys: usize) {
+    /// A round trip of the sweep that started at `sent`, a `step` of
+    /// `units`: the share's pause and the cost of a unit follow from it.
+    /// `floor_keys` is what it counts for the floor: the COUNT of a SCAN
+    /// page (the keys it visits), the keys of a pipeline the first time
+    /// (not again for the removal after a bound read).
+    pub(super) fn worked(&mut self, sent: Instant, step: Step, units: usize, floor_keys: usize) {
         let now = Instant::now();
         let rtt = now.duration_since(sent);
-        let busy = rtt.saturating_sub(self.controller.baseline().unwrap_or_default());
+        let busy = rtt.saturating_sub(self.controller.fastest().unwrap_or_default());
+        self.pieces.measured(step, units, busy);
         let base = self.share_due.max(sent - CREDIT).min(sent);
         self.share_due = base + busy.div_f64(self.controller.share());
         if floor_keys > 0 {
@@ -207,6 +227,17 @@ impl<'a> Throttle<'a> {
         self.pace = (self.swept - self.decided.1) as f64 / window.as_secs_f64().max(1e-3);
         self.decided = (now, self.swept);
         self.controller.decide();
+        tracing::debug!(
+            node = self.node,
+            pace_keys_per_second = self.pace.round(),
+            signal_us = self.controller.signal().map(|s| s.as_micros()),
+            reference_us = self.controller.reference().map(|s| s.as_micros()),
+            share = self.controller.share(),
+            budget_us = self.controller.budget().as_micros(),
+            scan_count = self.piece(Step::Scan),
+            keys_per_pipeline = self.piece(Step::Keys),
+            "sweep throttle decided"
+        );
         let (waits, floored) = std::mem::take(&mut self.waits);
         let state = if self.controller.at_full_speed() {
             ThrottleState::FullSpeed

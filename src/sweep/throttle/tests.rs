@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 
-/// Each simulated step: a SCAN page of `piece` keys taking 1 ms of Redis.
-const STEP: Duration = Duration::from_millis(1);
+/// The simulated network: a round trip's part that is not Redis's time.
+const NETWORK: Duration = Duration::from_micros(200);
+
+/// The simulated Redis: a key costs this much of its time.
+const PER_KEY: Duration = Duration::from_micros(10);
 
 /// Runs `throttle` for `secs` of paused time, a probe of `probe_rtt` (if
 /// any) every 10 ms beside it; returns the steps and the keys scanned.
@@ -28,10 +31,11 @@ async fn run_for(
             next_probe += probe::PROBE_EVERY;
         }
         assert!(!throttle.wait(&stop).await);
-        let piece = throttle.piece();
+        let piece = throttle.piece(Step::Scan);
         let sent = Instant::now();
-        tokio::time::advance(STEP).await;
-        throttle.worked(sent, piece);
+        let units = u32::try_from(piece).unwrap_or(u32::MAX);
+        tokio::time::advance(NETWORK + PER_KEY * units).await;
+        throttle.worked(sent, Step::Scan, piece, piece);
         throttle.sweeping(piece);
         throttle.scanned(None);
         steps += 1;
@@ -72,14 +76,17 @@ async fn it_slows_down_when_the_probe_slows_and_speeds_up_when_it_recovers() {
     let settings = settings();
     let (probes, samples) = mpsc::channel(1024);
     let mut throttle = Throttle::new("n:1", &settings, None, &progress, samples);
-    let quick = Duration::from_micros(200);
-    let (steps, idle) = run_for(&mut throttle, Some(&probes), quick, 5).await;
+    let (steps, idle) = run_for(&mut throttle, Some(&probes), NETWORK, 5).await;
     let reading = last(&seen);
     assert_eq!(reading.state, ThrottleState::FullSpeed);
-    assert_eq!(reading.signal, Some(quick));
-    // Half of Redis's time: each step's 0.8 ms of Redis (1 ms less the
-    // probe's idle 0.2 ms) is followed by as long a pause: 625 steps a second.
-    assert!((600..=650).contains(&(steps / 5)), "{steps} steps");
+    assert_eq!(reading.signal, Some(NETWORK));
+    // Half of Redis's time, 10 us a key: 50,000 keys a second once the
+    // first window (measuring, nothing sent) is over, in pieces that grow
+    // to the budget of half the 500 us target (25 keys).
+    let rate = idle as f64 / 4.75;
+    assert!((45_000.0..=50_500.0).contains(&rate), "{rate} keys/s");
+    assert_eq!(throttle.piece(Step::Scan), 25);
+    assert!(steps > 8_000, "{steps} steps");
 
     // Other clients now wait 3 ms: the sweep backs off to its floor.
     let (_, loaded) = run_for(&mut throttle, Some(&probes), Duration::from_millis(3), 5).await;
@@ -91,7 +98,7 @@ async fn it_slows_down_when_the_probe_slows_and_speeds_up_when_it_recovers() {
     assert!(loaded >= 5 * 2000, "{loaded} keys");
 
     // Quiet again: back to full speed.
-    let (_, recovered) = run_for(&mut throttle, Some(&probes), quick, 10).await;
+    let (_, recovered) = run_for(&mut throttle, Some(&probes), NETWORK, 10).await;
     assert_eq!(last(&seen).state, ThrottleState::FullSpeed);
     assert!(recovered > loaded * 2, "{recovered} keys");
     let throttled = throttle.end();
