@@ -32,6 +32,8 @@
 //! the index on also repairs it: each key it sweeps gets its entry lowered
 //! to its next expiry ([`lower_entries`]).
 
+/// The sweep script's command, permission probe and reply.
+mod call;
 /// Reading the due entries of some slots.
 mod due;
 /// Lowering entries: the full scan's repair, the rebuild's step.
@@ -41,8 +43,8 @@ mod node;
 /// The Lua of the sweep and of the repair.
 mod script;
 
+pub(super) use call::probe_commands;
 pub(super) use lower::lower_found;
-pub(super) use node::probe_commands;
 
 use std::time::Instant;
 
