@@ -13,6 +13,7 @@
 //! | layer | module | concern |
 //! | --- | --- | --- |
 //! | 0 | [`clock`] | the host clock, read one way (no panics, one answer before 1970) |
+//! | 1 | [`due_index`] | the opt-in due index's layout: one index key per hash slot, beside the sets it describes; key slots and Redis glob patterns (pure) |
 //! | 1 | [`schedule`] | when sweeps run: a cron expression or an interval, parsed once, and its ticks |
 //! | 2 | [`config`] | typed settings: defaults, the TOML file, `TOKEN_SWEEPER__*` environment; a file per section, cross-key rules in `validate.rs`, secrets redacted |
 //! | 3 | [`store`] | connecting (standalone, sentinel, cluster, TLS, ACL user), reconnecting with backoff, `TIME`; errors name the address |
@@ -59,6 +60,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod due_index;
 pub mod logging;
 pub mod metrics;
 mod mutex;

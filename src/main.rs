@@ -26,7 +26,8 @@ fn main() -> ExitCode {
             dry_run,
             json,
             throttle,
-        } => cli::sweep::sweep_command(settings, dry_run, json, throttle),
+            full,
+        } => cli::sweep::sweep_command(settings, dry_run, json, throttle, full),
         command => settings.and_then(|settings| match command {
             Command::Run => cli::daemon::run_daemon(cli.config, settings),
             Command::Tokens { action } => cli::tokens::tokens_command(action, &settings),
@@ -37,7 +38,8 @@ fn main() -> ExitCode {
                 dry_run,
                 json,
                 throttle,
-            } => cli::sweep::sweep_command(Ok(settings), dry_run, json, throttle),
+                full,
+            } => cli::sweep::sweep_command(Ok(settings), dry_run, json, throttle, full),
         }),
     };
     outcome.unwrap_or_else(cli::failure::Failure::exit)

@@ -53,7 +53,21 @@ fn default_toml_names_every_key() {
             file.contains(&format!("[{section}]")),
             "[{section}] missing"
         );
-        for key in keys.as_table().unwrap().keys() {
+        for (key, value) in keys.as_table().unwrap() {
+            // A nested table (`[sweep.due_index]`): its header and its keys.
+            if let Some(nested) = value.as_table() {
+                assert!(
+                    file.contains(&format!("[{section}.{key}]")),
+                    "[{section}.{key}] missing"
+                );
+                for inner in nested.keys() {
+                    assert!(
+                        file.contains(&format!("\n{inner} = ")),
+                        "{section}.{key}.{inner} is not documented in config/default.toml"
+                    );
+                }
+                continue;
+            }
             assert!(
                 file.contains(&format!("\n{key} = ")) || file.contains(&format!("# {key} = ")),
                 "{section}.{key} is not documented in config/default.toml"

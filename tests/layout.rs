@@ -2,7 +2,7 @@
 //! not erode one convenient import at a time:
 //!
 //! 1. Layers only import downwards: `clock` and `mutex` are leaves;
-//!    `schedule` reads the clock; `config` sits on them; `store` on `config`; `sweep` on `store`;
+//!    `schedule` reads the clock; `due_index` (the index layout) is pure; `config` sits on them; `store` on `config`; `sweep` on `store`;
 //!    `metrics` and `auth` beside the sweep; `daemon` on all of those; the
 //!    binary (`main.rs`, `cli/`) on top. A module naming a module of its own
 //!    layer or above (through `crate::`) is a circle in the making.
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("clock", 0),
     ("mutex", 0),
+    ("due_index", 1),
     ("schedule", 1),
     ("config", 2),
     ("logging", 3),

@@ -1,6 +1,8 @@
 //! The Lua scripts of the writes that must be atomic: `issue` (add a
 //! session, drop the expired and the surplus, extend the key's TTL) and
-//! `revoke_all`. Each touches one key, so they run on a cluster too.
+//! `revoke_all`. Each touches the user's key and, with the due index on,
+//! its index key, which shares its slot by construction
+//! ([`crate::due_index`]), so they run on a cluster too.
 
 /// "Now" in score units from Redis `TIME`, and the cutoff at or below which
 /// a member is expired past the leeway: the one definition the scripts share
@@ -47,7 +49,15 @@ end
 /// score would look like the oldest of all and be dropped first), so it is
 /// neither counted against the limit nor dropped.
 ///
-/// KEYS[1] set; ARGV: member, score, expire-at ms, max sessions (0 = no
+/// With the due index on, KEYS[2] is the key's index key: once the set is
+/// written, its entry is lowered (`ZADD LT`, never raised) to the set's
+/// first score above the removal floor, which, with everything at or below
+/// the cutoff just removed, is its earliest unexpired expiry. That is the
+/// new token's expiry or earlier: the entry is never late for this set, in
+/// the same atomic step as the token's `ZADD`, and a set written before the
+/// index was turned on gets its entry at its next login.
+///
+/// KEYS[1] set, KEYS[2] (optional) its index key; ARGV: member, score, expire-at ms, max sessions (0 = no
 /// limit), leeway in score units, score units per second (1 or 1000), the
 /// `min` of the expired range (`-inf` or `(` and a non-negative integer).
 pub(super) const ISSUE: &str = concat!(
@@ -78,6 +88,13 @@ local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'zset' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a sorted set')
 end
+local index = KEYS[2]
+if index then
+  local index_kind = redis.call('TYPE', index)['ok']
+  if index_kind ~= 'zset' and index_kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. index .. ' holds a ' .. index_kind .. ', not a sorted set')
+  end
+end
 local had_ttl = redis.call('PTTL', KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], floor, string.format('%d', cutoff(per_second, leeway)))
 redis.call('ZADD', KEYS[1], string.format('%d', score), member)
@@ -92,6 +109,12 @@ if max > 0 then
         dropped = dropped + redis.call('ZREM', KEYS[1], other)
       end
     end
+  end
+end
+if index then
+  local first = redis.call('ZRANGEBYSCORE', KEYS[1], floor, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if first[2] then
+    redis.call('ZADD', index, 'LT', first[2], KEYS[1])
   end
 end
 if had_ttl ~= -1 then
@@ -112,12 +135,20 @@ return dropped"
 /// with `noeviction`, though deleting is what frees memory. (Not
 /// `no-writes`: it writes, so a read-only replica still refuses it.)
 ///
-/// KEYS[1] set; ARGV: leeway in score units, score units per second.
+/// With the due index on, KEYS[2] is the key's index key and the key's
+/// entry goes with it (a sorted set only: dropping it is optional, an
+/// entry left behind is early, so nothing here can fail halfway).
+///
+/// KEYS[1] set, KEYS[2] (optional) its index key; ARGV: leeway in score
+/// units, score units per second.
 pub(super) const REVOKE_ALL: &str = concat!(
     "#!lua flags=allow-oom\n",
     lua_cutoff!(),
     r"
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. string.format('%d', cutoff(tonumber(ARGV[2]), tonumber(ARGV[1]))), '+inf')
 redis.call('DEL', KEYS[1])
+if KEYS[2] and redis.call('TYPE', KEYS[2])['ok'] == 'zset' then
+  redis.call('ZREM', KEYS[2], KEYS[1])
+end
 return live"
 );

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{in_days, AuthSettings, MemberKind, RedisSettings, ScoreUnit, Settings};
+use crate::config::{
+    in_days, AuthSettings, DueIndexSettings, MemberKind, RedisSettings, ScoreUnit, Settings,
+};
+use crate::due_index::index_key;
 use crate::store::Reconnecting;
 use crate::sweep::{min_bound, removal_floor};
 
@@ -35,6 +38,8 @@ pub struct TokenService {
     jwt: Jwt,
     issue_script: redis::Script,
     revoke_all_script: redis::Script,
+    /// The due index's key prefix, when this service maintains it.
+    due_index: Option<String>,
 }
 
 impl TokenService {
@@ -53,7 +58,8 @@ impl TokenService {
             Arc::clone(&redis),
             &settings.auth,
             settings.sweep.score_unit,
-        )?;
+        )?
+        .maintain_due_index(&settings.sweep.due_index);
         redis.connect_now().await?;
         Ok(service)
     }
@@ -87,7 +93,33 @@ impl TokenService {
             jwt,
             issue_script: redis::Script::new(ISSUE),
             revoke_all_script: redis::Script::new(REVOKE_ALL),
+            due_index: None,
         })
+    }
+
+    /// Maintains the due index as `settings` say (nothing when it is off):
+    /// every login lowers its key's entry to the set's earliest unexpired
+    /// expiry, in the same script as the token's `ZADD`; "log out
+    /// everywhere" drops the entry with the set. [`TokenService::connect`]
+    /// does this from `sweep.due_index`; a service made with
+    /// [`TokenService::new`] calls it itself.
+    #[must_use]
+    pub fn maintain_due_index(mut self, settings: &DueIndexSettings) -> Self {
+        self.due_index = settings.enabled.then(|| settings.key_prefix.clone());
+        self
+    }
+
+    /// The script invocation on a user's `key`, with its index key second
+    /// when this service maintains the index.
+    fn on_key<'a>(&self, script: &'a redis::Script, key: String) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        if let Some(prefix) = &self.due_index {
+            let index = index_key(prefix, key.as_bytes());
+            invocation.key(key).key(index);
+        } else {
+            invocation.key(key);
+        }
+        invocation
     }
 
     /// The Redis key of a user's set.
@@ -146,7 +178,7 @@ impl TokenService {
             extra: extra_claims,
         };
         let token = signer.sign(&claims)?;
-        let mut invocation = self.issue_script.key(key);
+        let mut invocation = self.on_key(&self.issue_script, key);
         invocation
             .arg(self.member_of(&token, &claims))
             .arg(score)
@@ -238,7 +270,7 @@ impl TokenService {
         if user_id.is_empty() {
             return Err(AuthError::EmptyUser);
         }
-        let mut invocation = self.revoke_all_script.key(self.key_for(user_id));
+        let mut invocation = self.on_key(&self.revoke_all_script, self.key_for(user_id));
         invocation
             .arg(self.leeway_units())
             .arg(self.unit.per_second());

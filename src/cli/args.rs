@@ -34,6 +34,10 @@ pub enum Command {
         /// full speed, "adaptive" yields to the other clients of Redis.
         #[arg(long, value_name = "adaptive|off")]
         throttle: Option<ThrottleMode>,
+        /// With sweep.due_index.enabled: a full scan (which also repairs
+        /// the index) instead of a sweep of the due keys.
+        #[arg(long)]
+        full: bool,
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,

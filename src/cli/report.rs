@@ -60,6 +60,16 @@ pub fn print_report(report: &SweepReport) {
             ),
         );
     }
+    if let Some(index) = &report.index {
+        row(
+            "due index",
+            format!(
+                "{} entries, oldest due {:.0}s ago",
+                thousands(index.index_size),
+                index.index_lag_seconds
+            ),
+        );
+    }
     row(
         "cutoff",
         format!("{} ({})", report.cutoff, report.score_unit),

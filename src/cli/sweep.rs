@@ -20,12 +20,14 @@ use super::runtime;
 use super::signals::watch_interrupts;
 
 /// Runs the command; `settings` may have failed to load, so that `--json`
-/// prints its object then too. `throttle` overrides `sweep.throttle`.
+/// prints its object then too. `throttle` overrides `sweep.throttle`;
+/// `full` asks for a full scan when the due index is on.
 pub fn sweep_command(
     settings: Result<Settings, Failure>,
     dry_run: bool,
     json: bool,
     throttle: Option<ThrottleMode>,
+    full: bool,
 ) -> Result<ExitCode, Failure> {
     let throttled = Arc::new(Mutex::new(Duration::ZERO));
     let held = Arc::clone(&throttled);
@@ -45,6 +47,7 @@ pub fn sweep_command(
             }
         })),
         throttled,
+        full,
     };
     let swept = settings.and_then(|mut settings| {
         if let Some(throttle) = throttle {
@@ -77,6 +80,8 @@ struct SweepOutput {
     progress: Arc<SweepProgress>,
     /// Time the throttle held the sweep back so far, over every node.
     throttled: Arc<Mutex<Duration>>,
+    /// A full scan even with the due index on.
+    full: bool,
 }
 
 impl SweepOutput {
@@ -118,7 +123,11 @@ async fn sweep_once(settings: &Settings, output: &SweepOutput) -> Result<SweepRe
     let display = std::io::stderr()
         .is_terminal()
         .then(|| tokio::spawn(show_progress(Arc::clone(progress))));
-    let result = sweep::sweep(&conn, &settings.sweep, output.mode, progress, &stop).await;
+    let result = if settings.sweep.due_index.enabled && !output.full {
+        sweep::sweep_index(&conn, &settings.sweep, output.mode, progress, &stop).await
+    } else {
+        sweep::sweep(&conn, &settings.sweep, output.mode, progress, &stop).await
+    };
     if let Some(display) = display {
         display.abort();
         eprint!("\r\x1b[2K");

@@ -12,7 +12,7 @@
 //! - `load` and `validate`: reading the layers, and the rules across keys;
 //! - one file per section, each with its types, defaults and the checks of
 //!   its own keys: `redis` (+ `tls` for its certificate files), `sweep`
-//!   (+ `score_unit`, the unit's arithmetic), `lock`, `metrics`, `log`,
+//!   (+ `score_unit`, the unit's arithmetic, `throttle`, `due_index`), `lock`, `metrics`, `log`,
 //!   `auth`;
 //! - what every section uses: `secret` and `url` (values that must never
 //!   print in clear), `values` (parsing one value from text) and `error`.
@@ -31,6 +31,7 @@ mod values;
 
 // One file per section.
 mod auth;
+mod due_index;
 mod lock;
 mod log;
 mod metrics;
@@ -45,6 +46,7 @@ mod load;
 mod validate;
 
 pub use auth::{ttl_problem, AuthSettings, MemberKind, MAX_TTL};
+pub use due_index::DueIndexSettings;
 pub use error::ConfigError;
 pub use load::{ENV_PREFIX, ENV_SEPARATOR};
 pub use lock::{LockSettings, MAX_LOCK_TTL};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::values::{
     between_one_and, human_duration, human_duration_option, in_days, positive, string_enum,
 };
-use super::{ConfigError, ScoreUnit, ThrottleMode};
+use super::{ConfigError, DueIndexSettings, ScoreUnit, ThrottleMode};
 use crate::schedule::{CronSchedule, Schedule, ScheduleError};
 
 string_enum! {
@@ -134,6 +134,8 @@ pub struct SweepSettings {
     /// batches in flight before the daemon exits anyway.
     #[serde(with = "human_duration")]
     pub shutdown_timeout: Duration,
+    /// `[sweep.due_index]`: the opt-in due index.
+    pub due_index: DueIndexSettings,
 }
 
 impl Default for SweepSettings {
@@ -161,6 +163,7 @@ impl Default for SweepSettings {
             run_on_start: true,
             jitter: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(10),
+            due_index: DueIndexSettings::default(),
         }
     }
 }
@@ -286,7 +289,8 @@ impl SweepSettings {
                 ),
             ));
         }
-        positive("sweep.shutdown_timeout", self.shutdown_timeout)
+        positive("sweep.shutdown_timeout", self.shutdown_timeout)?;
+        self.due_index.validate(&self.pattern)
     }
 }
 

@@ -7,6 +7,8 @@
 
 use std::ops::RangeInclusive;
 
+pub use crate::due_index::key_slot;
+
 /// The highest hash slot.
 pub(super) const LAST_SLOT: u16 = 16383;
 
@@ -38,39 +40,6 @@ impl Primary {
             .map(|tag| format!("{prefix}{{{tag}}}"))
             .unwrap_or_else(|| prefix.to_owned())
     }
-}
-
-/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag, or of
-/// the whole key without one, modulo 16384.
-///
-/// ```
-/// use token_sweeper::store::key_slot;
-///
-/// assert_eq!(key_slot(b"foo"), 12182);
-/// assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-/// ```
-pub fn key_slot(key: &[u8]) -> u16 {
-    let hashed = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in hashed {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 /// A slot number, `0` to [`LAST_SLOT`].
@@ -113,22 +82,6 @@ mod tests {
             slots: Vec::new(),
         };
         assert_eq!(single.key_on("token-sweeper:lock"), "token-sweeper:lock");
-    }
-
-    #[test]
-    fn key_slot_is_crc16_of_the_hash_tag_modulo_16384() {
-        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
-        assert_eq!(key_slot(b""), 0);
-        assert_eq!(key_slot(b"foo"), 12182);
-        // CRC16/XMODEM check value, below 16384 already.
-        assert_eq!(key_slot(b"123456789"), 0x31C3);
-        // The first `{...}` with something in it is the tag.
-        assert_eq!(key_slot(b"a{foo}b"), key_slot(b"foo"));
-        assert_eq!(key_slot(b"{foo}{bar}"), key_slot(b"foo"));
-        // An empty or unclosed tag hashes the whole key.
-        assert_ne!(key_slot(b"{}foo"), key_slot(b"foo"));
-        assert_ne!(key_slot(b"{foo"), key_slot(b"foo"));
-        assert!((0..=LAST_SLOT).contains(&key_slot(b"\xff\xfe any bytes")));
     }
 
     #[test]

@@ -164,11 +164,7 @@ impl Plan {
             &self.upper,
         )
         .await;
-        outcome.counts.keys_changed += removed.counts.keys_changed;
-        outcome.counts.members_removed += removed.counts.members_removed;
-        outcome.counts.skipped_wrong_type += removed.counts.skipped_wrong_type;
-        outcome.counts.keys_redirected += removed.counts.keys_redirected;
-        outcome.counts.errors += removed.counts.errors;
+        outcome.counts.add(&removed.counts);
         if outcome.first_error.is_none() {
             outcome.first_error = removed.first_error;
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::Value;
 
+use super::cutoff::Expired;
 use super::error::{Check, SweepError};
 use crate::config::{ClockSource, SweepSettings};
 use crate::store::{parse_time, Connection};
@@ -52,6 +53,24 @@ pub(super) async fn read_clock(
         ClockSource::Redis => now,
         ClockSource::Local => now.min(other),
     })
+}
+
+/// [`read_clock`], and the scores expired then ([`Expired::at`]): step 2
+/// of every sweep, a full scan or an index sweep.
+pub(super) async fn expired_now(
+    conn: &Connection,
+    settings: &SweepSettings,
+) -> Result<(i128, Expired), SweepError> {
+    let now_micros = read_clock(conn, settings).await?;
+    let expired =
+        Expired::at(now_micros, settings.grace, settings.score_unit).ok_or_else(|| {
+            Check::Cutoff.refused(format!(
+                "now ({now_micros} µs since 1970) less sweep.grace is beyond 2^53 {}: Redis \
+                 could not compare scores with it exactly",
+                settings.score_unit
+            ))
+        })?;
+    Ok((now_micros, expired))
 }
 
 /// The step name of the clock read, in errors.

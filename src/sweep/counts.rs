@@ -49,6 +49,26 @@ macro_rules! count_table {
             keys_redirected / KeysRedirected: Printed::NonZero("redirected (moved)"), None;
             /// Per-key command errors other than WRONGTYPE.
             errors / Errors: Printed::Always("errors"), Some(CountMetric::Error("command"));
+            /// Index mode: keys the due index named as due (an entry may be
+            /// early: a due key need not have anything expired).
+            due_keys / DueKeys: Printed::NonZero("due keys (index)"), Some(CountMetric::PerNode {
+                name: "due_keys_total",
+                help: "Keys the due index named as due, by node.",
+            });
+            /// Index entries moved to their key's next expiry (index sweep), or
+            /// added or lowered to it (a full scan repairing the index).
+            index_entries_moved / IndexEntriesMoved: Printed::NonZero("index entries moved"),
+                Some(CountMetric::PerNode {
+                    name: "index_entries_moved_total",
+                    help: "Due index entries moved to their key's next expiry, by node.",
+                });
+            /// Index entries dropped: their key had nothing unexpired left, was
+            /// gone or not a sorted set, or was not a key the sweep may touch.
+            index_entries_dropped / IndexEntriesDropped: Printed::NonZero("index entries dropped"),
+                Some(CountMetric::PerNode {
+                    name: "index_entries_dropped_total",
+                    help: "Due index entries dropped, by node.",
+                });
         }
     };
 }
@@ -158,6 +178,13 @@ pub enum CountMetric {
 }
 
 impl Counts {
+    /// Adds every counter of `other` to this one.
+    pub fn add(&mut self, other: &Counts) {
+        for kind in CountKind::ALL {
+            *self.get_mut(kind) += other.get(kind);
+        }
+    }
+
     /// `(counter, value)` in the order of the fields.
     pub fn iter(&self) -> impl Iterator<Item = (CountKind, u64)> + '_ {
         CountKind::ALL
@@ -227,7 +254,10 @@ mod tests {
                 "members_removed",
                 "skipped_wrong_type",
                 "keys_redirected",
-                "errors"
+                "errors",
+                "due_keys",
+                "index_entries_moved",
+                "index_entries_dropped"
             ]
         );
     }

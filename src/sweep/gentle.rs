@@ -48,7 +48,8 @@ impl NodeSweep<'_> {
         mode: SweepMode,
         stop: &CancellationToken,
     ) -> Result<bool, StoreError> {
-        let limit = self.scanner.settings.max_members_per_command;
+        let settings = self.scanner.settings;
+        let limit = settings.max_members_per_command;
         // On a cluster node the cursor does not say how far along the scan
         // is (see `covered_by`).
         let cursor_says = self.assignment.is_none();
@@ -57,9 +58,7 @@ impl NodeSweep<'_> {
             if throttle.wait(stop).await {
                 return Ok(true);
             }
-            let found = Found::ScannedOn {
-                importing: &self.importing,
-            };
+            let found = Found::scanned_on(&self.importing, settings);
             if !again.is_empty() || !self.scanner.pending.is_empty() {
                 let piece = throttle.piece(Step::Keys);
                 // Keys not yet clean first: they are what holds Redis longest.

@@ -102,14 +102,32 @@ pub(super) async fn guard_node(
         read = end;
     }
     let read_all = scanner.finished && read == scanner.pending.len();
+    no_evidence(
+        scanner.conn.address(),
+        read,
+        seen,
+        scanner.settings.score_unit,
+        read_all,
+    )?;
+    Ok(Ok(false))
+}
+
+/// The guard's rule on what it read: nothing read confirmed the unit, and
+/// either a score looked like neither unit or keys were left unread (whose
+/// unit is unknown): refused, with no evidence.
+pub(super) fn no_evidence(
+    address: &str,
+    read: usize,
+    seen: GuardSample,
+    unit: ScoreUnit,
+    read_all: bool,
+) -> Result<(), SweepError> {
     if seen.confirmed == 0 && (seen.unclear > 0 || !read_all) {
-        let unit = scanner.settings.score_unit;
         return Err(Check::UnitGuard.refused(format!(
-            "{}: none of the first {read} sets has a score that looks like a timestamp in \
+            "{address}: none of the first {read} sets has a score that looks like a timestamp in \
              {unit} ({} have scores that look like neither unit, the others only +inf \
              members{}, or were deleted since SCAN), so the unit cannot be confirmed; set \
              sweep.unit_guard = false if the data is known to be right",
-            scanner.conn.address(),
             seen.unclear,
             if removal_floor(unit).is_some() {
                 " or scores at or below the removal floor"
@@ -118,7 +136,7 @@ pub(super) async fn guard_node(
             },
         )));
     }
-    Ok(Ok(false))
+    Ok(())
 }
 
 /// How many keys, per key of `sweep.unit_guard_sample`, the unit guard
@@ -166,17 +184,17 @@ pub async fn check_units(
 
 /// What the unit guard's read of some keys says about the configured unit.
 #[derive(Clone, Copy, Debug, Default)]
-struct GuardSample {
+pub(super) struct GuardSample {
     /// Keys whose highest finite score looks like a timestamp in the
     /// configured unit: the only evidence for it.
-    confirmed: usize,
+    pub(super) confirmed: usize,
     /// Keys whose highest finite score looks like a timestamp in neither
     /// unit and is above the removal floor (in seconds: any such score).
-    unclear: usize,
+    pub(super) unclear: usize,
 }
 
 /// [`check_units`] for keys `found` as said.
-async fn check_batch(
+pub(super) async fn check_batch(
     conn: &mut Connection,
     keys: &[Vec<u8>],
     found: Found<'_>,

@@ -119,6 +119,8 @@ mod error;
 mod gentle;
 /// Step 3: the unit guard.
 mod guard;
+/// Index mode: steps 4 and 5 by the due index.
+mod index;
 /// Remove or dry run, and the command each sends.
 mod mode;
 /// One primary from its checks to its end.
@@ -143,6 +145,7 @@ pub use counts::{CountKind, CountMetric, Counts, Printed};
 pub use cutoff::{cutoff_for, min_bound, removal_floor, Expired, MS_REMOVAL_FLOOR};
 pub use error::{Check, SweepError};
 pub use guard::{check_units, looks_like, GUARD_READ_FACTOR};
+pub use index::{lower_entries, sweep_index, IndexReport};
 pub use mode::SweepMode;
 pub(crate) use node::no_answer_within;
 pub use prepared::PreparedSweep;
@@ -263,15 +266,7 @@ pub async fn prepare_within<'a>(
     }
 
     // Step 2: the clock and the cutoff.
-    let now_micros = clock::read_clock(conn, settings).await?;
-    let expired =
-        Expired::at(now_micros, settings.grace, settings.score_unit).ok_or_else(|| {
-            Check::Cutoff.refused(format!(
-                "now ({now_micros} µs since 1970) less sweep.grace is beyond 2^53 {}: Redis \
-                 could not compare scores with it exactly",
-                settings.score_unit
-            ))
-        })?;
+    let (now_micros, expired) = clock::expired_now(conn, settings).await?;
     tracing::debug!(
         cutoff = expired.cutoff(),
         floor = expired.floor(),
@@ -392,6 +387,7 @@ impl PreparedSweep<'_> {
                 .map(|n| n.node.clone())
                 .collect(),
             nodes,
+            index: None,
         })
     }
 }

@@ -15,6 +15,7 @@ use super::counts::Counters;
 use super::cutoff::Expired;
 use super::error::{Check, SweepError};
 use super::guard::guard_node;
+use super::index::probe_commands;
 use super::mode::SweepMode;
 use super::permission::check_permission;
 use super::query::Found;
@@ -22,6 +23,7 @@ use super::remove::sweep_batch;
 use super::report::{NodeReport, SweepProgress, Tally};
 use super::scan::Scanner;
 use crate::config::{SweepSettings, ThrottleMode};
+use crate::due_index::index_key;
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
 
 /// `sweep.max_parallel_nodes`, at least one.
@@ -51,6 +53,15 @@ pub(super) struct NodeFailed {
 }
 
 impl NodeFailed {
+    /// A node not swept, and why.
+    pub(super) fn new(address: &str, reason: String, error: Option<StoreError>) -> Self {
+        Self {
+            address: address.to_owned(),
+            reason,
+            error,
+        }
+    }
+
     /// A node whose checks did not answer within `limit`: not swept, as
     /// one that cannot be reached.
     pub(super) fn stalled(address: &str, limit: Duration) -> Self {
@@ -151,9 +162,7 @@ impl<'a> NodeSweep<'a> {
         // run within a time limit under the daemon's lock, and a few pages
         // once per sweep are not what other clients feel.
         let mut scanner = Scanner::new(node_conn.clone(), settings, tally.clone());
-        let found = Found::ScannedOn {
-            importing: &importing,
-        };
+        let found = Found::scanned_on(&importing, settings);
         let scanned = if settings.unit_guard {
             guard_node(&mut scanner, now_micros, found, stop).await?
         } else {
@@ -183,6 +192,11 @@ impl<'a> NodeSweep<'a> {
                 check_permission(&mut node_conn, key, found, mode.command()),
                 read
             )?;
+            // A full scan that repairs the due index also sends its script.
+            if let (SweepMode::Remove, Some(prefix)) = (mode, found.repair()) {
+                let probe = std::slice::from_ref(key);
+                probe_commands(&mut node_conn, &index_key(prefix, key), probe, mode).await?;
+            }
         }
         Ok(Ok(NodeSweep {
             address: address.to_owned(),
@@ -246,12 +260,11 @@ impl<'a> NodeSweep<'a> {
             .unwrap_or(1)
             .max(1);
         let (batches_tx, mut batches_rx) = mpsc::channel::<Vec<Vec<u8>>>(in_flight);
+        let settings = self.scanner.settings;
         let scanning = self.scanner.run(batches_tx, stop);
         let conn = &self.conn;
         let tally = &self.tally;
-        let found = Found::ScannedOn {
-            importing: &self.importing,
-        };
+        let found = Found::scanned_on(&self.importing, settings);
         let removing = stream::poll_fn(|cx| batches_rx.poll_recv(cx))
             .map(|batch| {
                 let mut conn = conn.clone();
@@ -321,7 +334,7 @@ impl<'a> NodeSweep<'a> {
 /// client settings do not work), which another client may not share, as
 /// opposed to the node being down, stalled or reconfiguring, which every
 /// client sees alike. ACLs and passwords are per node on a cluster.
-fn is_own_inability(error: &StoreError) -> bool {
+pub(super) fn is_own_inability(error: &StoreError) -> bool {
     matches!(error.kind(), "noperm" | "auth" | "config")
 }
 
@@ -329,7 +342,7 @@ fn is_own_inability(error: &StoreError) -> bool {
 /// says it did when the sweep chose it; `None` when it still does. Its
 /// scan could not cover slots it has lost, and slots that moved to a node
 /// already swept would be seen by nobody.
-fn moved_since(primary: &Primary, now: &SlotAssignment) -> Option<String> {
+pub(super) fn moved_since(primary: &Primary, now: &SlotAssignment) -> Option<String> {
     let mut expected = primary.slots.clone();
     let mut serves = now.slots.clone();
     // Slot lists compare as sets of ranges: the order is the server's.

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use redis::Value;
 
+use crate::config::SweepSettings;
 pub(super) use crate::store::shape;
 use crate::store::{key_slot, Connection, StoreError};
 
@@ -31,14 +32,38 @@ pub(super) enum Found<'a> {
     /// (Sending `ASKING` for a key the node does not hold would sweep an
     /// empty key there instead of the real one on the owner: hence only
     /// for keys SCAN found on the node.)
-    ScannedOn { importing: &'a BTreeSet<u16> },
+    ScannedOn {
+        /// The slots the node was importing.
+        importing: &'a BTreeSet<u16>,
+        /// With the due index on, its key prefix: a full scan that removes
+        /// also lowers each key's index entry (`index/lower.rs`).
+        repair: Option<&'a str>,
+    },
 }
 
-impl Found<'_> {
+impl<'a> Found<'a> {
+    /// Keys SCAN found on a node importing `importing`, the index repaired
+    /// as `settings` say.
+    pub(super) fn scanned_on(importing: &'a BTreeSet<u16>, settings: &'a SweepSettings) -> Self {
+        let index = &settings.due_index;
+        Self::ScannedOn {
+            importing,
+            repair: index.enabled.then_some(index.key_prefix.as_str()),
+        }
+    }
+
+    /// The due index's prefix when the keys' entries are to be repaired.
+    pub(super) fn repair(self) -> Option<&'a str> {
+        match self {
+            Self::Anywhere => None,
+            Self::ScannedOn { repair, .. } => repair,
+        }
+    }
+
     fn needs_asking(self, key: &[u8]) -> bool {
         match self {
             Self::Anywhere => false,
-            Self::ScannedOn { importing } => importing.contains(&key_slot(key)),
+            Self::ScannedOn { importing, .. } => importing.contains(&key_slot(key)),
         }
     }
 }

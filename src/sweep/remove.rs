@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::counts::Counts;
 use super::cutoff::{min_bound, Expired};
+use super::index::lower_found;
 use super::mode::SweepMode;
 use super::query::{is_redirect, not_a_cluster, query_each, replied_from, Found, KeyReply};
 use crate::store::{Connection, StoreError};
@@ -120,6 +121,19 @@ pub(super) async fn remove_up_to(
                 }
             }
         }
+    }
+    // A full scan with the due index on repairs it: each key's entry is
+    // lowered to its next expiry (the keys of code that does not maintain
+    // the index get one). Only ever lowered, so only ever early; after the
+    // removal, as it only reads scores above the cutoff.
+    if let (SweepMode::Remove, Some(prefix), Ok(())) = (mode, found.repair(), &stopped) {
+        let (lowered, lower_stopped) = lower_found(conn, prefix, keys, found, expired).await;
+        outcome.counts.index_entries_moved += lowered.counts.index_entries_moved;
+        outcome.counts.errors += lowered.counts.errors;
+        if outcome.first_error.is_none() {
+            outcome.first_error = lowered.first_error;
+        }
+        stopped = lower_stopped;
     }
     (outcome, stopped, progressed)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::counts::{CountKind, Counters, Counts};
+use super::index::IndexReport;
 use super::mode::SweepMode;
 use super::remove::BatchOutcome;
 use super::throttle::reading::ThrottleReading;
@@ -186,6 +187,8 @@ pub struct SweepReport {
     pub unfinished_nodes: Vec<String>,
     /// Per node (one entry for a single server, one per primary of a cluster).
     pub nodes: Vec<NodeReport>,
+    /// Index mode: the due index as the sweep found it; `None` for a full scan.
+    pub index: Option<IndexReport>,
 }
 
 /// What one sweep did on one node.

@@ -1,0 +1,365 @@
+//! One primary's index sweep: its checks ([`IndexNode::start`]: slots,
+//! unit guard over due keys, permission probe), then its slots' due keys
+//! swept index key by index key ([`IndexNode::finish`]).
+
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::super::counts::Counts;
+use super::super::cutoff::Expired;
+use super::super::error::{Check, SweepError};
+use super::super::guard::{check_batch, no_evidence, GuardSample, GUARD_READ_FACTOR};
+use super::super::mode::SweepMode;
+use super::super::node::{is_own_inability, moved_since, NodeFailed};
+use super::super::query::Found;
+use super::super::remove::BatchOutcome;
+use super::super::report::{NodeReport, SweepProgress, Tally};
+use super::call::{decode, probe_commands, sweep_command};
+use super::due::{read_due, DueRead, DueSlot};
+use crate::config::SweepSettings;
+use crate::store::{Connection, Primary, SlotAssignment, StoreError};
+
+/// Slots read per round trip.
+const SLOTS_PER_READ: usize = 256;
+/// Due keys read per slot per round, and so per script call: with
+/// `max_members_per_command` each, what one call may hold Redis for.
+const DUE_PER_SLOT: usize = 100;
+/// Times a slot is read again in one sweep while it still has due keys
+/// and each call makes progress; the rest waits for the next sweep.
+const MAX_ROUNDS: usize = 64;
+/// The command of the sweep, as errors name it.
+const SWEEP_WHAT: &str = "EVAL (index sweep)";
+
+/// One node's index sweep, between its checks and its end.
+pub(super) struct IndexNode<'a> {
+    pub(super) address: String,
+    conn: Connection,
+    settings: &'a SweepSettings,
+    assignment: Option<SlotAssignment>,
+    slots: Vec<u16>,
+    /// Where the next read starts in `slots`.
+    next: usize,
+    /// Read during the checks: swept first.
+    pending: Vec<DueSlot>,
+    /// Index size and oldest due score, from the first read of each slot.
+    pub(super) size: u64,
+    pub(super) oldest: Option<f64>,
+    /// Why a slot was skipped (the node is then unfinished).
+    skipped: Option<String>,
+    pub(super) tally: Tally<'a>,
+}
+
+impl<'a> IndexNode<'a> {
+    /// Connects to the node, checks it still serves its slots, reads the
+    /// due entries of its first slots, runs the unit guard on their keys
+    /// and the permission probe. Outer error: the sweep is refused.
+    pub(super) async fn start(
+        conn: &Connection,
+        primary: &Primary,
+        settings: &'a SweepSettings,
+        (now_micros, expired): (i128, Expired),
+        mode: SweepMode,
+        progress: &'a SweepProgress,
+    ) -> Result<Result<IndexNode<'a>, NodeFailed>, SweepError> {
+        let address = primary.address.as_str();
+        let failed = |error: StoreError| {
+            if is_own_inability(&error) {
+                return Err(Check::Permission.failed(error));
+            }
+            Ok(Err(NodeFailed::new(
+                address,
+                error.to_string(),
+                Some(error),
+            )))
+        };
+        let mut node_conn = match conn.node(address).await {
+            Ok(node_conn) => node_conn,
+            Err(e) => return failed(e),
+        };
+        let assignment = match node_conn.slot_assignment().await {
+            Ok(assignment) => assignment,
+            Err(e) => return failed(e),
+        };
+        if let Some(reason) = assignment
+            .as_ref()
+            .and_then(|now| moved_since(primary, now))
+        {
+            return Ok(Err(NodeFailed::new(address, reason, None)));
+        }
+        let slots: Vec<u16> = if primary.slots.is_empty() {
+            (0..=16383).collect()
+        } else {
+            primary
+                .slots
+                .iter()
+                .flat_map(|range| range.clone())
+                .collect()
+        };
+        let mut node = IndexNode {
+            address: address.to_owned(),
+            conn: node_conn,
+            settings,
+            assignment,
+            slots,
+            next: 0,
+            pending: Vec::new(),
+            size: 0,
+            oldest: None,
+            skipped: None,
+            tally: Tally {
+                progress,
+                node: std::sync::Arc::default(),
+            },
+        };
+        // The guard's sample (or, with it off, one key for the probe).
+        let sample = if settings.unit_guard {
+            usize::try_from(settings.unit_guard_sample).unwrap_or(usize::MAX)
+        } else {
+            1
+        };
+        if sample == 0 {
+            return Err(Check::UnitGuard.refused("sweep.unit_guard_sample is 0".to_owned()));
+        }
+        let limit = sample.saturating_mul(GUARD_READ_FACTOR);
+        let (mut read, mut seen) = (0usize, GuardSample::default());
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        while seen.confirmed < sample && read < limit {
+            if keys.len() <= read {
+                if node.next >= node.slots.len() {
+                    break;
+                }
+                let chunk = match node.read_next(expired).await {
+                    Ok(chunk) => chunk,
+                    Err(e) => return failed(e),
+                };
+                keys.extend(chunk.iter().flat_map(|due| due.keys.iter().cloned()));
+                node.pending.extend(chunk);
+                continue;
+            }
+            let end = keys.len().min(read + sample - seen.confirmed).min(limit);
+            if settings.unit_guard {
+                let unit = settings.score_unit;
+                let batch = check_batch(
+                    &mut node.conn,
+                    &keys[read..end],
+                    Found::Anywhere,
+                    unit,
+                    now_micros,
+                )
+                .await?;
+                seen.confirmed += batch.confirmed;
+                seen.unclear += batch.unclear;
+            } else {
+                seen.confirmed = sample;
+            }
+            read = end;
+        }
+        if settings.unit_guard {
+            let read_all = node.next >= node.slots.len()
+                && read == keys.len()
+                && node.skipped.is_none()
+                && node.pending.iter().all(|due| !due.full);
+            no_evidence(&node.address, read, seen, settings.score_unit, read_all)?;
+        }
+        if let Some(due) = node.pending.iter().find(|due| !due.keys.is_empty()) {
+            let probe = [due.keys[0].clone()];
+            let index_key = due.index_key.clone();
+            probe_commands(&mut node.conn, &index_key, &probe, mode).await?;
+        }
+        Ok(Ok(node))
+    }
+
+    /// Reads the next chunk of slots (their first read: sizes and lag).
+    async fn read_next(&mut self, expired: Expired) -> Result<Vec<DueSlot>, StoreError> {
+        let end = (self.next + SLOTS_PER_READ).min(self.slots.len());
+        let slots = self.slots.get(self.next..end).unwrap_or_default().to_vec();
+        self.next = end;
+        let read = self.read(&slots, expired, true).await?;
+        self.size += read.size;
+        if let Some(oldest) = read.oldest {
+            self.oldest = Some(self.oldest.map_or(oldest, |o| o.min(oldest)));
+        }
+        Ok(read.slots)
+    }
+
+    async fn read(
+        &mut self,
+        slots: &[u16],
+        expired: Expired,
+        sizes: bool,
+    ) -> Result<DueRead, StoreError> {
+        let index = &self.settings.due_index;
+        let read = read_due(
+            &mut self.conn,
+            &index.key_prefix,
+            &self.settings.pattern,
+            slots,
+            expired,
+            DUE_PER_SLOT,
+            sizes,
+        )
+        .await?;
+        if let (None, Some((_, why))) = (&self.skipped, read.skipped.first()) {
+            self.skipped = Some(why.clone());
+        }
+        Ok(read)
+    }
+
+    /// Sweeps every slot's due keys; then checks the slots did not move.
+    pub(super) async fn finish(
+        mut self,
+        expired: Expired,
+        mode: SweepMode,
+        stop: &CancellationToken,
+    ) -> (NodeReport, Option<StoreError>) {
+        let swept = self.sweep_all(expired, mode, stop).await;
+        let (finished, reason, error) = match swept {
+            Ok(true) => (false, None, None),
+            Ok(false) => match self.check_assignment().await {
+                Ok(None) => match self.skipped.take() {
+                    None => (true, None, None),
+                    Some(why) => (false, Some(why), None),
+                },
+                Ok(Some(reason)) => (false, Some(reason), None),
+                Err(e) => (false, Some(e.to_string()), Some(e)),
+            },
+            Err(e) => (false, Some(e.to_string()), Some(e)),
+        };
+        let mut report = NodeReport::new(self.address, &self.tally.node, reason);
+        report.finished = finished;
+        (report, error)
+    }
+
+    /// Returns whether `stop` cut it short.
+    async fn sweep_all(
+        &mut self,
+        expired: Expired,
+        mode: SweepMode,
+        stop: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        loop {
+            if stop.is_cancelled() {
+                return Ok(true);
+            }
+            let mut due = if self.pending.is_empty() {
+                if self.next >= self.slots.len() {
+                    return Ok(false);
+                }
+                self.read_next(expired).await?
+            } else {
+                std::mem::take(&mut self.pending)
+            };
+            for _ in 0..MAX_ROUNDS {
+                if due.is_empty() || stop.is_cancelled() {
+                    break;
+                }
+                let again = self.sweep_slots(&due, expired, mode).await?;
+                if mode == SweepMode::DryRun || again.is_empty() {
+                    break;
+                }
+                due = self.read(&again, expired, false).await?.slots;
+            }
+        }
+    }
+
+    /// One pipeline of [`SWEEP_DUE`], one call per index key; returns the
+    /// slots to read again (more due, and the call made progress).
+    async fn sweep_slots(
+        &mut self,
+        due: &[DueSlot],
+        expired: Expired,
+        mode: SweepMode,
+    ) -> Result<Vec<u16>, StoreError> {
+        let run_mode = match mode {
+            SweepMode::Remove => "remove",
+            SweepMode::DryRun => "count",
+        };
+        let mut pipe = redis::pipe();
+        for slot in due {
+            let mut cmd =
+                sweep_command(&slot.index_key, &slot.keys, expired, self.limit(), run_mode);
+            if mode == SweepMode::Remove {
+                for entry in &slot.foreign {
+                    cmd.arg(entry);
+                }
+            }
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<redis::RedisResult<Value>> =
+            match pipe.ignore_errors().query_async(&mut self.conn).await {
+                Ok(replies) => replies,
+                Err(e) => return Err(self.conn.error(SWEEP_WHAT, e)),
+            };
+        if replies.len() != due.len() {
+            return Err(self.conn.bad_reply(
+                SWEEP_WHAT,
+                format!("{} replies to {} commands", replies.len(), due.len()),
+            ));
+        }
+        let mut again = Vec::new();
+        let mut stopped = Ok(());
+        for (slot, reply) in due.iter().zip(replies) {
+            let mut outcome = BatchOutcome {
+                counts: Counts {
+                    due_keys: slot.keys.len() as u64,
+                    ..Counts::default()
+                },
+                first_error: None,
+            };
+            match reply.map(|value| decode(&value)) {
+                Ok(Some((counts, cut, error))) => {
+                    let progress = counts.members_removed
+                        + counts.index_entries_moved
+                        + counts.index_entries_dropped;
+                    outcome.counts.add(&counts);
+                    if let Some(error) = error {
+                        outcome.counts.errors += 1;
+                        outcome.first_error =
+                            Some(format!("{SWEEP_WHAT} {}: {error}", slot.index_key));
+                    } else if (slot.full || cut > 0) && progress > 0 {
+                        again.push(slot.slot);
+                    }
+                }
+                Ok(None) => {
+                    outcome.counts.errors += 1;
+                    outcome.first_error = Some(format!(
+                        "{SWEEP_WHAT}: Redis at {} answered a reply of the wrong shape",
+                        self.conn.address()
+                    ));
+                }
+                Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY" | "CLUSTERDOWN")) => {
+                    if stopped.is_ok() {
+                        stopped = Err(self.conn.error(SWEEP_WHAT, e));
+                    }
+                }
+                Err(e) => {
+                    outcome.counts.errors += 1;
+                    outcome.first_error = Some(format!("{SWEEP_WHAT} {}: {e}", slot.index_key));
+                    if self.skipped.is_none() {
+                        self.skipped = Some(format!("{SWEEP_WHAT} {}: {e}", slot.index_key));
+                    }
+                }
+            }
+            self.tally.add(&outcome);
+        }
+        stopped.map(|()| again)
+    }
+
+    fn limit(&self) -> u32 {
+        self.settings.max_members_per_command
+    }
+
+    async fn check_assignment(&mut self) -> Result<Option<String>, StoreError> {
+        let Some(before) = self.assignment.take() else {
+            return Ok(None);
+        };
+        let after = self.conn.slot_assignment().await?;
+        Ok(if after.as_ref() != Some(&before) {
+            Some("its slots or configuration epoch changed during the sweep".to_owned())
+        } else if !before.migrations.is_empty() {
+            Some("a slot migration was open during the sweep".to_owned())
+        } else {
+            None
+        })
+    }
+}
