@@ -299,3 +299,53 @@ async fn a_user_who_may_not_read_the_bound_is_refused_before_anything_is_removed
     sweep_reading(&settings, None, tx).await.unwrap();
     assert_eq!(count_members(&mut c, "u"), (0, 10));
 }
+
+/// The probe's connection killed mid-sweep (`CLIENT KILL`, an idle timeout
+/// on a proxy): the probe opens another, and the sweep gets its signal back
+/// instead of finishing at its floor for want of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_probe_connection_is_reopened() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "u", 40_000);
+    let mut settings = settings_for(&server);
+    // Slow enough to outlast the kill and a few windows after it (4 s at
+    // most speed), and a floor high enough to end soon on a loaded machine.
+    settings.sweep.max_keys_per_second = 10_000;
+    settings.sweep.throttle_floor = 8_000;
+    let (tx, rx) = mpsc::channel();
+    let sweeping = tokio::spawn(async move { sweep_reading(&settings, None, tx).await });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("a throttle reading")
+    };
+    // A first signal, then the probe's connection (the one whose last
+    // command is PING) killed.
+    while next().signal.is_none() {}
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+    let probe: Vec<&str> = clients
+        .lines()
+        .filter(|line| line.contains(" cmd=ping"))
+        .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(probe.len(), 1, "{clients}");
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(probe[0])
+        .query(&mut c)
+        .unwrap();
+    // The windows after it still have their signal: a new connection
+    // within a tick, not a probe silent (and a sweep at its floor) for the
+    // rest of the sweep.
+    for _ in 0..8 {
+        let reading = next();
+        assert!(!reading.ended, "ended too soon to tell: {reading:?}");
+        assert!(reading.signal.is_some(), "{reading:?}");
+    }
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+    assert!(clients.contains(" cmd=ping"), "{clients}");
+    let report = sweeping.await.unwrap().unwrap();
+    assert_eq!(report.counts.members_removed, 40_000);
+    assert_eq!(count_members(&mut c, "u"), (0, 40_000));
+}

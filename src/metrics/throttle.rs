@@ -82,10 +82,15 @@ impl ThrottleMetrics {
         self.throttled
             .with_label_values(&label)
             .inc_by(reading.newly_throttled.as_secs_f64());
-        if let Some(signal) = reading.signal {
-            self.signal
+        match reading.signal {
+            Some(signal) => self
+                .signal
                 .with_label_values(&label)
-                .set(signal.as_secs_f64());
+                .set(signal.as_secs_f64()),
+            // The probe went silent: no value rather than a stale one.
+            None => {
+                let _ = self.signal.remove_label_values(&label);
+            }
         }
         self.behind
             .with_label_values(&label)

@@ -76,7 +76,7 @@ pub(super) async fn read_bounds(
     };
     let mut plan = Plan::default();
     for (key, KeyReply { reply, redirected }) in keys.iter().zip(replies) {
-        match reply {
+        match reply.map(one_pair) {
             Ok(Value::Array(items)) if items.is_empty() => plan.keys.push(key.clone()),
             Ok(Value::Array(items)) if items.len() == 2 => {
                 match expired_score(&items[1], expired) {
@@ -176,6 +176,23 @@ impl Plan {
     }
 }
 
+/// A reply of `ZRANGEBYSCORE .. WITHSCORES LIMIT n 1` as `[member, score]`
+/// whatever the protocol: RESP2 answers `[member, score]`, RESP3 (a URL's
+/// `protocol=resp3`) `[[member, score]]`. Anything else is left as it came,
+/// for the caller to refuse.
+fn one_pair(reply: Value) -> Value {
+    match reply {
+        Value::Array(mut items) if items.len() == 1 && is_pair(&items[0]) => {
+            items.pop().unwrap_or(Value::Nil)
+        }
+        other => other,
+    }
+}
+
+fn is_pair(value: &Value) -> bool {
+    matches!(value, Value::Array(pair) if pair.len() == 2)
+}
+
 /// The text of `score` to send back to Redis as a bound, if it is a score
 /// `expired` contains: as Redis wrote it (RESP2), so that it parses back to
 /// the very double it came from; a RESP3 double in Rust's shortest form,
@@ -198,6 +215,24 @@ mod tests {
     use super::*;
     use crate::config::ScoreUnit;
     use crate::sweep::query::tests::bulk;
+
+    #[test]
+    fn a_resp3_pair_reads_as_a_resp2_one() {
+        let resp2 = Value::Array(vec![bulk("m"), bulk("1699999999000")]);
+        let resp3 = Value::Array(vec![Value::Array(vec![
+            bulk("m"),
+            Value::Double(1_699_999_999_000.0),
+        ])]);
+        assert_eq!(one_pair(resp2.clone()), resp2);
+        assert_eq!(
+            one_pair(resp3),
+            Value::Array(vec![bulk("m"), Value::Double(1_699_999_999_000.0)])
+        );
+        // Nothing, or a shape that is neither: as it came.
+        assert_eq!(one_pair(Value::Array(vec![])), Value::Array(vec![]));
+        let odd = Value::Array(vec![Value::Array(vec![bulk("m")])]);
+        assert_eq!(one_pair(odd.clone()), odd);
+    }
 
     #[test]
     fn only_an_expired_score_is_a_bound() {

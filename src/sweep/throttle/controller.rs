@@ -152,6 +152,8 @@ impl Controller {
         let mut window = std::mem::take(&mut self.window);
         let before = (self.share, self.budget);
         let over = if window.len() < MIN_SAMPLES {
+            // Nothing measured: the last signal is no longer what others see.
+            self.signal = None;
             true
         } else {
             window.sort_unstable();
@@ -321,6 +323,11 @@ mod tests {
         c.probed(MS);
         assert!(c.decide());
         assert_eq!(c.share(), 0.25);
+        // A signal measured, then the probe silent: no stale signal.
+        window(&mut c, MS / 10);
+        assert_eq!(c.signal(), Some(MS / 10));
+        c.decide();
+        assert_eq!(c.signal(), None);
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn spawn(conn: Connection, node: String, samples: mpsc::Sender<Duration>) {
             };
             runtime.block_on(async move {
                 match conn.separate().await {
-                    Ok(probe) => run(probe, samples).await,
+                    Ok(probe) => run(probe, &conn, samples).await,
                     Err(e) => tracing::warn!(
                         node,
                         error = %e,
@@ -64,22 +64,38 @@ pub fn spawn(conn: Connection, node: String, samples: mpsc::Sender<Duration>) {
 /// Sends a probe every [`PROBE_EVERY`] on `conn` and each round trip to
 /// `samples`, until the receiver goes. A failed probe (the connection lost)
 /// sends nothing: too few samples hold the sweep back (the controller
-/// counts a silent probe as a slow one).
-async fn run(mut conn: Connection, samples: mpsc::Sender<Duration>) {
+/// counts a silent probe as a slow one), and the next tick opens a new
+/// connection beside `origin`'s, so that a dropped probe connection (a
+/// `CLIENT KILL`, an idle timeout) does not hold the rest of the sweep at
+/// its floor.
+async fn run(mut conn: Connection, origin: &Connection, samples: mpsc::Sender<Duration>) {
+    let mut lost = false;
     let mut tick = tokio::time::interval(PROBE_EVERY);
     // After a stall, one probe at once and then the cadence again, not a
     // burst of the missed ones.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if lost {
+            match origin.separate().await {
+                Ok(fresh) => {
+                    conn = fresh;
+                    lost = false;
+                }
+                Err(_) if samples.is_closed() => return,
+                // Still unreachable: silent, and the next tick tries again.
+                Err(_) => continue,
+            }
+        }
         let sent = Instant::now();
         let rtt = match tokio::time::timeout(PROBE_LIMIT, conn.ping()).await {
             Ok(Ok(())) => sent.elapsed(),
             Ok(Err(_)) => {
-                // Lost: nothing to measure; the next tick tries again.
+                // Lost: nothing to measure; the next tick reconnects.
                 if samples.is_closed() {
                     return;
                 }
+                lost = true;
                 continue;
             }
             Err(_) => PROBE_LIMIT,
