@@ -31,12 +31,14 @@ pub(super) async fn check_permission(
     })
     .await
     .map_err(|e| Check::Permission.failed(e))?;
+    // ZCOUNT and ZREMRANGEBYSCORE count nothing, ZRANGEBYSCORE lists
+    // nothing: each its own shape, so that a reply meant for another
+    // command is not taken for this one's.
+    let lists = what == super::bounded::BOUND_READ;
     for KeyReply { reply, redirected } in replies {
         match reply {
-            // ZCOUNT and ZREMRANGEBYSCORE count nothing, ZRANGEBYSCORE
-            // lists nothing.
-            Ok(Value::Int(0)) => {}
-            Ok(Value::Array(items)) if items.is_empty() => {}
+            Ok(Value::Int(0)) if !lists => {}
+            Ok(Value::Array(items)) if lists && items.is_empty() => {}
             Err(e) if e.code() == Some("WRONGTYPE") => {}
             Err(e) if !redirected && is_redirect(&e) => {
                 return Err(Check::Permission.refused(not_a_cluster(conn, what)))
