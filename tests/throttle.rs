@@ -349,3 +349,38 @@ async fn a_killed_probe_connection_is_reopened() {
     assert_eq!(report.counts.members_removed, 40_000);
     assert_eq!(count_members(&mut c, "u"), (0, 40_000));
 }
+
+/// A sweeper user without `+ping` (the README's ACL line trimmed): the
+/// probe is refused, says so, and stops; the sweep finishes at its floor
+/// without opening a connection per probe tick.
+#[tokio::test]
+async fn a_probe_refused_by_the_acl_stops_instead_of_reconnecting_every_tick() {
+    let server = RedisServer::start();
+    create_user(&server, "token-sweeper", "pw", &["ping"]);
+    let mut c = server.conn();
+    seed(&mut c, "u", 3_000);
+    let mut settings = settings_for(&server);
+    settings.redis.username = Some("token-sweeper".to_owned());
+    settings.redis.password = Some(token_sweeper::config::Secret::new("pw"));
+    settings.sweep.throttle_floor = 4_000;
+    let connections = |c: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = connections(&mut c);
+
+    let (tx, rx) = mpsc::channel();
+    let report = sweep_reading(&settings, None, tx).await.unwrap();
+    assert_eq!(report.counts.members_removed, 3_000);
+    assert_eq!(count_members(&mut c, "u"), (0, 3_000));
+    // At the floor (no signal), about a second and a half: a probe
+    // reconnecting every 5 ms tick would have opened hundreds.
+    let opened = connections(&mut c) - before;
+    assert!(opened < 10, "{opened} connections opened");
+    assert!(rx.try_iter().all(|r| r.signal.is_none()));
+}

@@ -116,7 +116,7 @@ pub fn watch_interrupts(stop: CancellationToken, on_quit: impl FnOnce() + Send +
             return;
         }
         eprintln!(
-            "token-sweeper: interrupted, finishing the batches in flight (Ctrl-C again to quit now)"
+            "token-sweeper: interrupted, finishing the batches in flight (Ctrl-C or SIGTERM again to quit now)"
         );
         stop.cancel();
         let _ = interrupt().await;

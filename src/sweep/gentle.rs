@@ -60,12 +60,17 @@ impl NodeSweep<'_> {
             }
             let found = Found::scanned_on(&self.importing, settings);
             if !again.is_empty() || !self.scanner.pending.is_empty() {
-                let piece = throttle.piece(Step::Keys);
-                // Keys not yet clean first: they are what holds Redis longest.
-                let revisits = again.len().min(piece);
-                let mut keys: Vec<Vec<u8>> = again.drain(..revisits).collect();
-                let fresh = (piece - keys.len()).min(self.scanner.pending.len());
-                keys.extend(self.scanner.pending.drain(..fresh));
+                // Keys not yet clean first: they are what holds Redis
+                // longest, so they are costed apart (a revisit removes up to
+                // the bound; a fresh key, usually a few members).
+                let (step, keys, fresh) = if again.is_empty() {
+                    let n = throttle.piece(Step::Keys).min(self.scanner.pending.len());
+                    let keys: Vec<Vec<u8>> = self.scanner.pending.drain(..n).collect();
+                    (Step::Keys, keys, n)
+                } else {
+                    let n = throttle.piece(Step::Revisit).min(again.len());
+                    (Step::Revisit, again.drain(..n).collect(), 0)
+                };
                 throttle.sweeping(fresh);
                 let units = keys.len();
                 let sent = Instant::now();
@@ -84,7 +89,12 @@ impl NodeSweep<'_> {
                                 return Err(e);
                             }
                         };
-                        throttle.worked(sent, Step::Keys, units, units);
+                        throttle.worked(sent, step, units, units);
+                        if plan.keys.is_empty() {
+                            // Nothing to remove: no round trip, no pause.
+                            self.tally.add(&read);
+                            continue;
+                        }
                         if throttle.wait(stop).await {
                             // The bounds read, nothing removed: no harm.
                             self.tally.add(&read);
@@ -94,14 +104,14 @@ impl NodeSweep<'_> {
                         let bounded = plan.remove(&mut self.conn, found, expired, read).await;
                         again.extend(bounded.again);
                         progress_timed(self, sent);
-                        throttle.worked(sent, Step::Keys, units, 0);
+                        throttle.worked(sent, step, units, 0);
                         self.tally.add(&bounded.outcome);
                         bounded.stopped?;
                         continue;
                     }
                 };
                 progress_timed(self, sent);
-                throttle.worked(sent, Step::Keys, units, units);
+                throttle.worked(sent, step, units, units);
                 self.tally.add(&outcome);
                 stopped?;
                 continue;

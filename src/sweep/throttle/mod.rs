@@ -200,10 +200,16 @@ impl<'a> Throttle<'a> {
         let rtt = now.duration_since(sent);
         let busy = rtt.saturating_sub(self.controller.fastest().unwrap_or_default());
         self.pieces.measured(step, units, busy);
-        let base = self.share_due.max(sent - CREDIT).min(sent);
+        let base = self
+            .share_due
+            .max(sent.checked_sub(CREDIT).unwrap_or(sent))
+            .min(sent);
         self.share_due = base + busy.div_f64(self.controller.share());
         if floor_keys > 0 {
-            let base = self.floor_due.max(sent - CREDIT).min(sent);
+            let base = self
+                .floor_due
+                .max(sent.checked_sub(CREDIT).unwrap_or(sent))
+                .min(sent);
             self.floor_due = base + Duration::from_secs_f64(floor_keys as f64 / self.floor);
         }
     }

@@ -61,42 +61,62 @@ pub fn spawn(conn: Connection, node: String, samples: mpsc::Sender<Duration>) {
     }
 }
 
+/// Longest wait between two attempts to reopen a lost probe connection.
+const MAX_RECONNECT_GAP: Duration = Duration::from_secs(1);
+
 /// Sends a probe every [`PROBE_EVERY`] on `conn` and each round trip to
-/// `samples`, until the receiver goes. A failed probe (the connection lost)
-/// sends nothing: too few samples hold the sweep back (the controller
-/// counts a silent probe as a slow one), and the next tick opens a new
-/// connection beside `origin`'s, so that a dropped probe connection (a
-/// `CLIENT KILL`, an idle timeout) does not hold the rest of the sweep at
-/// its floor.
+/// `samples`, until the receiver goes. A failed probe sends nothing: too few
+/// samples hold the sweep back (the controller counts a silent probe as a
+/// slow one).
+/// - The connection lost (a `CLIENT KILL`, an idle timeout): a new one is
+///   opened beside `origin`'s, at once and then at doubling gaps up to
+///   [`MAX_RECONNECT_GAP`], so a dropped probe does not hold the rest of the
+///   sweep at its floor, and an unreachable server is not hammered.
+/// - Redis answering PING with an error (an ACL without `+ping`, a renamed
+///   command): reconnecting would not help, so the probe says so once and
+///   stops; the sweep runs at its floor, and the log says why.
 async fn run(mut conn: Connection, origin: &Connection, samples: mpsc::Sender<Duration>) {
-    let mut lost = false;
+    let mut lost: Option<(Instant, Duration)> = None;
     let mut tick = tokio::time::interval(PROBE_EVERY);
     // After a stall, one probe at once and then the cadence again, not a
     // burst of the missed ones.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if lost {
+        if samples.is_closed() {
+            return;
+        }
+        if let Some((retry_at, gap)) = lost {
+            if Instant::now() < retry_at {
+                continue;
+            }
             match origin.separate().await {
                 Ok(fresh) => {
                     conn = fresh;
-                    lost = false;
+                    lost = None;
                 }
-                Err(_) if samples.is_closed() => return,
-                // Still unreachable: silent, and the next tick tries again.
-                Err(_) => continue,
+                Err(_) => {
+                    let gap = (gap * 2).min(MAX_RECONNECT_GAP);
+                    lost = Some((Instant::now() + gap, gap));
+                    continue;
+                }
             }
         }
         let sent = Instant::now();
         let rtt = match tokio::time::timeout(PROBE_LIMIT, conn.ping()).await {
             Ok(Ok(())) => sent.elapsed(),
-            Ok(Err(_)) => {
-                // Lost: nothing to measure; the next tick reconnects.
-                if samples.is_closed() {
-                    return;
-                }
-                lost = true;
+            Ok(Err(e)) if e.is_connection_lost() => {
+                lost = Some((Instant::now(), PROBE_EVERY));
                 continue;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    node = origin.address(),
+                    error = %e,
+                    "sweep throttle: Redis refuses the probe's PING (the sweeper's ACL needs +ping); \
+                     sweeping at the floor"
+                );
+                return;
             }
             Err(_) => PROBE_LIMIT,
         };
