@@ -101,10 +101,15 @@ impl NodeSweep<'_> {
                             return Ok(true);
                         }
                         let sent = Instant::now();
-                        let bounded = plan.remove(&mut self.conn, found, expired, read).await;
+                        let mut bounded = plan.remove(&mut self.conn, found, expired, read).await;
                         again.extend(bounded.again);
                         progress_timed(self, sent);
                         throttle.worked(sent, step, units, 0);
+                        if step == Step::Revisit {
+                            // A key comes back only after a removal that
+                            // removed something: it was counted changed then.
+                            bounded.outcome.counts.keys_changed = 0;
+                        }
                         self.tally.add(&bounded.outcome);
                         bounded.stopped?;
                         continue;
