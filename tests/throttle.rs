@@ -386,3 +386,42 @@ async fn a_probe_refused_by_the_acl_stops_instead_of_reconnecting_every_tick() {
     assert!(opened < 10, "{opened} connections opened");
     assert!(rx.try_iter().all(|r| r.signal.is_none()));
 }
+
+/// A primary that starts refusing writes mid-sweep while still answering
+/// reads (`min-replicas-to-write` unmet: NOREPLICAS; a failed save:
+/// MISCONF): the bounded removal stops coming back to a key whose removal
+/// was refused, so the sweep ends, saying so, instead of reading and
+/// failing on the same key until shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refused_mid_sweep_end_it_instead_of_looping() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    fill(&mut c, "big-tokens", 200_000, 10);
+    let mut settings = settings_for(&server);
+    // 20,000 bounded commands: long enough to be refused part-way.
+    settings.sweep.max_members_per_command = 10;
+    let (tx, _rx) = mpsc::channel();
+    let sweeping = tokio::spawn(async move { sweep_reading(&settings, None, tx).await });
+    common::wait_until(Duration::from_secs(30), "some members removed", || {
+        c.zcard::<_, u64>("big-tokens").unwrap() < 200_000
+    });
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    // Not a timing: a bound on a test that would otherwise hang on the bug.
+    let ended = tokio::time::timeout(Duration::from_secs(120), sweeping)
+        .await
+        .expect("the sweep ended")
+        .unwrap();
+    let left: u64 = c.zcard("big-tokens").unwrap();
+    assert!(left > 10, "refused before the end: {left} left");
+    match ended {
+        Ok(report) => assert!(report.counts.errors > 0, "{report:?}"),
+        Err(e) => assert!(e.to_string().contains("NOREPLICAS"), "{e}"),
+    }
+    let live: u64 = c.zcount("big-tokens", "(1700000000000", "+inf").unwrap();
+    assert_eq!(live, 10);
+}
