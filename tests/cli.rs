@@ -442,8 +442,10 @@ fn sweep_prints_a_summary_and_json() {
     assert!(out.starts_with("swept 5 keys in "), "{out}");
     assert!(out.contains("members removed     5"), "{out}");
     assert!(out.contains("keys changed        5"), "{out}");
-    // Not a terminal: no progress line on stderr.
-    assert!(stderr(&text).is_empty(), "{}", stderr(&text));
+    // Not a terminal: no progress line on stderr (log lines may be there:
+    // the throttle logs its changes of state, which a loaded machine makes).
+    let err = stderr(&text);
+    assert!(!err.contains('\r') && !err.contains("scanned "), "{err}");
 
     let again = run_sweeper(&["sweep", "--json"], &env);
     let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
