@@ -31,8 +31,8 @@ const MAX_ROUNDS: usize = 64;
 const SWEEP_WHAT: &str = "EVAL (index sweep)";
 
 /// One node's index sweep, between its checks and its end.
-pub(super) struct IndexNode<'a> {
-    pub(super) address: String,
+pub(in crate::sweep) struct IndexNode<'a> {
+    pub(in crate::sweep) address: String,
     conn: Connection,
     settings: &'a SweepSettings,
     assignment: Option<SlotAssignment>,
@@ -42,11 +42,11 @@ pub(super) struct IndexNode<'a> {
     /// Read during the checks: swept first.
     pending: Vec<DueSlot>,
     /// Index size and oldest due score, from the first read of each slot.
-    pub(super) size: u64,
-    pub(super) oldest: Option<f64>,
+    pub(in crate::sweep) size: u64,
+    pub(in crate::sweep) oldest: Option<f64>,
     /// Why a slot was skipped (the node is then unfinished).
     skipped: Option<String>,
-    pub(super) tally: Tally<'a>,
+    pub(in crate::sweep) tally: Tally<'a>,
 }
 
 impl<'a> IndexNode<'a> {
@@ -206,11 +206,12 @@ impl<'a> IndexNode<'a> {
     }
 
     /// Sweeps every slot's due keys; then checks the slots did not move.
-    pub(super) async fn finish(
+    pub(in crate::sweep) async fn finish(
         mut self,
         expired: Expired,
         mode: SweepMode,
         stop: &CancellationToken,
+        _deadline: Option<tokio::time::Instant>,
     ) -> (NodeReport, Option<StoreError>) {
         let swept = self.sweep_all(expired, mode, stop).await;
         let (finished, reason, error) = match swept {
