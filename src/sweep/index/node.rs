@@ -14,7 +14,7 @@ use super::super::node::{is_own_inability, moved_since, NodeFailed};
 use super::super::query::Found;
 use super::super::remove::BatchOutcome;
 use super::super::report::{NodeReport, SweepProgress, Tally};
-use super::call::{decode, probe_commands, sweep_command};
+use super::call::{decode, is_noscript, probe_commands, sweep_command, Send};
 use super::due::{read_due, DueRead, DueSlot};
 use crate::config::SweepSettings;
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
@@ -28,7 +28,7 @@ const DUE_PER_SLOT: usize = 100;
 /// and each call makes progress; the rest waits for the next sweep.
 const MAX_ROUNDS: usize = 64;
 /// The command of the sweep, as errors name it.
-const SWEEP_WHAT: &str = "EVAL (index sweep)";
+const SWEEP_WHAT: &str = "EVALSHA (index sweep)";
 
 /// One node's index sweep, between its checks and its end.
 pub(in crate::sweep) struct IndexNode<'a> {
@@ -271,31 +271,20 @@ impl<'a> IndexNode<'a> {
         expired: Expired,
         mode: SweepMode,
     ) -> Result<Vec<u16>, StoreError> {
-        let run_mode = match mode {
-            SweepMode::Remove => "remove",
-            SweepMode::DryRun => "count",
-        };
-        let mut pipe = redis::pipe();
-        for slot in due {
-            let mut cmd =
-                sweep_command(&slot.index_key, &slot.keys, expired, self.limit(), run_mode);
-            if mode == SweepMode::Remove {
-                for entry in &slot.foreign {
-                    cmd.arg(entry);
-                }
+        let slots: Vec<&DueSlot> = due.iter().collect();
+        let mut replies = self.send(&slots, Send::Sha, expired, mode).await?;
+        // The node has not cached the script (its first call, a restart, a
+        // failover, SCRIPT FLUSH; the cache is per node): those calls did
+        // not run, and go again as EVAL, which caches it.
+        let missing: Vec<usize> = (0..replies.len())
+            .filter(|&i| matches!(&replies[i], Err(e) if is_noscript(e)))
+            .collect();
+        if !missing.is_empty() {
+            let again: Vec<&DueSlot> = missing.iter().filter_map(|&i| due.get(i)).collect();
+            let sent = self.send(&again, Send::Text, expired, mode).await?;
+            for (i, reply) in missing.into_iter().zip(sent) {
+                replies[i] = reply;
             }
-            pipe.add_command(cmd);
-        }
-        let replies: Vec<redis::RedisResult<Value>> =
-            match pipe.ignore_errors().query_async(&mut self.conn).await {
-                Ok(replies) => replies,
-                Err(e) => return Err(self.conn.error(SWEEP_WHAT, e)),
-            };
-        if replies.len() != due.len() {
-            return Err(self.conn.bad_reply(
-                SWEEP_WHAT,
-                format!("{} replies to {} commands", replies.len(), due.len()),
-            ));
         }
         let mut again = Vec::new();
         let mut stopped = Ok(());
@@ -344,6 +333,45 @@ impl<'a> IndexNode<'a> {
             self.tally.add(&outcome);
         }
         stopped.map(|()| again)
+    }
+
+    /// One pipeline of the sweep script, one call per slot of `due`, sent
+    /// by `send`; one reply per call, in order.
+    async fn send(
+        &mut self,
+        due: &[&DueSlot],
+        send: Send,
+        expired: Expired,
+        mode: SweepMode,
+    ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
+        let run_mode = match mode {
+            SweepMode::Remove => "remove",
+            SweepMode::DryRun => "count",
+        };
+        let mut pipe = redis::pipe();
+        for slot in due {
+            let limit = self.limit();
+            let mut cmd =
+                sweep_command(send, &slot.index_key, &slot.keys, expired, limit, run_mode);
+            if mode == SweepMode::Remove {
+                for entry in &slot.foreign {
+                    cmd.arg(entry);
+                }
+            }
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<redis::RedisResult<Value>> =
+            match pipe.ignore_errors().query_async(&mut self.conn).await {
+                Ok(replies) => replies,
+                Err(e) => return Err(self.conn.error(SWEEP_WHAT, e)),
+            };
+        if replies.len() != due.len() {
+            return Err(self.conn.bad_reply(
+                SWEEP_WHAT,
+                format!("{} replies to {} commands", replies.len(), due.len()),
+            ));
+        }
+        Ok(replies)
     }
 
     fn limit(&self) -> u32 {
