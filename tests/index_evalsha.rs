@@ -106,15 +106,12 @@ async fn the_sweep_sends_evalsha_and_falls_back_to_eval_when_the_cache_was_flush
     assert_eq!(report.counts.members_removed, 20, "{report:?}");
     assert_eq!(report.counts.errors, 0, "{report:?}");
     assert_eq!(members(&mut conn, "a", 20), 20);
-    let (sha, sha_failed) = calls(&mut conn, "evalsha");
+    let (_, sha_failed) = calls(&mut conn, "evalsha");
     let (eval, eval_failed) = calls(&mut conn, "eval");
-    assert!(
-        sha >= 1 && sha_failed == sha,
-        "every EVALSHA answered NOSCRIPT"
-    );
+    assert!(sha_failed >= 1, "the first EVALSHA answered NOSCRIPT");
     assert_eq!(
         (eval, eval_failed),
-        (sha, 0),
+        (sha_failed, 0),
         "each went again as EVAL, once"
     );
 

@@ -23,7 +23,10 @@
 //!    `sweep.max_members_per_command` per key per call, and moves the
 //!    key's entry to its next expiry or drops it, atomically with the
 //!    removal; a slot with more due keys, or a key cut short, is read
-//!    again while the calls make progress;
+//!    again while the calls make progress. The calls go in pipelines
+//!    paced as a full scan's (`pace.rs`): `sweep.max_keys_per_second` in
+//!    any mode, and the adaptive throttle's pieces and pauses, a due key
+//!    being a unit of `Step::Keys`;
 //! 6. the primary counts as finished when its slots did not move, no slot
 //!    was skipped, and the scan ran to the end; the report adds the index
 //!    size and lag ([`IndexReport`]).
@@ -40,6 +43,8 @@ mod due;
 mod lower;
 /// One primary's index sweep.
 mod node;
+/// Pacing its script calls: the rate limit and the adaptive throttle.
+mod pace;
 /// The Lua of the sweep and of the repair.
 mod script;
 

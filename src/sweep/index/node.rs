@@ -16,6 +16,7 @@ use super::super::remove::BatchOutcome;
 use super::super::report::{NodeReport, SweepProgress, Tally};
 use super::call::{decode, is_noscript, probe_commands, sweep_command, Send};
 use super::due::{read_due, DueRead, DueSlot};
+use super::pace::{pieces, Pace};
 use crate::config::SweepSettings;
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
 
@@ -211,9 +212,12 @@ impl<'a> IndexNode<'a> {
         expired: Expired,
         mode: SweepMode,
         stop: &CancellationToken,
-        _deadline: Option<tokio::time::Instant>,
+        deadline: Option<tokio::time::Instant>,
     ) -> (NodeReport, Option<StoreError>) {
-        let swept = self.sweep_all(expired, mode, stop).await;
+        let progress = self.tally.progress;
+        let mut pace = Pace::start(&self.conn, &self.address, self.settings, deadline, progress);
+        let swept = self.sweep_all(expired, mode, stop, &mut pace).await;
+        let throttled = pace.end();
         let (finished, reason, error) = match swept {
             Ok(true) => (false, None, None),
             Ok(false) => match self.check_assignment().await {
@@ -228,6 +232,7 @@ impl<'a> IndexNode<'a> {
         };
         let mut report = NodeReport::new(self.address, &self.tally.node, reason);
         report.finished = finished;
+        report.throttled_seconds = throttled.as_secs_f64();
         (report, error)
     }
 
@@ -237,6 +242,7 @@ impl<'a> IndexNode<'a> {
         expired: Expired,
         mode: SweepMode,
         stop: &CancellationToken,
+        pace: &mut Pace<'_>,
     ) -> Result<bool, StoreError> {
         loop {
             if stop.is_cancelled() {
@@ -254,13 +260,40 @@ impl<'a> IndexNode<'a> {
                 if due.is_empty() || stop.is_cancelled() {
                     break;
                 }
-                let again = self.sweep_slots(&due, expired, mode).await?;
+                let Some(again) = self.sweep_paced(due, expired, mode, stop, pace).await? else {
+                    return Ok(true);
+                };
                 if mode == SweepMode::DryRun || again.is_empty() {
                     break;
                 }
                 due = self.read(&again, expired, false).await?.slots;
             }
         }
+    }
+
+    /// `due` in pipelines as `pace` allows; returns the slots to read again
+    /// (as [`IndexNode::sweep_slots`]), or `None` when `stop` cut it short.
+    async fn sweep_paced(
+        &mut self,
+        due: Vec<DueSlot>,
+        expired: Expired,
+        mode: SweepMode,
+        stop: &CancellationToken,
+        pace: &mut Pace<'_>,
+    ) -> Result<Option<Vec<u16>>, StoreError> {
+        let mut again = Vec::new();
+        for pipeline in pieces(due, pace.piece()) {
+            let keys = pipeline.iter().map(|slot| slot.keys.len()).sum();
+            if pace.wait(keys, stop).await {
+                return Ok(None);
+            }
+            let sent = tokio::time::Instant::now();
+            let more = self.sweep_slots(&pipeline, expired, mode).await;
+            pace.worked(sent, keys);
+            again.extend(more?);
+        }
+        again.dedup();
+        Ok(Some(again))
     }
 
     /// One pipeline of [`SWEEP_DUE`], one call per index key; returns the
