@@ -148,3 +148,61 @@ async fn logins_index_in_the_right_slot_and_an_index_sweep_removes_exactly_the_e
     assert_eq!(again.counts.due_keys, 0, "{again:?}");
     assert_eq!(again.counts.members_removed, 0);
 }
+
+#[test]
+fn the_daemon_sweeps_every_primary_by_the_index_under_the_lock() {
+    let cluster = RedisCluster::start(3, 0);
+    let mut c = cluster.conn();
+    let now = redis_now_ms(&mut cluster.nodes[0].conn());
+    let keys: Vec<String> = (0..USERS).map(|u| format!("d{u}-tokens")).collect();
+    for key in &keys {
+        let _: () = c
+            .zadd_multiple(key, &[(now - 60_000, "expired"), (now + 3_600_000, "live")])
+            .unwrap();
+        let _: () = c
+            .zadd(index_key(DEFAULT_PREFIX, key.as_bytes()), key, now - 60_000)
+            .unwrap();
+    }
+    // No full scan for decades: whatever is removed, an index sweep did.
+    let daemon = cluster.daemon(&[
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "3s"),
+        ("TOKEN_SWEEPER__SWEEP__DUE_INDEX__ENABLED", "true"),
+        (
+            "TOKEN_SWEEPER__SWEEP__DUE_INDEX__FULL_SCAN",
+            "0 0 0 1 1 * 2099",
+        ),
+    ]);
+    common::wait_until(Duration::from_secs(30), "the index sweeps", || {
+        keys.iter().all(|key| c.zcard::<_, u64>(key).unwrap() == 1)
+    });
+    for key in &keys {
+        let live: Vec<(String, f64)> = c.zrange_withscores(key, 0, -1).unwrap();
+        assert_eq!(live[0].0, "live", "{key}");
+        let entry: Option<f64> = c
+            .zscore(index_key(DEFAULT_PREFIX, key.as_bytes()), key)
+            .unwrap();
+        assert_eq!(entry, Some(live[0].1), "{key}");
+    }
+    common::wait_until(Duration::from_secs(10), "the sweep's log line", || {
+        daemon
+            .events("sweep finished")
+            .iter()
+            .map(|e| e["members_removed"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            == USERS as u64
+    });
+    let finished = daemon.events("sweep finished");
+    assert!(
+        finished.iter().all(|e| e["kind"] == "index"),
+        "{finished:?}"
+    );
+    assert!(finished.iter().all(|e| e["keys_scanned"] == 0));
+    let scrape = daemon.scrape();
+    for primary in cluster.primaries() {
+        let node = format!("{{node=\"{}\"}}", primary.address);
+        let due = common::metric(&scrape, &format!("token_sweeper_due_keys_total{node}"));
+        assert!(due.is_some_and(|due| due > 0.0), "{node}: {scrape}");
+        let entries = common::metric(&scrape, &format!("token_sweeper_due_index_entries{node}"));
+        assert!(entries.is_some_and(|n| n > 0.0), "{node}: {scrape}");
+    }
+}
