@@ -117,3 +117,27 @@ async fn the_adaptive_throttle_paces_an_unlimited_index_sweep_to_the_same_result
         "{readings:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_sweep_with_nothing_due_starts_no_throttle() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let now = redis_now_ms(&mut conn);
+    let key = "later-tokens";
+    let _: () = conn.zadd(key, "new", now + 3_600_000).unwrap();
+    let _: () = conn
+        .zadd(
+            index_key(DEFAULT_PREFIX, key.as_bytes()),
+            key,
+            now + 3_600_000,
+        )
+        .unwrap();
+    let mut settings = settings_for(&server);
+    settings.sweep.due_index.enabled = true;
+    settings.sweep.throttle = ThrottleMode::Adaptive;
+    let (report, readings) = paced_sweep(&settings).await;
+    assert_eq!(report.counts.due_keys, 0, "{report:?}");
+    assert_eq!(report.index.as_ref().unwrap().index_size, 1);
+    // No probe connection, no first window to wait for: no reading at all.
+    assert!(readings.is_empty(), "{readings:?}");
+}

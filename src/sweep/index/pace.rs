@@ -28,23 +28,38 @@ pub(super) enum Pace<'a> {
         keys_per_second: u64,
         sent: u64,
     },
-    /// The adaptive throttle (which applies the rate limit too).
-    Adaptive(Box<Throttle<'a>>),
+    /// The adaptive throttle (which applies the rate limit too), started
+    /// with the first pipeline: an index sweep with nothing due (most of
+    /// them) opens no probe connection and waits for no first window.
+    Adaptive {
+        throttle: Option<Box<Throttle<'a>>>,
+        conn: Connection,
+        node: String,
+        settings: &'a SweepSettings,
+        deadline: Option<Instant>,
+        progress: &'a SweepProgress,
+    },
 }
 
 impl<'a> Pace<'a> {
-    /// The pacing `settings` ask for; the adaptive throttle starts its
+    /// The pacing `settings` ask for; the adaptive throttle will start its
     /// probe to `conn`'s server (`node`).
     pub(super) fn start(
         conn: &Connection,
         node: &str,
-        settings: &SweepSettings,
+        settings: &'a SweepSettings,
         deadline: Option<Instant>,
         progress: &'a SweepProgress,
     ) -> Self {
         if settings.throttle == ThrottleMode::Adaptive {
-            let throttle = Throttle::start(conn, node, settings, deadline, progress);
-            Pace::Adaptive(Box::new(throttle))
+            Pace::Adaptive {
+                throttle: None,
+                conn: conn.clone(),
+                node: node.to_owned(),
+                settings,
+                deadline,
+                progress,
+            }
         } else if settings.max_keys_per_second > 0 {
             Pace::Capped {
                 started: Instant::now(),
@@ -57,18 +72,37 @@ impl<'a> Pace<'a> {
     }
 
     /// Most due keys the next pipeline may carry.
-    pub(super) fn piece(&self) -> usize {
+    pub(super) fn piece(&mut self) -> usize {
         match self {
             Pace::Free => usize::MAX,
             // A tenth of a second's worth: a limit of 100/s should not
             // mean a burst of 100 keys and a second of nothing.
             Pace::Capped {
                 keys_per_second, ..
-            } => usize::try_from(keys_per_second / 10)
+            } => usize::try_from(*keys_per_second / 10)
                 .unwrap_or(usize::MAX)
                 .max(1),
-            Pace::Adaptive(throttle) => throttle.piece(Step::Keys).max(1),
+            Pace::Adaptive { .. } => self.throttle().map_or(1, |t| t.piece(Step::Keys).max(1)),
         }
+    }
+
+    /// The adaptive throttle, started now if it was not yet.
+    fn throttle(&mut self) -> Option<&mut Throttle<'a>> {
+        let Pace::Adaptive {
+            throttle,
+            conn,
+            node,
+            settings,
+            deadline,
+            progress,
+        } = self
+        else {
+            return None;
+        };
+        let started = throttle.get_or_insert_with(|| {
+            Box::new(Throttle::start(conn, node, settings, *deadline, progress))
+        });
+        Some(started)
     }
 
     /// Waits until a pipeline of `keys` due keys may go, and counts them
@@ -93,7 +127,10 @@ impl<'a> Pace<'a> {
                     () = tokio::time::sleep_until(due) => false,
                 }
             }
-            Pace::Adaptive(throttle) => {
+            Pace::Adaptive { .. } => {
+                let Some(throttle) = self.throttle() else {
+                    return stop.is_cancelled();
+                };
                 if throttle.wait(stop).await {
                     return true;
                 }
@@ -105,7 +142,11 @@ impl<'a> Pace<'a> {
 
     /// A pipeline of `keys` due keys sent at `sent` has been answered.
     pub(super) fn worked(&mut self, sent: Instant, keys: usize) {
-        if let Pace::Adaptive(throttle) = self {
+        if let Pace::Adaptive {
+            throttle: Some(throttle),
+            ..
+        } = self
+        {
             throttle.worked(sent, Step::Keys, keys, keys);
         }
     }
@@ -114,8 +155,13 @@ impl<'a> Pace<'a> {
     /// its full share (and its last reading).
     pub(super) fn end(self) -> Duration {
         match self {
-            Pace::Adaptive(throttle) => throttle.end(),
-            Pace::Free | Pace::Capped { .. } => Duration::ZERO,
+            Pace::Adaptive {
+                throttle: Some(throttle),
+                ..
+            } => throttle.end(),
+            Pace::Adaptive { throttle: None, .. } | Pace::Free | Pace::Capped { .. } => {
+                Duration::ZERO
+            }
         }
     }
 }
