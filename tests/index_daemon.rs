@@ -152,3 +152,84 @@ fn index_rounds_sweep_indexed_keys_and_the_full_scan_cleans_and_indexes_the_rest
     assert!(started.iter().any(|e| e["kind"] == "index"));
     assert!(started.iter().any(|e| e["kind"] == "full"));
 }
+
+/// A cron expression that fires once, `secs` from now (UTC).
+fn cron_once_in(secs: i64) -> String {
+    use chrono::{Datelike, Timelike};
+    let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    format!(
+        "{} {} {} {} {} * {}",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month(),
+        at.year()
+    )
+}
+
+#[test]
+fn a_full_scan_that_failed_runs_again_after_the_next_index_sweep_not_a_period_later() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "ix", 5, true);
+    seed(&mut c, "plain", 1, false);
+    // A user that may not SCAN: index sweeps work, a full scan is refused
+    // by its permission check.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "sw", "on", ">pw", "~*", "+@all", "-scan"])
+        .query(&mut c)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One full scan, a few seconds from now, and none after it.
+    let file = write_file(dir.path(), "sweeper.toml", &config(&cron_once_in(4)));
+    let url = format!("redis://sw:pw@127.0.0.1:{}", server.port);
+    let daemon = DaemonProcess::start(&url, &[], Some(&file));
+    let failed = || {
+        daemon.logs().iter().any(|e| {
+            e["round"] == "full"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("sweep failed"))
+        })
+    };
+    for _ in 0..200 {
+        if failed() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(failed(), "{}", daemon.log_text());
+    assert_eq!(count_members(&mut c, "plain"), (1, 1));
+    assert_eq!(count_members(&mut c, "ix"), (0, 5), "index sweeps ran");
+
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "sw", "+scan"])
+        .query(&mut c)
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the owed full scan", || {
+        count_members(&mut c, "plain").0 == 0
+    });
+    assert_eq!(count_members(&mut c, "plain"), (0, 1));
+    // While it failed, index sweeps still ran between the retries.
+    // (A full scan refused by its checks logs no "sweep started".)
+    let kinds: Vec<String> = daemon
+        .logs()
+        .iter()
+        .filter_map(|e| {
+            let message = e["message"].as_str()?;
+            if message == "sweep started" {
+                return Some(e["kind"].as_str()?.to_owned());
+            }
+            (message.starts_with("sweep failed") && e["round"] == "full").then(|| "full".to_owned())
+        })
+        .collect();
+    assert!(
+        kinds.iter().filter(|k| *k == "full").count() >= 2,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.windows(2).all(|w| w[0] == "index" || w[1] == "index"),
+        "no two full scans in a row: {kinds:?}"
+    );
+}

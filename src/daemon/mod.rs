@@ -220,6 +220,13 @@ impl Daemon {
         // A full scan came due: it runs as soon as no round runs (it waits
         // for an index sweep; never two sweeps of one primary at once).
         let mut pending_full = false;
+        // The kind of the last round started. A full scan that failed as
+        // a whole is owed, and runs at a tick after the next index sweep
+        // (not a full_scan period later: the safety net must not lapse for
+        // one Redis outage); while it keeps failing (an ACL without SCAN),
+        // index sweeps and full scans alternate, so the index sweeps go on.
+        let mut running_kind = RoundKind::Index;
+        let mut full_owed = false;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
         let mut alarm_missed = false;
@@ -285,6 +292,14 @@ impl Daemon {
                         }
                     }, if running.is_some() => {
                         running = None;
+                        if running_kind == RoundKind::Full
+                            && end.as_ref().is_err_and(|failure| failure.whole)
+                        {
+                            full_owed = true;
+                            tracing::warn!(
+                                "the full scan failed; it runs again after the next index sweep"
+                            );
+                        }
                         let _ = last_failure_tx.send(end.err().map(|failure| failure.reason));
                         None
                     },
@@ -305,6 +320,9 @@ impl Daemon {
                 watchdog.alive(Instant::now());
                 trigger
             };
+            if trigger.is_some() && running.is_none() && running_kind == RoundKind::Index {
+                pending_full |= std::mem::take(&mut full_owed);
+            }
             pending_full &= self.settings.sweep.due_index.enabled;
             let Some((trigger, kind)) = round_kind(
                 trigger,
@@ -323,6 +341,7 @@ impl Daemon {
             if kind == RoundKind::Full {
                 pending_full = false;
             }
+            running_kind = kind;
             let settings = Arc::new(self.settings.clone());
             let delay = jitter_delay(trigger, settings.sweep.jitter);
             if !delay.is_zero() {

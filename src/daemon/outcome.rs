@@ -19,6 +19,10 @@ pub(super) struct RoundSweeps {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RoundFailure {
     pub(super) reason: String,
+    /// The round swept nothing: it could not start or was refused (not a
+    /// sweep that left some primaries unfinished or had per-key errors).
+    /// A full scan that failed so is owed: it runs at the next tick.
+    pub(super) whole: bool,
 }
 
 /// Counts a round of `round` ending with `result`: in `sweeps_total`, and
@@ -43,6 +47,7 @@ pub(super) fn failed(
     tracing::error!(kind, round = round.name(), "sweep failed: {reason}");
     RoundFailure {
         reason: format!("last sweep failed: {reason}"),
+        whole: true,
     }
 }
 
@@ -125,6 +130,7 @@ pub(super) fn finished(
             }
             Err(RoundFailure {
                 reason: format!("last sweep: {}", failures.join("; ")),
+                whole: false,
             })
         }
     }
