@@ -58,6 +58,8 @@ mod fleet;
 mod lease;
 // A round's leases while it sweeps: kept alive, settled, given back.
 mod keeper;
+// What starts a round and what it sweeps: trigger, kind, jitter, overlap.
+mod trigger;
 // What a round ends with: its counts, its log line, its failure.
 mod outcome;
 // One sweep round beside the loop: jitter, checks, leases, sweep.
@@ -82,9 +84,10 @@ use self::fleet::{Fleet, SHUTDOWN_RELEASE};
 use self::lease::ReplicaLock;
 use self::readiness::{publish_schedule, DaemonReadiness};
 use self::reload::reload;
-use self::round::{jitter_delay, warn_overlap, Round, RoundPhase, RunningRound, Trigger};
+use self::round::{Round, RunningRound};
 use self::systemd::{notify_systemd, Watchdog};
 use self::ticker::{Ticker, ALARM_GRACE};
+use self::trigger::{jitter_delay, round_kind, warn_overlap, RoundKind, RoundPhase, Trigger};
 use crate::config::Settings;
 use crate::logging::LogLevel;
 use crate::metrics::{Metrics, SweepResult};
@@ -163,6 +166,13 @@ impl Daemon {
         let mut watchdog = Watchdog::new(sd_notify::watchdog_enabled());
         // Before the endpoints answer, so that their first answer is true.
         let mut ticker = Ticker::new(self.settings.sweep.schedule(), crate::clock::wall_clock());
+        // With the due index on, the full scans' plan (`due_index.full_scan`).
+        // No alarm of its own: the loop checks it on every pass (at least
+        // every second), and a full scan is rare enough for that.
+        let mut full_ticker = Ticker::new(
+            self.settings.sweep.due_index.full_scan.clone(),
+            crate::clock::wall_clock(),
+        );
         // Room for a few alarms: more are never pending in a healthy loop,
         // and one dropped is a tick the loop's own check takes.
         let (rings_tx, mut rings) = mpsc::channel(8);
@@ -207,6 +217,16 @@ impl Daemon {
         let mut sweep_at = tokio::time::Instant::now();
         let mut overlap_logged: Option<RoundPhase> = None;
         let mut pending_start = self.settings.sweep.run_on_start;
+        // A full scan came due: it runs as soon as no round runs (it waits
+        // for an index sweep; never two sweeps of one primary at once).
+        let mut pending_full = false;
+        // The kind of the last round started. A full scan that failed as
+        // a whole is owed, and runs at a tick after the next index sweep
+        // (not a full_scan period later: the safety net must not lapse for
+        // one Redis outage); while it keeps failing (an ACL without SCAN),
+        // index sweeps and full scans alternate, so the index sweeps go on.
+        let mut running_kind = RoundKind::Index;
+        let mut full_owed = false;
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
         let mut alarm_missed = false;
@@ -225,8 +245,10 @@ impl Daemon {
                 } else {
                     Duration::ZERO
                 };
+                let now = crate::clock::wall_clock();
                 let sleep = ticker
-                    .sleep_late(crate::clock::wall_clock(), grace)
+                    .sleep_late(now, grace)
+                    .min(full_ticker.sleep_late(now, Duration::ZERO))
                     .min(watchdog.max_sleep());
                 let tick = ticker.next();
                 let trigger = tokio::select! {
@@ -237,7 +259,7 @@ impl Daemon {
                                 &mut self.settings,
                                 self.config_path.as_deref(),
                                 self.log_level.as_ref(),
-                                &mut ticker,
+                                (&mut ticker, &mut full_ticker),
                                 &redis,
                                 &fleet,
                             )
@@ -270,10 +292,25 @@ impl Daemon {
                         }
                     }, if running.is_some() => {
                         running = None;
+                        if running_kind == RoundKind::Full
+                            && end.as_ref().is_err_and(|failure| failure.whole)
+                        {
+                            full_owed = true;
+                            tracing::warn!(
+                                "the full scan failed; it runs again after the next index sweep"
+                            );
+                        }
                         let _ = last_failure_tx.send(end.err().map(|failure| failure.reason));
                         None
                     },
                 };
+                // A full scan due is kept until it can run; with the index
+                // off, every sweep is a full scan and this plan is unused.
+                if full_ticker.poll(crate::clock::wall_clock())
+                    && self.settings.sweep.due_index.enabled
+                {
+                    pending_full = true;
+                }
                 // Keeps the alarm on the plan, whatever changed it (a tick,
                 // a reload, the clock), and retries one not yet taken.
                 alarm.follow(ticker.next(), Instant::now()).await;
@@ -283,13 +320,28 @@ impl Daemon {
                 watchdog.alive(Instant::now());
                 trigger
             };
-            let Some(trigger) = trigger else { continue };
+            if trigger.is_some() && running.is_none() && running_kind == RoundKind::Index {
+                pending_full |= std::mem::take(&mut full_owed);
+            }
+            pending_full &= self.settings.sweep.due_index.enabled;
+            let Some((trigger, kind)) = round_kind(
+                trigger,
+                running.is_some(),
+                pending_full,
+                self.settings.sweep.due_index.enabled,
+            ) else {
+                continue;
+            };
             if running.is_some() {
                 metrics.count_sweep(SweepResult::SkippedOverlap);
                 warn_overlap(trigger, sweep_at, &mut overlap_logged);
                 continue;
             }
             overlap_logged = None;
+            if kind == RoundKind::Full {
+                pending_full = false;
+            }
+            running_kind = kind;
             let settings = Arc::new(self.settings.clone());
             let delay = jitter_delay(trigger, settings.sweep.jitter);
             if !delay.is_zero() {
@@ -305,6 +357,7 @@ impl Daemon {
                     lock,
                     schedule: ticker.schedule.clone(),
                     trigger,
+                    kind,
                     sweep_at,
                     stop: rounds_stop.clone(),
                 }

@@ -1,6 +1,7 @@
 //! What a round ends with: the counts and the log line of its sweep, and
 //! the failure that `/readyz` reports until a round succeeds.
 
+use super::trigger::RoundKind;
 use crate::metrics::{Metrics, SweepResult};
 use crate::sweep::{self, SweepReport};
 
@@ -18,28 +19,48 @@ pub(super) struct RoundSweeps {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RoundFailure {
     pub(super) reason: String,
+    /// The round swept nothing: it could not start or was refused (not a
+    /// sweep that left some primaries unfinished or had per-key errors).
+    /// A full scan that failed so is owed: it runs at the next tick.
+    pub(super) whole: bool,
 }
 
-/// Counts and logs a round that could not sweep (`kind` names the failure
-/// in the metrics).
-pub(super) fn failed(metrics: &Metrics, kind: &str, reason: String) -> RoundFailure {
-    metrics.count_sweep(SweepResult::Error);
-    metrics.count_error(kind, 1);
-    tracing::error!(kind, "sweep failed: {reason}");
-    RoundFailure {
-        reason: format!("last sweep failed: {reason}"),
+/// Counts a round of `round` ending with `result`: in `sweeps_total`, and
+/// a full scan in `full_scans_total` too.
+fn count(metrics: &Metrics, round: RoundKind, result: SweepResult) {
+    metrics.count_sweep(result);
+    if round == RoundKind::Full {
+        metrics.count_full_scan(result);
     }
 }
 
-/// Counts and logs what a round swept; a round that swept less than its
+/// Counts and logs a round of `round` that could not sweep (`kind` names
+/// the failure in the metrics).
+pub(super) fn failed(
+    metrics: &Metrics,
+    round: RoundKind,
+    kind: &str,
+    reason: String,
+) -> RoundFailure {
+    count(metrics, round, SweepResult::Error);
+    metrics.count_error(kind, 1);
+    tracing::error!(kind, round = round.name(), "sweep failed: {reason}");
+    RoundFailure {
+        reason: format!("last sweep failed: {reason}"),
+        whole: true,
+    }
+}
+
+/// Counts and logs what a round of `round` swept; a round that swept less than its
 /// share, or had per-key errors, failed.
 pub(super) fn finished(
     metrics: &Metrics,
     lock_key: &str,
+    round: RoundKind,
     swept: &RoundSweeps,
 ) -> Result<(), RoundFailure> {
     let Some(report) = &swept.report else {
-        metrics.count_sweep(SweepResult::SkippedLocked);
+        count(metrics, round, SweepResult::SkippedLocked);
         tracing::info!(
             key = lock_key,
             "another daemon holds the replica lock for this period; skipping"
@@ -56,14 +77,15 @@ pub(super) fn finished(
     } else {
         SweepResult::Ok
     };
-    metrics.count_sweep(result);
+    count(metrics, round, result);
     // One field per counter, from the sweep's one table of them
     // (`tracing` needs the field names when it compiles).
     macro_rules! log_finished {
-        (($report:ident, $skipped:expr) $(
+        (($report:ident, $skipped:expr, $round_kind:expr) $(
             $(#[doc = $doc:literal])+ $field:ident / $kind:ident : $printed:expr, $metric:expr;
         )+) => {
             tracing::info!(
+                kind = $round_kind,
                 nodes = $report.nodes.len(),
                 leased_by_others = $skipped,
                 $($field = $report.counts.$field,)+
@@ -71,11 +93,14 @@ pub(super) fn finished(
                 keys_per_second = $report.keys_per_second.round(),
                 interrupted = $report.interrupted,
                 cutoff = $report.cutoff,
+                // Index mode only: the index as this sweep found it.
+                index_entries = $report.index.as_ref().map(|index| index.index_size),
+                index_lag_seconds = $report.index.as_ref().map(|index| index.index_lag_seconds),
                 "sweep finished"
             )
         };
     }
-    sweep::count_table!(log_finished!(report, swept.skipped));
+    sweep::count_table!(log_finished!(report, swept.skipped, round.name()));
     let mut failures = Vec::new();
     for node in &report.nodes {
         if let Some(reason) = &node.unfinished_reason {
@@ -105,6 +130,7 @@ pub(super) fn finished(
             }
             Err(RoundFailure {
                 reason: format!("last sweep: {}", failures.join("; ")),
+                whole: false,
             })
         }
     }

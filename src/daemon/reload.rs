@@ -16,7 +16,7 @@ pub(super) async fn reload(
     settings: &mut Settings,
     config_path: Option<&Path>,
     log_level: Option<&LogLevel>,
-    ticker: &mut Ticker,
+    (ticker, full_ticker): (&mut Ticker, &mut Ticker),
     redis: &Arc<Reconnecting>,
     fleet: &Fleet,
 ) {
@@ -37,12 +37,26 @@ pub(super) async fn reload(
     };
     // First, as it is the one step that can still fail: nothing of the
     // new configuration applies unless all of it does.
+    let now = crate::clock::wall_clock();
+    let full_scan = &new.sweep.due_index.full_scan;
+    if *full_scan != full_ticker.schedule && full_scan.next_tick_after(now).is_none() {
+        tracing::error!(
+            "reload failed, keeping the previous configuration: sweep.due_index.full_scan has \
+             no next tick"
+        );
+        return;
+    }
     let schedule = new.sweep.schedule();
     if schedule != ticker.schedule {
-        if let Err(reason) = ticker.reschedule(schedule, crate::clock::wall_clock()) {
+        if let Err(reason) = ticker.reschedule(schedule, now) {
             tracing::error!("reload failed, keeping the previous configuration: {reason}");
             return;
         }
+    }
+    // Only once the sweep's schedule has changed: it cannot fail then,
+    // as the full scans' plan was checked first.
+    if *full_scan != full_ticker.schedule {
+        let _ = full_ticker.reschedule(full_scan.clone(), now);
     }
     if new.metrics.listen != settings.metrics.listen {
         tracing::warn!("metrics.listen changed; it takes effect after a restart");

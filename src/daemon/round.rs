@@ -3,89 +3,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::keeper::{LeaseKeeper, NodeEnded};
 use super::lease::ReplicaLock;
 use super::outcome::{failed, finished, RoundFailure, RoundSweeps};
+use super::trigger::{RoundKind, Trigger};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::mutex::lock;
 use crate::schedule::Schedule;
 use crate::store::{Connection, ConnectionId, Primary, Reconnecting, StoreError};
 use crate::sweep::{self, SweepError, SweepMode, SweepProgress};
-
-/// Why a sweep was started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Trigger {
-    /// `sweep.run_on_start`.
-    Start,
-    /// A tick of the schedule.
-    Schedule,
-    /// An operator asked (SIGUSR1).
-    Manual,
-}
-
-/// What a round that a tick overlaps is doing, for the overlap warning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum RoundPhase {
-    /// Waiting out its `sweep.jitter` delay: it has not read Redis yet.
-    Waiting,
-    /// Sweeping (checks, lease and the sweep itself).
-    Sweeping,
-}
-
-/// The random delay before a round sweeps: up to `sweep.jitter` for the
-/// scheduled rounds and the start-up one, so replicas started together
-/// spread out; none for a sweep an operator asked for now (SIGUSR1).
-/// Validation keeps the jitter shorter than the shortest gap between ticks,
-/// so a scheduled round has finished waiting by the next tick; the start-up
-/// round, which does not start on a tick, may still be waiting then.
-pub(super) fn jitter_delay(trigger: Trigger, jitter: Duration) -> Duration {
-    if trigger == Trigger::Manual || jitter.is_zero() {
-        return Duration::ZERO;
-    }
-    let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
-}
-
-/// Warns that `trigger` is skipped because the round that will start (or
-/// started) sweeping at `sweep_at` is still running: once per phase of
-/// that round (`logged` keeps the last phase warned about).
-pub(super) fn warn_overlap(
-    trigger: Trigger,
-    sweep_at: tokio::time::Instant,
-    logged: &mut Option<RoundPhase>,
-) {
-    let now = tokio::time::Instant::now();
-    let phase = if now < sweep_at {
-        RoundPhase::Waiting
-    } else {
-        RoundPhase::Sweeping
-    };
-    if *logged == Some(phase) {
-        return;
-    }
-    *logged = Some(phase);
-    match phase {
-        RoundPhase::Waiting => tracing::warn!(
-            ?trigger,
-            sweeps_in = %humantime::format_duration(Duration::from_millis(
-                u64::try_from((sweep_at - now).as_millis()).unwrap_or(u64::MAX)
-            )),
-            "previous sweep still waiting out its sweep.jitter delay; skipping \
-             this tick (logged once per delay)"
-        ),
-        RoundPhase::Sweeping => tracing::warn!(
-            ?trigger,
-            "previous sweep still running; skipping this tick (logged once per sweep)"
-        ),
-    }
-}
 
 /// A round started by the loop, polled beside its other work.
 pub(super) type RunningRound =
@@ -100,6 +32,7 @@ pub(super) struct Round {
     pub(super) lock: Option<Arc<ReplicaLock>>,
     pub(super) schedule: Schedule,
     pub(super) trigger: Trigger,
+    pub(super) kind: RoundKind,
     /// When the round's `sweep.jitter` delay ends and it starts sweeping
     /// (now, when it has none); the loop reads the same instant to say
     /// which of the two a round that overlaps a tick is doing.
@@ -124,14 +57,14 @@ impl Round {
         // so a late failure cannot drop a connection made since.
         let (conn, id) = match self.redis.checkout() {
             Ok(checked_out) => checked_out,
-            Err(reason) => return Err(failed(&self.metrics, "connection", reason)),
+            Err(reason) => return Err(failed(&self.metrics, self.kind, "connection", reason)),
         };
         let primaries = match conn.primaries().await {
             Ok(primaries) => primaries,
             Err(e) => {
                 self.report_loss(&e, id);
                 self.withdraw(&conn).await;
-                return Err(failed(&self.metrics, e.kind(), e.to_string()));
+                return Err(failed(&self.metrics, self.kind, e.kind(), e.to_string()));
             }
         };
         let swept_nodes = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
@@ -163,14 +96,14 @@ impl Round {
             &lock(&swept_nodes),
         );
         match swept {
-            Ok(swept) => finished(&self.metrics, &self.settings.lock.key, &swept),
+            Ok(swept) => finished(&self.metrics, &self.settings.lock.key, self.kind, &swept),
             Err(e) => {
                 if let SweepError::Redis(e) = &e {
                     self.report_loss(e, id);
                 }
                 // Before the failure shows in the metrics and /readyz.
                 self.withdraw(&conn).await;
-                Err(failed(&self.metrics, e.kind(), e.to_string()))
+                Err(failed(&self.metrics, self.kind, e.kind(), e.to_string()))
             }
         }
     }
@@ -197,16 +130,35 @@ impl Round {
         // Under the lock, a primary's checks get no longer than a lease
         // script: a stalled primary is left unswept (reported unfinished)
         // instead of holding up the others.
-        let mut prepared = sweep::prepare_within(
-            conn,
-            primaries,
-            &self.settings.sweep,
-            SweepMode::Remove,
-            progress,
-            &self.stop,
-            self.lock.as_ref().map(|lock| lock.timeout()),
-        )
-        .await?;
+        let node_checks = self.lock.as_ref().map(|lock| lock.timeout());
+        let settings = &self.settings.sweep;
+        let mode = SweepMode::Remove;
+        let mut prepared = match self.kind {
+            RoundKind::Full => {
+                sweep::prepare_within(
+                    conn,
+                    primaries,
+                    settings,
+                    mode,
+                    progress,
+                    &self.stop,
+                    node_checks,
+                )
+                .await?
+            }
+            RoundKind::Index => {
+                sweep::prepare_index_within(
+                    conn,
+                    primaries,
+                    settings,
+                    mode,
+                    progress,
+                    &self.stop,
+                    node_checks,
+                )
+                .await?
+            }
+        };
         // The period ends at the next tick: a sweep still running then, or
         // projected to, is behind (`sweep_behind`).
         prepared.set_deadline(tokio::time::Instant::now() + self.schedule.time_to_next_tick());
@@ -227,7 +179,7 @@ impl Round {
     }
 
     fn log_start(&self, nodes: usize) {
-        tracing::info!(trigger = ?self.trigger, nodes, "sweep started");
+        tracing::info!(trigger = ?self.trigger, kind = self.kind.name(), nodes, "sweep started");
     }
 
     /// Sweeps the primaries of this daemon's share that it can lease.
@@ -320,38 +272,5 @@ impl Round {
         if e.is_connection_lost() {
             self.redis.lost_connection(id, &e.to_string());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_an_operator_sweeps_without_the_jitter_delay() {
-        let jitter = Duration::from_millis(300);
-        assert_eq!(jitter_delay(Trigger::Manual, jitter), Duration::ZERO);
-        assert_eq!(
-            jitter_delay(Trigger::Schedule, Duration::ZERO),
-            Duration::ZERO
-        );
-        for trigger in [Trigger::Start, Trigger::Schedule] {
-            for _ in 0..100 {
-                assert!(jitter_delay(trigger, jitter) <= jitter);
-            }
-        }
-        // A huge jitter cannot overflow the milliseconds.
-        assert!(jitter_delay(Trigger::Schedule, Duration::MAX) <= Duration::MAX);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_overlap_is_warned_about_once_per_phase_of_the_round() {
-        let sweep_at = tokio::time::Instant::now() + Duration::from_secs(5);
-        let mut logged = None;
-        warn_overlap(Trigger::Schedule, sweep_at, &mut logged);
-        assert_eq!(logged, Some(RoundPhase::Waiting));
-        tokio::time::advance(Duration::from_secs(5)).await;
-        warn_overlap(Trigger::Schedule, sweep_at, &mut logged);
-        assert_eq!(logged, Some(RoundPhase::Sweeping));
     }
 }

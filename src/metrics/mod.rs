@@ -19,6 +19,8 @@ mod connections;
 mod server;
 // The adaptive throttle's per-primary series.
 mod throttle;
+// The due index's per-primary series and the full scans.
+mod index;
 
 pub use kinds::{error_kinds, SweepResult, INCOMPLETE};
 pub use readiness::Readiness;

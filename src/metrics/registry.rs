@@ -12,6 +12,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use super::index::IndexMetrics;
 use super::kinds::{error_kinds, HttpClosed, SweepResult};
 use super::throttle::ThrottleMetrics;
 use crate::sweep::{CountKind, CountMetric, NodeReport, SweepReport, ThrottleReading};
@@ -47,6 +48,8 @@ pub struct Metrics {
     node_unfinished: IntGaugeVec,
     /// The adaptive throttle, by `node`: see [`Metrics::record_throttle`].
     throttle: ThrottleMetrics,
+    /// The due index, by `node`, and the full scans: see [`Metrics::count_full_scan`].
+    index: IndexMetrics,
     /// Every `node` label value the per-node gauges may hold, so that
     /// [`Metrics::retain_nodes`] can find the ones to drop.
     nodes: Arc<Mutex<BTreeSet<String>>>,
@@ -163,6 +166,7 @@ impl Metrics {
         registry.register(Box::new(next_sweep.clone()))?;
         registry.register(Box::new(build_info))?;
         let throttle = ThrottleMetrics::new(&registry)?;
+        let index = IndexMetrics::new(&registry)?;
         // Series that exist from the start read 0 instead of being absent,
         // so rate() and alerts work before the first event: increase()
         // needs two samples, and a series born at 1 has no 0 before it.
@@ -186,6 +190,7 @@ impl Metrics {
             node_last_success,
             node_unfinished,
             throttle,
+            index,
             nodes: Arc::default(),
             redis_up,
             lock_held,
@@ -210,6 +215,9 @@ impl Metrics {
             counter
                 .with_label_values(&label)
                 .inc_by(node.counts.get(*kind));
+        }
+        if let Some(index) = &node.index {
+            self.index.record(&node.node, index);
         }
         let unfinished = node.unfinished_reason.is_some();
         self.node_unfinished
@@ -242,6 +250,7 @@ impl Metrics {
                 // Err: no such series; nothing to drop.
                 let _ = self.node_last_success.remove_label_values(&[node]);
                 self.throttle.forget(node);
+                self.index.forget(node);
             }
             if !primaries.contains(node.as_str()) || !swept.contains(node) {
                 let _ = self.node_unfinished.remove_label_values(&[node]);
@@ -269,6 +278,12 @@ impl Metrics {
                 self.count_error(error, n);
             }
         }
+    }
+
+    /// Counts one round that ran a full scan (not an index sweep) by how it
+    /// ended; [`Metrics::count_sweep`] counts it too.
+    pub fn count_full_scan(&self, result: SweepResult) {
+        self.index.count_full_scan(result);
     }
 
     /// Counts errors of one kind (`oom`, `noperm`, `connection`, `unit_guard`, ...).

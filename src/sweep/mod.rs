@@ -145,12 +145,14 @@ pub use counts::{CountKind, CountMetric, Counts, Printed};
 pub use cutoff::{cutoff_for, min_bound, removal_floor, Expired, MS_REMOVAL_FLOOR};
 pub use error::{Check, SweepError};
 pub use guard::{check_units, looks_like, GUARD_READ_FACTOR};
-pub use index::{lower_entries, sweep_index, IndexReport};
+use index::IndexFound;
+pub use index::{lower_entries, prepare_index_within, sweep_index};
 pub use mode::SweepMode;
 pub(crate) use node::no_answer_within;
 pub use prepared::PreparedSweep;
+use prepared::Ready;
 pub use remove::{sweep_keys, BatchOutcome};
-pub use report::{NodeReport, SweepProgress, SweepReport};
+pub use report::{IndexReport, NodeReport, SweepProgress, SweepReport};
 pub use throttle::{ThrottleReading, ThrottleState};
 
 use std::time::{Duration, Instant};
@@ -294,25 +296,35 @@ pub async fn prepare_within<'a>(
             }
         })
         .collect();
-    let prepared = stream::iter(starts)
+    let prepared: Vec<_> = stream::iter(starts)
         .buffered(parallel_nodes(settings))
         .try_collect()
         .await?;
+    let mut nodes = Vec::with_capacity(prepared.len());
+    for node in prepared {
+        nodes.push(match node {
+            Ok(node) => Ok(Ready::Scan(node)),
+            Err(failed) => Err(failed),
+        });
+    }
     Ok(PreparedSweep {
         started,
         settings,
         progress,
         expired,
         mode,
-        nodes: prepared,
+        nodes,
         stop: stop.clone(),
         deadline: None,
+        now_micros,
+        index: false,
     })
 }
 
 impl PreparedSweep<'_> {
     /// Scans the rest of each primary and removes (or counts, in a dry run:
-    /// the mode given to [`prepare`]) its expired members, up to
+    /// the mode given to [`prepare`]) its expired members, or in index mode
+    /// ([`prepare_index_within`]) sweeps its due keys, up to
     /// `sweep.max_parallel_nodes` primaries at a time; tells
     /// [`SweepProgress::on_node_end`] of each as it ends.
     ///
@@ -329,6 +341,8 @@ impl PreparedSweep<'_> {
             nodes,
             stop,
             deadline,
+            now_micros,
+            index,
         } = self;
         // Steps 4 and 5, then the first half of 6: each node scans and
         // removes, then confirms its slots did not move meanwhile.
@@ -336,25 +350,42 @@ impl PreparedSweep<'_> {
         let finishes: Vec<_> = nodes
             .into_iter()
             .map(|node| async move {
-                let (report, failure) = match node {
-                    Ok(node) => node.finish(expired, mode, stop, deadline).await,
-                    Err(failed) => failed.report(),
+                let (report, failure, found) = match node {
+                    Ok(Ready::Scan(node)) => {
+                        let (report, failure) = node.finish(expired, mode, stop, deadline).await;
+                        (report, failure, None)
+                    }
+                    Ok(Ready::Index(node)) => {
+                        let found = (node.size, node.oldest);
+                        let (mut report, failure) =
+                            node.finish(expired, mode, stop, deadline).await;
+                        let unit = settings.score_unit;
+                        report.index = Some(IndexReport::of(&[found], now_micros, unit));
+                        (report, failure, Some(found))
+                    }
+                    Err(failed) => {
+                        let (report, failure) = failed.report();
+                        (report, failure, None)
+                    }
                 };
                 progress.node_ended(&report);
-                (report, failure)
+                (report, failure, found)
             })
             .collect();
-        let ended: Vec<(NodeReport, Option<StoreError>)> = stream::iter(finishes)
-            .buffer_unordered(parallel_nodes(settings))
-            .collect()
-            .await;
+        let ended: Vec<(NodeReport, Option<StoreError>, Option<IndexFound>)> =
+            stream::iter(finishes)
+                .buffer_unordered(parallel_nodes(settings))
+                .collect()
+                .await;
 
         // Step 6, the report.
         let mut nodes = Vec::with_capacity(ended.len());
         let mut failures = Vec::new();
-        for (report, failure) in ended {
+        let mut found = Vec::new();
+        for (report, failure, index) in ended {
             failures.extend(failure);
             nodes.push(report);
+            found.extend(index);
         }
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         // Every node failed: that is Redis failing (down, wrong credentials, no
@@ -370,12 +401,18 @@ impl PreparedSweep<'_> {
 
         let duration = started.elapsed();
         let counts = progress.counts();
+        // Index mode reads no keyspace: its rate is of the due keys.
+        let keys = if index {
+            counts.due_keys
+        } else {
+            counts.keys_scanned
+        };
         Ok(SweepReport {
             mode,
             cutoff: expired.cutoff(),
             score_floor: expired.floor(),
             score_unit: settings.score_unit.to_string(),
-            keys_per_second: rate(counts.keys_scanned, duration),
+            keys_per_second: rate(keys, duration),
             counts,
             first_error: progress.first_error(),
             duration_seconds: duration.as_secs_f64(),
@@ -387,7 +424,7 @@ impl PreparedSweep<'_> {
                 .map(|n| n.node.clone())
                 .collect(),
             nodes,
-            index: None,
+            index: index.then(|| IndexReport::of(&found, now_micros, settings.score_unit)),
         })
     }
 }

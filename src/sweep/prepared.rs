@@ -7,10 +7,37 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cutoff::Expired;
+use super::index::IndexNode;
 use super::mode::SweepMode;
 use super::node::{NodeFailed, NodeSweep};
 use super::report::SweepProgress;
 use crate::config::SweepSettings;
+
+/// One primary whose checks passed, ready to be swept by a full scan or by
+/// the due index.
+pub(super) enum Ready<'a> {
+    /// A full scan's node: SCAN, then remove.
+    Scan(NodeSweep<'a>),
+    /// An index sweep's node: its due keys only.
+    Index(IndexNode<'a>),
+}
+
+impl Ready<'_> {
+    pub(super) fn address(&self) -> &str {
+        match self {
+            Ready::Scan(node) => &node.address,
+            Ready::Index(node) => &node.address,
+        }
+    }
+
+    /// Takes what the checks counted back out of the sweep's counts.
+    fn retract(&self) {
+        match self {
+            Ready::Scan(node) => node.tally.retract(),
+            Ready::Index(node) => node.tally.retract(),
+        }
+    }
+}
 
 /// A sweep whose checks passed on every primary ([`prepare`](crate::sweep::prepare)) and that has
 /// deleted nothing yet.
@@ -21,7 +48,11 @@ pub struct PreparedSweep<'a> {
     pub(super) expired: Expired,
     /// The mode the permission check was run for, so the one `run` uses.
     pub(super) mode: SweepMode,
-    pub(super) nodes: Vec<Result<NodeSweep<'a>, NodeFailed>>,
+    pub(super) nodes: Vec<Result<Ready<'a>, NodeFailed>>,
+    /// "Now" of the checks, in microseconds: the index lag is counted from it.
+    pub(super) now_micros: i128,
+    /// Swept by the due index (the report gains [`IndexReport`](crate::sweep::IndexReport)).
+    pub(super) index: bool,
     /// Cancelled: stop sending, finish the batches in flight.
     pub(super) stop: CancellationToken,
     /// When the period of this sweep ends, for the throttle's "behind".
@@ -43,11 +74,11 @@ impl PreparedSweep<'_> {
     pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.nodes.retain(|node| {
             let kept = keep(match node {
-                Ok(node) => &node.address,
+                Ok(node) => node.address(),
                 Err(failed) => &failed.address,
             });
             if let (false, Ok(node)) = (kept, node) {
-                node.tally.retract();
+                node.retract();
             }
             kept
         });
@@ -59,6 +90,6 @@ impl PreparedSweep<'_> {
     pub fn can_sweep(&self, node: &str) -> bool {
         self.nodes
             .iter()
-            .any(|n| matches!(n, Ok(n) if n.address == node))
+            .any(|n| matches!(n, Ok(n) if n.address() == node))
     }
 }

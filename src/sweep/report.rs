@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::counts::{CountKind, Counters, Counts};
-use super::index::IndexReport;
 use super::mode::SweepMode;
 use super::remove::BatchOutcome;
 use super::throttle::reading::ThrottleReading;
@@ -205,6 +204,21 @@ pub struct NodeReport {
     pub throttled_seconds: f64,
     /// Why not, when not finished.
     pub unfinished_reason: Option<String>,
+    /// Index mode: this primary's index, when its checks read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexReport>,
+}
+
+/// What an index sweep adds to its report, and to each primary's: the
+/// index as it found it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct IndexReport {
+    /// Entries in the index keys of the primaries swept (sum of `ZCARD`;
+    /// in a primary's report, its own).
+    pub index_size: u64,
+    /// How far behind the oldest due entry was when the sweep read it: now
+    /// less its score, in seconds (0 when nothing was due).
+    pub index_lag_seconds: f64,
 }
 
 impl NodeReport {
@@ -215,6 +229,7 @@ impl NodeReport {
             finished: false,
             throttled_seconds: 0.0,
             unfinished_reason,
+            index: None,
         }
     }
 }

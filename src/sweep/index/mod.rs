@@ -23,7 +23,10 @@
 //!    `sweep.max_members_per_command` per key per call, and moves the
 //!    key's entry to its next expiry or drops it, atomically with the
 //!    removal; a slot with more due keys, or a key cut short, is read
-//!    again while the calls make progress;
+//!    again while the calls make progress. The calls go in pipelines
+//!    paced as a full scan's (`pace.rs`): `sweep.max_keys_per_second` in
+//!    any mode, and the adaptive throttle's pieces and pauses, a due key
+//!    being a unit of `Step::Keys`;
 //! 6. the primary counts as finished when its slots did not move, no slot
 //!    was skipped, and the scan ran to the end; the report adds the index
 //!    size and lag ([`IndexReport`]).
@@ -40,42 +43,52 @@ mod due;
 mod lower;
 /// One primary's index sweep.
 mod node;
+/// Pacing its script calls: the rate limit and the adaptive throttle.
+mod pace;
 /// The Lua of the sweep and of the repair.
 mod script;
 
 pub(super) use call::probe_commands;
 pub(super) use lower::lower_found;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt, TryStreamExt};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::expired_now;
 use super::cutoff::Expired;
 use super::error::{Check, SweepError};
 use super::mode::SweepMode;
-use super::node::parallel_nodes;
+use super::node::{parallel_nodes, NodeFailed};
+use super::prepared::{PreparedSweep, Ready};
 use super::query::Found;
 use super::remove::BatchOutcome;
-use super::report::{rate, NodeReport, SweepProgress, SweepReport};
-use crate::config::SweepSettings;
-use crate::store::{Connection, StoreError};
-use node::IndexNode;
+use super::report::{IndexReport, SweepProgress, SweepReport};
+use crate::config::{ScoreUnit, SweepSettings};
+use crate::store::{Connection, Primary, StoreError};
+pub(super) use node::IndexNode;
 
-/// What an index sweep adds to its report: the index as it found it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct IndexReport {
-    /// Entries in the index keys of the primaries swept (sum of `ZCARD`).
-    pub index_size: u64,
-    /// How far behind the oldest due entry was when the sweep read it: now
-    /// less its score, in seconds (0 when nothing was due).
-    pub index_lag_seconds: f64,
+/// What one primary's index sweep found of its index: its size and its
+/// oldest due score.
+pub(super) type IndexFound = (u64, Option<f64>);
+
+impl IndexReport {
+    /// The index of the primaries swept, from what each found; the lag is
+    /// counted from `now_micros`, in scores of `unit`.
+    pub(super) fn of(found: &[IndexFound], now_micros: i128, unit: ScoreUnit) -> Self {
+        let mut index = IndexReport::default();
+        let per_second = unit.per_second() as f64;
+        for (size, oldest) in found {
+            index.index_size += size;
+            if let Some(oldest) = oldest.filter(|score| score.is_finite()) {
+                let lag = (now_micros as f64 / 1e6 - oldest / per_second).max(0.0);
+                index.index_lag_seconds = index.index_lag_seconds.max(lag);
+            }
+        }
+        index
+    }
 }
-
-/// One node's end: its report, its failure, its index size and oldest due score.
-type NodeEnded = (NodeReport, Option<StoreError>, (u64, Option<f64>));
 
 /// Sweeps by the due index: every primary of `conn`, its due keys only
 /// (see the module's steps). `settings.due_index` gives the key prefix;
@@ -92,96 +105,82 @@ pub async fn sweep_index(
     progress: &SweepProgress,
     stop: &CancellationToken,
 ) -> Result<SweepReport, SweepError> {
-    let started = Instant::now();
     let nodes = conn
         .primaries()
         .await
         .map_err(|e| Check::ClusterTopology.failed(e))?;
+    prepare_index_within(conn, &nodes, settings, mode, progress, stop, None)
+        .await?
+        .run()
+        .await
+}
+
+/// [`prepare_within`](crate::sweep::prepare_within) for an index sweep:
+/// steps 2 and 3 on every primary given (each bounded by `node_checks`),
+/// nothing deleted; [`PreparedSweep::run`] then sweeps their due keys and
+/// its report holds the [`IndexReport`].
+///
+/// # Errors
+/// As [`prepare_within`](crate::sweep::prepare_within).
+pub async fn prepare_index_within<'a>(
+    conn: &Connection,
+    nodes: &[Primary],
+    settings: &'a SweepSettings,
+    mode: SweepMode,
+    progress: &'a SweepProgress,
+    stop: &CancellationToken,
+    node_checks: Option<Duration>,
+) -> Result<PreparedSweep<'a>, SweepError> {
+    let started = Instant::now();
     if nodes.is_empty() {
         return Err(Check::ClusterTopology.refused("no primary to sweep".to_owned()));
     }
     let (now_micros, expired) = expired_now(conn, settings).await?;
+    // Made by an iterator, as `prepare_within`'s: the daemon's boxed
+    // future must stay `Send`.
     let starts: Vec<_> = nodes
         .iter()
         .map(|primary| {
-            IndexNode::start(
+            let start = IndexNode::start(
                 conn,
                 primary,
                 settings,
                 (now_micros, expired),
                 mode,
                 progress,
-            )
+            );
+            async move {
+                let Some(limit) = node_checks else {
+                    return start.await;
+                };
+                tokio::time::timeout(limit, start)
+                    .await
+                    .unwrap_or_else(|_| Ok(Err(NodeFailed::stalled(&primary.address, limit))))
+            }
         })
         .collect();
     let prepared: Vec<_> = stream::iter(starts)
         .buffered(parallel_nodes(settings))
         .try_collect()
         .await?;
-    let finishes: Vec<_> = prepared
-        .into_iter()
-        .map(|node| async move {
-            let (report, failure, index) = match node {
-                Ok(node) => {
-                    let index = (node.size, node.oldest);
-                    let (report, failure) = node.finish(expired, mode, stop).await;
-                    (report, failure, index)
-                }
-                Err(failed) => {
-                    let (report, failure) = failed.report();
-                    (report, failure, (0, None))
-                }
-            };
-            progress.node_ended(&report);
-            (report, failure, index)
-        })
-        .collect();
-    let ended: Vec<NodeEnded> = stream::iter(finishes)
-        .buffer_unordered(parallel_nodes(settings))
-        .collect()
-        .await;
-    let mut reports = Vec::with_capacity(ended.len());
-    let mut failures = Vec::new();
-    let mut index = IndexReport::default();
-    let per_second = settings.score_unit.per_second() as f64;
-    for (report, failure, (size, oldest)) in ended {
-        failures.extend(failure);
-        reports.push(report);
-        index.index_size += size;
-        if let Some(oldest) = oldest.filter(|score| score.is_finite()) {
-            let lag = (now_micros as f64 / 1e6 - oldest / per_second).max(0.0);
-            index.index_lag_seconds = index.index_lag_seconds.max(lag);
-        }
+    let mut nodes = Vec::with_capacity(prepared.len());
+    for node in prepared {
+        nodes.push(match node {
+            Ok(node) => Ok(Ready::Index(node)),
+            Err(failed) => Err(failed),
+        });
     }
-    reports.sort_by(|a, b| a.node.cmp(&b.node));
-    if failures.len() == reports.len() {
-        if let Some(failure) = failures.into_iter().next() {
-            return Err(failure.into());
-        }
-    }
-    let interrupted = reports
-        .iter()
-        .any(|n| !n.finished && n.unfinished_reason.is_none());
-    let duration = started.elapsed();
-    let counts = progress.counts();
-    Ok(SweepReport {
+    Ok(PreparedSweep {
+        started,
+        settings,
+        progress,
+        expired,
         mode,
-        cutoff: expired.cutoff(),
-        score_floor: expired.floor(),
-        score_unit: settings.score_unit.to_string(),
-        keys_per_second: rate(counts.due_keys, duration),
-        counts,
-        first_error: progress.first_error(),
-        duration_seconds: duration.as_secs_f64(),
-        interrupted,
-        throttled_seconds: 0.0,
-        unfinished_nodes: reports
-            .iter()
-            .filter(|n| n.unfinished_reason.is_some())
-            .map(|n| n.node.clone())
-            .collect(),
-        nodes: reports,
-        index: Some(index),
+        nodes,
+        stop: stop.clone(),
+        deadline: None,
+        now_micros,
+        index: true,
     })
 }
 

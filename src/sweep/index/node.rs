@@ -14,8 +14,9 @@ use super::super::node::{is_own_inability, moved_since, NodeFailed};
 use super::super::query::Found;
 use super::super::remove::BatchOutcome;
 use super::super::report::{NodeReport, SweepProgress, Tally};
-use super::call::{decode, probe_commands, sweep_command};
+use super::call::{decode, is_noscript, probe_commands, sweep_command, Send};
 use super::due::{read_due, DueRead, DueSlot};
+use super::pace::{pieces, Pace};
 use crate::config::SweepSettings;
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
 
@@ -28,11 +29,11 @@ const DUE_PER_SLOT: usize = 100;
 /// and each call makes progress; the rest waits for the next sweep.
 const MAX_ROUNDS: usize = 64;
 /// The command of the sweep, as errors name it.
-const SWEEP_WHAT: &str = "EVAL (index sweep)";
+const SWEEP_WHAT: &str = "EVALSHA (index sweep)";
 
 /// One node's index sweep, between its checks and its end.
-pub(super) struct IndexNode<'a> {
-    pub(super) address: String,
+pub(in crate::sweep) struct IndexNode<'a> {
+    pub(in crate::sweep) address: String,
     conn: Connection,
     settings: &'a SweepSettings,
     assignment: Option<SlotAssignment>,
@@ -42,11 +43,11 @@ pub(super) struct IndexNode<'a> {
     /// Read during the checks: swept first.
     pending: Vec<DueSlot>,
     /// Index size and oldest due score, from the first read of each slot.
-    pub(super) size: u64,
-    pub(super) oldest: Option<f64>,
+    pub(in crate::sweep) size: u64,
+    pub(in crate::sweep) oldest: Option<f64>,
     /// Why a slot was skipped (the node is then unfinished).
     skipped: Option<String>,
-    pub(super) tally: Tally<'a>,
+    pub(in crate::sweep) tally: Tally<'a>,
 }
 
 impl<'a> IndexNode<'a> {
@@ -206,13 +207,17 @@ impl<'a> IndexNode<'a> {
     }
 
     /// Sweeps every slot's due keys; then checks the slots did not move.
-    pub(super) async fn finish(
+    pub(in crate::sweep) async fn finish(
         mut self,
         expired: Expired,
         mode: SweepMode,
         stop: &CancellationToken,
+        deadline: Option<tokio::time::Instant>,
     ) -> (NodeReport, Option<StoreError>) {
-        let swept = self.sweep_all(expired, mode, stop).await;
+        let progress = self.tally.progress;
+        let mut pace = Pace::start(&self.conn, &self.address, self.settings, deadline, progress);
+        let swept = self.sweep_all(expired, mode, stop, &mut pace).await;
+        let throttled = pace.end();
         let (finished, reason, error) = match swept {
             Ok(true) => (false, None, None),
             Ok(false) => match self.check_assignment().await {
@@ -227,6 +232,7 @@ impl<'a> IndexNode<'a> {
         };
         let mut report = NodeReport::new(self.address, &self.tally.node, reason);
         report.finished = finished;
+        report.throttled_seconds = throttled.as_secs_f64();
         (report, error)
     }
 
@@ -236,6 +242,7 @@ impl<'a> IndexNode<'a> {
         expired: Expired,
         mode: SweepMode,
         stop: &CancellationToken,
+        pace: &mut Pace<'_>,
     ) -> Result<bool, StoreError> {
         loop {
             if stop.is_cancelled() {
@@ -253,13 +260,40 @@ impl<'a> IndexNode<'a> {
                 if due.is_empty() || stop.is_cancelled() {
                     break;
                 }
-                let again = self.sweep_slots(&due, expired, mode).await?;
+                let Some(again) = self.sweep_paced(due, expired, mode, stop, pace).await? else {
+                    return Ok(true);
+                };
                 if mode == SweepMode::DryRun || again.is_empty() {
                     break;
                 }
                 due = self.read(&again, expired, false).await?.slots;
             }
         }
+    }
+
+    /// `due` in pipelines as `pace` allows; returns the slots to read again
+    /// (as [`IndexNode::sweep_slots`]), or `None` when `stop` cut it short.
+    async fn sweep_paced(
+        &mut self,
+        due: Vec<DueSlot>,
+        expired: Expired,
+        mode: SweepMode,
+        stop: &CancellationToken,
+        pace: &mut Pace<'_>,
+    ) -> Result<Option<Vec<u16>>, StoreError> {
+        let mut again = Vec::new();
+        for pipeline in pieces(due, pace.piece()) {
+            let keys = pipeline.iter().map(|slot| slot.keys.len()).sum();
+            if pace.wait(keys, stop).await {
+                return Ok(None);
+            }
+            let sent = tokio::time::Instant::now();
+            let more = self.sweep_slots(&pipeline, expired, mode).await;
+            pace.worked(sent, keys);
+            again.extend(more?);
+        }
+        again.dedup();
+        Ok(Some(again))
     }
 
     /// One pipeline of [`SWEEP_DUE`], one call per index key; returns the
@@ -270,31 +304,20 @@ impl<'a> IndexNode<'a> {
         expired: Expired,
         mode: SweepMode,
     ) -> Result<Vec<u16>, StoreError> {
-        let run_mode = match mode {
-            SweepMode::Remove => "remove",
-            SweepMode::DryRun => "count",
-        };
-        let mut pipe = redis::pipe();
-        for slot in due {
-            let mut cmd =
-                sweep_command(&slot.index_key, &slot.keys, expired, self.limit(), run_mode);
-            if mode == SweepMode::Remove {
-                for entry in &slot.foreign {
-                    cmd.arg(entry);
-                }
+        let slots: Vec<&DueSlot> = due.iter().collect();
+        let mut replies = self.send(&slots, Send::Sha, expired, mode).await?;
+        // The node has not cached the script (its first call, a restart, a
+        // failover, SCRIPT FLUSH; the cache is per node): those calls did
+        // not run, and go again as EVAL, which caches it.
+        let missing: Vec<usize> = (0..replies.len())
+            .filter(|&i| matches!(&replies[i], Err(e) if is_noscript(e)))
+            .collect();
+        if !missing.is_empty() {
+            let again: Vec<&DueSlot> = missing.iter().filter_map(|&i| due.get(i)).collect();
+            let sent = self.send(&again, Send::Text, expired, mode).await?;
+            for (i, reply) in missing.into_iter().zip(sent) {
+                replies[i] = reply;
             }
-            pipe.add_command(cmd);
-        }
-        let replies: Vec<redis::RedisResult<Value>> =
-            match pipe.ignore_errors().query_async(&mut self.conn).await {
-                Ok(replies) => replies,
-                Err(e) => return Err(self.conn.error(SWEEP_WHAT, e)),
-            };
-        if replies.len() != due.len() {
-            return Err(self.conn.bad_reply(
-                SWEEP_WHAT,
-                format!("{} replies to {} commands", replies.len(), due.len()),
-            ));
         }
         let mut again = Vec::new();
         let mut stopped = Ok(());
@@ -343,6 +366,45 @@ impl<'a> IndexNode<'a> {
             self.tally.add(&outcome);
         }
         stopped.map(|()| again)
+    }
+
+    /// One pipeline of the sweep script, one call per slot of `due`, sent
+    /// by `send`; one reply per call, in order.
+    async fn send(
+        &mut self,
+        due: &[&DueSlot],
+        send: Send,
+        expired: Expired,
+        mode: SweepMode,
+    ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
+        let run_mode = match mode {
+            SweepMode::Remove => "remove",
+            SweepMode::DryRun => "count",
+        };
+        let mut pipe = redis::pipe();
+        for slot in due {
+            let limit = self.limit();
+            let mut cmd =
+                sweep_command(send, &slot.index_key, &slot.keys, expired, limit, run_mode);
+            if mode == SweepMode::Remove {
+                for entry in &slot.foreign {
+                    cmd.arg(entry);
+                }
+            }
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<redis::RedisResult<Value>> =
+            match pipe.ignore_errors().query_async(&mut self.conn).await {
+                Ok(replies) => replies,
+                Err(e) => return Err(self.conn.error(SWEEP_WHAT, e)),
+            };
+        if replies.len() != due.len() {
+            return Err(self.conn.bad_reply(
+                SWEEP_WHAT,
+                format!("{} replies to {} commands", replies.len(), due.len()),
+            ));
+        }
+        Ok(replies)
     }
 
     fn limit(&self) -> u32 {

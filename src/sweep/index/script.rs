@@ -147,6 +147,14 @@ return {changed, removed, moved, dropped, wrongtype, cut, failed}
 /// when the key is not a sorted set or has no such score. The full scan's
 /// repair of the index, and the rebuild's step.
 ///
+/// The SHA1 of [`SWEEP_DUE`], hex: the index sweep sends `EVALSHA` (the
+/// script's text, ~4 KB, once per node, not once per call).
+pub(super) fn sweep_due_sha() -> &'static str {
+    static SHA: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| redis::Script::new(SWEEP_DUE).get_hash().to_owned());
+    &SHA
+}
+
 /// KEYS[1] the index key, KEYS[2] the user key (of its slot). ARGV: cutoff
 /// (an integer). Returns 1 when the entry was added or lowered, else 0.
 pub(super) const LOWER: &str = r"#!lua flags=allow-oom

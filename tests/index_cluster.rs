@@ -1,0 +1,208 @@
+//! Index mode on a Redis Cluster of 3 primaries: logins through
+//! `TokenService` write each entry in its set's own slot, the entries
+//! spread over every primary, and an index sweep removes exactly the
+//! expired members and moves every entry, per primary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::cluster::RedisCluster;
+use common::redis_now_ms;
+use redis::Commands;
+use token_sweeper::auth::TokenService;
+use token_sweeper::config::{AuthSettings, Secret};
+use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
+use token_sweeper::store::Connection;
+use token_sweeper::sweep::{self, SweepMode, SweepProgress};
+use tokio_util::sync::CancellationToken;
+
+const USERS: usize = 90;
+
+fn keyslot(conn: &mut redis::cluster::ClusterConnection, key: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(conn)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_index_in_the_right_slot_and_an_index_sweep_removes_exactly_the_expired() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let mut settings = cluster.settings();
+    settings.sweep.due_index.enabled = true;
+    settings.auth = AuthSettings {
+        secret: Some(Secret::new("a-test-secret-that-is-32-bytes-long!!")),
+        ..AuthSettings::default()
+    };
+    let service = TokenService::connect(&settings).await.unwrap();
+    let keys: Vec<String> = (0..USERS)
+        .map(|u| service.key_for(&format!("u{u}")))
+        .collect();
+    for user in 0..USERS {
+        service
+            .issue(
+                &format!("u{user}"),
+                Some(Duration::from_secs(3600)),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    // Each login wrote its entry, at the set's earliest expiry, in the
+    // index key of the set's own slot.
+    let mut c = cluster.conn();
+    for key in &keys {
+        let index = index_key(DEFAULT_PREFIX, key.as_bytes());
+        assert_eq!(
+            keyslot(&mut c, &index),
+            keyslot(&mut c, key),
+            "{index} {key}"
+        );
+        let entry: Option<f64> = c.zscore(&index, key).unwrap();
+        let first: Vec<(String, f64)> = c.zrange_withscores(key, 0, 0).unwrap();
+        assert_eq!(entry, Some(first[0].1), "{key}");
+    }
+    // The index keys spread over every primary.
+    for primary in cluster.primaries() {
+        let index_keys = cluster.keys_on(&primary.address, "token-sweeper:due:*");
+        assert!(
+            !index_keys.is_empty(),
+            "no index key on {}",
+            primary.address
+        );
+    }
+
+    // Two thirds get an expired member (as a writer keeping the contract:
+    // the member, then the entry lowered); the rest an entry made early,
+    // which costs a visit and must remove nothing.
+    let now = redis_now_ms(&mut cluster.nodes[0].conn());
+    for (n, key) in keys.iter().enumerate() {
+        let index = index_key(DEFAULT_PREFIX, key.as_bytes());
+        if n % 3 != 0 {
+            let _: () = c.zadd(key, "expired", now - 60_000).unwrap();
+        }
+        let _: () = redis::cmd("ZADD")
+            .arg(&index)
+            .arg("LT")
+            .arg(now - 60_000)
+            .arg(key)
+            .query(&mut c)
+            .unwrap();
+    }
+    let expired = keys.len() - keys.len().div_ceil(3);
+
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let report = sweep::sweep_index(
+        &conn,
+        &settings.sweep,
+        SweepMode::Remove,
+        &SweepProgress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(report.unfinished_nodes.is_empty(), "{report:?}");
+    assert_eq!(report.counts.members_removed, expired as u64, "{report:?}");
+    assert_eq!(report.counts.due_keys, USERS as u64);
+    assert_eq!(report.counts.index_entries_moved, USERS as u64);
+    assert_eq!(report.counts.index_entries_dropped, 0);
+    assert_eq!(report.counts.errors, 0);
+    assert_eq!(report.index.as_ref().unwrap().index_size, USERS as u64);
+    // Every primary swept its own share of the entries.
+    assert_eq!(report.nodes.len(), 3);
+    let mut swept_on = BTreeSet::new();
+    for node in &report.nodes {
+        assert!(node.finished, "{node:?}");
+        assert!(node.counts.due_keys > 0, "{node:?}");
+        assert!(node.index.as_ref().unwrap().index_size > 0, "{node:?}");
+        swept_on.insert(node.node.clone());
+    }
+    assert_eq!(swept_on.len(), 3);
+
+    // Exactly the expired members went; every entry is at its set's next
+    // expiry, the live session's.
+    for key in &keys {
+        let members: Vec<(String, f64)> = c.zrange_withscores(key, 0, -1).unwrap();
+        assert_eq!(members.len(), 1, "{key}: {members:?}");
+        assert!(members[0].1 > now as f64, "{key}: {members:?}");
+        let entry: Option<f64> = c
+            .zscore(index_key(DEFAULT_PREFIX, key.as_bytes()), key)
+            .unwrap();
+        assert_eq!(entry, Some(members[0].1), "{key}");
+    }
+    // Nothing is due now: a second sweep finds no key.
+    let again = sweep::sweep_index(
+        &conn,
+        &settings.sweep,
+        SweepMode::Remove,
+        &SweepProgress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.counts.due_keys, 0, "{again:?}");
+    assert_eq!(again.counts.members_removed, 0);
+}
+
+#[test]
+fn the_daemon_sweeps_every_primary_by_the_index_under_the_lock() {
+    let cluster = RedisCluster::start(3, 0);
+    let mut c = cluster.conn();
+    let now = redis_now_ms(&mut cluster.nodes[0].conn());
+    let keys: Vec<String> = (0..USERS).map(|u| format!("d{u}-tokens")).collect();
+    for key in &keys {
+        let _: () = c
+            .zadd_multiple(key, &[(now - 60_000, "expired"), (now + 3_600_000, "live")])
+            .unwrap();
+        let _: () = c
+            .zadd(index_key(DEFAULT_PREFIX, key.as_bytes()), key, now - 60_000)
+            .unwrap();
+    }
+    // No full scan for decades: whatever is removed, an index sweep did.
+    let daemon = cluster.daemon(&[
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "3s"),
+        ("TOKEN_SWEEPER__SWEEP__DUE_INDEX__ENABLED", "true"),
+        (
+            "TOKEN_SWEEPER__SWEEP__DUE_INDEX__FULL_SCAN",
+            "0 0 0 1 1 * 2099",
+        ),
+    ]);
+    common::wait_until(Duration::from_secs(30), "the index sweeps", || {
+        keys.iter().all(|key| c.zcard::<_, u64>(key).unwrap() == 1)
+    });
+    for key in &keys {
+        let live: Vec<(String, f64)> = c.zrange_withscores(key, 0, -1).unwrap();
+        assert_eq!(live[0].0, "live", "{key}");
+        let entry: Option<f64> = c
+            .zscore(index_key(DEFAULT_PREFIX, key.as_bytes()), key)
+            .unwrap();
+        assert_eq!(entry, Some(live[0].1), "{key}");
+    }
+    common::wait_until(Duration::from_secs(10), "the sweep's log line", || {
+        daemon
+            .events("sweep finished")
+            .iter()
+            .map(|e| e["members_removed"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            == USERS as u64
+    });
+    let finished = daemon.events("sweep finished");
+    assert!(
+        finished.iter().all(|e| e["kind"] == "index"),
+        "{finished:?}"
+    );
+    assert!(finished.iter().all(|e| e["keys_scanned"] == 0));
+    let scrape = daemon.scrape();
+    for primary in cluster.primaries() {
+        let node = format!("{{node=\"{}\"}}", primary.address);
+        let due = common::metric(&scrape, &format!("token_sweeper_due_keys_total{node}"));
+        assert!(due.is_some_and(|due| due > 0.0), "{node}: {scrape}");
+        let entries = common::metric(&scrape, &format!("token_sweeper_due_index_entries{node}"));
+        assert!(entries.is_some_and(|n| n > 0.0), "{node}: {scrape}");
+    }
+}

@@ -1,0 +1,235 @@
+//! The daemon in index mode (`sweep.due_index.enabled`): the real binary
+//! against a private redis-server, index sweeps on `sweep.schedule` and
+//! full scans (the safety net that repairs the index) on
+//! `sweep.due_index.full_scan`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{count_members, redis_now_ms, wait_until, write_file, DaemonProcess, RedisServer};
+
+const OK: &str = "token_sweeper_sweeps_total{result=\"ok\"}";
+use redis::Commands;
+use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
+
+fn entry(conn: &mut redis::Connection, key: &str) -> Option<f64> {
+    conn.zscore(index_key(DEFAULT_PREFIX, key.as_bytes()), key)
+        .unwrap()
+}
+
+/// `users` sets `{prefix}{n}-tokens` with one expired and one live member,
+/// each with an index entry at its expired member (as a login writes it)
+/// when `indexed`; returns the live score.
+fn seed(conn: &mut redis::Connection, prefix: &str, users: usize, indexed: bool) -> i64 {
+    let now = redis_now_ms(conn);
+    let (expired, live) = (now - 60_000, now + 3_600_000);
+    for user in 0..users {
+        let key = format!("{prefix}{user}-tokens");
+        let _: () = conn
+            .zadd_multiple(&key, &[(expired, "expired"), (live, "live")])
+            .unwrap();
+        if indexed {
+            let _: () = conn
+                .zadd(index_key(DEFAULT_PREFIX, key.as_bytes()), &key, expired)
+                .unwrap();
+        }
+    }
+    live
+}
+
+/// The daemon's configuration: index mode, index sweeps every 2 s (the
+/// lock is on, and a primary's checks get a third of the period), full
+/// scans on `full_scan`.
+fn config(full_scan: &str) -> String {
+    format!(
+        "[sweep]\ninterval = \"2s\"\n[sweep.due_index]\nenabled = true\nfull_scan = \"{full_scan}\"\n"
+    )
+}
+
+#[test]
+fn index_rounds_sweep_indexed_keys_and_the_full_scan_cleans_and_indexes_the_rest() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    let live = seed(&mut c, "ix", 30, true);
+    let plain_live = seed(&mut c, "plain", 1, false);
+    assert_eq!(entry(&mut c, "plain0-tokens"), None);
+    let dir = tempfile::tempdir().unwrap();
+    // No full scan for decades: only index sweeps until the reload.
+    let file = write_file(dir.path(), "sweeper.toml", &config("0 0 0 1 1 * 2099"));
+    let daemon = DaemonProcess::start(&server.url(), &[], Some(&file));
+
+    wait_until(Duration::from_secs(20), "the index sweeps", || {
+        count_members(&mut c, "ix").0 == 0
+    });
+    // The entries moved to each key's next expiry.
+    for user in 0..30 {
+        let key = format!("ix{user}-tokens");
+        assert_eq!(entry(&mut c, &key), Some(live as f64), "{key}");
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the index sweep's log line",
+        || !daemon.events("sweep finished").is_empty(),
+    );
+    let ok = daemon.metric(OK);
+    wait_until(Duration::from_secs(10), "another index sweep", || {
+        daemon.metric(OK) > ok
+    });
+    // Index sweeps never touch a key without an entry.
+    assert_eq!(count_members(&mut c, "plain"), (1, 1));
+    assert_eq!(entry(&mut c, "plain0-tokens"), None);
+    // The metrics of index mode: the index as the last sweep found it
+    // (nothing due any more: no lag), what the sweeps did, no full scan.
+    let scrape = daemon.scrape();
+    let m = |s: &str| common::metric(&scrape, s).unwrap_or(f64::NAN);
+    let node = format!("{{node=\"127.0.0.1:{}\"}}", server.port);
+    assert_eq!(
+        m(&format!("token_sweeper_due_index_entries{node}")),
+        30.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        m(&format!("token_sweeper_due_index_lag_seconds{node}")),
+        0.0
+    );
+    assert_eq!(m(&format!("token_sweeper_due_keys_total{node}")), 30.0);
+    assert_eq!(
+        m(&format!("token_sweeper_index_entries_moved_total{node}")),
+        30.0
+    );
+    assert_eq!(
+        m(&format!("token_sweeper_index_entries_dropped_total{node}")),
+        0.0
+    );
+    assert_eq!(m(&format!("token_sweeper_keys_scanned_total{node}")), 0.0);
+    assert_eq!(m("token_sweeper_full_scans_total{result=\"ok\"}"), 0.0);
+    // The first index sweep found the entries a minute overdue.
+    let lag = daemon.events("sweep finished")[0]["index_lag_seconds"].as_f64();
+    assert!(lag.is_some_and(|lag| lag >= 59.0), "{lag:?}");
+
+    write_file(dir.path(), "sweeper.toml", &config("3s"));
+    daemon.signal("HUP");
+    wait_until(Duration::from_secs(20), "the full scan", || {
+        count_members(&mut c, "plain").0 == 0
+    });
+    assert_eq!(count_members(&mut c, "plain"), (0, 1));
+    assert_eq!(count_members(&mut c, "ix"), (0, 30));
+    // The full scan gave the key its entry, at its next expiry.
+    assert_eq!(entry(&mut c, "plain0-tokens"), Some(plain_live as f64));
+
+    wait_until(Duration::from_secs(10), "the full scan's log line", || {
+        daemon
+            .events("sweep finished")
+            .iter()
+            .any(|e| e["kind"] == "full")
+    });
+    let finished = daemon.events("sweep finished");
+    let first_full = finished.iter().position(|e| e["kind"] == "full").unwrap();
+    let (index, full) = finished.split_at(first_full);
+    assert!(!index.is_empty(), "{finished:?}");
+    for round in index {
+        assert_eq!(round["kind"], "index", "{round}");
+        assert_eq!(round["keys_scanned"], 0, "an index sweep scans nothing");
+    }
+    let removed: u64 = index
+        .iter()
+        .map(|e| e["members_removed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(removed, 30, "{finished:?}");
+    assert_eq!(full[0]["members_removed"], 1, "{finished:?}");
+    assert!(
+        full[0]["keys_scanned"].as_u64().unwrap() >= 31,
+        "{}",
+        full[0]
+    );
+    assert_eq!(full[0]["index_entries_moved"], 1, "{}", full[0]);
+    wait_until(Duration::from_secs(10), "the full scan counted", || {
+        daemon.metric("token_sweeper_full_scans_total{result=\"ok\"}") >= 1.0
+    });
+    let started = daemon.events("sweep started");
+    assert!(started.iter().any(|e| e["kind"] == "index"));
+    assert!(started.iter().any(|e| e["kind"] == "full"));
+}
+
+/// A cron expression that fires once, `secs` from now (UTC).
+fn cron_once_in(secs: i64) -> String {
+    use chrono::{Datelike, Timelike};
+    let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    format!(
+        "{} {} {} {} {} * {}",
+        at.second(),
+        at.minute(),
+        at.hour(),
+        at.day(),
+        at.month(),
+        at.year()
+    )
+}
+
+#[test]
+fn a_full_scan_that_failed_runs_again_after_the_next_index_sweep_not_a_period_later() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "ix", 5, true);
+    seed(&mut c, "plain", 1, false);
+    // A user that may not SCAN: index sweeps work, a full scan is refused
+    // by its permission check.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "sw", "on", ">pw", "~*", "+@all", "-scan"])
+        .query(&mut c)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // One full scan, a few seconds from now, and none after it.
+    let file = write_file(dir.path(), "sweeper.toml", &config(&cron_once_in(4)));
+    let url = format!("redis://sw:pw@127.0.0.1:{}", server.port);
+    let daemon = DaemonProcess::start(&url, &[], Some(&file));
+    let failed = || {
+        daemon.logs().iter().any(|e| {
+            e["round"] == "full"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("sweep failed"))
+        })
+    };
+    for _ in 0..200 {
+        if failed() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(failed(), "{}", daemon.log_text());
+    assert_eq!(count_members(&mut c, "plain"), (1, 1));
+    assert_eq!(count_members(&mut c, "ix"), (0, 5), "index sweeps ran");
+
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "sw", "+scan"])
+        .query(&mut c)
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the owed full scan", || {
+        count_members(&mut c, "plain").0 == 0
+    });
+    assert_eq!(count_members(&mut c, "plain"), (0, 1));
+    // While it failed, index sweeps still ran between the retries.
+    // (A full scan refused by its checks logs no "sweep started".)
+    let kinds: Vec<String> = daemon
+        .logs()
+        .iter()
+        .filter_map(|e| {
+            let message = e["message"].as_str()?;
+            if message == "sweep started" {
+                return Some(e["kind"].as_str()?.to_owned());
+            }
+            (message.starts_with("sweep failed") && e["round"] == "full").then(|| "full".to_owned())
+        })
+        .collect();
+    assert!(
+        kinds.iter().filter(|k| *k == "full").count() >= 2,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.windows(2).all(|w| w[0] == "index" || w[1] == "index"),
+        "no two full scans in a row: {kinds:?}"
+    );
+}

@@ -1,0 +1,190 @@
+//! The index sweep sends its script by `EVALSHA`, falls back to `EVAL` on
+//! `NOSCRIPT`, and the README's ACL for index mode (the sweeper's line plus
+//! the index selector) is exactly enough: without `evalsha` (or `eval`) the
+//! sweep is refused before anything changes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{redis_now_ms, settings_for, RedisServer};
+use redis::Commands;
+use token_sweeper::config::Settings;
+use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
+use token_sweeper::store::Connection;
+use token_sweeper::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
+use tokio_util::sync::CancellationToken;
+
+fn indexed(server: &RedisServer) -> Settings {
+    let mut settings = settings_for(server);
+    settings.sweep.due_index.enabled = true;
+    settings
+}
+
+/// `users` sets `{prefix}{n}-tokens`, one expired and one live member
+/// each, and their entries at the expired one.
+fn seed(conn: &mut redis::Connection, prefix: &str, users: usize) {
+    let now = redis_now_ms(conn);
+    for user in 0..users {
+        let key = format!("{prefix}{user}-tokens");
+        let _: () = conn
+            .zadd_multiple(&key, &[(now - 1000, "old"), (now + 3_600_000, "new")])
+            .unwrap();
+        let _: () = conn
+            .zadd(index_key(DEFAULT_PREFIX, key.as_bytes()), &key, now - 1000)
+            .unwrap();
+    }
+}
+
+fn members(conn: &mut redis::Connection, prefix: &str, users: usize) -> u64 {
+    (0..users)
+        .map(|user| {
+            conn.zcard::<_, u64>(format!("{prefix}{user}-tokens"))
+                .unwrap()
+        })
+        .sum()
+}
+
+/// `calls` and `failed_calls` of `command` in `INFO commandstats`.
+fn calls(conn: &mut redis::Connection, command: &str) -> (u64, u64) {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(conn).unwrap();
+    let Some(line) = info
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+    else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    (field("calls"), field("failed_calls"))
+}
+
+async fn index_sweep(settings: &Settings) -> Result<SweepReport, SweepError> {
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    sweep::sweep_index(
+        &conn,
+        &settings.sweep,
+        SweepMode::Remove,
+        &SweepProgress::default(),
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_sends_evalsha_and_falls_back_to_eval_when_the_cache_was_flushed() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    seed(&mut conn, "a", 20);
+    let settings = indexed(&server);
+    let redis = Connection::connect(&settings.redis).await.unwrap();
+    let nodes = redis.primaries().await.unwrap();
+    let progress = SweepProgress::default();
+    let stop = CancellationToken::new();
+    let prepared = sweep::prepare_index_within(
+        &redis,
+        &nodes,
+        &settings.sweep,
+        SweepMode::Remove,
+        &progress,
+        &stop,
+        None,
+    )
+    .await
+    .unwrap();
+    // The checks cached the script (their EVAL probe); a restart or a
+    // failover to a node that never saw it, between the checks and the
+    // sweep, is this.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let report = prepared.run().await.unwrap();
+    assert_eq!(report.counts.members_removed, 20, "{report:?}");
+    assert_eq!(report.counts.errors, 0, "{report:?}");
+    assert_eq!(members(&mut conn, "a", 20), 20);
+    let (_, sha_failed) = calls(&mut conn, "evalsha");
+    let (eval, eval_failed) = calls(&mut conn, "eval");
+    assert!(sha_failed >= 1, "the first EVALSHA answered NOSCRIPT");
+    assert_eq!(
+        (eval, eval_failed),
+        (sha_failed, 0),
+        "each went again as EVAL, once"
+    );
+
+    // Cached now: the next sweep sends EVALSHA only (the probe's EVAL aside).
+    seed(&mut conn, "b", 20);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let report = index_sweep(&settings).await.unwrap();
+    assert_eq!(report.counts.members_removed, 20, "{report:?}");
+    let (sha, sha_failed) = calls(&mut conn, "evalsha");
+    assert!(sha >= 2 && sha_failed == 0, "{sha} {sha_failed}");
+    assert_eq!(calls(&mut conn, "eval"), (1, 0), "the permission probe's");
+}
+
+/// The selector the README adds to the sweeper's ACL line for index mode.
+fn readme_index_selector() -> String {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("`\"(~*-tokens ~token-sweeper:due:*"))
+        .expect("README has the index mode selector");
+    line.trim_start_matches("`\"")
+        .split("\"`")
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The README's sweeper user plus its index selector, the selector minus
+/// `without` (a selector's commands are its own: the root's do not count).
+fn index_user(server: &RedisServer, without: &[&str]) -> Settings {
+    let mut rules = common::readme_acl("token-sweeper");
+    let mut selector = readme_index_selector();
+    for permission in without {
+        let granted = format!(" +{permission} ");
+        assert!(selector.contains(&granted), "{selector}");
+        selector = selector.replace(&granted, " ");
+    }
+    rules.push(selector);
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER").arg("token-sweeper").arg("reset");
+    for rule in rules.into_iter().skip(3) {
+        cmd.arg(if rule.starts_with('>') {
+            ">pw".to_owned()
+        } else {
+            rule
+        });
+    }
+    let _: () = cmd.query(&mut server.conn()).unwrap();
+    let mut settings = indexed(server);
+    settings.redis.url = format!("redis://token-sweeper:pw@127.0.0.1:{}", server.port)
+        .parse()
+        .unwrap();
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_acl_is_enough_and_without_evalsha_nothing_changes() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    seed(&mut conn, "u", 5);
+    for missing in ["evalsha", "eval"] {
+        let settings = index_user(&server, &[missing]);
+        let err = index_sweep(&settings).await.unwrap_err();
+        assert!(err.to_string().contains("permission"), "{missing}: {err}");
+        assert_eq!(members(&mut conn, "u", 5), 10, "{missing}");
+    }
+    let settings = index_user(&server, &[]);
+    let report = index_sweep(&settings).await.unwrap();
+    assert_eq!(report.counts.members_removed, 5, "{report:?}");
+    assert_eq!(members(&mut conn, "u", 5), 5);
+}
