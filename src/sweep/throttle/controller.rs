@@ -70,8 +70,11 @@ pub struct Controller {
     share: f64,
     /// How long one piece may hold Redis now.
     budget: Duration,
-    /// The lowest probe round trip seen: the network's part of a round
-    /// trip, which is not Redis's time.
+    /// The lowest probe round trip of the last window and since: the
+    /// network's part of a round trip now, which is not Redis's time. Not
+    /// the lowest ever: a network that became slower mid-sweep (a proxy, a
+    /// failover to a distant replica) would read as Redis's time, and the
+    /// pieces would shrink to one key per round trip.
     fastest: Option<Duration>,
     /// The lowest 90th percentile of a window: what others see anyway.
     reference: Option<Duration>,
@@ -122,7 +125,7 @@ impl Controller {
         self.budget
     }
 
-    /// The lowest round trip seen (the network's part), if any probe answered.
+    /// The lowest recent round trip (the network's part), if any probe answered.
     pub fn fastest(&self) -> Option<Duration> {
         self.fastest
     }
@@ -157,6 +160,7 @@ impl Controller {
             true
         } else {
             window.sort_unstable();
+            self.fastest = window.first().copied();
             let at = (window.len() * 9 / 10).min(window.len() - 1);
             let signal = window[at];
             self.signal = Some(signal);
@@ -246,6 +250,19 @@ mod tests {
         window(&mut c, MS / 10);
         assert!(!window(&mut c, MS * 16 / 10) || c.share() == 0.5);
         assert_eq!(c.share(), 0.5);
+    }
+
+    #[test]
+    fn a_network_that_slows_down_is_not_taken_for_redis_time() {
+        let mut c = Controller::new(MS / 2, 0.5);
+        window(&mut c, MS / 10);
+        assert_eq!(c.fastest(), Some(MS / 10));
+        // 100 ms of network now, both ways: the probe's floor follows.
+        window(&mut c, MS * 100);
+        assert_eq!(c.fastest(), Some(MS * 100));
+        // And back.
+        c.probed(MS / 10);
+        assert_eq!(c.fastest(), Some(MS / 10));
     }
 
     #[test]

@@ -58,11 +58,12 @@ impl Pieces {
     }
 
     /// A `step` of `units` held Redis for `busy`. A round trip no slower
-    /// than the fastest probe says nothing of Redis's time (it is all
-    /// network, or the probe's fastest was luck): it is not counted, so a
-    /// cost is never learnt as zero.
+    /// than the fastest probe (all network: a distant Redis) counts as
+    /// free: the next piece is the largest, and the average corrects it if
+    /// that was luck. Not counting it would keep a sweep over a slow link
+    /// at its first, smallest piece for good.
     pub(crate) fn measured(&mut self, step: Step, units: usize, busy: Duration) {
-        if units == 0 || busy.is_zero() {
+        if units == 0 {
             return;
         }
         let sample = busy.as_secs_f64() / units as f64;
@@ -117,8 +118,12 @@ mod tests {
         p.measured(Step::Keys, 50, US * 5000);
         let after = p.size(Step::Keys, US * 200, 200);
         assert!((15..100).contains(&after), "{after}");
-        // A free round trip (all network) is not a cost of zero.
+        // A free round trip (all network) lowers the cost, never to zero
+        // at once: a distant Redis still gets large pieces.
         p.measured(Step::Keys, 50, Duration::ZERO);
-        assert_eq!(p.size(Step::Keys, US * 200, 200), after);
+        assert!(p.size(Step::Keys, US * 200, 200) > after);
+        let mut far = Pieces::default();
+        far.measured(Step::Scan, 4, Duration::ZERO);
+        assert_eq!(far.size(Step::Scan, US * 200, 1000), 1000);
     }
 }
