@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Tokens { action } => cli::tokens::tokens_command(action, &settings),
             Command::Healthcheck { url } => cli::healthcheck::healthcheck(url, &settings),
             Command::CheckConfig => cli::check_config::check_config(&settings),
+            Command::Index { action } => cli::index::index_command(action, &settings),
             Command::Generate { dir } => cli::generate::generate(&dir),
             Command::Sweep {
                 dry_run,

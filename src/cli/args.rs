@@ -41,6 +41,11 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// The due index ([sweep.due_index]): build it from the existing sets.
+    Index {
+        #[command(subcommand)]
+        action: IndexCommand,
+    },
     /// Issue, verify, revoke and list tokens (the auth path, for operators).
     Tokens {
         #[command(subcommand)]
@@ -100,6 +105,28 @@ pub enum TokensCommand {
         #[arg(long)]
         user: String,
         /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Build the due index from the existing sets: SCAN every primary and
+    /// lower each key's entry to its next expiry (ZADD LT: safe while
+    /// logins write). Paced and resumable.
+    Rebuild {
+        /// Keys per second over the whole rebuild (0: unpaced).
+        #[arg(long, default_value_t = 5000)]
+        keys_per_second: u64,
+        /// Stop after about this many keys (the cursor is saved: --resume).
+        #[arg(long)]
+        max_keys: Option<u64>,
+        /// Continue each primary from the cursor an earlier run saved
+        /// (kept for a day).
+        #[arg(long)]
+        resume: bool,
+        /// Print the result as one JSON object.
         #[arg(long)]
         json: bool,
     },

@@ -19,6 +19,8 @@ pub mod daemon;
 pub mod sweep;
 // `tokens ...`: the auth path for operators.
 pub mod tokens;
+// `index rebuild`.
+pub mod index;
 // `check-config`.
 pub mod check_config;
 // `healthcheck`: a minimal HTTP client for container health checks.

@@ -102,8 +102,9 @@
 //! remove, throttle/reading); `clock`, `permission` (error, query); `scan`
 //! (report); `guard` (scan, query, cutoff); the rest of `throttle`
 //! (report); `bounded` (remove, query, cutoff);
-//! `node` (all of them); `gentle` (node, throttle, bounded); this file
-//! (node and the re-exports).
+//! `node` (all of them); `gentle` (node, throttle, bounded); `rebuild`
+//! (node, guard, scan, index: `index rebuild`); this file (node and the
+//! re-exports).
 
 /// Step 5 with the throttle: at most N members per command.
 mod bounded;
@@ -131,6 +132,8 @@ mod permission;
 mod prepared;
 /// One pipeline of a command per key, sent where each key lives.
 mod query;
+/// `index rebuild`: the due index built from the sets, paced and resumable.
+mod rebuild;
 /// Step 5: the removal pipeline and the tally of its replies.
 mod remove;
 /// [`SweepProgress`] while it runs, [`SweepReport`] when it ends.
@@ -151,6 +154,7 @@ pub use mode::SweepMode;
 pub(crate) use node::no_answer_within;
 pub use prepared::PreparedSweep;
 use prepared::Ready;
+pub use rebuild::{rebuild_cursor_key, rebuild_index, RebuildNode, RebuildOptions, RebuildReport};
 pub use remove::{sweep_keys, BatchOutcome};
 pub use report::{IndexReport, NodeReport, SweepProgress, SweepReport};
 pub use throttle::{ThrottleReading, ThrottleState};

@@ -31,7 +31,11 @@ async fn run_for(
             // One probe in ten finds Redis free, as on a Redis busy with
             // others: its round trip is the network's alone.
             probed += 1;
-            let rtt = if probed % 10 == 0 { NETWORK } else { probe_rtt };
+            let rtt = if probed.is_multiple_of(10) {
+                NETWORK
+            } else {
+                probe_rtt
+            };
             let _ = probes.try_send(rtt);
             next_probe += probe::PROBE_EVERY;
         }

@@ -1,0 +1,226 @@
+//! One primary's rebuild: its checks, then page by page its keys' entries
+//! lowered and its cursor saved.
+
+use std::collections::BTreeSet;
+
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::super::cutoff::Expired;
+use super::super::error::{Check, SweepError};
+use super::super::guard::guard_node;
+use super::super::index::{lower_found, probe_commands};
+use super::super::mode::SweepMode;
+use super::super::node::{is_own_inability, moved_since};
+use super::super::query::Found;
+use super::super::report::{SweepProgress, Tally};
+use super::super::scan::Scanner;
+use super::cursor::{rebuild_cursor_key, save_cursor, saved_cursor};
+use super::{Pace, RebuildNode, RebuildOptions, RebuildReport};
+use crate::config::SweepSettings;
+use crate::store::{Connection, Primary, SlotAssignment, StoreError};
+
+/// One primary, checked, ready to rebuild.
+pub(super) struct Rebuilder<'a> {
+    primary: Primary,
+    assignment: Option<SlotAssignment>,
+    importing: BTreeSet<u16>,
+    scanner: Scanner<'a>,
+    cursor_key: String,
+    report: RebuildNode,
+    interrupted: bool,
+}
+
+impl<'a> Rebuilder<'a> {
+    /// The node's checks: slots, saved cursor, unit guard, permission probe,
+    /// and the first save of its cursor (the state key's permission) before
+    /// any entry is written. Outer error: the rebuild is refused.
+    pub(super) async fn start(
+        conn: &Connection,
+        primary: &Primary,
+        settings: &'a SweepSettings,
+        options: &RebuildOptions,
+        now_micros: i128,
+        progress: &'a SweepProgress,
+        stop: &CancellationToken,
+    ) -> Result<Result<Rebuilder<'a>, RebuildNode>, SweepError> {
+        let mut report = RebuildNode {
+            node: primary.address.clone(),
+            ..RebuildNode::default()
+        };
+        let failed = |report: &RebuildNode, error: StoreError| {
+            if is_own_inability(&error) {
+                return Err(Check::Permission.failed(error));
+            }
+            Ok(Err(RebuildNode {
+                error: Some(error.to_string()),
+                ..report.clone()
+            }))
+        };
+        let mut node_conn = match conn.node(&primary.address).await {
+            Ok(node_conn) => node_conn,
+            Err(e) => return failed(&report, e),
+        };
+        let assignment = match node_conn.slot_assignment().await {
+            Ok(assignment) => assignment,
+            Err(e) => return failed(&report, e),
+        };
+        if let Some(reason) = assignment
+            .as_ref()
+            .and_then(|now| moved_since(primary, now))
+        {
+            report.error = Some(reason);
+            return Ok(Err(report));
+        }
+        let importing = assignment
+            .as_ref()
+            .map(SlotAssignment::importing)
+            .unwrap_or_default();
+        let prefix = &settings.due_index.key_prefix;
+        let cursor_key = rebuild_cursor_key(prefix, primary);
+        if options.resume {
+            match saved_cursor(&mut node_conn, &cursor_key, &settings.pattern).await {
+                Ok(cursor) => report.resumed_from = cursor,
+                Err(e) => return failed(&report, e),
+            }
+        }
+        let tally = Tally {
+            progress,
+            node: std::sync::Arc::default(),
+        };
+        let mut scanner = Scanner::new(node_conn.clone(), settings, tally);
+        scanner.cursor = report.resumed_from;
+        let found = Found::ScannedOn {
+            importing: &importing,
+            repair: Some(prefix),
+        };
+        let scanned = if settings.unit_guard {
+            guard_node(&mut scanner, now_micros, found, stop).await?
+        } else {
+            scanner.fill(1, stop).await
+        };
+        let interrupted = match scanned {
+            Ok(interrupted) => interrupted,
+            Err(e) => return failed(&report, e),
+        };
+        if let (false, Some(key)) = (interrupted, scanner.pending.first()) {
+            let index = crate::due_index::index_key(prefix, key);
+            probe_commands(
+                &mut node_conn,
+                &index,
+                std::slice::from_ref(key),
+                SweepMode::Remove,
+            )
+            .await?;
+        }
+        if let Err(e) =
+            save_cursor(&mut node_conn, &cursor_key, report.resumed_from, settings).await
+        {
+            return Err(Check::Permission.failed(e));
+        }
+        report.cursor = report.resumed_from;
+        Ok(Ok(Rebuilder {
+            primary: primary.clone(),
+            assignment,
+            importing,
+            scanner,
+            cursor_key,
+            report,
+            interrupted,
+        }))
+    }
+
+    /// Lowers the entries of every key pending, saves the cursor, scans the
+    /// next page; until the end, an error, `stop` or the budget.
+    pub(super) async fn run(
+        mut self,
+        expired: Expired,
+        pace: &Pace,
+        total: &mut RebuildReport,
+        stop: &CancellationToken,
+    ) -> RebuildNode {
+        let settings = self.scanner.settings;
+        let prefix = settings.due_index.key_prefix.as_str();
+        let found = Found::ScannedOn {
+            importing: &self.importing,
+            repair: Some(prefix),
+        };
+        let mut conn = self.scanner.conn.clone();
+        let mut interrupted = self.interrupted;
+        while !interrupted {
+            let keys = std::mem::take(&mut self.scanner.pending);
+            self.report.keys_scanned += keys.len() as u64;
+            if !keys.is_empty() {
+                let (lowered, stopped) =
+                    lower_found(&mut conn, prefix, &keys, found, expired).await;
+                self.report.entries_lowered += lowered.counts.index_entries_moved;
+                self.report.errors += lowered.counts.errors;
+                // The cursor is not moved past a key without its entry.
+                if let Err(e) = stopped {
+                    self.report.error = Some(e.to_string());
+                    return self.report;
+                }
+                if let Some(first) = lowered.first_error {
+                    self.report.error = Some(first);
+                    return self.report;
+                }
+                pace.wait_for(total.keys_scanned + self.report.keys_scanned)
+                    .await;
+            }
+            if self.scanner.finished {
+                return self.finish().await;
+            }
+            if let Err(e) =
+                save_cursor(&mut conn, &self.cursor_key, self.scanner.cursor, settings).await
+            {
+                self.report.error = Some(e.to_string());
+                return self.report;
+            }
+            self.report.cursor = self.scanner.cursor;
+            if pace.spent(total.keys_scanned + self.report.keys_scanned) {
+                interrupted = true;
+                continue;
+            }
+            match self.scanner.next_page(stop).await {
+                Ok(cut) => interrupted = cut,
+                Err(e) => {
+                    self.report.error = Some(e.to_string());
+                    return self.report;
+                }
+            }
+        }
+        self.report
+    }
+
+    /// The scan ran to the end: the node is finished if its slots did not
+    /// move meanwhile, and its cursor is deleted.
+    async fn finish(mut self) -> RebuildNode {
+        let mut conn = self.scanner.conn.clone();
+        if let Some(before) = &self.assignment {
+            match conn.slot_assignment().await {
+                Ok(after) if after.as_ref() == Some(before) => {}
+                Ok(_) => {
+                    self.report.error = Some(format!(
+                        "{}: its slots or configuration epoch changed during the rebuild; run it \
+                         again without --resume",
+                        self.primary.address
+                    ));
+                    return self.report;
+                }
+                Err(e) => {
+                    self.report.error = Some(e.to_string());
+                    return self.report;
+                }
+            }
+        }
+        let mut del = redis::cmd("DEL");
+        del.arg(&self.cursor_key);
+        if let Err(e) = conn.query::<Value>("DEL (rebuild cursor)", &del).await {
+            self.report.error = Some(e.to_string());
+            return self.report;
+        }
+        self.report.cursor = 0;
+        self.report.finished = true;
+        self.report
+    }
+}

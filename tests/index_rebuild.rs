@@ -1,0 +1,207 @@
+//! `index rebuild` against private redis-servers: entries equal to each
+//! set's earliest unexpired score, never raised, resumable after a stop,
+//! and refused (nothing written) when the unit guard objects.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{redis_now_ms, run_sweeper, settings_for, RedisServer};
+use redis::Commands;
+use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
+use token_sweeper::store::{Connection, Primary};
+use token_sweeper::sweep::{rebuild_cursor_key, rebuild_index, RebuildOptions, SweepError};
+use tokio_util::sync::CancellationToken;
+
+fn entry(conn: &mut redis::Connection, key: &str) -> Option<f64> {
+    conn.zscore(index_key(DEFAULT_PREFIX, key.as_bytes()), key)
+        .unwrap()
+}
+
+fn index_keys(conn: &mut redis::Connection) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(format!("{DEFAULT_PREFIX}*"))
+        .query(conn)
+        .unwrap()
+}
+
+/// `users` sets `u<n>-tokens`, each with an expired member and two live
+/// ones, the earliest at `now + 1h + n ms`; returns `now`.
+fn seed(conn: &mut redis::Connection, users: usize) -> i64 {
+    let now = redis_now_ms(conn);
+    let mut pipe = redis::pipe();
+    for n in 0..users {
+        pipe.zadd_multiple(
+            format!("u{n}-tokens"),
+            &[
+                (now - 60_000, "expired".to_owned()),
+                (now + 3_600_000 + n as i64, format!("live-{n}")),
+                (now + 7_200_000, "later".to_owned()),
+            ],
+        )
+        .ignore();
+    }
+    let _: () = pipe.query(conn).unwrap();
+    now
+}
+
+async fn rebuild(
+    server: &RedisServer,
+    options: &RebuildOptions,
+) -> Result<token_sweeper::sweep::RebuildReport, SweepError> {
+    let settings = settings_for(server);
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    rebuild_index(&conn, &settings.sweep, options, &CancellationToken::new()).await
+}
+
+#[tokio::test]
+async fn rebuild_gives_every_set_its_earliest_unexpired_score_and_never_raises_one() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let now = seed(&mut conn, 300);
+    // Only expired members: nothing to be due for (the full scan's job).
+    let _: () = conn.zadd("dead-tokens", "gone", now - 1000).unwrap();
+    // Not the pattern, or not a sorted set: never touched.
+    let _: () = conn.zadd("other", "m", now + 10).unwrap();
+    let _: () = conn.set("x-tokens", "a string").unwrap();
+    // A login lowered u0's entry (an earlier token, since revoked): stays.
+    let lowered = (now + 60_000) as f64;
+    let _: () = conn
+        .zadd(
+            index_key(DEFAULT_PREFIX, b"u0-tokens"),
+            "u0-tokens",
+            lowered,
+        )
+        .unwrap();
+    // A stale late entry for u1: lowered to its earliest unexpired score.
+    let _: () = conn
+        .zadd(
+            index_key(DEFAULT_PREFIX, b"u1-tokens"),
+            "u1-tokens",
+            now + 90_000_000,
+        )
+        .unwrap();
+
+    let report = rebuild(&server, &RebuildOptions::default()).await.unwrap();
+
+    assert!(report.complete && !report.interrupted, "{report:?}");
+    assert_eq!(report.errors, 0);
+    assert_eq!(report.keys_scanned, 301, "300 users and dead-tokens");
+    // Every set but u0 (already lower) got an entry or had one lowered.
+    assert_eq!(report.entries_lowered, 299, "{report:?}");
+    assert_eq!(entry(&mut conn, "u0-tokens"), Some(lowered));
+    for n in 1..300 {
+        let key = format!("u{n}-tokens");
+        let earliest = (now + 3_600_000 + n as i64) as f64;
+        assert_eq!(entry(&mut conn, &key), Some(earliest), "{key}");
+    }
+    for key in ["dead-tokens", "other", "x-tokens"] {
+        assert_eq!(entry(&mut conn, key), None, "{key}");
+    }
+    // Nothing removed; the cursor is gone.
+    let dead: usize = conn.zcard("dead-tokens").unwrap();
+    assert_eq!(dead, 1);
+    let primary = Primary {
+        address: report.nodes[0].node.clone(),
+        slots: Vec::new(),
+    };
+    let cursor: bool = conn
+        .exists(rebuild_cursor_key(DEFAULT_PREFIX, &primary))
+        .unwrap();
+    assert!(!cursor);
+}
+
+#[test]
+fn a_rebuild_stopped_by_max_keys_resumes_from_its_cursor_and_completes() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let now = seed(&mut conn, 3000);
+    let url = server.url();
+    let env = [
+        ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
+        ("TOKEN_SWEEPER__SWEEP__SCAN_COUNT", "100"),
+    ];
+    let first = run_sweeper(&["index", "rebuild", "--json", "--max-keys", "500"], &env);
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(first["complete"], false, "{first}");
+    assert_eq!(first["interrupted"], true, "{first}");
+    let scanned = first["keys_scanned"].as_u64().unwrap();
+    assert!((500..3000).contains(&scanned), "{first}");
+    let cursor = first["nodes"][0]["cursor"].as_u64().unwrap();
+    assert_ne!(cursor, 0);
+    let with_entry = (0..3000)
+        .filter(|n| entry(&mut conn, &format!("u{n}-tokens")).is_some())
+        .count();
+    assert!((500..3000).contains(&with_entry), "{with_entry}");
+    // The saved cursor, with its day of life.
+    let primary = Primary {
+        address: first["nodes"][0]["node"].as_str().unwrap().to_owned(),
+        slots: Vec::new(),
+    };
+    let cursor_key = rebuild_cursor_key(DEFAULT_PREFIX, &primary);
+    let ttl: i64 = conn.ttl(&cursor_key).unwrap();
+    assert!(ttl > 0 && ttl <= 86_400, "{ttl}");
+
+    let second = run_sweeper(&["index", "rebuild", "--json", "--resume"], &env);
+    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    let second: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_eq!(second["complete"], true, "{second}");
+    assert_eq!(second["nodes"][0]["resumed_from"].as_u64(), Some(cursor));
+    // It went on from the cursor: it did not rescan what the first run did.
+    assert!(second["keys_scanned"].as_u64().unwrap() < 3000, "{second}");
+    for n in 0..3000 {
+        let key = format!("u{n}-tokens");
+        let earliest = (now + 3_600_000 + n as i64) as f64;
+        assert_eq!(entry(&mut conn, &key), Some(earliest), "{key}");
+    }
+    let left: bool = conn.exists(&cursor_key).unwrap();
+    assert!(!left, "a finished rebuild deletes its cursor");
+}
+
+#[test]
+fn a_cursor_saved_for_another_pattern_is_not_resumed() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    seed(&mut conn, 50);
+    let primary = Primary {
+        address: format!("127.0.0.1:{}", server.port),
+        slots: Vec::new(),
+    };
+    // Saved by a run over another pattern: resuming from it would skip
+    // this pattern's keys before it.
+    let _: () = conn
+        .set(
+            rebuild_cursor_key(DEFAULT_PREFIX, &primary),
+            "v1 12345 *-sessions",
+        )
+        .unwrap();
+    let url = server.url();
+    let env = [("TOKEN_SWEEPER__REDIS__URL", url.as_str())];
+    let out = run_sweeper(&["index", "rebuild", "--json", "--resume"], &env);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["nodes"][0]["resumed_from"], 0, "{report}");
+    assert_eq!(report["entries_lowered"], 50, "{report}");
+}
+
+#[tokio::test]
+async fn the_unit_guard_refuses_a_rebuild_and_nothing_is_written() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    // Seconds data, milliseconds configured: entries would be 1000x late.
+    let now_s = redis_now_ms(&mut conn) / 1000;
+    for n in 0..100 {
+        let _: () = conn
+            .zadd(format!("s{n}-tokens"), "t", now_s + 3600)
+            .unwrap();
+    }
+    let err = rebuild(&server, &RebuildOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SweepError::UnitGuard { .. }), "{err}");
+    assert!(
+        index_keys(&mut conn).is_empty(),
+        "{:?}",
+        index_keys(&mut conn)
+    );
+}
