@@ -85,9 +85,14 @@ fn node_args() -> Vec<String> {
     args
 }
 
-/// The daemon's environment besides its Redis address.
+/// The daemon's environment besides its Redis address. Full speed: the
+/// invariants bound recovery to a few 1 s periods, and the adaptive
+/// throttle, by design, spends a 250 ms first window and one round trip at
+/// a time per sweep, which over the 50 ms proxy delay alone takes most of
+/// that bound (its own behaviour under faults: tests/throttle.rs).
 fn daemon_env() -> Vec<(&'static str, &'static str)> {
     vec![
+        ("TOKEN_SWEEPER__SWEEP__THROTTLE", "off"),
         ("TOKEN_SWEEPER__REDIS__USERNAME", "token-sweeper"),
         ("TOKEN_SWEEPER__REDIS__PASSWORD", SWEEPER_PASSWORD),
         ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s"),
