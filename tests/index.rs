@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{redis_now_ms, settings_for, RedisServer};
 use redis::Commands;
 use token_sweeper::auth::TokenService;
-use token_sweeper::config::{AuthSettings, Secret, Settings};
+use token_sweeper::config::{AuthSettings, Secret, Settings, ThrottleMode};
 use token_sweeper::due_index::{index_key, index_key_of_slot, key_slot, slot_tag, DEFAULT_PREFIX};
 use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
@@ -131,8 +131,17 @@ async fn logins_keep_the_entry_at_the_earliest_expiry_and_revoke_all_drops_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_sweep_removes_only_what_expired_and_moves_the_entry() {
+    // Bounded per key (the nth expired score read first) with the
+    // adaptive throttle; one removal per key at full speed.
+    for throttle in [ThrottleMode::Adaptive, ThrottleMode::Off] {
+        removes_only_what_expired_and_moves_the_entry(throttle).await;
+    }
+}
+
+async fn removes_only_what_expired_and_moves_the_entry(throttle: ThrottleMode) {
     let server = RedisServer::start();
-    let settings = indexed(&server);
+    let mut settings = indexed(&server);
+    settings.sweep.throttle = throttle;
     let mut conn = server.conn();
     let now = redis_now_ms(&mut conn);
     let key = "u1-tokens";
@@ -259,8 +268,17 @@ async fn a_dry_run_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_the_sweep_may_not_touch_are_dropped_and_their_keys_left_alone() {
+    // Bounded per key (the nth expired score read first) with the
+    // adaptive throttle; one removal per key at full speed.
+    for throttle in [ThrottleMode::Adaptive, ThrottleMode::Off] {
+        drops_entries_it_may_not_touch(throttle).await;
+    }
+}
+
+async fn drops_entries_it_may_not_touch(throttle: ThrottleMode) {
     let server = RedisServer::start();
-    let settings = indexed(&server);
+    let mut settings = indexed(&server);
+    settings.sweep.throttle = throttle;
     let mut conn = server.conn();
     let now = redis_now_ms(&mut conn);
     // A sorted set of another application, named in the index by mistake

@@ -8,7 +8,7 @@ mod common;
 
 use common::{redis_now_ms, settings_for, RedisServer};
 use redis::Commands;
-use token_sweeper::config::Settings;
+use token_sweeper::config::{Settings, ThrottleMode};
 use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
 use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
@@ -187,4 +187,121 @@ async fn the_readme_acl_is_enough_and_without_evalsha_nothing_changes() {
     let report = index_sweep(&settings).await.unwrap();
     assert_eq!(report.counts.members_removed, 5, "{report:?}");
     assert_eq!(members(&mut conn, "u", 5), 5);
+}
+
+/// Index entries of `users` sets `{prefix}{n}-tokens` at or below `score`:
+/// due ones.
+fn due_entries(conn: &mut redis::Connection, prefix: &str, users: usize, score: i64) -> usize {
+    (0..users)
+        .filter(|user| {
+            let key = format!("{prefix}{user}-tokens");
+            let entry: Option<f64> = conn
+                .zscore(index_key(DEFAULT_PREFIX, key.as_bytes()), &key)
+                .unwrap();
+            entry.is_some_and(|entry| entry <= score as f64)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_takes_the_due_keys_of_many_slots_per_call() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    seed(&mut conn, "p", 300);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    // At full speed: the adaptive throttle's pieces (a pipeline each)
+    // would hold fewer keys than a call may.
+    let mut settings = indexed(&server);
+    settings.sweep.throttle = ThrottleMode::Off;
+    let report = index_sweep(&settings).await.unwrap();
+    assert_eq!(report.counts.members_removed, 300, "{report:?}");
+    assert_eq!(report.counts.index_entries_moved, 300, "{report:?}");
+    assert_eq!(report.counts.errors, 0, "{report:?}");
+    assert_eq!(members(&mut conn, "p", 300), 300);
+    let now = redis_now_ms(&mut conn);
+    assert_eq!(due_entries(&mut conn, "p", 300, now), 0);
+    // ~300 slots with due keys, read 256 slots at a time (64 reads of a
+    // few due keys each): one call per read (and the permission probe's),
+    // not one per slot.
+    let slots: std::collections::BTreeSet<u16> = (0..300)
+        .map(|user| token_sweeper::due_index::key_slot(format!("p{user}-tokens").as_bytes()))
+        .collect();
+    let (sha, sha_failed) = calls(&mut conn, "evalsha");
+    assert!(slots.len() > 250, "{}", slots.len());
+    assert!(sha <= 65 && sha_failed == 0, "{sha} {sha_failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_keys_of_several_slots_in_a_script_is_swept_one_slot_per_call() {
+    // A cluster node that serves every slot, taken for a single server
+    // (as behind a proxy): it answers CROSSSLOT to a script over keys of
+    // several slots, without running it.
+    let bus = common::free_port().to_string();
+    let server = RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        &bus,
+    ]);
+    let mut conn = server.conn();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query(&mut conn)
+        .unwrap();
+    common::wait_until(
+        std::time::Duration::from_secs(10),
+        "cluster_state:ok",
+        || {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).unwrap();
+            info.contains("cluster_state:ok")
+        },
+    );
+    seed(&mut conn, "q", 300);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
+    let mut settings = indexed(&server);
+    settings.sweep.throttle = ThrottleMode::Off;
+    let report = index_sweep(&settings).await.unwrap();
+    assert_eq!(report.counts.members_removed, 300, "{report:?}");
+    assert_eq!(report.counts.index_entries_moved, 300, "{report:?}");
+    assert_eq!(report.counts.errors, 0, "{report:?}");
+    assert!(report.nodes.iter().all(|node| node.finished), "{report:?}");
+    assert_eq!(members(&mut conn, "q", 300), 300);
+    let now = redis_now_ms(&mut conn);
+    assert_eq!(due_entries(&mut conn, "q", 300, now), 0);
+    // Refused as packed once, then one call per slot with due keys.
+    let slots: std::collections::BTreeSet<u16> = (0..300)
+        .map(|user| token_sweeper::due_index::key_slot(format!("q{user}-tokens").as_bytes()))
+        .collect();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    assert!(rejected(&info, "evalsha") > 0, "{info}");
+    let (sha, _) = calls(&mut conn, "evalsha");
+    assert!(
+        sha >= slots.len() as u64,
+        "{sha} calls for {} slots",
+        slots.len()
+    );
+}
+
+/// `rejected_calls` of `command` in `INFO commandstats` text.
+fn rejected(info: &str, command: &str) -> u64 {
+    info.lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|line| {
+            line.split([':', ','])
+                .find_map(|kv| kv.strip_prefix("rejected_calls="))
+        })
+        .map_or(0, |v| v.parse().unwrap())
 }

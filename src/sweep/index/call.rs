@@ -28,9 +28,35 @@ pub(super) fn is_noscript(error: &redis::RedisError) -> bool {
     error.code() == Some("NOSCRIPT")
 }
 
-/// The start of a call of the sweep script, by `send`, with its keys:
-/// `EVALSHA <sha>` or `EVAL <script>`, the key count, `index_key`, `keys`.
-fn script_call(send: Send, index_key: &str, keys: &[Vec<u8>]) -> redis::Cmd {
+/// One group of a call of the sweep script: an index key, due keys of
+/// its slot, and entries to drop from it that are not keys to sweep.
+#[derive(Clone, Copy)]
+pub(super) struct Group<'a> {
+    pub(super) index_key: &'a str,
+    pub(super) keys: &'a [Vec<u8>],
+    pub(super) drop: &'a [Vec<u8>],
+}
+
+/// A call of the sweep script, by `send`, on `groups` (the layout
+/// [`SWEEP_DUE`] reads), ARGV as the script reads them.
+pub(super) fn sweep_command(
+    send: Send,
+    groups: &[Group<'_>],
+    expired: Expired,
+    limit: u32,
+    mode: &str,
+) -> redis::Cmd {
+    let bounds = (min_bound(expired.floor()), expired.cutoff().to_string());
+    script_command(send, groups, (&bounds.0, &bounds.1), limit, mode)
+}
+
+fn script_command(
+    send: Send,
+    groups: &[Group<'_>],
+    (min, cutoff): (&str, &str),
+    limit: u32,
+    mode: &str,
+) -> redis::Cmd {
     let mut cmd = match send {
         Send::Sha => {
             let mut cmd = redis::cmd("EVALSHA");
@@ -43,28 +69,21 @@ fn script_call(send: Send, index_key: &str, keys: &[Vec<u8>]) -> redis::Cmd {
             cmd
         }
     };
-    cmd.arg(keys.len() + 1).arg(index_key);
-    for key in keys {
-        cmd.arg(key);
+    let keys: usize = groups.iter().map(|group| group.keys.len() + 1).sum();
+    cmd.arg(keys);
+    for group in groups {
+        cmd.arg(group.index_key);
+        for key in group.keys {
+            cmd.arg(key);
+        }
     }
-    cmd
-}
-
-/// The sweep script (by `send`) on `index_key` and `keys`, ARGV as the
-/// script reads them.
-pub(super) fn sweep_command(
-    send: Send,
-    index_key: &str,
-    keys: &[Vec<u8>],
-    expired: Expired,
-    limit: u32,
-    mode: &str,
-) -> redis::Cmd {
-    let mut cmd = script_call(send, index_key, keys);
-    cmd.arg(min_bound(expired.floor()))
-        .arg(expired.cutoff())
-        .arg(limit)
-        .arg(mode);
+    cmd.arg(min).arg(cutoff).arg(limit).arg(mode);
+    for group in groups {
+        cmd.arg(group.keys.len()).arg(group.drop.len());
+        for entry in group.drop {
+            cmd.arg(entry);
+        }
+    }
     cmd
 }
 
@@ -96,9 +115,13 @@ async fn probe_once(
         SweepMode::Remove => "probe-remove",
         SweepMode::DryRun => "probe-count",
     };
-    let mut cmd = script_call(send, index_key, keys);
+    let group = Group {
+        index_key,
+        keys,
+        drop: &[],
+    };
     // The bounds are checked, not used: any valid pair.
-    cmd.arg("-inf").arg(0).arg(1).arg(probe);
+    let cmd = script_command(send, &[group], ("-inf", "0"), 1, probe);
     let what = match send {
         Send::Sha => "EVALSHA (index permission probe)",
         Send::Text => "EVAL (index permission probe)",
@@ -113,8 +136,8 @@ async fn probe_once(
         }
         Err(e) => return Err(Check::Permission.failed(e)),
     };
-    match decode(&reply) {
-        Some((counts, 0, None)) if counts == Counts::default() => Ok(()),
+    match decode(&reply).as_deref() {
+        Some([(counts, 0, None)]) if *counts == Counts::default() => Ok(()),
         _ => Err(Check::Permission.refused(format!(
             "Redis at {}: the index sweep's probe answered {}, not nothing done",
             conn.address(),
@@ -123,8 +146,20 @@ async fn probe_once(
     }
 }
 
-/// The script's reply: its counts, the keys cut short, its error.
-pub(super) fn decode(value: &Value) -> Option<(Counts, u64, Option<String>)> {
+/// What the script did for one group: its counts, the keys cut short,
+/// its error.
+pub(super) type GroupDone = (Counts, u64, Option<String>);
+
+/// The script's reply: per group, what it did; `None` for a reply of any
+/// other shape.
+pub(super) fn decode(value: &Value) -> Option<Vec<GroupDone>> {
+    let Value::Array(groups) = value else {
+        return None;
+    };
+    groups.iter().map(decode_group).collect()
+}
+
+fn decode_group(value: &Value) -> Option<GroupDone> {
     let Value::Array(items) = value else {
         return None;
     };

@@ -17,10 +17,12 @@
 //!    pipelined over 256 slots, gives the due keys; entries naming a key
 //!    of another slot, or one `sweep.pattern` does not match (what a full
 //!    scan would not touch), are dropped, never swept;
-//! 5. per index key one `EVAL` of the sweep script (`script.rs`) with the
-//!    index key and its due keys (one slot), which removes each key's
-//!    expired members with the full scan's exact bounds, at most
-//!    `sweep.max_members_per_command` per key per call, and moves the
+//! 5. one `EVALSHA` of the sweep script (`script.rs`) per index key and
+//!    its due keys (one slot) on a cluster, or per up to 100 due keys of
+//!    any slots on a single server (`batch.rs`), which removes each key's
+//!    expired members with the full scan's exact bounds (with the
+//!    adaptive throttle, as the full scan, at most
+//!    `sweep.max_members_per_command` per key per call), and moves the
 //!    key's entry to its next expiry or drops it, atomically with the
 //!    removal; a slot with more due keys, or a key cut short, is read
 //!    again while the calls make progress. The calls go in pipelines
@@ -35,6 +37,8 @@
 //! the index on also repairs it: each key it sweeps gets its entry lowered
 //! to its next expiry ([`lower_entries`]).
 
+/// One pipeline of sweep script calls: packing, sending, tallying.
+mod batch;
 /// The sweep script's command, permission probe and reply.
 mod call;
 /// Reading the due entries of some slots.

@@ -2,19 +2,16 @@
 //! unit guard over due keys, permission probe), then its slots' due keys
 //! swept index key by index key ([`IndexNode::finish`]).
 
-use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::super::counts::Counts;
 use super::super::cutoff::Expired;
 use super::super::error::{Check, SweepError};
 use super::super::guard::{check_batch, no_evidence, GuardSample, GUARD_READ_FACTOR};
 use super::super::mode::SweepMode;
 use super::super::node::{is_own_inability, moved_since, NodeFailed};
 use super::super::query::Found;
-use super::super::remove::BatchOutcome;
 use super::super::report::{NodeReport, SweepProgress, Tally};
-use super::call::{decode, is_noscript, probe_commands, sweep_command, Send};
+use super::call::probe_commands;
 use super::due::{read_due, DueRead, DueSlot};
 use super::pace::{pieces, Pace};
 use crate::config::SweepSettings;
@@ -24,18 +21,19 @@ use crate::store::{Connection, Primary, SlotAssignment, StoreError};
 const SLOTS_PER_READ: usize = 256;
 /// Due keys read per slot per round, and so per script call: with
 /// `max_members_per_command` each, what one call may hold Redis for.
-const DUE_PER_SLOT: usize = 100;
+pub(super) const DUE_PER_SLOT: usize = 100;
 /// Times a slot is read again in one sweep while it still has due keys
 /// and each call makes progress; the rest waits for the next sweep.
 const MAX_ROUNDS: usize = 64;
-/// The command of the sweep, as errors name it.
-const SWEEP_WHAT: &str = "EVALSHA (index sweep)";
 
 /// One node's index sweep, between its checks and its end.
 pub(in crate::sweep) struct IndexNode<'a> {
     pub(in crate::sweep) address: String,
-    conn: Connection,
-    settings: &'a SweepSettings,
+    pub(super) conn: Connection,
+    pub(super) settings: &'a SweepSettings,
+    /// Whether a call of the sweep script may hold several slots: on a
+    /// single server, until it answers `CROSSSLOT` (see `batch.rs`).
+    pub(super) pack: bool,
     assignment: Option<SlotAssignment>,
     slots: Vec<u16>,
     /// Where the next read starts in `slots`.
@@ -46,7 +44,7 @@ pub(in crate::sweep) struct IndexNode<'a> {
     pub(in crate::sweep) size: u64,
     pub(in crate::sweep) oldest: Option<f64>,
     /// Why a slot was skipped (the node is then unfinished).
-    skipped: Option<String>,
+    pub(super) skipped: Option<String>,
     pub(in crate::sweep) tally: Tally<'a>,
 }
 
@@ -100,6 +98,8 @@ impl<'a> IndexNode<'a> {
             address: address.to_owned(),
             conn: node_conn,
             settings,
+            // A cluster primary serves slot ranges; a single server, all.
+            pack: primary.slots.is_empty(),
             assignment,
             slots,
             next: 0,
@@ -294,121 +294,6 @@ impl<'a> IndexNode<'a> {
         }
         again.dedup();
         Ok(Some(again))
-    }
-
-    /// One pipeline of [`SWEEP_DUE`], one call per index key; returns the
-    /// slots to read again (more due, and the call made progress).
-    async fn sweep_slots(
-        &mut self,
-        due: &[DueSlot],
-        expired: Expired,
-        mode: SweepMode,
-    ) -> Result<Vec<u16>, StoreError> {
-        let slots: Vec<&DueSlot> = due.iter().collect();
-        let mut replies = self.send(&slots, Send::Sha, expired, mode).await?;
-        // The node has not cached the script (its first call, a restart, a
-        // failover, SCRIPT FLUSH; the cache is per node): those calls did
-        // not run, and go again as EVAL, which caches it.
-        let missing: Vec<usize> = (0..replies.len())
-            .filter(|&i| matches!(&replies[i], Err(e) if is_noscript(e)))
-            .collect();
-        if !missing.is_empty() {
-            let again: Vec<&DueSlot> = missing.iter().filter_map(|&i| due.get(i)).collect();
-            let sent = self.send(&again, Send::Text, expired, mode).await?;
-            for (i, reply) in missing.into_iter().zip(sent) {
-                replies[i] = reply;
-            }
-        }
-        let mut again = Vec::new();
-        let mut stopped = Ok(());
-        for (slot, reply) in due.iter().zip(replies) {
-            let mut outcome = BatchOutcome {
-                counts: Counts {
-                    due_keys: slot.keys.len() as u64,
-                    ..Counts::default()
-                },
-                first_error: None,
-            };
-            match reply.map(|value| decode(&value)) {
-                Ok(Some((counts, cut, error))) => {
-                    let progress = counts.members_removed
-                        + counts.index_entries_moved
-                        + counts.index_entries_dropped;
-                    outcome.counts.add(&counts);
-                    if let Some(error) = error {
-                        outcome.counts.errors += 1;
-                        outcome.first_error =
-                            Some(format!("{SWEEP_WHAT} {}: {error}", slot.index_key));
-                    } else if (slot.full || cut > 0) && progress > 0 {
-                        again.push(slot.slot);
-                    }
-                }
-                Ok(None) => {
-                    outcome.counts.errors += 1;
-                    outcome.first_error = Some(format!(
-                        "{SWEEP_WHAT}: Redis at {} answered a reply of the wrong shape",
-                        self.conn.address()
-                    ));
-                }
-                Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY" | "CLUSTERDOWN")) => {
-                    if stopped.is_ok() {
-                        stopped = Err(self.conn.error(SWEEP_WHAT, e));
-                    }
-                }
-                Err(e) => {
-                    outcome.counts.errors += 1;
-                    outcome.first_error = Some(format!("{SWEEP_WHAT} {}: {e}", slot.index_key));
-                    if self.skipped.is_none() {
-                        self.skipped = Some(format!("{SWEEP_WHAT} {}: {e}", slot.index_key));
-                    }
-                }
-            }
-            self.tally.add(&outcome);
-        }
-        stopped.map(|()| again)
-    }
-
-    /// One pipeline of the sweep script, one call per slot of `due`, sent
-    /// by `send`; one reply per call, in order.
-    async fn send(
-        &mut self,
-        due: &[&DueSlot],
-        send: Send,
-        expired: Expired,
-        mode: SweepMode,
-    ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
-        let run_mode = match mode {
-            SweepMode::Remove => "remove",
-            SweepMode::DryRun => "count",
-        };
-        let mut pipe = redis::pipe();
-        for slot in due {
-            let limit = self.limit();
-            let mut cmd =
-                sweep_command(send, &slot.index_key, &slot.keys, expired, limit, run_mode);
-            if mode == SweepMode::Remove {
-                for entry in &slot.foreign {
-                    cmd.arg(entry);
-                }
-            }
-            pipe.add_command(cmd);
-        }
-        let replies: Vec<redis::RedisResult<Value>> =
-            match pipe.ignore_errors().query_async(&mut self.conn).await {
-                Ok(replies) => replies,
-                Err(e) => return Err(self.conn.error(SWEEP_WHAT, e)),
-            };
-        if replies.len() != due.len() {
-            return Err(self.conn.bad_reply(
-                SWEEP_WHAT,
-                format!("{} replies to {} commands", replies.len(), due.len()),
-            ));
-        }
-        Ok(replies)
-    }
-
-    fn limit(&self) -> u32 {
-        self.settings.max_members_per_command
     }
 
     async fn check_assignment(&mut self) -> Result<Option<String>, StoreError> {
