@@ -38,6 +38,7 @@ async fn index_sweep(settings: &Settings, mode: SweepMode) -> Result<SweepReport
         mode,
         &progress,
         &CancellationToken::new(),
+        true,
     )
     .await
 }
@@ -199,15 +200,23 @@ async fn removes_only_what_expired_and_moves_the_entry(throttle: ThrottleMode) {
         "not due: untouched"
     );
     let index_report = report.index.expect("an index report");
-    assert_eq!(index_report.index_size, 2);
+    assert_eq!(index_report.index_size, Some(2));
     assert!(index_report.index_lag_seconds >= 59.0, "{index_report:?}");
 
-    // Nothing due now: a second sweep does nothing.
-    let again = index_sweep(&settings, SweepMode::Remove).await.unwrap();
+    // Nothing due now: a second sweep does nothing; not asked to, it
+    // does not read the size (as a one-shot `sweep`).
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let progress = SweepProgress::default();
+    let stop = CancellationToken::new();
+    let mode = SweepMode::Remove;
+    let again = sweep::sweep_index(&conn, &settings.sweep, mode, &progress, &stop, false)
+        .await
+        .unwrap();
     assert_eq!(
         (again.counts.due_keys, again.counts.members_removed),
         (0, 0)
     );
+    assert_eq!(again.index.expect("an index report").index_size, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,9 +319,17 @@ async fn drops_entries_it_may_not_touch(throttle: ThrottleMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_with_more_than_the_bound_is_cleaned_in_several_calls() {
+    // A script call is atomic: the bound holds at full speed too.
+    for throttle in [ThrottleMode::Adaptive, ThrottleMode::Off] {
+        cleans_a_key_with_more_than_the_bound_in_several_calls(throttle).await;
+    }
+}
+
+async fn cleans_a_key_with_more_than_the_bound_in_several_calls(throttle: ThrottleMode) {
     let server = RedisServer::start();
     let mut settings = indexed(&server);
     settings.sweep.max_members_per_command = 10;
+    settings.sweep.throttle = throttle;
     let mut conn = server.conn();
     let now = redis_now_ms(&mut conn);
     let mut cmd = redis::cmd("ZADD");
@@ -329,10 +346,26 @@ async fn a_key_with_more_than_the_bound_is_cleaned_in_several_calls() {
             now - 100_000,
         )
         .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut conn)
+        .unwrap();
     let report = index_sweep(&settings, SweepMode::Remove).await.unwrap();
-    assert_eq!(report.counts.members_removed, 95);
+    assert_eq!(report.counts.members_removed, 95, "{throttle:?}");
     let left: Vec<String> = conn.zrange("big-tokens", 0, -1).unwrap();
     assert_eq!(left, ["live"]);
+    // 95 expired, at most 10 per removal: 10 removals (unbounded, one),
+    // and the permission probe's two over an empty range.
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    let removals = info
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_zremrangebyscore:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map(|calls| calls.parse::<u64>().unwrap());
+    assert_eq!(removals, Some(12), "{throttle:?}");
     assert_eq!(
         entry(&mut conn, "big-tokens"),
         Some((now + 3_600_000) as f64)

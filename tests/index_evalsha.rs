@@ -11,7 +11,7 @@ use redis::Commands;
 use token_sweeper::config::{Settings, ThrottleMode};
 use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
 use token_sweeper::store::Connection;
-use token_sweeper::sweep::{self, SweepError, SweepMode, SweepProgress, SweepReport};
+use token_sweeper::sweep::{self, SweepBy, SweepError, SweepMode, SweepProgress, SweepReport};
 use tokio_util::sync::CancellationToken;
 
 fn indexed(server: &RedisServer) -> Settings {
@@ -69,6 +69,7 @@ async fn index_sweep(settings: &Settings) -> Result<SweepReport, SweepError> {
         SweepMode::Remove,
         &SweepProgress::default(),
         &CancellationToken::new(),
+        true,
     )
     .await
 }
@@ -83,7 +84,7 @@ async fn the_sweep_sends_evalsha_and_falls_back_to_eval_when_the_cache_was_flush
     let nodes = redis.primaries().await.unwrap();
     let progress = SweepProgress::default();
     let stop = CancellationToken::new();
-    let prepared = sweep::prepare_index_within(
+    let prepared = sweep::prepare_by(
         &redis,
         &nodes,
         &settings.sweep,
@@ -91,6 +92,7 @@ async fn the_sweep_sends_evalsha_and_falls_back_to_eval_when_the_cache_was_flush
         &progress,
         &stop,
         None,
+        SweepBy::Index { read_size: false },
     )
     .await
     .unwrap();

@@ -82,6 +82,7 @@ impl World {
             SweepMode::Remove,
             &progress,
             &CancellationToken::new(),
+            true,
         )
         .await
         .unwrap()

@@ -61,13 +61,12 @@ pub fn print_report(report: &SweepReport) {
         );
     }
     if let Some(index) = &report.index {
+        let entries = index.index_size.map_or(String::new(), |size| {
+            format!("{} entries, ", thousands(size))
+        });
         row(
             "due index",
-            format!(
-                "{} entries, oldest due {:.0}s ago",
-                thousands(index.index_size),
-                index.index_lag_seconds
-            ),
+            format!("{entries}oldest due {:.0}s ago", index.index_lag_seconds),
         );
     }
     row(

@@ -124,7 +124,18 @@ async fn sweep_once(settings: &Settings, output: &SweepOutput) -> Result<SweepRe
         .is_terminal()
         .then(|| tokio::spawn(show_progress(Arc::clone(progress))));
     let result = if settings.sweep.due_index.enabled && !output.full {
-        sweep::sweep_index(&conn, &settings.sweep, output.mode, progress, &stop).await
+        // The size costs a ZCARD per hash slot: the daemon's metric
+        // reads it hourly; a one-shot sweep reports what it swept.
+        let read_size = false;
+        sweep::sweep_index(
+            &conn,
+            &settings.sweep,
+            output.mode,
+            progress,
+            &stop,
+            read_size,
+        )
+        .await
     } else {
         sweep::sweep(&conn, &settings.sweep, output.mode, progress, &stop).await
     };

@@ -94,7 +94,7 @@ pub(super) fn finished(
                 interrupted = $report.interrupted,
                 cutoff = $report.cutoff,
                 // Index mode only: the index as this sweep found it.
-                index_entries = $report.index.as_ref().map(|index| index.index_size),
+                index_entries = $report.index.as_ref().and_then(|index| index.index_size),
                 index_lag_seconds = $report.index.as_ref().map(|index| index.index_lag_seconds),
                 "sweep finished"
             )

@@ -17,11 +17,15 @@ use crate::metrics::Metrics;
 use crate::mutex::lock;
 use crate::schedule::Schedule;
 use crate::store::{Connection, ConnectionId, Primary, Reconnecting, StoreError};
-use crate::sweep::{self, SweepError, SweepMode, SweepProgress};
+use crate::sweep::{self, SweepBy, SweepError, SweepMode, SweepProgress};
 
 /// A round started by the loop, polled beside its other work.
 pub(super) type RunningRound =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RoundFailure>> + Send>>;
+
+/// How often index rounds read the size of the due index, for
+/// `due_index_entries`.
+pub(super) const INDEX_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Everything one sweep round needs, cloned out of the loop's state so the
 /// round can run while the loop keeps answering ticks and signals.
@@ -33,6 +37,10 @@ pub(super) struct Round {
     pub(super) schedule: Schedule,
     pub(super) trigger: Trigger,
     pub(super) kind: RoundKind,
+    /// An index round reads the index's size too (a `ZCARD` per hash
+    /// slot, as much Redis time as the rest of a quiet index sweep): the
+    /// loop asks for it once per [`INDEX_SIZE_EVERY`].
+    pub(super) read_index_size: bool,
     /// When the round's `sweep.jitter` delay ends and it starts sweeping
     /// (now, when it has none); the loop reads the same instant to say
     /// which of the two a round that overlaps a tick is doing.
@@ -133,32 +141,24 @@ impl Round {
         let node_checks = self.lock.as_ref().map(|lock| lock.timeout());
         let settings = &self.settings.sweep;
         let mode = SweepMode::Remove;
-        let mut prepared = match self.kind {
-            RoundKind::Full => {
-                sweep::prepare_within(
-                    conn,
-                    primaries,
-                    settings,
-                    mode,
-                    progress,
-                    &self.stop,
-                    node_checks,
-                )
-                .await?
-            }
-            RoundKind::Index => {
-                sweep::prepare_index_within(
-                    conn,
-                    primaries,
-                    settings,
-                    mode,
-                    progress,
-                    &self.stop,
-                    node_checks,
-                )
-                .await?
-            }
+        let by = match self.kind {
+            RoundKind::Full => SweepBy::Scan,
+            RoundKind::Index => SweepBy::Index {
+                read_size: self.read_index_size,
+            },
         };
+        let stop = &self.stop;
+        let mut prepared = sweep::prepare_by(
+            conn,
+            primaries,
+            settings,
+            mode,
+            progress,
+            stop,
+            node_checks,
+            by,
+        )
+        .await?;
         // The period ends at the next tick: a sweep still running then, or
         // projected to, is behind (`sweep_behind`).
         prepared.set_deadline(tokio::time::Instant::now() + self.schedule.time_to_next_tick());

@@ -11,7 +11,7 @@ use crate::sweep::IndexReport;
 /// The due index's series.
 #[derive(Clone)]
 pub(super) struct IndexMetrics {
-    /// By `node`: entries in the primary's index keys.
+    /// By `node`: entries in the primary's index keys, as last read.
     entries: GaugeVec,
     /// By `node`: now less the oldest due score, at the start of the last
     /// index sweep of the primary.
@@ -27,7 +27,8 @@ impl IndexMetrics {
             entries: GaugeVec::new(
                 Opts::new(
                     name("due_index_entries"),
-                    "Entries in this primary's due index keys, at its last index sweep.",
+                    "Entries in this primary's due index keys, at the last index sweep that \
+                     read them (the first, then one an hour).",
                 ),
                 &["node"],
             )?,
@@ -68,9 +69,10 @@ impl IndexMetrics {
 
     /// One primary's index, as its index sweep found it.
     pub(super) fn record(&self, node: &str, index: &IndexReport) {
-        self.entries
-            .with_label_values(&[node])
-            .set(index.index_size as f64);
+        // Read hourly, not by every sweep: the last reading stands.
+        if let Some(size) = index.index_size {
+            self.entries.with_label_values(&[node]).set(size as f64);
+        }
         self.lag
             .with_label_values(&[node])
             .set(index.index_lag_seconds);

@@ -148,8 +148,8 @@ pub use counts::{CountKind, CountMetric, Counts, Printed};
 pub use cutoff::{cutoff_for, min_bound, removal_floor, Expired, MS_REMOVAL_FLOOR};
 pub use error::{Check, SweepError};
 pub use guard::{check_units, looks_like, GUARD_READ_FACTOR};
-use index::IndexFound;
-pub use index::{lower_entries, prepare_index_within, sweep_index};
+pub use index::{lower_entries, sweep_index};
+use index::{IndexFound, IndexNode};
 pub use mode::SweepMode;
 pub(crate) use node::no_answer_within;
 pub use prepared::PreparedSweep;
@@ -266,6 +266,40 @@ pub async fn prepare_within<'a>(
     stop: &CancellationToken,
     node_checks: Option<Duration>,
 ) -> Result<PreparedSweep<'a>, SweepError> {
+    let by = SweepBy::Scan;
+    prepare_by(conn, nodes, settings, mode, progress, stop, node_checks, by).await
+}
+
+/// How a sweep finds the keys it sweeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepBy {
+    /// `SCAN` of every key: a full scan.
+    Scan,
+    /// The due index (`sweep.due_index`): due keys only.
+    Index {
+        /// Each primary also reads its index's size for
+        /// [`IndexReport::index_size`]: one `ZCARD` per index key, so per
+        /// hash slot, about as much Redis time as the rest of a quiet
+        /// index sweep.
+        read_size: bool,
+    },
+}
+
+/// [`prepare_within`], finding the keys `by` a full scan or the due index.
+///
+/// # Errors
+/// As [`prepare`].
+#[allow(clippy::too_many_arguments)]
+pub async fn prepare_by<'a>(
+    conn: &Connection,
+    nodes: &[Primary],
+    settings: &'a SweepSettings,
+    mode: SweepMode,
+    progress: &'a SweepProgress,
+    stop: &CancellationToken,
+    node_checks: Option<Duration>,
+    by: SweepBy,
+) -> Result<PreparedSweep<'a>, SweepError> {
     let started = Instant::now();
     if nodes.is_empty() {
         return Err(Check::ClusterTopology.refused("no primary to sweep".to_owned()));
@@ -289,7 +323,21 @@ pub async fn prepare_within<'a>(
     let starts: Vec<_> = nodes
         .iter()
         .map(|primary| {
-            let start = NodeSweep::start(conn, primary, settings, now_micros, mode, progress, stop);
+            let start = async move {
+                Ok::<_, SweepError>(match by {
+                    SweepBy::Scan => {
+                        NodeSweep::start(conn, primary, settings, now_micros, mode, progress, stop)
+                            .await?
+                            .map(Ready::Scan)
+                    }
+                    SweepBy::Index { read_size } => {
+                        let clock = (now_micros, expired);
+                        IndexNode::start(conn, primary, settings, clock, mode, progress, read_size)
+                            .await?
+                            .map(Ready::Index)
+                    }
+                })
+            };
             async move {
                 let Some(limit) = node_checks else {
                     return start.await;
@@ -300,17 +348,10 @@ pub async fn prepare_within<'a>(
             }
         })
         .collect();
-    let prepared: Vec<_> = stream::iter(starts)
+    let nodes = stream::iter(starts)
         .buffered(parallel_nodes(settings))
         .try_collect()
         .await?;
-    let mut nodes = Vec::with_capacity(prepared.len());
-    for node in prepared {
-        nodes.push(match node {
-            Ok(node) => Ok(Ready::Scan(node)),
-            Err(failed) => Err(failed),
-        });
-    }
     Ok(PreparedSweep {
         started,
         settings,
@@ -321,14 +362,14 @@ pub async fn prepare_within<'a>(
         stop: stop.clone(),
         deadline: None,
         now_micros,
-        index: false,
+        index: matches!(by, SweepBy::Index { .. }),
     })
 }
 
 impl PreparedSweep<'_> {
     /// Scans the rest of each primary and removes (or counts, in a dry run:
     /// the mode given to [`prepare`]) its expired members, or in index mode
-    /// ([`prepare_index_within`]) sweeps its due keys, up to
+    /// ([`SweepBy::Index`]) sweeps its due keys, up to
     /// `sweep.max_parallel_nodes` primaries at a time; tells
     /// [`SweepProgress::on_node_end`] of each as it ends.
     ///
@@ -360,7 +401,7 @@ impl PreparedSweep<'_> {
                         (report, failure, None)
                     }
                     Ok(Ready::Index(node)) => {
-                        let found = (node.size, node.oldest);
+                        let found = node.found();
                         let (mut report, failure) =
                             node.finish(expired, mode, stop, deadline).await;
                         let unit = settings.score_unit;

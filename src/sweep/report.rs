@@ -214,8 +214,9 @@ pub struct NodeReport {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct IndexReport {
     /// Entries in the index keys of the primaries swept (sum of `ZCARD`;
-    /// in a primary's report, its own).
-    pub index_size: u64,
+    /// in a primary's report, its own); `None` when the sweep did not read
+    /// it ([`SweepBy::Index`](crate::sweep::SweepBy::Index)).
+    pub index_size: Option<u64>,
     /// How far behind the oldest due entry was when the sweep read it: now
     /// less its score, in seconds (0 when nothing was due).
     pub index_lag_seconds: f64,

@@ -11,7 +11,6 @@ use super::super::remove::BatchOutcome;
 use super::call::{decode, is_noscript, sweep_command, Group, Send};
 use super::due::DueSlot;
 use super::node::{IndexNode, DUE_PER_SLOT};
-use crate::config::ThrottleMode;
 use crate::store::StoreError;
 
 /// The command of the sweep, as errors name it.
@@ -62,15 +61,18 @@ impl IndexNode<'_> {
                 }
             };
             let Some(groups) = groups else {
+                let why = format!(
+                    "{SWEEP_WHAT}: Redis at {} answered a reply of the wrong shape",
+                    self.conn.address()
+                );
                 for slot in call {
                     let mut outcome = outcome_of(slot);
                     outcome.counts.errors += 1;
-                    outcome.first_error = Some(format!(
-                        "{SWEEP_WHAT}: Redis at {} answered a reply of the wrong shape",
-                        self.conn.address()
-                    ));
+                    outcome.first_error = Some(why.clone());
                     self.tally.add(&outcome);
                 }
+                // What it did is unknown: not finished.
+                self.skipped.get_or_insert(why);
                 continue;
             };
             for (slot, (counts, cut, error)) in call.into_iter().zip(groups) {
@@ -80,8 +82,11 @@ impl IndexNode<'_> {
                     + counts.index_entries_dropped;
                 outcome.counts.add(&counts);
                 if let Some(error) = error {
+                    let why = format!("{SWEEP_WHAT} {}: {error}", slot.index_key);
                     outcome.counts.errors += 1;
-                    outcome.first_error = Some(format!("{SWEEP_WHAT} {}: {error}", slot.index_key));
+                    outcome.first_error = Some(why.clone());
+                    // The slot's sweep stopped midway: not finished.
+                    self.skipped.get_or_insert(why);
                 } else if (slot.full || cut > 0) && progress > 0 {
                     again.push(slot.slot);
                 }
@@ -92,22 +97,25 @@ impl IndexNode<'_> {
     }
 
     /// `due` as calls: one slot each on a cluster (a script's keys must
-    /// share a slot there), else packed up to [`KEYS_PER_CALL`] due keys.
+    /// share a slot there), else packed up to [`KEYS_PER_CALL`] due keys
+    /// and entries to drop.
     fn calls<'d>(&self, due: Vec<&'d DueSlot>) -> Calls<'d> {
         if !self.pack {
             return due.into_iter().map(|slot| vec![slot]).collect();
         }
         let mut calls: Calls<'d> = Vec::new();
-        let mut keys = 0;
+        let mut held = 0;
         for slot in due {
+            // A slot of entries to drop only still costs its commands.
+            let work = (slot.keys.len() + slot.foreign.len()).max(1);
             match calls.last_mut() {
-                Some(call) if keys + slot.keys.len() <= KEYS_PER_CALL => call.push(slot),
+                Some(call) if held + work <= KEYS_PER_CALL => call.push(slot),
                 _ => {
-                    keys = 0;
+                    held = 0;
                     calls.push(vec![slot]);
                 }
             }
-            keys += slot.keys.len();
+            held += work;
         }
         calls
     }
@@ -185,12 +193,9 @@ impl IndexNode<'_> {
             SweepMode::Remove => "remove",
             SweepMode::DryRun => "count",
         };
-        // As the full scan: a bound per key with the adaptive throttle,
-        // whose pieces it keeps short; at full speed, none.
-        let limit = match self.settings.throttle {
-            ThrottleMode::Adaptive => self.settings.max_members_per_command,
-            ThrottleMode::Off => 0,
-        };
+        // In every throttle mode: one call is atomic, so unlike a
+        // pipeline no other client gets in between its keys.
+        let limit = self.settings.max_members_per_command;
         let mut pipe = redis::pipe();
         for call in calls {
             let groups: Vec<Group<'_>> = call

@@ -20,9 +20,10 @@
 //! 5. one `EVALSHA` of the sweep script (`script.rs`) per index key and
 //!    its due keys (one slot) on a cluster, or per up to 100 due keys of
 //!    any slots on a single server (`batch.rs`), which removes each key's
-//!    expired members with the full scan's exact bounds (with the
-//!    adaptive throttle, as the full scan, at most
-//!    `sweep.max_members_per_command` per key per call), and moves the
+//!    expired members with the full scan's exact bounds (at most
+//!    `sweep.max_members_per_command` per key per call in every throttle
+//!    mode: a call is atomic, no other client gets in between its keys),
+//!    and moves the
 //!    key's entry to its next expiry or drops it, atomically with the
 //!    removal; a slot with more due keys, or a key cut short, is read
 //!    again while the calls make progress. The calls go in pipelines
@@ -55,27 +56,22 @@ mod script;
 pub(super) use call::probe_commands;
 pub(super) use lower::lower_found;
 
-use std::time::{Duration, Instant};
-
-use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::clock::expired_now;
 use super::cutoff::Expired;
 use super::error::{Check, SweepError};
 use super::mode::SweepMode;
-use super::node::{parallel_nodes, NodeFailed};
-use super::prepared::{PreparedSweep, Ready};
 use super::query::Found;
 use super::remove::BatchOutcome;
 use super::report::{IndexReport, SweepProgress, SweepReport};
+use super::{prepare_by, SweepBy};
 use crate::config::{ScoreUnit, SweepSettings};
-use crate::store::{Connection, Primary, StoreError};
+use crate::store::{Connection, StoreError};
 pub(super) use node::IndexNode;
 
-/// What one primary's index sweep found of its index: its size and its
-/// oldest due score.
-pub(super) type IndexFound = (u64, Option<f64>);
+/// What one primary's index sweep found of its index: its size (when
+/// read) and its oldest due score.
+pub(super) type IndexFound = (Option<u64>, Option<f64>);
 
 impl IndexReport {
     /// The index of the primaries swept, from what each found; the lag is
@@ -84,7 +80,9 @@ impl IndexReport {
         let mut index = IndexReport::default();
         let per_second = unit.per_second() as f64;
         for (size, oldest) in found {
-            index.index_size += size;
+            if let Some(size) = size {
+                index.index_size = Some(index.index_size.unwrap_or(0) + size);
+            }
             if let Some(oldest) = oldest.filter(|score| score.is_finite()) {
                 let lag = (now_micros as f64 / 1e6 - oldest / per_second).max(0.0);
                 index.index_lag_seconds = index.index_lag_seconds.max(lag);
@@ -97,7 +95,8 @@ impl IndexReport {
 /// Sweeps by the due index: every primary of `conn`, its due keys only
 /// (see the module's steps). `settings.due_index` gives the key prefix;
 /// whether it is enabled is the caller's choice (the index is read
-/// either way).
+/// either way). With `read_size`, the report has the index's size (see
+/// [`SweepBy::Index`]).
 ///
 /// # Errors
 /// As [`sweep`](crate::sweep::sweep): a safety check refused (nothing was
@@ -108,84 +107,17 @@ pub async fn sweep_index(
     mode: SweepMode,
     progress: &SweepProgress,
     stop: &CancellationToken,
+    read_size: bool,
 ) -> Result<SweepReport, SweepError> {
     let nodes = conn
         .primaries()
         .await
         .map_err(|e| Check::ClusterTopology.failed(e))?;
-    prepare_index_within(conn, &nodes, settings, mode, progress, stop, None)
+    let by = SweepBy::Index { read_size };
+    prepare_by(conn, &nodes, settings, mode, progress, stop, None, by)
         .await?
         .run()
         .await
-}
-
-/// [`prepare_within`](crate::sweep::prepare_within) for an index sweep:
-/// steps 2 and 3 on every primary given (each bounded by `node_checks`),
-/// nothing deleted; [`PreparedSweep::run`] then sweeps their due keys and
-/// its report holds the [`IndexReport`].
-///
-/// # Errors
-/// As [`prepare_within`](crate::sweep::prepare_within).
-pub async fn prepare_index_within<'a>(
-    conn: &Connection,
-    nodes: &[Primary],
-    settings: &'a SweepSettings,
-    mode: SweepMode,
-    progress: &'a SweepProgress,
-    stop: &CancellationToken,
-    node_checks: Option<Duration>,
-) -> Result<PreparedSweep<'a>, SweepError> {
-    let started = Instant::now();
-    if nodes.is_empty() {
-        return Err(Check::ClusterTopology.refused("no primary to sweep".to_owned()));
-    }
-    let (now_micros, expired) = expired_now(conn, settings).await?;
-    // Made by an iterator, as `prepare_within`'s: the daemon's boxed
-    // future must stay `Send`.
-    let starts: Vec<_> = nodes
-        .iter()
-        .map(|primary| {
-            let start = IndexNode::start(
-                conn,
-                primary,
-                settings,
-                (now_micros, expired),
-                mode,
-                progress,
-            );
-            async move {
-                let Some(limit) = node_checks else {
-                    return start.await;
-                };
-                tokio::time::timeout(limit, start)
-                    .await
-                    .unwrap_or_else(|_| Ok(Err(NodeFailed::stalled(&primary.address, limit))))
-            }
-        })
-        .collect();
-    let prepared: Vec<_> = stream::iter(starts)
-        .buffered(parallel_nodes(settings))
-        .try_collect()
-        .await?;
-    let mut nodes = Vec::with_capacity(prepared.len());
-    for node in prepared {
-        nodes.push(match node {
-            Ok(node) => Ok(Ready::Index(node)),
-            Err(failed) => Err(failed),
-        });
-    }
-    Ok(PreparedSweep {
-        started,
-        settings,
-        progress,
-        expired,
-        mode,
-        nodes,
-        stop: stop.clone(),
-        deadline: None,
-        now_micros,
-        index: true,
-    })
 }
 
 /// Lowers the due-index entry of each of `keys` (on any node: a key that

@@ -40,9 +40,12 @@ pub(in crate::sweep) struct IndexNode<'a> {
     next: usize,
     /// Read during the checks: swept first.
     pending: Vec<DueSlot>,
-    /// Index size and oldest due score, from the first read of each slot.
-    pub(in crate::sweep) size: u64,
-    pub(in crate::sweep) oldest: Option<f64>,
+    /// Whether the first read of each slot also reads its index key's
+    /// size (`ZCARD`), and their sum.
+    read_size: bool,
+    size: u64,
+    /// The oldest due score, from the first read of each slot.
+    oldest: Option<f64>,
     /// Why a slot was skipped (the node is then unfinished).
     pub(super) skipped: Option<String>,
     pub(in crate::sweep) tally: Tally<'a>,
@@ -52,13 +55,14 @@ impl<'a> IndexNode<'a> {
     /// Connects to the node, checks it still serves its slots, reads the
     /// due entries of its first slots, runs the unit guard on their keys
     /// and the permission probe. Outer error: the sweep is refused.
-    pub(super) async fn start(
+    pub(in crate::sweep) async fn start(
         conn: &Connection,
         primary: &Primary,
         settings: &'a SweepSettings,
         (now_micros, expired): (i128, Expired),
         mode: SweepMode,
         progress: &'a SweepProgress,
+        read_size: bool,
     ) -> Result<Result<IndexNode<'a>, NodeFailed>, SweepError> {
         let address = primary.address.as_str();
         let failed = |error: StoreError| {
@@ -104,6 +108,7 @@ impl<'a> IndexNode<'a> {
             slots,
             next: 0,
             pending: Vec::new(),
+            read_size,
             size: 0,
             oldest: None,
             skipped: None,
@@ -170,12 +175,19 @@ impl<'a> IndexNode<'a> {
         Ok(Ok(node))
     }
 
-    /// Reads the next chunk of slots (their first read: sizes and lag).
+    /// What the first reads found of the index: its size (when read) and
+    /// its oldest due score.
+    pub(in crate::sweep) fn found(&self) -> super::IndexFound {
+        (self.read_size.then_some(self.size), self.oldest)
+    }
+
+    /// Reads the next chunk of slots (their first read: lag, and sizes
+    /// when asked).
     async fn read_next(&mut self, expired: Expired) -> Result<Vec<DueSlot>, StoreError> {
         let end = (self.next + SLOTS_PER_READ).min(self.slots.len());
         let slots = self.slots.get(self.next..end).unwrap_or_default().to_vec();
         self.next = end;
-        let read = self.read(&slots, expired, true).await?;
+        let read = self.read(&slots, expired, self.read_size).await?;
         self.size += read.size;
         if let Some(oldest) = read.oldest {
             self.oldest = Some(self.oldest.map_or(oldest, |o| o.min(oldest)));

@@ -12,9 +12,11 @@
 /// `WRONGTYPE`) loses its entry, untouched; otherwise its expired members
 /// are removed with exactly the full scan's bounds (`ZREMRANGEBYSCORE key
 /// <min> <cutoff>`, `<min>` from [`min_bound`](crate::sweep::min_bound)),
-/// with a `limit` at most that many by score as `bounded.rs` does (the
-/// N-th expired score read first, checked to be at or below the cutoff);
-/// then the entry is set to
+/// at most `limit` of them by score as `bounded.rs` does: a set holding
+/// more than `limit` members (`ZCARD`) has its N-th expired score read
+/// first, checked to be at or below the cutoff. Since a call is atomic,
+/// this bounds how long one holds Redis in every throttle mode. Then the
+/// entry is set to
 /// the key's first score above the cutoff (members at or below the
 /// milliseconds floor, never removed, do not keep an entry due forever),
 /// or dropped when there is none (so also for a key gone). A key cut short by `limit` keeps its
@@ -31,8 +33,9 @@
 /// text and handed to Redis untouched, so no double rounding) and the
 /// group layout. An index key of another type fails its group at its
 /// first write, which only ever follows removing expired members. No
-/// `TYPE` per key: each `redis.call` costs Lua ~2 us on top of the
-/// command, and the sweep's cost is those calls. Redis runs the whole script or refuses
+/// `TYPE` per key (`ZCARD` answers WRONGTYPE too): each `redis.call`
+/// costs Lua ~1 us on top of the command, and the sweep's cost is those
+/// calls. Redis runs the whole script or refuses
 /// it up front (the `#!lua` header: on a replica; the cluster: keys of
 /// one slot, not migrating). Should a command still fail midway, the
 /// group stops there and returns what it did with the error, since Redis
@@ -133,19 +136,29 @@ local function sweep_group(group)
     if key == index then return end
     local upper, more = cutoff, false
     local n
-    if removing and limit > 0 then
-      local nth = first_on(key, 'ZRANGEBYSCORE', key, min, cutoff, 'WITHSCORES', 'LIMIT', limit - 1, 1)
-      if nth == nil then return end
-      if nth[2] then
-        local score = tonumber(nth[2])
-        if nth[2] ~= '-inf' and (score == nil or score > tonumber(cutoff)) then
-          error('a score read from the expired range is above the cutoff: ' .. nth[2])
+    if removing then
+      -- A set of at most `limit` members cannot hold more expired ones:
+      -- one removal. Only a larger one reads its N-th expired score.
+      local size = first_on(key, 'ZCARD', key)
+      if size == nil then return end
+      if size == 0 then
+        -- Gone (revoked, emptied): nothing to remove, no next expiry.
+        dropped = dropped + redis.call('ZREM', index, key)
+        return
+      end
+      if limit > 0 and size > limit then
+        local nth = redis.call('ZRANGEBYSCORE', key, min, cutoff, 'WITHSCORES', 'LIMIT', limit - 1, 1)
+        if nth[2] then
+          local score = tonumber(nth[2])
+          if nth[2] ~= '-inf' and (score == nil or score > tonumber(cutoff)) then
+            error('a score read from the expired range is above the cutoff: ' .. nth[2])
+          end
+          upper, more = nth[2], true
         end
-        upper, more = nth[2], true
       end
       n = redis.call('ZREMRANGEBYSCORE', key, min, upper)
     else
-      n = first_on(key, removing and 'ZREMRANGEBYSCORE' or 'ZCOUNT', key, min, cutoff)
+      n = first_on(key, 'ZCOUNT', key, min, cutoff)
       if n == nil then return end
     end
     if n > 0 then
