@@ -7,9 +7,10 @@
 //! steps of a sweep in the order they run, each calling into a file of one
 //! idea:
 //!
-//! 1. **Primaries** ([`sweep`]). They come from `CLUSTER NODES`, parsed
-//!    strictly (a malformed line, or no primary serving slots, stops the
-//!    sweep). A standalone server is the one-node case of the same loop.
+//! 1. **Primaries** ([`sweep`], [`sweep_index`]). They come from
+//!    `CLUSTER NODES`, parsed strictly (a malformed line, or no primary
+//!    serving slots, stops the sweep). A standalone server is the one-node
+//!    case of the same loop.
 //! 2. **Clock and cutoff** ([`prepare_within`], `clock.rs`, `cutoff.rs`).
 //!    "Now" comes from Redis `TIME` (or the host clock); the two are
 //!    compared and the sweep refuses to run when they disagree by more than
@@ -102,9 +103,10 @@
 //! remove, throttle/reading); `clock`, `permission` (error, query); `scan`
 //! (report); `guard` (scan, query, cutoff); the rest of `throttle`
 //! (report); `bounded` (remove, query, cutoff);
-//! `node` (all of them); `gentle` (node, throttle, bounded); `rebuild`
-//! (node, guard, scan, index: `index rebuild`); this file (node and the
-//! re-exports).
+//! `node` (all of them); `gentle` (node, throttle, bounded); `index`
+//! (node, guard); `prepared` (node, index);
+//! `rebuild` (node, guard, scan, index: `index rebuild`); this file (node,
+//! index, prepared and the re-exports).
 
 /// Step 5 with the throttle: at most N members per command.
 mod bounded;
@@ -128,7 +130,8 @@ mod mode;
 mod node;
 /// Step 3: the permission probe.
 mod permission;
-/// [`PreparedSweep`]: every primary checked, nothing deleted yet.
+/// [`PreparedSweep`]: every primary checked, nothing deleted yet; its run
+/// (steps 4 to 6).
 mod prepared;
 /// One pipeline of a command per key, sent where each key lives.
 mod query;
@@ -148,8 +151,8 @@ pub use counts::{CountKind, CountMetric, Counts, Printed};
 pub use cutoff::{cutoff_for, min_bound, removal_floor, Expired, MS_REMOVAL_FLOOR};
 pub use error::{Check, SweepError};
 pub use guard::{check_units, looks_like, GUARD_READ_FACTOR};
-pub use index::{lower_entries, sweep_index};
-use index::{IndexFound, IndexNode};
+pub use index::lower_entries;
+use index::IndexNode;
 pub use mode::SweepMode;
 pub(crate) use node::no_answer_within;
 pub use prepared::PreparedSweep;
@@ -165,9 +168,8 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SweepSettings;
-use crate::store::{Connection, Primary, StoreError};
+use crate::store::{Connection, Primary};
 use node::{parallel_nodes, NodeFailed, NodeSweep};
-use report::rate;
 
 /// Runs one sweep over every key matching `settings.pattern`, on every
 /// primary of `conn` (the one server, or each primary of a cluster).
@@ -196,6 +198,35 @@ pub async fn sweep(
         .await
         .map_err(|e| Check::ClusterTopology.failed(e))?;
     sweep_nodes(conn, &nodes, settings, mode, progress, stop).await
+}
+
+/// Sweeps by the due index: every primary of `conn`, its due keys only
+/// (see the module's steps). `settings.due_index` gives the key prefix;
+/// whether it is enabled is the caller's choice (the index is read
+/// either way). With `read_size`, the report has the index's size (see
+/// [`SweepBy::Index`]).
+///
+/// # Errors
+/// As [`sweep`]: a safety check refused (nothing was
+/// deleted), or no primary could be swept.
+pub async fn sweep_index(
+    conn: &Connection,
+    settings: &SweepSettings,
+    mode: SweepMode,
+    progress: &SweepProgress,
+    stop: &CancellationToken,
+    read_size: bool,
+) -> Result<SweepReport, SweepError> {
+    // Step 1: the primaries.
+    let nodes = conn
+        .primaries()
+        .await
+        .map_err(|e| Check::ClusterTopology.failed(e))?;
+    let by = SweepBy::Index { read_size };
+    prepare_by(conn, &nodes, settings, mode, progress, stop, None, by)
+        .await?
+        .run()
+        .await
 }
 
 /// [`sweep`] over the given primaries only (from [`Connection::primaries`]):
@@ -364,112 +395,4 @@ pub async fn prepare_by<'a>(
         now_micros,
         index: matches!(by, SweepBy::Index { .. }),
     })
-}
-
-impl PreparedSweep<'_> {
-    /// Scans the rest of each primary and removes (or counts, in a dry run:
-    /// the mode given to [`prepare`]) its expired members, or in index mode
-    /// ([`SweepBy::Index`]) sweeps its due keys, up to
-    /// `sweep.max_parallel_nodes` primaries at a time; tells
-    /// [`SweepProgress::on_node_end`] of each as it ends.
-    ///
-    /// # Errors
-    /// [`SweepError::Redis`] when no primary could be swept (every one
-    /// failed): Redis down, wrong credentials, no permission.
-    pub async fn run(self) -> Result<SweepReport, SweepError> {
-        let Self {
-            started,
-            settings,
-            progress,
-            expired,
-            mode,
-            nodes,
-            stop,
-            deadline,
-            now_micros,
-            index,
-        } = self;
-        // Steps 4 and 5, then the first half of 6: each node scans and
-        // removes, then confirms its slots did not move meanwhile.
-        let stop = &stop;
-        let finishes: Vec<_> = nodes
-            .into_iter()
-            .map(|node| async move {
-                let (report, failure, found) = match node {
-                    Ok(Ready::Scan(node)) => {
-                        let (report, failure) = node.finish(expired, mode, stop, deadline).await;
-                        (report, failure, None)
-                    }
-                    Ok(Ready::Index(node)) => {
-                        let found = node.found();
-                        let (mut report, failure) =
-                            node.finish(expired, mode, stop, deadline).await;
-                        let unit = settings.score_unit;
-                        report.index = Some(IndexReport::of(&[found], now_micros, unit));
-                        (report, failure, Some(found))
-                    }
-                    Err(failed) => {
-                        let (report, failure) = failed.report();
-                        (report, failure, None)
-                    }
-                };
-                progress.node_ended(&report);
-                (report, failure, found)
-            })
-            .collect();
-        let ended: Vec<(NodeReport, Option<StoreError>, Option<IndexFound>)> =
-            stream::iter(finishes)
-                .buffer_unordered(parallel_nodes(settings))
-                .collect()
-                .await;
-
-        // Step 6, the report.
-        let mut nodes = Vec::with_capacity(ended.len());
-        let mut failures = Vec::new();
-        let mut found = Vec::new();
-        for (report, failure, index) in ended {
-            failures.extend(failure);
-            nodes.push(report);
-            found.extend(index);
-        }
-        nodes.sort_by(|a, b| a.node.cmp(&b.node));
-        // Every node failed: that is Redis failing (down, wrong credentials, no
-        // permission), reported as such rather than as a partial sweep.
-        if failures.len() == nodes.len() {
-            if let Some(failure) = failures.into_iter().next() {
-                return Err(failure.into());
-            }
-        }
-        let interrupted = nodes
-            .iter()
-            .any(|n| !n.finished && n.unfinished_reason.is_none());
-
-        let duration = started.elapsed();
-        let counts = progress.counts();
-        // Index mode reads no keyspace: its rate is of the due keys.
-        let keys = if index {
-            counts.due_keys
-        } else {
-            counts.keys_scanned
-        };
-        Ok(SweepReport {
-            mode,
-            cutoff: expired.cutoff(),
-            score_floor: expired.floor(),
-            score_unit: settings.score_unit.to_string(),
-            keys_per_second: rate(keys, duration),
-            counts,
-            first_error: progress.first_error(),
-            duration_seconds: duration.as_secs_f64(),
-            interrupted,
-            throttled_seconds: nodes.iter().map(|n| n.throttled_seconds).sum(),
-            unfinished_nodes: nodes
-                .iter()
-                .filter(|n| n.unfinished_reason.is_some())
-                .map(|n| n.node.clone())
-                .collect(),
-            nodes,
-            index: index.then(|| IndexReport::of(&found, now_micros, settings.score_unit)),
-        })
-    }
 }

@@ -1,17 +1,20 @@
 //! [`PreparedSweep`]: every primary whose checks have run, before anything
 //! is deleted, so that a caller (a daemon taking leases) can keep only the
-//! primaries it may sweep.
+//! primaries it may sweep; then steps 4 to 6 of each ([`PreparedSweep::run`]).
 
 use std::time::Instant;
 
+use futures_util::{stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::cutoff::Expired;
-use super::index::IndexNode;
+use super::error::SweepError;
+use super::index::{IndexFound, IndexNode};
 use super::mode::SweepMode;
-use super::node::{NodeFailed, NodeSweep};
-use super::report::SweepProgress;
+use super::node::{parallel_nodes, NodeFailed, NodeSweep};
+use super::report::{rate, IndexReport, NodeReport, SweepProgress, SweepReport};
 use crate::config::SweepSettings;
+use crate::store::StoreError;
 
 /// One primary whose checks passed, ready to be swept by a full scan or by
 /// the due index.
@@ -91,5 +94,113 @@ impl PreparedSweep<'_> {
         self.nodes
             .iter()
             .any(|n| matches!(n, Ok(n) if n.address() == node))
+    }
+}
+
+impl PreparedSweep<'_> {
+    /// Scans the rest of each primary and removes (or counts, in a dry run:
+    /// the mode given to [`prepare`]) its expired members, or in index mode
+    /// ([`SweepBy::Index`]) sweeps its due keys, up to
+    /// `sweep.max_parallel_nodes` primaries at a time; tells
+    /// [`SweepProgress::on_node_end`] of each as it ends.
+    ///
+    /// # Errors
+    /// [`SweepError::Redis`] when no primary could be swept (every one
+    /// failed): Redis down, wrong credentials, no permission.
+    pub async fn run(self) -> Result<SweepReport, SweepError> {
+        let Self {
+            started,
+            settings,
+            progress,
+            expired,
+            mode,
+            nodes,
+            stop,
+            deadline,
+            now_micros,
+            index,
+        } = self;
+        // Steps 4 and 5, then the first half of 6: each node scans and
+        // removes, then confirms its slots did not move meanwhile.
+        let stop = &stop;
+        let finishes: Vec<_> = nodes
+            .into_iter()
+            .map(|node| async move {
+                let (report, failure, found) = match node {
+                    Ok(Ready::Scan(node)) => {
+                        let (report, failure) = node.finish(expired, mode, stop, deadline).await;
+                        (report, failure, None)
+                    }
+                    Ok(Ready::Index(node)) => {
+                        let found = node.found();
+                        let (mut report, failure) =
+                            node.finish(expired, mode, stop, deadline).await;
+                        let unit = settings.score_unit;
+                        report.index = Some(IndexReport::of(&[found], now_micros, unit));
+                        (report, failure, Some(found))
+                    }
+                    Err(failed) => {
+                        let (report, failure) = failed.report();
+                        (report, failure, None)
+                    }
+                };
+                progress.node_ended(&report);
+                (report, failure, found)
+            })
+            .collect();
+        let ended: Vec<(NodeReport, Option<StoreError>, Option<IndexFound>)> =
+            stream::iter(finishes)
+                .buffer_unordered(parallel_nodes(settings))
+                .collect()
+                .await;
+
+        // Step 6, the report.
+        let mut nodes = Vec::with_capacity(ended.len());
+        let mut failures = Vec::new();
+        let mut found = Vec::new();
+        for (report, failure, index) in ended {
+            failures.extend(failure);
+            nodes.push(report);
+            found.extend(index);
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        // Every node failed: that is Redis failing (down, wrong credentials, no
+        // permission), reported as such rather than as a partial sweep.
+        if failures.len() == nodes.len() {
+            if let Some(failure) = failures.into_iter().next() {
+                return Err(failure.into());
+            }
+        }
+        let interrupted = nodes
+            .iter()
+            .any(|n| !n.finished && n.unfinished_reason.is_none());
+
+        let duration = started.elapsed();
+        let counts = progress.counts();
+        // Index mode reads no keyspace: its rate is of the due keys.
+        let keys = if index {
+            counts.due_keys
+        } else {
+            counts.keys_scanned
+        };
+        Ok(SweepReport {
+            mode,
+            cutoff: expired.cutoff(),
+            score_floor: expired.floor(),
+            score_unit: settings.score_unit.to_string(),
+            keys_per_second: rate(keys, duration),
+            counts,
+            first_error: progress.first_error(),
+            duration_seconds: duration.as_secs_f64(),
+            interrupted,
+            throttled_seconds: nodes.iter().map(|n| n.throttled_seconds).sum(),
+            unfinished_nodes: nodes
+                .iter()
+                .filter(|n| n.unfinished_reason.is_some())
+                .map(|n| n.node.clone())
+                .collect(),
+            nodes,
+            index: index.then(|| IndexReport::of(&found, now_micros, settings.score_unit)),
+        })
     }
 }

@@ -56,16 +56,11 @@ mod script;
 pub(super) use call::probe_commands;
 pub(super) use lower::lower_found;
 
-use tokio_util::sync::CancellationToken;
-
 use super::cutoff::Expired;
-use super::error::{Check, SweepError};
-use super::mode::SweepMode;
 use super::query::Found;
 use super::remove::BatchOutcome;
-use super::report::{IndexReport, SweepProgress, SweepReport};
-use super::{prepare_by, SweepBy};
-use crate::config::{ScoreUnit, SweepSettings};
+use super::report::IndexReport;
+use crate::config::ScoreUnit;
 use crate::store::{Connection, StoreError};
 pub(super) use node::IndexNode;
 
@@ -90,34 +85,6 @@ impl IndexReport {
         }
         index
     }
-}
-
-/// Sweeps by the due index: every primary of `conn`, its due keys only
-/// (see the module's steps). `settings.due_index` gives the key prefix;
-/// whether it is enabled is the caller's choice (the index is read
-/// either way). With `read_size`, the report has the index's size (see
-/// [`SweepBy::Index`]).
-///
-/// # Errors
-/// As [`sweep`](crate::sweep::sweep): a safety check refused (nothing was
-/// deleted), or no primary could be swept.
-pub async fn sweep_index(
-    conn: &Connection,
-    settings: &SweepSettings,
-    mode: SweepMode,
-    progress: &SweepProgress,
-    stop: &CancellationToken,
-    read_size: bool,
-) -> Result<SweepReport, SweepError> {
-    let nodes = conn
-        .primaries()
-        .await
-        .map_err(|e| Check::ClusterTopology.failed(e))?;
-    let by = SweepBy::Index { read_size };
-    prepare_by(conn, &nodes, settings, mode, progress, stop, None, by)
-        .await?
-        .run()
-        .await
 }
 
 /// Lowers the due-index entry of each of `keys` (on any node: a key that
