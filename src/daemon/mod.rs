@@ -84,7 +84,7 @@ use self::fleet::{Fleet, SHUTDOWN_RELEASE};
 use self::lease::ReplicaLock;
 use self::readiness::{publish_schedule, DaemonReadiness};
 use self::reload::reload;
-use self::round::{Round, RunningRound, INDEX_SIZE_EVERY};
+use self::round::{reads_index_size, Round, RunningRound};
 use self::systemd::{notify_systemd, Watchdog};
 use self::ticker::{Ticker, ALARM_GRACE};
 use self::trigger::{jitter_delay, round_kind, warn_overlap, RoundKind, RoundPhase, Trigger};
@@ -344,11 +344,7 @@ impl Daemon {
                 pending_full = false;
             }
             running_kind = kind;
-            let read_index_size = kind == RoundKind::Index
-                && index_size_read.is_none_or(|at| at.elapsed() >= INDEX_SIZE_EVERY);
-            if read_index_size {
-                index_size_read = Some(Instant::now());
-            }
+            let read_index_size = reads_index_size(kind, &mut index_size_read);
             let settings = Arc::new(self.settings.clone());
             let delay = jitter_delay(trigger, settings.sweep.jitter);
             if !delay.is_zero() {

@@ -25,7 +25,18 @@ pub(super) type RunningRound =
 
 /// How often index rounds read the size of the due index, for
 /// `due_index_entries`.
-pub(super) const INDEX_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const INDEX_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether a round of `kind` started now reads the due index's size: the
+/// first index round, then one per [`INDEX_SIZE_EVERY`] (`last` says when
+/// one last did).
+pub(super) fn reads_index_size(kind: RoundKind, last: &mut Option<Instant>) -> bool {
+    let due = kind == RoundKind::Index && last.is_none_or(|at| at.elapsed() >= INDEX_SIZE_EVERY);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
+}
 
 /// Everything one sweep round needs, cloned out of the loop's state so the
 /// round can run while the loop keeps answering ticks and signals.

@@ -233,7 +233,7 @@ impl<'a> NodeSweep<'a> {
         let (finished, reason, error) = match scanned {
             // Interrupted: unfinished, but nothing went wrong.
             Ok(true) => (false, None, None),
-            Ok(false) => match self.check_assignment().await {
+            Ok(false) => match slots_changed(&mut self.conn, self.assignment.take()).await {
                 Ok(None) => (true, None, None),
                 Ok(Some(reason)) => (false, Some(reason), None),
                 Err(e) => (false, Some(e.to_string()), Some(e)),
@@ -286,47 +286,52 @@ impl<'a> NodeSweep<'a> {
         let (interrupted, ()) = tokio::try_join!(scanning, removing)?;
         Ok(interrupted)
     }
+}
 
-    /// `Some(reason)` when the node's slots moved or were migrating while it
-    /// was scanned: keys may have left ahead of the cursor unseen.
-    async fn check_assignment(&mut self) -> Result<Option<String>, StoreError> {
-        let Some(before) = self.assignment.take() else {
-            return Ok(None);
-        };
-        // A node that answered with a `myself` line before the scan must
-        // answer with one after it: `slot_assignment` errors otherwise.
-        let after = self.conn.slot_assignment().await?;
-        Ok(if after.as_ref() != Some(&before) {
-            Some(
-                "its slots or configuration epoch changed during the sweep (resharding or \
-                 failover)"
-                    .to_owned(),
-            )
-        } else if !before.migrations.is_empty() {
-            // While slot N moves from A (migrating) to B (importing), each
-            // of its keys is on exactly one of them: on A until MIGRATE
-            // moves it, then on B (a key created meanwhile is created on B,
-            // as A answers ASK for keys it lacks). SCAN is per node and
-            // returns what the node holds, whatever the slot: A's scan the
-            // keys still on A, which A serves; B's scan those already moved,
-            // which B serves after ASKING (see `Found::ScannedOn`); a key
-            // moved after A's scan returned it answers ASK there and is
-            // swept on B. So while no key moves, each is swept where it
-            // lives, exactly once. But a key MIGRATE moves after B's cursor
-            // passed it and before A's reached it is seen by neither scan,
-            // and the markers look the same whether keys move or the
-            // migration is stuck: neither node can count as finished until
-            // the markers go. The next sweep sees such a key on B.
-            let open: Vec<String> = before.migrations.iter().map(ToString::to_string).collect();
-            Some(format!(
-                "a slot migration was open during the sweep ({}): keys moving meanwhile may \
-                 have been missed; one that stays open is stuck (redis-cli --cluster fix)",
-                open.join(", ")
-            ))
-        } else {
-            None
-        })
-    }
+/// `Some(reason)` when the node on `conn`, which served `before` when
+/// its sweep started (`None`: not a cluster), moved slots or had one
+/// migrating while it was swept: keys may have left ahead of the
+/// cursor (or the due read) unseen, so it cannot count as finished.
+pub(super) async fn slots_changed(
+    conn: &mut Connection,
+    before: Option<SlotAssignment>,
+) -> Result<Option<String>, StoreError> {
+    let Some(before) = before else {
+        return Ok(None);
+    };
+    // A node that answered with a `myself` line before the scan must
+    // answer with one after it: `slot_assignment` errors otherwise.
+    let after = conn.slot_assignment().await?;
+    Ok(if after.as_ref() != Some(&before) {
+        Some(
+            "its slots or configuration epoch changed during the sweep (resharding or \
+             failover)"
+                .to_owned(),
+        )
+    } else if !before.migrations.is_empty() {
+        // While slot N moves from A (migrating) to B (importing), each
+        // of its keys is on exactly one of them: on A until MIGRATE
+        // moves it, then on B (a key created meanwhile is created on B,
+        // as A answers ASK for keys it lacks). SCAN is per node and
+        // returns what the node holds, whatever the slot: A's scan the
+        // keys still on A, which A serves; B's scan those already moved,
+        // which B serves after ASKING (see `Found::ScannedOn`); a key
+        // moved after A's scan returned it answers ASK there and is
+        // swept on B. So while no key moves, each is swept where it
+        // lives, exactly once. But a key MIGRATE moves after B's cursor
+        // passed it and before A's reached it is seen by neither scan,
+        // and the markers look the same whether keys move or the
+        // migration is stuck: neither node can count as finished until
+        // the markers go. The next sweep sees such a key on B.
+        let open: Vec<String> = before.migrations.iter().map(ToString::to_string).collect();
+        Some(format!(
+            "a slot migration was open during the sweep ({}): keys moving meanwhile may \
+             have been missed; one that stays open is stuck (redis-cli --cluster fix)",
+            open.join(", ")
+        ))
+    } else {
+        None
+    })
 }
 
 /// Whether a node's `error` is this client's own inability (its ACL user

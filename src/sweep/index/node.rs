@@ -8,7 +8,7 @@ use super::super::cutoff::Expired;
 use super::super::error::{Check, SweepError};
 use super::super::guard::{check_batch, no_evidence, GuardSample, GUARD_READ_FACTOR};
 use super::super::mode::SweepMode;
-use super::super::node::{is_own_inability, moved_since, NodeFailed};
+use super::super::node::{is_own_inability, moved_since, slots_changed, NodeFailed};
 use super::super::query::Found;
 use super::super::report::{NodeReport, SweepProgress, Tally};
 use super::call::probe_commands;
@@ -232,7 +232,7 @@ impl<'a> IndexNode<'a> {
         let throttled = pace.end();
         let (finished, reason, error) = match swept {
             Ok(true) => (false, None, None),
-            Ok(false) => match self.check_assignment().await {
+            Ok(false) => match slots_changed(&mut self.conn, self.assignment.take()).await {
                 Ok(None) => match self.skipped.take() {
                     None => (true, None, None),
                     Some(why) => (false, Some(why), None),
@@ -306,19 +306,5 @@ impl<'a> IndexNode<'a> {
         }
         again.dedup();
         Ok(Some(again))
-    }
-
-    async fn check_assignment(&mut self) -> Result<Option<String>, StoreError> {
-        let Some(before) = self.assignment.take() else {
-            return Ok(None);
-        };
-        let after = self.conn.slot_assignment().await?;
-        Ok(if after.as_ref() != Some(&before) {
-            Some("its slots or configuration epoch changed during the sweep".to_owned())
-        } else if !before.migrations.is_empty() {
-            Some("a slot migration was open during the sweep".to_owned())
-        } else {
-            None
-        })
     }
 }
