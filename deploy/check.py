@@ -11,7 +11,8 @@
   real /metrics scrape: the daemon is started against a private
   redis-server holding token sets, scraped once it has swept, then once
   more after a set scored in seconds has made the unit guard refuse a sweep
-  (its unit_guard series, at 0 from the start, then counts one);
+  (its unit_guard series, at 0 from the start, then counts one), and
+  once more from a daemon in index mode (its due index series);
   `promtool check metrics` on those scrapes reports nothing;
 - the Kubernetes manifests: core kinds pass `kubernetes-validate --strict`,
   the Prometheus Operator's kinds (which it cannot know) parse with the
@@ -227,9 +228,19 @@ def real_scrapes(binary: str) -> list:
             finally:
                 daemon.terminate()
                 daemon.wait()
+            # Index mode (sweep.due_index): its series exist once an index
+            # sweep ran.
+            server.cli("DEL", "user2-tokens")
+            env["TOKEN_SWEEPER__SWEEP__DUE_INDEX__ENABLED"] = "true"
+            daemon = subprocess.Popen([binary, "run"], env=env, stdout=log, stderr=log)
+            try:
+                indexed = wait_for(url, r'^token_sweeper_due_index_lag_seconds\{', 30, daemon)
+            finally:
+                daemon.terminate()
+                daemon.wait()
     finally:
         server.stop()
-    return [healthy, refused]
+    return [healthy, refused, indexed]
 
 
 def sample_names(text: str) -> set:

@@ -16,7 +16,7 @@ use token_sweeper::auth::TokenService;
 use token_sweeper::config::{AuthSettings, Secret};
 use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
 use token_sweeper::store::Connection;
-use token_sweeper::sweep::{self, SweepMode, SweepProgress};
+use token_sweeper::sweep::{self, rebuild_index, RebuildOptions, SweepMode, SweepProgress};
 use tokio_util::sync::CancellationToken;
 
 const USERS: usize = 90;
@@ -212,5 +212,68 @@ fn the_daemon_sweeps_every_primary_by_the_index_under_the_lock() {
         assert!(due.is_some_and(|due| due > 0.0), "{node}: {scrape}");
         let entries = common::metric(&scrape, &format!("token_sweeper_due_index_entries{node}"));
         assert!(entries.is_some_and(|n| n > 0.0), "{node}: {scrape}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_rebuild_covers_every_primary_and_resumes_where_it_stopped() {
+    let cluster = RedisCluster::start(3, 0);
+    let mut settings = cluster.settings();
+    // Small SCAN pages: `max_keys` is checked between pages.
+    settings.sweep.scan_count = 50;
+    const SETS: usize = 3000;
+    let mut c = cluster.conn();
+    let now = redis_now_ms(&mut cluster.nodes[0].conn());
+    // Sets written by code that never kept the index: no entries.
+    let keys: Vec<String> = (0..SETS).map(|u| format!("r{u}-tokens")).collect();
+    for (n, key) in keys.iter().enumerate() {
+        let _: () = c
+            .zadd_multiple(
+                key,
+                &[
+                    (now - 60_000, "expired"),
+                    (now + 3_600_000 + n as i64, "live"),
+                ],
+            )
+            .unwrap();
+    }
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let stop = CancellationToken::new();
+    // Stopped after a few keys: it says so, and each primary's cursor is
+    // saved on that primary.
+    let first = RebuildOptions {
+        max_keys: Some(300),
+        ..RebuildOptions::default()
+    };
+    let partial = rebuild_index(&conn, &settings.sweep, &first, &stop)
+        .await
+        .unwrap();
+    assert!(!partial.complete && partial.interrupted, "{partial:?}");
+    assert_eq!(partial.nodes.len(), 3, "{partial:?}");
+    assert!(partial.keys_scanned < SETS as u64, "{partial:?}");
+    // Resumed: every primary runs to the end, and every set has its entry
+    // at its first unexpired score, in its own slot's index key.
+    let resume = RebuildOptions {
+        resume: true,
+        ..RebuildOptions::default()
+    };
+    let report = rebuild_index(&conn, &settings.sweep, &resume, &stop)
+        .await
+        .unwrap();
+    assert!(report.complete && report.errors == 0, "{report:?}");
+    assert!(
+        report.nodes.iter().all(|node| node.cursor == 0),
+        "{report:?}"
+    );
+    assert_eq!(
+        partial.entries_lowered + report.entries_lowered,
+        SETS as u64,
+        "{partial:?} {report:?}"
+    );
+    for (n, key) in keys.iter().enumerate() {
+        let index = index_key(DEFAULT_PREFIX, key.as_bytes());
+        assert_eq!(keyslot(&mut c, &index), keyslot(&mut c, key));
+        let entry: Option<f64> = c.zscore(&index, key).unwrap();
+        assert_eq!(entry, Some((now + 3_600_000 + n as i64) as f64), "{key}");
     }
 }

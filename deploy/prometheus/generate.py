@@ -50,14 +50,17 @@ def duration(secs: int) -> str:
 
 def values(params: dict) -> dict:
     expected = {"interval", "missed_periods", "primary_missed_periods", "failing_periods",
-                "down_for", "selector", "fleet_labels", "runbook_base"}
+                "index_lag_periods", "full_scan", "down_for", "selector", "fleet_labels",
+                "runbook_base"}
     if set(params) != expected:
         raise SystemExit(f"params.yml: expected the keys {sorted(expected)}, got {sorted(params)}")
     interval = seconds(params["interval"], "interval")
     missed, failing = params["missed_periods"], params["failing_periods"]
     primary = params["primary_missed_periods"]
+    index_lag = params["index_lag_periods"]
+    full_scan = seconds(params["full_scan"], "full_scan")
     for key, n in (("missed_periods", missed), ("primary_missed_periods", primary),
-                   ("failing_periods", failing)):
+                   ("failing_periods", failing), ("index_lag_periods", index_lag)):
         if not isinstance(n, int) or n < 1:
             raise SystemExit(f"params.yml: {key} must be a whole number of periods >= 1")
     if missed < 2:
@@ -86,6 +89,9 @@ def values(params: dict) -> dict:
         "primary_stale_for": duration((primary - 1) * interval),
         "suppress_seconds": str((missed - 1) * interval),
         "failing_window": duration(failing * interval),
+        "index_lag_seconds": str(index_lag * interval),
+        "index_lag": duration(index_lag * interval),
+        "full_scan_window": duration(2 * full_scan),
         "down_for": duration(seconds(params["down_for"], "down_for")),
         "selector": selector,
         "fleet": ", ".join(fleet),
