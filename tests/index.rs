@@ -373,6 +373,38 @@ async fn cleans_a_key_with_more_than_the_bound_in_several_calls(throttle: Thrott
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_still_due_after_the_last_round_leaves_the_node_unfinished() {
+    let server = RedisServer::start();
+    let mut settings = indexed(&server);
+    // One member per call: 70 expired members outlast the 64 rounds.
+    settings.sweep.max_members_per_command = 1;
+    settings.sweep.throttle = ThrottleMode::Off;
+    let mut conn = server.conn();
+    let now = redis_now_ms(&mut conn);
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg("huge-tokens");
+    for n in 0..70 {
+        cmd.arg(now - 100_000 + n).arg(format!("m{n}"));
+    }
+    cmd.arg(now + 3_600_000).arg("live");
+    let _: () = cmd.query(&mut conn).unwrap();
+    let index = index_key(DEFAULT_PREFIX, b"huge-tokens");
+    let _: () = conn.zadd(&index, "huge-tokens", now - 100_000).unwrap();
+    let report = index_sweep(&settings, SweepMode::Remove).await.unwrap();
+    assert_eq!(report.counts.members_removed, 64, "{report:?}");
+    assert!(!report.nodes[0].finished, "{report:?}");
+    assert_eq!(report.unfinished_nodes.len(), 1, "{report:?}");
+    // The next sweep goes on where it stopped.
+    let again = index_sweep(&settings, SweepMode::Remove).await.unwrap();
+    assert_eq!(again.counts.members_removed, 6, "{again:?}");
+    assert!(again.nodes[0].finished, "{again:?}");
+    assert_eq!(
+        entry(&mut conn, "huge-tokens"),
+        Some((now + 3_600_000) as f64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_scan_repairs_the_index_by_lowering_only() {
     let server = RedisServer::start();
     let settings = indexed(&server);

@@ -175,6 +175,28 @@ fn index_user(server: &RedisServer, without: &[&str]) -> Settings {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_zcard_the_permission_probe_refuses_before_anything_changes() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    seed(&mut conn, "z", 5);
+    let settings = index_user(&server, &["zcard"]);
+    let redis = Connection::connect(&settings.redis).await.unwrap();
+    // Not reading the index size, whose ZCARD would be refused first.
+    let err = sweep::sweep_index(
+        &redis,
+        &settings.sweep,
+        SweepMode::Remove,
+        &SweepProgress::default(),
+        &CancellationToken::new(),
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("permission"), "{err}");
+    assert_eq!(members(&mut conn, "z", 5), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_acl_is_enough_and_without_evalsha_nothing_changes() {
     let server = RedisServer::start();
     let mut conn = server.conn();
@@ -222,6 +244,10 @@ async fn a_single_server_takes_the_due_keys_of_many_slots_per_call() {
     assert_eq!(report.counts.members_removed, 300, "{report:?}");
     assert_eq!(report.counts.index_entries_moved, 300, "{report:?}");
     assert_eq!(report.counts.errors, 0, "{report:?}");
+    // The size of every slot's index key, not only of those the checks
+    // read (the unit guard's 64 keys come from the first few reads).
+    let index = report.index.as_ref().expect("an index report");
+    assert_eq!(index.index_size, Some(300), "{report:?}");
     assert_eq!(members(&mut conn, "p", 300), 300);
     let now = redis_now_ms(&mut conn);
     assert_eq!(due_entries(&mut conn, "p", 300, now), 0);

@@ -84,7 +84,7 @@ use self::fleet::{Fleet, SHUTDOWN_RELEASE};
 use self::lease::ReplicaLock;
 use self::readiness::{publish_schedule, DaemonReadiness};
 use self::reload::reload;
-use self::round::{reads_index_size, Round, RunningRound};
+use self::round::{IndexSizeRead, Round, RunningRound};
 use self::systemd::{notify_systemd, Watchdog};
 use self::ticker::{Ticker, ALARM_GRACE};
 use self::trigger::{jitter_delay, round_kind, warn_overlap, RoundKind, RoundPhase, Trigger};
@@ -227,8 +227,7 @@ impl Daemon {
         // index sweeps and full scans alternate, so the index sweeps go on.
         let mut running_kind = RoundKind::Index;
         let mut full_owed = false;
-        // When an index round last read the index's size.
-        let mut index_size_read: Option<Instant> = None;
+        let index_size_read = IndexSizeRead::default();
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
         let mut alarm_missed = false;
@@ -344,7 +343,6 @@ impl Daemon {
                 pending_full = false;
             }
             running_kind = kind;
-            let read_index_size = reads_index_size(kind, &mut index_size_read);
             let settings = Arc::new(self.settings.clone());
             let delay = jitter_delay(trigger, settings.sweep.jitter);
             if !delay.is_zero() {
@@ -361,7 +359,7 @@ impl Daemon {
                     schedule: ticker.schedule.clone(),
                     trigger,
                     kind,
-                    read_index_size,
+                    index_size_read: Arc::clone(&index_size_read),
                     sweep_at,
                     stop: rounds_stop.clone(),
                 }

@@ -27,16 +27,8 @@ pub(super) type RunningRound =
 /// `due_index_entries`.
 const INDEX_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Whether a round of `kind` started now reads the due index's size: the
-/// first index round, then one per [`INDEX_SIZE_EVERY`] (`last` says when
-/// one last did).
-pub(super) fn reads_index_size(kind: RoundKind, last: &mut Option<Instant>) -> bool {
-    let due = kind == RoundKind::Index && last.is_none_or(|at| at.elapsed() >= INDEX_SIZE_EVERY);
-    if due {
-        *last = Some(Instant::now());
-    }
-    due
-}
+/// When a round of this daemon last read the due index's size.
+pub(super) type IndexSizeRead = Arc<std::sync::Mutex<Option<Instant>>>;
 
 /// Everything one sweep round needs, cloned out of the loop's state so the
 /// round can run while the loop keeps answering ticks and signals.
@@ -48,10 +40,11 @@ pub(super) struct Round {
     pub(super) schedule: Schedule,
     pub(super) trigger: Trigger,
     pub(super) kind: RoundKind,
-    /// An index round reads the index's size too (a `ZCARD` per hash
-    /// slot, as much Redis time as the rest of a quiet index sweep): the
-    /// loop asks for it once per [`INDEX_SIZE_EVERY`].
-    pub(super) read_index_size: bool,
+    /// When a round last read the due index's size: an index round reads
+    /// it too (a `ZCARD` per hash slot, as much Redis time as the rest of
+    /// a quiet index sweep) until one has, then once per
+    /// [`INDEX_SIZE_EVERY`].
+    pub(super) index_size_read: IndexSizeRead,
     /// When the round's `sweep.jitter` delay ends and it starts sweeping
     /// (now, when it has none); the loop reads the same instant to say
     /// which of the two a round that overlaps a tick is doing.
@@ -110,12 +103,27 @@ impl Round {
             .on_throttle(move |reading| throttle.record_throttle(reading))
         };
         let swept = self.sweep(&conn, &primaries, &progress, ended).await;
+        let swept_nodes = lock(&swept_nodes).clone();
+        let no_index = BTreeSet::new();
+        let index_kept = match (self.settings.sweep.due_index.enabled, self.kind) {
+            (false, _) => Some(&no_index),
+            (true, RoundKind::Index) => Some(&swept_nodes),
+            // A full scan leaves the last index round's readings.
+            (true, RoundKind::Full) => None,
+        };
         self.metrics.retain_nodes(
             primaries.iter().map(|p| p.address.as_str()),
-            &lock(&swept_nodes),
+            &swept_nodes,
+            index_kept,
         );
         match swept {
-            Ok(swept) => finished(&self.metrics, &self.settings.lock.key, self.kind, &swept),
+            Ok(swept) => {
+                let size_read = swept.report.as_ref().and_then(|r| r.index.as_ref());
+                if size_read.is_some_and(|index| index.index_size.is_some()) {
+                    *lock(&self.index_size_read) = Some(Instant::now());
+                }
+                finished(&self.metrics, &self.settings.lock.key, self.kind, &swept)
+            }
             Err(e) => {
                 if let SweepError::Redis(e) = &e {
                     self.report_loss(e, id);
@@ -155,7 +163,8 @@ impl Round {
         let by = match self.kind {
             RoundKind::Full => SweepBy::Scan,
             RoundKind::Index => SweepBy::Index {
-                read_size: self.read_index_size,
+                read_size: lock(&self.index_size_read)
+                    .is_none_or(|at| at.elapsed() >= INDEX_SIZE_EVERY),
             },
         };
         let stop = &self.stop;

@@ -238,10 +238,16 @@ impl Metrics {
     /// no longer sweeps (another daemon's now) cannot keep an old 1. Series
     /// of nodes that are no longer primaries (failover, resharding, another
     /// server) go.
+    ///
+    /// The due index's series stay for the primaries in `index_kept`
+    /// (`None`: all): an index round keeps those it swept (a primary now
+    /// another daemon's would keep its old lag), a daemon with the index
+    /// off none.
     pub fn retain_nodes<'n>(
         &self,
         primaries: impl IntoIterator<Item = &'n str>,
         swept: &BTreeSet<String>,
+        index_kept: Option<&BTreeSet<String>>,
     ) {
         let primaries: BTreeSet<&str> = primaries.into_iter().collect();
         let mut known = crate::mutex::lock(&self.nodes);
@@ -250,6 +256,8 @@ impl Metrics {
                 // Err: no such series; nothing to drop.
                 let _ = self.node_last_success.remove_label_values(&[node]);
                 self.throttle.forget(node);
+                self.index.forget(node);
+            } else if index_kept.is_some_and(|kept| !kept.contains(node)) {
                 self.index.forget(node);
             }
             if !primaries.contains(node.as_str()) || !swept.contains(node) {

@@ -99,8 +99,10 @@ impl PreparedSweep<'_> {
 
 impl PreparedSweep<'_> {
     /// Scans the rest of each primary and removes (or counts, in a dry run:
-    /// the mode given to [`prepare`]) its expired members, or in index mode
-    /// ([`SweepBy::Index`]) sweeps its due keys, up to
+    /// the mode given to [`prepare`](crate::sweep::prepare)) its expired
+    /// members, or in index mode
+    /// ([`SweepBy::Index`](crate::sweep::SweepBy::Index)) sweeps its due
+    /// keys, up to
     /// `sweep.max_parallel_nodes` primaries at a time; tells
     /// [`SweepProgress::on_node_end`] of each as it ends.
     ///
@@ -132,8 +134,7 @@ impl PreparedSweep<'_> {
                         (report, failure, None)
                     }
                     Ok(Ready::Index(node)) => {
-                        let found = node.found();
-                        let (mut report, failure) =
+                        let (mut report, failure, found) =
                             node.finish(expired, mode, stop, deadline).await;
                         let unit = settings.score_unit;
                         report.index = Some(IndexReport::of(&[found], now_micros, unit));

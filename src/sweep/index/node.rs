@@ -175,10 +175,15 @@ impl<'a> IndexNode<'a> {
         Ok(Ok(node))
     }
 
-    /// What the first reads found of the index: its size (when read) and
-    /// its oldest due score.
-    pub(in crate::sweep) fn found(&self) -> super::IndexFound {
-        (self.read_size.then_some(self.size), self.oldest)
+    /// What the first reads of its slots found of the index: its size
+    /// (when asked, and only once every slot was read, none skipped: a
+    /// part is not the size) and its oldest due score.
+    fn found(&self) -> super::IndexFound {
+        let every_slot = self.next >= self.slots.len() && self.skipped.is_none();
+        (
+            (self.read_size && every_slot).then_some(self.size),
+            self.oldest,
+        )
     }
 
     /// Reads the next chunk of slots (their first read: lag, and sizes
@@ -225,11 +230,12 @@ impl<'a> IndexNode<'a> {
         mode: SweepMode,
         stop: &CancellationToken,
         deadline: Option<tokio::time::Instant>,
-    ) -> (NodeReport, Option<StoreError>) {
+    ) -> (NodeReport, Option<StoreError>, super::IndexFound) {
         let progress = self.tally.progress;
         let mut pace = Pace::start(&self.conn, &self.address, self.settings, deadline, progress);
         let swept = self.sweep_all(expired, mode, stop, &mut pace).await;
         let throttled = pace.end();
+        let found = self.found();
         let (finished, reason, error) = match swept {
             Ok(true) => (false, None, None),
             Ok(false) => match slots_changed(&mut self.conn, self.assignment.take()).await {
@@ -245,7 +251,7 @@ impl<'a> IndexNode<'a> {
         let mut report = NodeReport::new(self.address, &self.tally.node, reason);
         report.finished = finished;
         report.throttled_seconds = throttled.as_secs_f64();
-        (report, error)
+        (report, error, found)
     }
 
     /// Returns whether `stop` cut it short.
@@ -268,7 +274,7 @@ impl<'a> IndexNode<'a> {
             } else {
                 std::mem::take(&mut self.pending)
             };
-            for _ in 0..MAX_ROUNDS {
+            for round in 1..=MAX_ROUNDS {
                 if due.is_empty() || stop.is_cancelled() {
                     break;
                 }
@@ -276,6 +282,15 @@ impl<'a> IndexNode<'a> {
                     return Ok(true);
                 };
                 if mode == SweepMode::DryRun || again.is_empty() {
+                    break;
+                }
+                if round == MAX_ROUNDS {
+                    // Still due (a set with more expired members than the
+                    // rounds remove): swept on, but not finished.
+                    self.skipped.get_or_insert(format!(
+                        "slot {} still had due keys after {MAX_ROUNDS} rounds",
+                        again[0]
+                    ));
                     break;
                 }
                 due = self.read(&again, expired, false).await?.slots;

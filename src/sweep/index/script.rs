@@ -98,9 +98,9 @@ if mode == 'probe-remove' or mode == 'probe-count' then
     local index = group.index
     probe('ZRANGEBYSCORE', index, '(0', '(0', 'WITHSCORES', 'LIMIT', 0, 1)
     for i = group.first, group.last do
-      probe('TYPE', KEYS[i])
       probe('ZRANGEBYSCORE', KEYS[i], '(0', '(0', 'WITHSCORES', 'LIMIT', 0, 1)
       if mode == 'probe-remove' then
+        probe('ZCARD', KEYS[i])
         probe('ZREMRANGEBYSCORE', KEYS[i], '(0', '(0')
       else
         probe('ZCOUNT', KEYS[i], '(0', '(0')
