@@ -227,30 +227,38 @@ fn due_entries(conn: &mut redis::Connection, prefix: &str, users: usize, score: 
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_server_takes_the_due_keys_of_many_slots_per_call() {
-    let server = RedisServer::start();
-    let mut conn = server.conn();
-    seed(&mut conn, "p", 300);
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query(&mut conn)
-        .unwrap();
-    // At full speed: the adaptive throttle's pieces (a pipeline each)
-    // would hold fewer keys than a call may.
-    let mut settings = indexed(&server);
+/// Seeds 300 users `{prefix}{n}-tokens`, resets the command stats and
+/// runs an index sweep at full speed (the adaptive throttle's pieces, a
+/// pipeline each, would hold fewer keys than a call may); checks it
+/// removed exactly the expired members and moved every entry.
+async fn sweep_300_at_full_speed(
+    server: &RedisServer,
+    conn: &mut redis::Connection,
+    prefix: &str,
+) -> SweepReport {
+    seed(conn, prefix, 300);
+    let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(conn).unwrap();
+    let mut settings = indexed(server);
     settings.sweep.throttle = ThrottleMode::Off;
     let report = index_sweep(&settings).await.unwrap();
     assert_eq!(report.counts.members_removed, 300, "{report:?}");
     assert_eq!(report.counts.index_entries_moved, 300, "{report:?}");
     assert_eq!(report.counts.errors, 0, "{report:?}");
+    assert_eq!(members(conn, prefix, 300), 300);
+    let now = redis_now_ms(conn);
+    assert_eq!(due_entries(conn, prefix, 300, now), 0);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_takes_the_due_keys_of_many_slots_per_call() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let report = sweep_300_at_full_speed(&server, &mut conn, "p").await;
     // The size of every slot's index key, not only of those the checks
     // read (the unit guard's 64 keys come from the first few reads).
     let index = report.index.as_ref().expect("an index report");
     assert_eq!(index.index_size, Some(300), "{report:?}");
-    assert_eq!(members(&mut conn, "p", 300), 300);
-    let now = redis_now_ms(&mut conn);
-    assert_eq!(due_entries(&mut conn, "p", 300, now), 0);
     // ~300 slots with due keys, read 256 slots at a time (64 reads of a
     // few due keys each): one call per read (and the permission probe's),
     // not one per slot.
@@ -291,21 +299,8 @@ async fn a_server_refusing_keys_of_several_slots_in_a_script_is_swept_one_slot_p
             info.contains("cluster_state:ok")
         },
     );
-    seed(&mut conn, "q", 300);
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query(&mut conn)
-        .unwrap();
-    let mut settings = indexed(&server);
-    settings.sweep.throttle = ThrottleMode::Off;
-    let report = index_sweep(&settings).await.unwrap();
-    assert_eq!(report.counts.members_removed, 300, "{report:?}");
-    assert_eq!(report.counts.index_entries_moved, 300, "{report:?}");
-    assert_eq!(report.counts.errors, 0, "{report:?}");
+    let report = sweep_300_at_full_speed(&server, &mut conn, "q").await;
     assert!(report.nodes.iter().all(|node| node.finished), "{report:?}");
-    assert_eq!(members(&mut conn, "q", 300), 300);
-    let now = redis_now_ms(&mut conn);
-    assert_eq!(due_entries(&mut conn, "q", 300, now), 0);
     // Refused as packed once, then one call per slot with due keys.
     let slots: std::collections::BTreeSet<u16> = (0..300)
         .map(|user| token_sweeper::due_index::key_slot(format!("q{user}-tokens").as_bytes()))
