@@ -287,9 +287,9 @@ impl<'a> IndexNode<'a> {
                 if round == MAX_ROUNDS {
                     // Still due (a set with more expired members than the
                     // rounds remove): swept on, but not finished.
+                    let slots = again.len();
                     self.skipped.get_or_insert(format!(
-                        "slot {} still had due keys after {MAX_ROUNDS} rounds",
-                        again[0]
+                        "{slots} slot(s) still had due keys after {MAX_ROUNDS} rounds"
                     ));
                     break;
                 }
