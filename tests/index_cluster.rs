@@ -13,7 +13,7 @@ use common::cluster::RedisCluster;
 use common::redis_now_ms;
 use redis::Commands;
 use token_sweeper::auth::TokenService;
-use token_sweeper::config::{AuthSettings, Secret};
+use token_sweeper::config::{AuthSettings, Secret, Settings};
 use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
 use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, rebuild_index, RebuildOptions, SweepMode, SweepProgress};
@@ -26,6 +26,15 @@ fn keyslot(conn: &mut redis::cluster::ClusterConnection, key: &str) -> u16 {
         .arg("KEYSLOT")
         .arg(key)
         .query(conn)
+        .unwrap()
+}
+
+/// An index sweep that removes and reads the index size.
+async fn index_sweep(conn: &Connection, settings: &Settings) -> sweep::SweepReport {
+    let (progress, stop) = (SweepProgress::default(), CancellationToken::new());
+    let mode = SweepMode::Remove;
+    sweep::sweep_index(conn, &settings.sweep, mode, &progress, &stop, true)
+        .await
         .unwrap()
 }
 
@@ -97,16 +106,7 @@ async fn logins_index_in_the_right_slot_and_an_index_sweep_removes_exactly_the_e
     let expired = keys.len() - keys.len().div_ceil(3);
 
     let conn = Connection::connect(&settings.redis).await.unwrap();
-    let report = sweep::sweep_index(
-        &conn,
-        &settings.sweep,
-        SweepMode::Remove,
-        &SweepProgress::default(),
-        &CancellationToken::new(),
-        true,
-    )
-    .await
-    .unwrap();
+    let report = index_sweep(&conn, &settings).await;
     assert!(report.unfinished_nodes.is_empty(), "{report:?}");
     assert_eq!(report.counts.members_removed, expired as u64, "{report:?}");
     assert_eq!(report.counts.due_keys, USERS as u64);
@@ -143,16 +143,7 @@ async fn logins_index_in_the_right_slot_and_an_index_sweep_removes_exactly_the_e
         assert_eq!(entry, Some(members[0].1), "{key}");
     }
     // Nothing is due now: a second sweep finds no key.
-    let again = sweep::sweep_index(
-        &conn,
-        &settings.sweep,
-        SweepMode::Remove,
-        &SweepProgress::default(),
-        &CancellationToken::new(),
-        true,
-    )
-    .await
-    .unwrap();
+    let again = index_sweep(&conn, &settings).await;
     assert_eq!(again.counts.due_keys, 0, "{again:?}");
     assert_eq!(again.counts.members_removed, 0);
 }

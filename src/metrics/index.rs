@@ -27,8 +27,8 @@ impl IndexMetrics {
             entries: GaugeVec::new(
                 Opts::new(
                     name("due_index_entries"),
-                    "Entries in this primary's due index keys, at the last index sweep that \
-                     read them (the first, then one an hour).",
+                    "Entries in this primary's due index keys, as last read: index rounds \
+                     read them until one has, then once an hour.",
                 ),
                 &["node"],
             )?,
@@ -69,7 +69,7 @@ impl IndexMetrics {
 
     /// One primary's index, as its index sweep found it.
     pub(super) fn record(&self, node: &str, index: &IndexReport) {
-        // Read hourly, not by every sweep: the last reading stands.
+        // Not read by every sweep: the last reading stands.
         if let Some(size) = index.index_size {
             self.entries.with_label_values(&[node]).set(size as f64);
         }
