@@ -175,25 +175,33 @@ fn index_user(server: &RedisServer, without: &[&str]) -> Settings {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_zcard_the_permission_probe_refuses_before_anything_changes() {
+async fn without_any_command_of_the_sweep_the_permission_probe_refuses_before_anything_changes() {
     let server = RedisServer::start();
     let mut conn = server.conn();
     seed(&mut conn, "z", 5);
-    let settings = index_user(&server, &["zcard"]);
-    let redis = Connection::connect(&settings.redis).await.unwrap();
-    // Not reading the index size, whose ZCARD would be refused first.
-    let err = sweep::sweep_index(
-        &redis,
-        &settings.sweep,
-        SweepMode::Remove,
-        &SweepProgress::default(),
-        &CancellationToken::new(),
-        false,
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("permission"), "{err}");
-    assert_eq!(members(&mut conn, "z", 5), 10);
+    // The due read, then per key: ZCARD, ZRANGE (the next expiry), ZADD or
+    // ZREM (the entry). (ZREMRANGEBYSCORE on the sets is the full scan's,
+    // granted by the line itself.)
+    for missing in ["zrangebyscore", "zcard", "zrange", "zadd", "zrem"] {
+        let settings = index_user(&server, &[missing]);
+        let redis = Connection::connect(&settings.redis).await.unwrap();
+        // Not reading the index size, whose ZCARD would be refused first.
+        let swept = sweep::sweep_index(
+            &redis,
+            &settings.sweep,
+            SweepMode::Remove,
+            &SweepProgress::default(),
+            &CancellationToken::new(),
+            false,
+        )
+        .await;
+        let err = match swept {
+            Err(err) => err,
+            Ok(report) => panic!("without {missing} the sweep ran: {report:?}"),
+        };
+        assert!(err.to_string().contains("permission"), "{missing}: {err}");
+        assert_eq!(members(&mut conn, "z", 5), 10, "{missing}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

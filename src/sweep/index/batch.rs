@@ -37,8 +37,8 @@ impl IndexNode<'_> {
         let mut again = Vec::new();
         let mut stopped = Ok(());
         for (call, reply) in done {
-            let groups = match reply {
-                Ok(value) => decode(&value).filter(|groups| groups.len() == call.len()),
+            let done = match reply {
+                Ok(value) => decode(&value, call.len()),
                 Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY" | "CLUSTERDOWN")) => {
                     if stopped.is_ok() {
                         stopped = Err(self.conn.error(SWEEP_WHAT, e));
@@ -60,7 +60,7 @@ impl IndexNode<'_> {
                     continue;
                 }
             };
-            let Some(groups) = groups else {
+            let Some(done) = done else {
                 let why = format!(
                     "{SWEEP_WHAT}: Redis at {} answered a reply of the wrong shape",
                     self.conn.address()
@@ -75,23 +75,33 @@ impl IndexNode<'_> {
                 self.skipped.get_or_insert(why);
                 continue;
             };
-            for (slot, (counts, cut, error)) in call.into_iter().zip(groups) {
-                let mut outcome = outcome_of(slot);
-                let progress = counts.members_removed
-                    + counts.index_entries_moved
-                    + counts.index_entries_dropped;
-                outcome.counts.add(&counts);
+            let mut outcome = BatchOutcome {
+                counts: done.counts,
+                first_error: None,
+            };
+            outcome.counts.due_keys = call.iter().map(|slot| slot.keys.len() as u64).sum();
+            let mut noted = vec![(0, None); call.len()];
+            for (group, cut, error) in done.notes {
+                noted[group] = (cut, error);
+            }
+            let progress = outcome.counts.members_removed
+                + outcome.counts.index_entries_moved
+                + outcome.counts.index_entries_dropped;
+            for (slot, (cut, error)) in call.into_iter().zip(noted) {
                 if let Some(error) = error {
                     let why = format!("{SWEEP_WHAT} {}: {error}", slot.index_key);
                     outcome.counts.errors += 1;
-                    outcome.first_error = Some(why.clone());
+                    outcome.first_error.get_or_insert(why.clone());
                     // The slot's sweep stopped midway: not finished.
                     self.skipped.get_or_insert(why);
-                } else if (slot.full || cut > 0) && progress > 0 {
+                } else if cut > 0 || (slot.full && progress > 0) {
+                    // A key cut short removed `limit` members; a full slot
+                    // has a call of its own (see `calls`), so the call's
+                    // progress is the slot's.
                     again.push(slot.slot);
                 }
-                self.tally.add(&outcome);
             }
+            self.tally.add(&outcome);
         }
         stopped.map(|()| again)
     }
@@ -106,8 +116,15 @@ impl IndexNode<'_> {
         let mut calls: Calls<'d> = Vec::new();
         let mut held = 0;
         for slot in due {
-            // A slot of entries to drop only still costs its commands.
-            let work = (slot.keys.len() + slot.foreign.len()).max(1);
+            // A slot of entries to drop only still costs its commands. A
+            // full slot (its read hit the limit) counts as a whole call, so
+            // it has one of its own: whether to read it again follows its
+            // call's progress.
+            let work = if slot.full {
+                KEYS_PER_CALL
+            } else {
+                (slot.keys.len() + slot.foreign.len()).max(1)
+            };
             match calls.last_mut() {
                 Some(call) if held + work <= KEYS_PER_CALL => call.push(slot),
                 _ => {

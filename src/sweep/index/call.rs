@@ -136,8 +136,8 @@ async fn probe_once(
         }
         Err(e) => return Err(Check::Permission.failed(e)),
     };
-    match decode(&reply).as_deref() {
-        Some([(counts, 0, None)]) if *counts == Counts::default() => Ok(()),
+    match decode(&reply, 1) {
+        Some(done) if done == CallDone::default() => Ok(()),
         _ => Err(Check::Permission.refused(format!(
             "Redis at {}: the index sweep's probe answered {}, not nothing done",
             conn.address(),
@@ -146,36 +146,26 @@ async fn probe_once(
     }
 }
 
-/// What the script did for one group: its counts, the keys cut short,
-/// its error.
-pub(super) type GroupDone = (Counts, u64, Option<String>);
-
-/// The script's reply: per group, what it did; `None` for a reply of any
-/// other shape.
-pub(super) fn decode(value: &Value) -> Option<Vec<GroupDone>> {
-    let Value::Array(groups) = value else {
-        return None;
-    };
-    groups.iter().map(decode_group).collect()
+/// What one call of the script did: its totals, and the groups that cut
+/// keys short or failed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct CallDone {
+    /// Summed over the call's groups (`due_keys` stays 0: the caller
+    /// counts what it sent).
+    pub(super) counts: Counts,
+    /// `(group, keys cut short, error)`, the group as an index into the
+    /// call's groups; only groups with a cut or an error.
+    pub(super) notes: Vec<(usize, u64, Option<String>)>,
 }
 
-fn decode_group(value: &Value) -> Option<GroupDone> {
+/// The script's reply to a call of `groups` groups; `None` for a reply
+/// of any other shape (a group out of range included).
+pub(super) fn decode(value: &Value, groups: usize) -> Option<CallDone> {
     let Value::Array(items) = value else {
         return None;
     };
-    let [changed, removed, moved, dropped, wrong, cut, error] = items.as_slice() else {
+    let [changed, removed, moved, dropped, wrong, notes] = items.as_slice() else {
         return None;
-    };
-    let int = |v: &Value| match v {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        _ => None,
-    };
-    let error = match error {
-        Value::BulkString(text) if text.is_empty() => None,
-        Value::BulkString(text) => Some(String::from_utf8_lossy(text).into_owned()),
-        Value::SimpleString(text) if text.is_empty() => None,
-        Value::SimpleString(text) => Some(text.clone()),
-        _ => return None,
     };
     let counts = Counts {
         keys_changed: int(changed)?,
@@ -185,5 +175,36 @@ fn decode_group(value: &Value) -> Option<GroupDone> {
         skipped_wrong_type: int(wrong)?,
         ..Counts::default()
     };
-    Some((counts, int(cut)?, error))
+    let Value::Array(notes) = notes else {
+        return None;
+    };
+    if notes.len() % 3 != 0 {
+        return None;
+    }
+    let notes = notes
+        .chunks(3)
+        .map(|note| {
+            let [group, cut, error] = note else {
+                return None;
+            };
+            let group = usize::try_from(int(group)?).ok()?.checked_sub(1)?;
+            (group < groups).then_some(())?;
+            let error = match error {
+                Value::BulkString(text) if text.is_empty() => None,
+                Value::BulkString(text) => Some(String::from_utf8_lossy(text).into_owned()),
+                Value::SimpleString(text) if text.is_empty() => None,
+                Value::SimpleString(text) => Some(text.clone()),
+                _ => return None,
+            };
+            Some((group, int(cut)?, error))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(CallDone { counts, notes })
+}
+
+fn int(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
 }

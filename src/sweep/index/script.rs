@@ -16,10 +16,10 @@
 /// more than `limit` members (`ZCARD`) has its N-th expired score read
 /// first, checked to be at or below the cutoff. Since a call is atomic,
 /// this bounds how long one holds Redis in every throttle mode. Then the
-/// entry is set to
-/// the key's first score above the cutoff (members at or below the
-/// milliseconds floor, never removed, do not keep an entry due forever),
-/// or dropped when there is none (so also for a key gone). A key cut short by `limit` keeps its
+/// entry is set to the key's first score above the cutoff (members at or
+/// below the milliseconds floor, never removed, do not keep an entry due
+/// forever; so the first member, unless it is at or below the floor), or
+/// dropped when there is none (so also for a key gone). A key cut short by `limit` keeps its
 /// entry due, so it comes back.
 ///
 /// One call holds groups: an index key and due keys of its slot. On a
@@ -49,10 +49,14 @@
 /// `probe-remove`, `probe-count`), then per group: its number of due keys,
 /// its number of entries to drop that are not keys to sweep (not of the
 /// pattern or the slot: `remove` only), and those entries.
-/// Returns per group `{keys changed, members removed, entries moved,
-/// entries dropped, not sorted sets, keys cut short, error or ''}`. A
-/// `probe-*` mode runs each command the mode sends over an empty range or
-/// as a no-op, so that an ACL refusing one answers NOPERM and nothing
+/// Returns the call's totals and, flat, the groups that need a word:
+/// `{keys changed, members removed, entries moved, entries dropped, not
+/// sorted sets, {group (from 1), keys cut short, error or '', ...}}`, a
+/// group listed when it cut keys short or failed. Totals, not a reply per
+/// group: a group is mostly one due key, and building and sending seven
+/// numbers per group was a tenth of the sweep's Lua time. A `probe-*`
+/// mode runs each command the mode sends over an empty range or as a
+/// no-op, so that an ACL refusing one answers NOPERM and nothing
 /// changes.
 pub(super) const SWEEP_DUE: &str = r"#!lua flags=allow-oom
 local exact = 9007199254740991
@@ -65,9 +69,12 @@ local cutoff = ARGV[2]
 if cutoff == nil or string.match(cutoff, '^%-?%d+$') == nil or math.abs(tonumber(cutoff)) > exact then
   cutoff = nil
 end
+-- A count is a whole number in 0..2^32-1. tonumber, not a pattern: it
+-- runs twice per group, and per group is per due key.
+local floor = math.floor
 local function count(text)
-  local n = text and string.match(text, '^%d+$') and tonumber(text)
-  if n and n <= 4294967295 then return n end
+  local n = tonumber(text)
+  if n and n >= 0 and n <= 4294967295 and floor(n) == n then return n end
   return nil
 end
 local limit = count(ARGV[3])
@@ -75,31 +82,37 @@ local mode = ARGV[4]
 local known = mode == 'remove' or mode == 'count' or mode == 'probe-remove' or mode == 'probe-count'
 local out_of_range = redis.error_reply('ERR token-sweeper index sweep: argument out of range')
 if not (min and cutoff and limit and known) then return out_of_range end
-local groups, a, k = {}, 5, 1
-while a <= #ARGV do
+-- The groups, as parallel arrays (a table per group costs per due key).
+local g_index, g_first, g_last, g_drop, g_drop_last = {}, {}, {}, {}, {}
+local n_keys, n_argv = #KEYS, #ARGV
+local groups, a, k = 0, 5, 1
+while a <= n_argv do
   local keys, foreign = count(ARGV[a]), count(ARGV[a + 1])
-  if keys == nil or foreign == nil or k + keys > #KEYS or a + 1 + foreign > #ARGV then
+  if keys == nil or foreign == nil or k + keys > n_keys or a + 1 + foreign > n_argv then
     return out_of_range
   end
-  groups[#groups + 1] = {index = KEYS[k], first = k + 1, last = k + keys, drop = a + 2, drop_last = a + 1 + foreign}
+  groups = groups + 1
+  g_index[groups], g_first[groups], g_last[groups] = KEYS[k], k + 1, k + keys
+  g_drop[groups], g_drop_last[groups] = a + 2, a + 1 + foreign
   k, a = k + keys + 1, a + 2 + foreign
 end
-if #groups == 0 or k ~= #KEYS + 1 then return out_of_range end
-local results = {}
+if groups == 0 or k ~= n_keys + 1 then return out_of_range end
+local call, pcall_redis = redis.call, redis.pcall
 if mode == 'probe-remove' or mode == 'probe-count' then
   -- ACLs are checked before types: WRONGTYPE means the command was let through.
   local function probe(...)
-    local reply = redis.pcall(...)
+    local reply = pcall_redis(...)
     if type(reply) == 'table' and reply.err and string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then
       error(reply)
     end
   end
-  for _, group in ipairs(groups) do
-    local index = group.index
+  for g = 1, groups do
+    local index = g_index[g]
     probe('ZRANGEBYSCORE', index, '(0', '(0', 'WITHSCORES', 'LIMIT', 0, 1)
-    for i = group.first, group.last do
+    for i = g_first[g], g_last[g] do
       probe('ZRANGEBYSCORE', KEYS[i], '(0', '(0', 'WITHSCORES', 'LIMIT', 0, 1)
       if mode == 'probe-remove' then
+        probe('ZRANGE', KEYS[i], 1, 0, 'WITHSCORES')
         probe('ZCARD', KEYS[i])
         probe('ZREMRANGEBYSCORE', KEYS[i], '(0', '(0')
       else
@@ -111,87 +124,104 @@ if mode == 'probe-remove' or mode == 'probe-count' then
       probe('ZADD', index, 'XX', 'GT', '-inf', '')
       probe('ZREM', index, '')
     end
-    results[#results + 1] = {0, 0, 0, 0, 0, 0, ''}
   end
-  return results
+  return {0, 0, 0, 0, 0, {}}
 end
 local removing = mode == 'remove'
+local cutoff_number = tonumber(cutoff)
+-- After the removal the first member is the next expiry, unless it is at
+-- or below the floor (never removed): then the ranged read, dearer.
 local above = '(' .. cutoff
-local function sweep_group(group)
-  local index = group.index
-  local changed, removed, moved, dropped, wrongtype, cut = 0, 0, 0, 0, 0, 0
-  -- The first command on a key: a key of another type answers WRONGTYPE
-  -- (it loses its entry, untouched); a missing key reads as empty.
-  local function first_on(key, ...)
-    local reply = redis.pcall(...)
-    if type(reply) == 'table' and reply.err then
-      if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then error(reply) end
-      wrongtype = wrongtype + 1
-      if removing then dropped = dropped + redis.call('ZREM', index, key) end
-      return nil
-    end
-    return reply
+local function next_expiry(key)
+  local first = call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local score = first[2] and tonumber(first[2])
+  if first[2] == nil or (score and score > cutoff_number) then return first end
+  return call('ZRANGEBYSCORE', key, above, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+end
+-- The group being swept and its counts: upvalues of the functions below,
+-- set per group (closures made per group would cost per due key).
+local index, changed, removed, moved, dropped, wrongtype, cut
+-- The first command on a key: a key of another type answers WRONGTYPE
+-- (it loses its entry, untouched); a missing key reads as empty.
+local function first_on(key, reply)
+  if type(reply) == 'table' and reply.err then
+    if string.sub(reply.err, 1, 9) ~= 'WRONGTYPE' then error(reply) end
+    wrongtype = wrongtype + 1
+    if removing then dropped = dropped + call('ZREM', index, key) end
+    return nil
   end
-  local function sweep_key(key)
-    if key == index then return end
-    local upper, more = cutoff, false
-    local n
-    if removing then
-      -- A set of at most `limit` members cannot hold more expired ones:
-      -- one removal. Only a larger one reads its N-th expired score.
-      local size = first_on(key, 'ZCARD', key)
-      if size == nil then return end
-      if size == 0 then
-        -- Gone (revoked, emptied): nothing to remove, no next expiry.
-        dropped = dropped + redis.call('ZREM', index, key)
-        return
-      end
-      if limit > 0 and size > limit then
-        local nth = redis.call('ZRANGEBYSCORE', key, min, cutoff, 'WITHSCORES', 'LIMIT', limit - 1, 1)
-        if nth[2] then
-          local score = tonumber(nth[2])
-          if nth[2] ~= '-inf' and (score == nil or score > tonumber(cutoff)) then
-            error('a score read from the expired range is above the cutoff: ' .. nth[2])
-          end
-          upper, more = nth[2], true
-        end
-      end
-      n = redis.call('ZREMRANGEBYSCORE', key, min, upper)
-    else
-      n = first_on(key, 'ZCOUNT', key, min, cutoff)
-      if n == nil then return end
-    end
-    if n > 0 then
-      changed = changed + 1
-      removed = removed + n
-    end
-    if not removing then return end
-    if more then
-      cut = cut + 1
+  return reply
+end
+local function sweep_key(key)
+  if key == index then return end
+  local upper, more = cutoff, false
+  local n
+  if removing then
+    -- A set of at most `limit` members cannot hold more expired ones:
+    -- one removal. Only a larger one reads its N-th expired score.
+    local size = first_on(key, pcall_redis('ZCARD', key))
+    if size == nil then return end
+    if size == 0 then
+      -- Gone (revoked, emptied): nothing to remove, no next expiry.
+      dropped = dropped + call('ZREM', index, key)
       return
     end
-    local next = redis.call('ZRANGEBYSCORE', key, above, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if next[2] then
-      redis.call('ZADD', index, next[2], key)
-      moved = moved + 1
-    else
-      dropped = dropped + redis.call('ZREM', index, key)
+    if limit > 0 and size > limit then
+      local nth = call('ZRANGEBYSCORE', key, min, cutoff, 'WITHSCORES', 'LIMIT', limit - 1, 1)
+      if nth[2] then
+        local score = tonumber(nth[2])
+        if nth[2] ~= '-inf' and (score == nil or score > cutoff_number) then
+          error('a score read from the expired range is above the cutoff: ' .. nth[2])
+        end
+        upper, more = nth[2], true
+      end
     end
+    n = call('ZREMRANGEBYSCORE', key, min, upper)
+  else
+    n = first_on(key, pcall_redis('ZCOUNT', key, min, cutoff))
+    if n == nil then return end
   end
+  if n > 0 then
+    changed = changed + 1
+    removed = removed + n
+  end
+  if not removing then return end
+  if more then
+    cut = cut + 1
+    return
+  end
+  local next = next_expiry(key)
+  if next[2] then
+    call('ZADD', index, next[2], key)
+    moved = moved + 1
+  else
+    dropped = dropped + call('ZREM', index, key)
+  end
+end
+local function sweep_group(g)
+  if removing then
+    for i = g_drop[g], g_drop_last[g] do dropped = dropped + call('ZREM', index, ARGV[i]) end
+  end
+  for i = g_first[g], g_last[g] do sweep_key(KEYS[i]) end
+end
+local totals, notes = {0, 0, 0, 0, 0}, {}
+for g = 1, groups do
+  index, changed, removed, moved, dropped, wrongtype, cut = g_index[g], 0, 0, 0, 0, 0, 0
+  local ok, e = pcall(sweep_group, g)
   local failed = ''
-  local ok, e = pcall(function()
-    if removing then
-      for i = group.drop, group.drop_last do dropped = dropped + redis.call('ZREM', index, ARGV[i]) end
-    end
-    for i = group.first, group.last do sweep_key(KEYS[i]) end
-  end)
   if not ok then
     failed = type(e) == 'table' and (e.err or 'error') or tostring(e)
   end
-  return {changed, removed, moved, dropped, wrongtype, cut, failed}
+  totals[1], totals[2], totals[3] = totals[1] + changed, totals[2] + removed, totals[3] + moved
+  totals[4], totals[5] = totals[4] + dropped, totals[5] + wrongtype
+  if cut > 0 or failed ~= '' then
+    notes[#notes + 1] = g
+    notes[#notes + 1] = cut
+    notes[#notes + 1] = failed
+  end
 end
-for _, group in ipairs(groups) do results[#results + 1] = sweep_group(group) end
-return results
+totals[6] = notes
+return totals
 ";
 
 /// The SHA1 of [`SWEEP_DUE`], hex: the index sweep sends `EVALSHA` (the
