@@ -62,6 +62,19 @@ impl NodeFailed {
         }
     }
 
+    /// A node's `error`: this node not swept (inner), or the whole sweep
+    /// refused when it is this client's own inability (outer:
+    /// [`own_inability`]).
+    pub(super) fn from_error<T>(
+        address: &str,
+        error: StoreError,
+    ) -> Result<Result<T, NodeFailed>, SweepError> {
+        match own_inability(&error) {
+            Some(refused) => Err(refused),
+            None => Ok(Err(Self::new(address, error.to_string(), Some(error)))),
+        }
+    }
+
     /// A node whose checks did not answer within `limit`: not swept, as
     /// one that cannot be reached.
     pub(super) fn stalled(address: &str, limit: Duration) -> Self {
@@ -113,43 +126,16 @@ impl<'a> NodeSweep<'a> {
         stop: &CancellationToken,
     ) -> Result<Result<NodeSweep<'a>, NodeFailed>, SweepError> {
         let address = primary.address.as_str();
-        let failed = |error: StoreError| {
-            if is_own_inability(&error) {
-                // Every daemon would not fail alike here: this one must not
-                // go on as if it could sweep (a daemon would stay counted
-                // in the shares and keep this node out of the others').
-                return Err(SweepError::SafetyCheck {
-                    check: Check::Permission,
-                    reason: error.to_string(),
-                    refusal: Some(error.kind()),
-                });
-            }
-            Ok(Err(NodeFailed {
-                address: address.to_owned(),
-                reason: error.to_string(),
-                error: Some(error),
-            }))
-        };
-        let mut node_conn = match conn.node(address).await {
-            Ok(node_conn) => node_conn,
-            Err(e) => return failed(e),
-        };
-        let assignment = match node_conn.slot_assignment().await {
-            Ok(assignment) => assignment,
-            Err(e) => return failed(e),
-        };
-        if let Some(reason) = assignment
-            .as_ref()
-            .and_then(|now| moved_since(primary, now))
-        {
+        let failed = |error: StoreError| NodeFailed::from_error(address, error);
+        let (mut node_conn, assignment) = match open_primary(conn, primary).await {
+            Ok(opened) => opened,
+            Err(NotOpened::Failed(e)) => return failed(e),
             // Swept or not, it could not count as finished; the next sweep
             // reads the topology afresh.
-            return Ok(Err(NodeFailed {
-                address: address.to_owned(),
-                reason,
-                error: None,
-            }));
-        }
+            Err(NotOpened::Moved(reason)) => {
+                return Ok(Err(NodeFailed::new(address, reason, None)))
+            }
+        };
         let importing = assignment
             .as_ref()
             .map(SlotAssignment::importing)
@@ -339,8 +325,53 @@ pub(super) async fn slots_changed(
 /// client settings do not work), which another client may not share, as
 /// opposed to the node being down, stalled or reconfiguring, which every
 /// client sees alike. ACLs and passwords are per node on a cluster.
-pub(super) fn is_own_inability(error: &StoreError) -> bool {
+fn is_own_inability(error: &StoreError) -> bool {
     matches!(error.kind(), "noperm" | "auth" | "config")
+}
+
+/// The whole sweep's error when a node's `error` is this client's own
+/// inability ([`is_own_inability`]): a refused permission check. Every
+/// client would not fail alike there, so this one must not go on as if it
+/// could sweep (a daemon would stay counted in the shares and keep this
+/// node out of the others'). `None`: the node's own failure.
+pub(super) fn own_inability(error: &StoreError) -> Option<SweepError> {
+    is_own_inability(error).then(|| SweepError::SafetyCheck {
+        check: Check::Permission,
+        reason: error.to_string(),
+        refusal: Some(error.kind()),
+    })
+}
+
+/// Why a primary could not be opened for a sweep or a rebuild.
+pub(super) enum NotOpened {
+    /// Its connection or its slot read failed.
+    Failed(StoreError),
+    /// It no longer serves what it was chosen for ([`moved_since`]).
+    Moved(String),
+}
+
+/// Connects to `primary` and reads the slots it serves now, checked
+/// against those it was chosen for: the opening of every node's sweep,
+/// index sweep and rebuild.
+pub(super) async fn open_primary(
+    conn: &Connection,
+    primary: &Primary,
+) -> Result<(Connection, Option<SlotAssignment>), NotOpened> {
+    let mut node_conn = conn
+        .node(&primary.address)
+        .await
+        .map_err(NotOpened::Failed)?;
+    let assignment = node_conn
+        .slot_assignment()
+        .await
+        .map_err(NotOpened::Failed)?;
+    if let Some(reason) = assignment
+        .as_ref()
+        .and_then(|now| moved_since(primary, now))
+    {
+        return Err(NotOpened::Moved(reason));
+    }
+    Ok((node_conn, assignment))
 }
 
 /// Why a node, by its own account `now`, no longer serves what `primary`

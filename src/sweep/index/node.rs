@@ -8,7 +8,7 @@ use super::super::cutoff::Expired;
 use super::super::error::{Check, SweepError};
 use super::super::guard::{check_batch, no_evidence, GuardSample, GUARD_READ_FACTOR};
 use super::super::mode::SweepMode;
-use super::super::node::{is_own_inability, moved_since, slots_changed, NodeFailed};
+use super::super::node::{open_primary, slots_changed, NodeFailed, NotOpened};
 use super::super::query::Found;
 use super::super::report::{NodeReport, SweepProgress, Tally};
 use super::call::probe_commands;
@@ -65,30 +65,14 @@ impl<'a> IndexNode<'a> {
         read_size: bool,
     ) -> Result<Result<IndexNode<'a>, NodeFailed>, SweepError> {
         let address = primary.address.as_str();
-        let failed = |error: StoreError| {
-            if is_own_inability(&error) {
-                return Err(Check::Permission.failed(error));
+        let failed = |error: StoreError| NodeFailed::from_error(address, error);
+        let (node_conn, assignment) = match open_primary(conn, primary).await {
+            Ok(opened) => opened,
+            Err(NotOpened::Failed(e)) => return failed(e),
+            Err(NotOpened::Moved(reason)) => {
+                return Ok(Err(NodeFailed::new(address, reason, None)))
             }
-            Ok(Err(NodeFailed::new(
-                address,
-                error.to_string(),
-                Some(error),
-            )))
         };
-        let mut node_conn = match conn.node(address).await {
-            Ok(node_conn) => node_conn,
-            Err(e) => return failed(e),
-        };
-        let assignment = match node_conn.slot_assignment().await {
-            Ok(assignment) => assignment,
-            Err(e) => return failed(e),
-        };
-        if let Some(reason) = assignment
-            .as_ref()
-            .and_then(|now| moved_since(primary, now))
-        {
-            return Ok(Err(NodeFailed::new(address, reason, None)));
-        }
         let slots: Vec<u16> = if primary.slots.is_empty() {
             (0..=16383).collect()
         } else {

@@ -11,7 +11,7 @@ use super::super::error::{Check, SweepError};
 use super::super::guard::guard_node;
 use super::super::index::{lower_found, probe_commands};
 use super::super::mode::SweepMode;
-use super::super::node::{is_own_inability, moved_since};
+use super::super::node::{open_primary, own_inability, NotOpened};
 use super::super::query::Found;
 use super::super::report::{SweepProgress, Tally};
 use super::super::scan::Scanner;
@@ -48,30 +48,21 @@ impl<'a> Rebuilder<'a> {
             node: primary.address.clone(),
             ..RebuildNode::default()
         };
-        let failed = |report: &RebuildNode, error: StoreError| {
-            if is_own_inability(&error) {
-                return Err(Check::Permission.failed(error));
-            }
-            Ok(Err(RebuildNode {
+        let failed = |report: &RebuildNode, error: StoreError| match own_inability(&error) {
+            Some(refused) => Err(refused),
+            None => Ok(Err(RebuildNode {
                 error: Some(error.to_string()),
                 ..report.clone()
-            }))
+            })),
         };
-        let mut node_conn = match conn.node(&primary.address).await {
-            Ok(node_conn) => node_conn,
-            Err(e) => return failed(&report, e),
+        let (mut node_conn, assignment) = match open_primary(conn, primary).await {
+            Ok(opened) => opened,
+            Err(NotOpened::Failed(e)) => return failed(&report, e),
+            Err(NotOpened::Moved(reason)) => {
+                report.error = Some(reason);
+                return Ok(Err(report));
+            }
         };
-        let assignment = match node_conn.slot_assignment().await {
-            Ok(assignment) => assignment,
-            Err(e) => return failed(&report, e),
-        };
-        if let Some(reason) = assignment
-            .as_ref()
-            .and_then(|now| moved_since(primary, now))
-        {
-            report.error = Some(reason);
-            return Ok(Err(report));
-        }
         let importing = assignment
             .as_ref()
             .map(SlotAssignment::importing)
