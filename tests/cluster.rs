@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::cluster::{slot_of, RedisCluster};
+use common::cluster::{begin_migration, migrate_keys, migrate_slot, slot_of, RedisCluster};
 use common::{redis_now_ms, run_sweeper, wait_until, DaemonProcess};
 use redis::Commands;
 use token_sweeper::auth::{AuthError, TokenService};
@@ -239,47 +239,6 @@ async fn the_auth_module_works_unchanged_on_a_cluster() {
     }
 }
 
-/// Marks `slot` as migrating from the primary `from` to the primary `to`
-/// (`CLUSTER SETSLOT ... IMPORTING` on `to`, `MIGRATING` on `from`);
-/// returns the node ids by address.
-fn begin_migration(
-    cluster: &mut RedisCluster,
-    slot: u16,
-    from: &str,
-    to: &str,
-) -> BTreeMap<String, String> {
-    let ids: BTreeMap<String, String> = cluster
-        .topology()
-        .into_iter()
-        .map(|n| (n.address, n.id))
-        .collect();
-    for (node, state, other) in [(to, "IMPORTING", from), (from, "MIGRATING", to)] {
-        let () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg(state)
-            .arg(&ids[other])
-            .query(&mut cluster.node(node).conn())
-            .unwrap();
-    }
-    ids
-}
-
-/// `MIGRATE`s `keys` from the primary `from` to the primary `to`.
-fn migrate_keys(cluster: &mut RedisCluster, from: &str, to: &str, keys: &[String]) {
-    let to_port: u16 = to.rsplit_once(':').unwrap().1.parse().unwrap();
-    let () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(to_port)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(keys)
-        .query(&mut cluster.node(from).conn())
-        .unwrap();
-}
-
 /// The slot of the primary `address` that holds the most `*-tokens` keys,
 /// with those keys.
 fn busiest_slot(cluster: &mut RedisCluster, address: &str) -> (u16, Vec<String>) {
@@ -308,45 +267,6 @@ fn half_migrate(cluster: &mut RedisCluster, from: &str, to: &str) -> (Vec<String
     let moved = keys.len() / 2;
     migrate_keys(cluster, from, to, &keys[..moved]);
     (keys, moved)
-}
-
-/// Moves every key of `slot` from the primary `from` to the primary `to`,
-/// the way `redis-cli --cluster reshard` does.
-fn migrate_slot(cluster: &mut RedisCluster, slot: u16, from: &str, to: &str) {
-    let ids = begin_migration(cluster, slot, from, to);
-    loop {
-        let keys: Vec<String> = redis::cmd("CLUSTER")
-            .arg("GETKEYSINSLOT")
-            .arg(slot)
-            .arg(50)
-            .query(&mut cluster.node(from).conn())
-            .unwrap();
-        if keys.is_empty() {
-            break;
-        }
-        migrate_keys(cluster, from, to, &keys);
-        // Slowly, so the migration spans a good part of the sweep.
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The target first, then the source, then the others.
-    for node in [to, from] {
-        let () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("NODE")
-            .arg(&ids[to])
-            .query(&mut cluster.node(node).conn())
-            .unwrap();
-    }
-    for node in cluster.primaries() {
-        let mut conn = cluster.node(&node.address).conn();
-        let _: redis::RedisResult<()> = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("NODE")
-            .arg(&ids[to])
-            .query(&mut conn);
-    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::cluster::RedisCluster;
+use common::cluster::{migrate_slot, slot_of, RedisCluster};
 use common::redis_now_ms;
 use redis::Commands;
 use token_sweeper::auth::TokenService;
@@ -264,6 +264,70 @@ async fn index_rebuild_covers_every_primary_and_resumes_where_it_stopped() {
     for (n, key) in keys.iter().enumerate() {
         let index = index_key(DEFAULT_PREFIX, key.as_bytes());
         assert_eq!(keyslot(&mut c, &index), keyslot(&mut c, key));
+        let entry: Option<f64> = c.zscore(&index, key).unwrap();
+        assert_eq!(entry, Some((now + 3_600_000 + n as i64) as f64), "{key}");
+    }
+}
+
+/// A resharding between a stopped rebuild and its `--resume`: a SCAN
+/// cursor only covers keys that were there all along, so a primary whose
+/// slots (and epoch) changed starts over instead of resuming past keys
+/// that moved in; the others resume. Every set ends with its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_rebuild_starts_over_on_primaries_whose_slots_changed() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let mut settings = cluster.settings();
+    settings.sweep.scan_count = 50;
+    const SETS: usize = 3000;
+    let mut c = cluster.conn();
+    let now = redis_now_ms(&mut cluster.nodes[0].conn());
+    let keys: Vec<String> = (0..SETS).map(|u| format!("m{u}-tokens")).collect();
+    for (n, key) in keys.iter().enumerate() {
+        let _: () = c.zadd(key, "live", now + 3_600_000 + n as i64).unwrap();
+    }
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let stop = CancellationToken::new();
+    let first = RebuildOptions {
+        max_keys: Some(1200),
+        ..RebuildOptions::default()
+    };
+    let partial = rebuild_index(&conn, &settings.sweep, &first, &stop)
+        .await
+        .unwrap();
+    assert!(!partial.complete, "{partial:?}");
+    let resumable: Vec<&str> = partial
+        .nodes
+        .iter()
+        .filter(|node| node.cursor != 0)
+        .map(|node| node.node.as_str())
+        .collect();
+    assert!(
+        resumable.len() >= 2,
+        "two primaries stopped midway: {partial:?}"
+    );
+    // A slot of one of them moves to the other: both change shape.
+    let (from, to) = (resumable[0].to_owned(), resumable[1].to_owned());
+    let key_on_from = cluster.keys_on(&from, "m*-tokens")[0].clone();
+    let slot = slot_of(&mut cluster.nodes[0].conn(), &key_on_from);
+    migrate_slot(&mut cluster, slot, &from, &to);
+    let resume = RebuildOptions {
+        resume: true,
+        ..RebuildOptions::default()
+    };
+    let report = rebuild_index(&conn, &settings.sweep, &resume, &stop)
+        .await
+        .unwrap();
+    assert!(report.complete && report.errors == 0, "{report:?}");
+    for node in &report.nodes {
+        let before = partial.nodes.iter().find(|p| p.node == node.node).unwrap();
+        if node.node == from || node.node == to {
+            assert_eq!(node.resumed_from, 0, "slots changed: {node:?}");
+        } else {
+            assert_eq!(node.resumed_from, before.cursor, "unchanged: {node:?}");
+        }
+    }
+    for (n, key) in keys.iter().enumerate() {
+        let index = index_key(DEFAULT_PREFIX, key.as_bytes());
         let entry: Option<f64> = c.zscore(&index, key).unwrap();
         assert_eq!(entry, Some((now + 3_600_000 + n as i64) as f64), "{key}");
     }

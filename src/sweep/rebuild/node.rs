@@ -15,7 +15,7 @@ use super::super::node::{open_primary, own_inability, NotOpened};
 use super::super::query::Found;
 use super::super::report::{SweepProgress, Tally};
 use super::super::scan::Scanner;
-use super::cursor::{rebuild_cursor_key, save_cursor, saved_cursor};
+use super::cursor::{node_shape, rebuild_cursor_key, save_cursor, saved_cursor};
 use super::{Pace, RebuildNode, RebuildOptions, RebuildReport};
 use crate::config::SweepSettings;
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
@@ -27,6 +27,8 @@ pub(super) struct Rebuilder<'a> {
     importing: BTreeSet<u16>,
     scanner: Scanner<'a>,
     cursor_key: String,
+    /// What its saved cursor is valid for (`cursor::node_shape`).
+    shape: String,
     report: RebuildNode,
     interrupted: bool,
 }
@@ -69,8 +71,9 @@ impl<'a> Rebuilder<'a> {
             .unwrap_or_default();
         let prefix = &settings.due_index.key_prefix;
         let cursor_key = rebuild_cursor_key(prefix, primary);
+        let shape = node_shape(assignment.as_ref());
         if options.resume {
-            match saved_cursor(&mut node_conn, &cursor_key, &settings.pattern).await {
+            match saved_cursor(&mut node_conn, &cursor_key, &shape, &settings.pattern).await {
                 Ok(cursor) => report.resumed_from = cursor,
                 Err(e) => return failed(&report, e),
             }
@@ -104,8 +107,14 @@ impl<'a> Rebuilder<'a> {
             )
             .await?;
         }
-        if let Err(e) =
-            save_cursor(&mut node_conn, &cursor_key, report.resumed_from, settings).await
+        if let Err(e) = save_cursor(
+            &mut node_conn,
+            &cursor_key,
+            report.resumed_from,
+            &shape,
+            settings,
+        )
+        .await
         {
             return Err(Check::Permission.failed(e));
         }
@@ -116,6 +125,7 @@ impl<'a> Rebuilder<'a> {
             importing,
             scanner,
             cursor_key,
+            shape,
             report,
             interrupted,
         }))
@@ -161,8 +171,14 @@ impl<'a> Rebuilder<'a> {
             if self.scanner.finished {
                 return self.finish().await;
             }
-            if let Err(e) =
-                save_cursor(&mut conn, &self.cursor_key, self.scanner.cursor, settings).await
+            if let Err(e) = save_cursor(
+                &mut conn,
+                &self.cursor_key,
+                self.scanner.cursor,
+                &self.shape,
+                settings,
+            )
+            .await
             {
                 self.report.error = Some(e.to_string());
                 return self.report;
