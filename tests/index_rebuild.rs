@@ -172,7 +172,7 @@ fn a_cursor_saved_for_another_pattern_is_not_resumed() {
     let _: () = conn
         .set(
             rebuild_cursor_key(DEFAULT_PREFIX, &primary),
-            "v1 12345 *-sessions",
+            "v2 12345 - *-sessions",
         )
         .unwrap();
     let url = server.url();
