@@ -206,17 +206,13 @@ fn the_daemon_sweeps_every_primary_by_the_index_under_the_lock() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn index_rebuild_covers_every_primary_and_resumes_where_it_stopped() {
-    let cluster = RedisCluster::start(3, 0);
-    let mut settings = cluster.settings();
-    // Small SCAN pages: `max_keys` is checked between pages.
-    settings.sweep.scan_count = 50;
-    const SETS: usize = 3000;
+/// `SETS` sets `{prefix}{n}-tokens`, written by code that never kept the
+/// index (no entries): an expired member and a live one at `now + 1 h + n`
+/// ms. Returns the keys and `now`.
+fn seed_unindexed(cluster: &RedisCluster, prefix: &str) -> (Vec<String>, i64) {
     let mut c = cluster.conn();
     let now = redis_now_ms(&mut cluster.nodes[0].conn());
-    // Sets written by code that never kept the index: no entries.
-    let keys: Vec<String> = (0..SETS).map(|u| format!("r{u}-tokens")).collect();
+    let keys: Vec<String> = (0..SETS).map(|u| format!("{prefix}{u}-tokens")).collect();
     for (n, key) in keys.iter().enumerate() {
         let _: () = c
             .zadd_multiple(
@@ -228,6 +224,31 @@ async fn index_rebuild_covers_every_primary_and_resumes_where_it_stopped() {
             )
             .unwrap();
     }
+    (keys, now)
+}
+
+/// Every set of [`seed_unindexed`] has its entry at its live member's
+/// score, in its own slot's index key.
+fn assert_every_entry(cluster: &RedisCluster, keys: &[String], now: i64) {
+    let mut c = cluster.conn();
+    for (n, key) in keys.iter().enumerate() {
+        let index = index_key(DEFAULT_PREFIX, key.as_bytes());
+        assert_eq!(keyslot(&mut c, &index), keyslot(&mut c, key));
+        let entry: Option<f64> = c.zscore(&index, key).unwrap();
+        assert_eq!(entry, Some((now + 3_600_000 + n as i64) as f64), "{key}");
+    }
+}
+
+/// Sets of the rebuild tests.
+const SETS: usize = 3000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_rebuild_covers_every_primary_and_resumes_where_it_stopped() {
+    let cluster = RedisCluster::start(3, 0);
+    let mut settings = cluster.settings();
+    // Small SCAN pages: `max_keys` is checked between pages.
+    settings.sweep.scan_count = 50;
+    let (keys, now) = seed_unindexed(&cluster, "r");
     let conn = Connection::connect(&settings.redis).await.unwrap();
     let stop = CancellationToken::new();
     // Stopped after a few keys: it says so, and each primary's cursor is
@@ -261,12 +282,7 @@ async fn index_rebuild_covers_every_primary_and_resumes_where_it_stopped() {
         SETS as u64,
         "{partial:?} {report:?}"
     );
-    for (n, key) in keys.iter().enumerate() {
-        let index = index_key(DEFAULT_PREFIX, key.as_bytes());
-        assert_eq!(keyslot(&mut c, &index), keyslot(&mut c, key));
-        let entry: Option<f64> = c.zscore(&index, key).unwrap();
-        assert_eq!(entry, Some((now + 3_600_000 + n as i64) as f64), "{key}");
-    }
+    assert_every_entry(&cluster, &keys, now);
 }
 
 /// A resharding between a stopped rebuild and its `--resume`: a SCAN
@@ -278,13 +294,7 @@ async fn a_resumed_rebuild_starts_over_on_primaries_whose_slots_changed() {
     let mut cluster = RedisCluster::start(3, 0);
     let mut settings = cluster.settings();
     settings.sweep.scan_count = 50;
-    const SETS: usize = 3000;
-    let mut c = cluster.conn();
-    let now = redis_now_ms(&mut cluster.nodes[0].conn());
-    let keys: Vec<String> = (0..SETS).map(|u| format!("m{u}-tokens")).collect();
-    for (n, key) in keys.iter().enumerate() {
-        let _: () = c.zadd(key, "live", now + 3_600_000 + n as i64).unwrap();
-    }
+    let (keys, now) = seed_unindexed(&cluster, "m");
     let conn = Connection::connect(&settings.redis).await.unwrap();
     let stop = CancellationToken::new();
     let first = RebuildOptions {
@@ -326,9 +336,5 @@ async fn a_resumed_rebuild_starts_over_on_primaries_whose_slots_changed() {
             assert_eq!(node.resumed_from, before.cursor, "unchanged: {node:?}");
         }
     }
-    for (n, key) in keys.iter().enumerate() {
-        let index = index_key(DEFAULT_PREFIX, key.as_bytes());
-        let entry: Option<f64> = c.zscore(&index, key).unwrap();
-        assert_eq!(entry, Some((now + 3_600_000 + n as i64) as f64), "{key}");
-    }
+    assert_every_entry(&cluster, &keys, now);
 }
