@@ -275,6 +275,40 @@ async fn a_dry_run_changes_nothing() {
     assert_eq!(entry(&mut conn, "d-tokens"), Some((now - 1000) as f64));
 }
 
+/// A dry run over a slot with more due keys than one read takes (100):
+/// nothing moves, so reading it again would find the same entries; it
+/// counts those and says the node is unfinished, never finished with
+/// part of the count. (From a review: it said finished.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_over_a_full_slot_is_not_finished() {
+    let server = RedisServer::start();
+    let settings = indexed(&server);
+    let mut conn = server.conn();
+    let now = redis_now_ms(&mut conn);
+    for i in 0..250 {
+        let key = format!("{{full}}u{i}-tokens");
+        let _: () = conn
+            .zadd_multiple(&key, &[(now - 60_000, "old"), (now + 3_600_000, "new")])
+            .unwrap();
+        let _: () = conn
+            .zadd(
+                index_key(DEFAULT_PREFIX, key.as_bytes()),
+                &key,
+                now - 60_000,
+            )
+            .unwrap();
+    }
+    let dry = index_sweep(&settings, SweepMode::DryRun).await.unwrap();
+    assert_eq!(dry.counts.members_removed, 100, "{dry:?}");
+    let node = &dry.nodes[0];
+    assert!(!node.finished, "{dry:?}");
+    let reason = node.unfinished_reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("dry run: 1 slot(s)"), "{dry:?}");
+    let removed = index_sweep(&settings, SweepMode::Remove).await.unwrap();
+    assert_eq!(removed.counts.members_removed, 250, "{removed:?}");
+    assert!(removed.nodes[0].finished, "{removed:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_the_sweep_may_not_touch_are_dropped_and_their_keys_left_alone() {
     // Bounded per key (the nth expired score read first) with the

@@ -95,7 +95,7 @@ impl IndexNode<'_> {
                     // The slot's sweep stopped midway: not finished.
                     self.skipped.get_or_insert(why);
                 } else if cut > 0 || (slot.full && progress > 0) {
-                    // A key cut short removed `limit` members; a full slot
+                    // A key cut short removed at least `limit` members; a full slot
                     // has a call of its own (see `calls`), so the call's
                     // progress is the slot's.
                     again.push(slot.slot);

@@ -159,7 +159,9 @@ pub(super) struct CallDone {
 }
 
 /// The script's reply to a call of `groups` groups; `None` for a reply
-/// of any other shape (a group out of range included).
+/// of any other shape: a group out of range, or not after the one noted
+/// before it (the script notes each group once, in order; a second note
+/// could hide the first one's error).
 pub(super) fn decode(value: &Value, groups: usize) -> Option<CallDone> {
     let Value::Array(items) = value else {
         return None;
@@ -181,6 +183,7 @@ pub(super) fn decode(value: &Value, groups: usize) -> Option<CallDone> {
     if notes.len() % 3 != 0 {
         return None;
     }
+    let mut next = 0;
     let notes = notes
         .chunks(3)
         .map(|note| {
@@ -188,7 +191,8 @@ pub(super) fn decode(value: &Value, groups: usize) -> Option<CallDone> {
                 return None;
             };
             let group = usize::try_from(int(group)?).ok()?.checked_sub(1)?;
-            (group < groups).then_some(())?;
+            (next <= group && group < groups).then_some(())?;
+            next = group + 1;
             let error = match error {
                 Value::BulkString(text) if text.is_empty() => None,
                 Value::BulkString(text) => Some(String::from_utf8_lossy(text).into_owned()),
@@ -206,5 +210,75 @@ fn int(value: &Value) -> Option<u64> {
     match value {
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::query::tests::bulk;
+
+    fn reply(notes: Vec<Value>) -> Value {
+        let mut items: Vec<Value> = (1..=5).map(Value::Int).collect();
+        items.push(Value::Array(notes));
+        Value::Array(items)
+    }
+
+    #[test]
+    fn a_reply_is_the_totals_and_the_groups_noted_in_order() {
+        let done = decode(&reply(vec![]), 2);
+        let counts = Counts {
+            keys_changed: 1,
+            members_removed: 2,
+            index_entries_moved: 3,
+            index_entries_dropped: 4,
+            skipped_wrong_type: 5,
+            ..Counts::default()
+        };
+        assert_eq!(
+            done,
+            Some(CallDone {
+                counts: counts.clone(),
+                notes: Vec::new()
+            })
+        );
+        let notes = vec![
+            Value::Int(1),
+            Value::Int(2),
+            bulk(""),
+            Value::Int(2),
+            Value::Int(0),
+            bulk("ERR boom"),
+        ];
+        assert_eq!(
+            decode(&reply(notes), 2),
+            Some(CallDone {
+                counts,
+                notes: vec![(0, 2, None), (1, 0, Some("ERR boom".to_owned()))],
+            })
+        );
+    }
+
+    #[test]
+    fn any_other_reply_is_refused() {
+        let note = |group: i64| vec![Value::Int(group), Value::Int(0), bulk("e")];
+        // Group 0, a group past the call's, a group noted twice or out of
+        // order, a note cut short.
+        assert_eq!(decode(&reply(note(0)), 2), None);
+        assert_eq!(decode(&reply(note(3)), 2), None);
+        assert_eq!(decode(&reply([note(1), note(1)].concat()), 2), None);
+        assert_eq!(decode(&reply([note(2), note(1)].concat()), 2), None);
+        assert_eq!(decode(&reply(vec![Value::Int(1), Value::Int(0)]), 2), None);
+        // A negative count, a total missing, not an array.
+        let mut negative = reply(vec![]);
+        if let Value::Array(items) = &mut negative {
+            items[1] = Value::Int(-1);
+        }
+        assert_eq!(decode(&negative, 1), None);
+        assert_eq!(
+            decode(&Value::Array((1..=5).map(Value::Int).collect()), 1),
+            None
+        );
+        assert_eq!(decode(&Value::Int(0), 1), None);
     }
 }

@@ -262,10 +262,22 @@ impl<'a> IndexNode<'a> {
                 if due.is_empty() || stop.is_cancelled() {
                     break;
                 }
+                let full = due.iter().filter(|slot| slot.full).count();
                 let Some(again) = self.sweep_paced(due, expired, mode, stop, pace).await? else {
                     return Ok(true);
                 };
-                if mode == SweepMode::DryRun || again.is_empty() {
+                if mode == SweepMode::DryRun {
+                    // Nothing moved, so a read again would find the same
+                    // entries: what lies past them was not counted.
+                    if full > 0 {
+                        self.skipped.get_or_insert(format!(
+                            "dry run: {full} slot(s) had more due entries than one read \
+                             takes ({DUE_PER_SLOT}); only those were counted"
+                        ));
+                    }
+                    break;
+                }
+                if again.is_empty() {
                     break;
                 }
                 if round == MAX_ROUNDS {

@@ -18,7 +18,7 @@
 /// this bounds how long one holds Redis in every throttle mode. Then the
 /// entry is set to the key's first score above the cutoff (members at or
 /// below the milliseconds floor, never removed, do not keep an entry due
-/// forever; so the first member, unless it is at or below the floor), or
+/// forever; so the first member, unless it is at or below the cutoff), or
 /// dropped when there is none (so also for a key gone). A key cut short by `limit` keeps its
 /// entry due, so it comes back.
 ///
@@ -112,7 +112,6 @@ if mode == 'probe-remove' or mode == 'probe-count' then
     for i = g_first[g], g_last[g] do
       probe('ZRANGEBYSCORE', KEYS[i], '(0', '(0', 'WITHSCORES', 'LIMIT', 0, 1)
       if mode == 'probe-remove' then
-        probe('ZRANGE', KEYS[i], 1, 0, 'WITHSCORES')
         probe('ZCARD', KEYS[i])
         probe('ZREMRANGEBYSCORE', KEYS[i], '(0', '(0')
       else
@@ -130,10 +129,12 @@ end
 local removing = mode == 'remove'
 local cutoff_number = tonumber(cutoff)
 -- After the removal the first member is the next expiry, unless it is at
--- or below the floor (never removed): then the ranged read, dearer.
+-- or below the cutoff (at or below the floor, never removed): then the
+-- ranged read, dearer. ZRANGEBYSCORE, not ZRANGE 0 0 (0.6 against 0.4 us):
+-- the ACL the README gives for index mode has no ZRANGE.
 local above = '(' .. cutoff
 local function next_expiry(key)
-  local first = call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local first = call('ZRANGEBYSCORE', key, '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   local score = first[2] and tonumber(first[2])
   if first[2] == nil or (score and score > cutoff_number) then return first end
   return call('ZRANGEBYSCORE', key, above, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
