@@ -9,7 +9,7 @@ mod common;
 use common::{redis_now_ms, settings_for, RedisServer};
 use redis::Commands;
 use token_sweeper::config::{Settings, ThrottleMode};
-use token_sweeper::due_index::{index_key, DEFAULT_PREFIX};
+use token_sweeper::due_index::{index_key, index_key_of_slot, key_slot, DEFAULT_PREFIX};
 use token_sweeper::store::Connection;
 use token_sweeper::sweep::{self, SweepBy, SweepError, SweepMode, SweepProgress, SweepReport};
 use tokio_util::sync::CancellationToken;
@@ -149,6 +149,11 @@ fn readme_index_selector() -> String {
 /// The README's sweeper user plus its index selector, the selector minus
 /// `without` (a selector's commands are its own: the root's do not count).
 fn index_user(server: &RedisServer, without: &[&str]) -> Settings {
+    index_user_with(server, without, &[])
+}
+
+/// [`index_user`] with `extra` selectors besides.
+fn index_user_with(server: &RedisServer, without: &[&str], extra: &[String]) -> Settings {
     let mut rules = common::readme_acl("token-sweeper");
     let mut selector = readme_index_selector();
     for permission in without {
@@ -157,6 +162,7 @@ fn index_user(server: &RedisServer, without: &[&str]) -> Settings {
         selector = selector.replace(&granted, " ");
     }
     rules.push(selector);
+    rules.extend(extra.iter().cloned());
     let mut cmd = redis::cmd("ACL");
     cmd.arg("SETUSER").arg("token-sweeper").arg("reset");
     for rule in rules.into_iter().skip(3) {
@@ -179,10 +185,10 @@ async fn without_any_command_of_the_sweep_the_permission_probe_refuses_before_an
     let server = RedisServer::start();
     let mut conn = server.conn();
     seed(&mut conn, "z", 5);
-    // The due read, then per key: ZCARD, ZRANGE (the next expiry), ZADD or
-    // ZREM (the entry). (ZREMRANGEBYSCORE on the sets is the full scan's,
-    // granted by the line itself.)
-    for missing in ["zrangebyscore", "zcard", "zrange", "zadd", "zrem"] {
+    // The due read and each key's next expiry, then per key: ZCARD, ZADD
+    // or ZREM (the entry). (ZREMRANGEBYSCORE on the sets is the full
+    // scan's, granted by the line itself.)
+    for missing in ["zrangebyscore", "zcard", "zadd", "zrem"] {
         let settings = index_user(&server, &[missing]);
         let redis = Connection::connect(&settings.redis).await.unwrap();
         // Not reading the index size, whose ZCARD would be refused first.
@@ -219,6 +225,54 @@ async fn the_readme_acl_is_enough_and_without_evalsha_nothing_changes() {
     let report = index_sweep(&settings).await.unwrap();
     assert_eq!(report.counts.members_removed, 5, "{report:?}");
     assert_eq!(members(&mut conn, "u", 5), 5);
+}
+
+/// A group that fails midway inside a packed call (its index key refuses
+/// ZADD to this user, after the removal): the call's other group is
+/// swept, the failure is counted and named, the node is not finished, the
+/// failed key's entry stays due (early, never late), and nothing live
+/// goes. (From a review.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_failing_midway_in_a_packed_call_is_reported_and_leaves_the_node_unfinished() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let now = redis_now_ms(&mut conn);
+    // Two keys of two slots; the probe runs on the lower slot's.
+    let (mut first, mut second) = ("{ta}u-tokens", "{tb}u-tokens");
+    if key_slot(second.as_bytes()) < key_slot(first.as_bytes()) {
+        (first, second) = (second, first);
+    }
+    for key in [first, second] {
+        let _: () = conn
+            .zadd_multiple(key, &[(now - 60_000, "old"), (now + 3_600_000, "new")])
+            .unwrap();
+        let _: () = conn
+            .zadd(index_key(DEFAULT_PREFIX, key.as_bytes()), key, now - 60_000)
+            .unwrap();
+    }
+    let first_index = index_key_of_slot(DEFAULT_PREFIX, key_slot(first.as_bytes()));
+    let second_index = index_key(DEFAULT_PREFIX, second.as_bytes());
+    // ZADD on the index granted for the probe's slot only.
+    let mut settings = index_user_with(&server, &["zadd"], &[format!("(~{first_index} +zadd)")]);
+    settings.sweep.throttle = ThrottleMode::Off;
+    let report = index_sweep(&settings).await.unwrap();
+    // Both expired members went (the second's before its refused ZADD).
+    assert_eq!(report.counts.members_removed, 2, "{report:?}");
+    assert_eq!(report.counts.errors, 1, "{report:?}");
+    assert!(!report.nodes[0].finished, "{report:?}");
+    let first_error = report.first_error.clone().unwrap_or_default();
+    assert!(first_error.contains(&second_index), "{first_error}");
+    for key in [first, second] {
+        let left: Vec<String> = conn.zrange(key, 0, -1).unwrap();
+        assert_eq!(left, ["new"], "{key}");
+    }
+    // The failed key's entry: still due (early), not dropped (late).
+    let entry: Option<f64> = conn.zscore(&second_index, second).unwrap();
+    assert_eq!(entry, Some((now - 60_000) as f64));
+    let entry: Option<f64> = conn
+        .zscore(index_key(DEFAULT_PREFIX, first.as_bytes()), first)
+        .unwrap();
+    assert_eq!(entry, Some((now + 3_600_000) as f64));
 }
 
 /// Index entries of `users` sets `{prefix}{n}-tokens` at or below `score`:
