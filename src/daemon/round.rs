@@ -42,7 +42,8 @@ pub(super) struct Round {
     pub(super) kind: RoundKind,
     /// When a round last read the due index's size: an index round reads
     /// it too (a `ZCARD` per hash slot, as much Redis time as the rest of
-    /// a quiet index sweep) until one has, then once per
+    /// a quiet index sweep) until one has on every primary it swept (a
+    /// report's size is only ever whole), then once per
     /// [`INDEX_SIZE_EVERY`].
     pub(super) index_size_read: IndexSizeRead,
     /// When the round's `sweep.jitter` delay ends and it starts sweeping

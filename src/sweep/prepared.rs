@@ -142,7 +142,8 @@ impl PreparedSweep<'_> {
                     }
                     Err(failed) => {
                         let (report, failure) = failed.report();
-                        (report, failure, None)
+                        // An index sweep's node that found nothing.
+                        (report, failure, index.then_some((None, None)))
                     }
                 };
                 progress.node_ended(&report);

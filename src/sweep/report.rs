@@ -215,7 +215,8 @@ pub struct NodeReport {
 pub struct IndexReport {
     /// Entries in the index keys of the primaries swept (sum of `ZCARD`;
     /// in a primary's report, its own); `None` when the sweep did not read
-    /// it ([`SweepBy::Index`](crate::sweep::SweepBy::Index)).
+    /// it ([`SweepBy::Index`](crate::sweep::SweepBy::Index)), or not on
+    /// every primary (one failed, or had slots skipped).
     pub index_size: Option<u64>,
     /// How far behind the oldest due entry was when the sweep read it: now
     /// less its score, in seconds (0 when nothing was due).

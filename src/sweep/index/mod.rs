@@ -69,15 +69,17 @@ pub(super) use node::IndexNode;
 pub(super) type IndexFound = (Option<u64>, Option<f64>);
 
 impl IndexReport {
-    /// The index of the primaries swept, from what each found; the lag is
-    /// counted from `now_micros`, in scores of `unit`.
+    /// The index of the primaries swept, from what each found (a primary
+    /// not swept found nothing); the lag is counted from `now_micros`, in
+    /// scores of `unit`. The size is the sum only when every primary read
+    /// its own: a part is not the size.
     pub(super) fn of(found: &[IndexFound], now_micros: i128, unit: ScoreUnit) -> Self {
-        let mut index = IndexReport::default();
+        let mut index = IndexReport {
+            index_size: found.iter().map(|(size, _)| *size).sum(),
+            ..IndexReport::default()
+        };
         let per_second = unit.per_second() as f64;
-        for (size, oldest) in found {
-            if let Some(size) = size {
-                index.index_size = Some(index.index_size.unwrap_or(0) + size);
-            }
+        for (_, oldest) in found {
             if let Some(oldest) = oldest.filter(|score| score.is_finite()) {
                 let lag = (now_micros as f64 / 1e6 - oldest / per_second).max(0.0);
                 index.index_lag_seconds = index.index_lag_seconds.max(lag);
@@ -111,4 +113,29 @@ pub async fn lower_entries(
         counts: lowered.counts,
         first_error: lowered.first_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_is_the_sum_only_when_every_primary_read_its_own() {
+        let now_micros = 100_000_000; // 100 s
+        let unit = ScoreUnit::Milliseconds;
+        let every = IndexReport::of(
+            &[(Some(3), Some(40_000.0)), (Some(4), None)],
+            now_micros,
+            unit,
+        );
+        assert_eq!(every.index_size, Some(7));
+        assert_eq!(every.index_lag_seconds, 60.0);
+        // A primary whose slots were skipped, or that failed: no size.
+        let part = IndexReport::of(&[(Some(3), None), (None, Some(90_000.0))], now_micros, unit);
+        assert_eq!(part.index_size, None);
+        assert_eq!(part.index_lag_seconds, 10.0);
+        // Nothing due: no lag.
+        let quiet = IndexReport::of(&[(Some(0), None)], now_micros, unit);
+        assert_eq!((quiet.index_size, quiet.index_lag_seconds), (Some(0), 0.0));
+    }
 }
