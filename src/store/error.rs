@@ -162,6 +162,9 @@ impl StoreError {
 fn reply_kind(e: &redis::RedisError) -> &'static str {
     match e.code() {
         Some(code) => code_kind(code, e.detail()),
+        // A password refused in the handshake: over RESP2 redis-rs gives
+        // it no code (over RESP3 it is WRONGPASS).
+        None if e.kind() == redis::ErrorKind::AuthenticationFailed => "auth",
         None if e.is_timeout() => "timeout",
         None if e.is_io_error()
             || e.is_connection_dropped()
@@ -229,6 +232,9 @@ mod tests {
             seen.insert(code_kind(code, detail));
         }
         assert_eq!(code_kind("ERR", None), "command");
+        // A password refused in a RESP2 handshake: no code.
+        let refused = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "test"));
+        assert_eq!(reply_kind(&refused), "auth");
         let address = || "10.0.0.1:6379".to_owned();
         let errors = [
             StoreError::Command {
