@@ -11,7 +11,7 @@ use super::super::error::{Check, SweepError};
 use super::super::guard::guard_node;
 use super::super::index::{lower_found, probe_commands};
 use super::super::mode::SweepMode;
-use super::super::node::{open_primary, own_inability, NotOpened};
+use super::super::node::{open_primary, own_inability, slots_changed, NotOpened};
 use super::super::query::Found;
 use super::super::report::{SweepProgress, Tally};
 use super::super::scan::Scanner;
@@ -200,24 +200,23 @@ impl<'a> Rebuilder<'a> {
     }
 
     /// The scan ran to the end: the node is finished if its slots did not
-    /// move meanwhile, and its cursor is deleted.
+    /// move meanwhile, nor had one migrating (keys a migration moved may
+    /// have passed both nodes' cursors: [`slots_changed`]), and its cursor
+    /// is deleted.
     async fn finish(mut self) -> RebuildNode {
         let mut conn = self.scanner.conn.clone();
-        if let Some(before) = &self.assignment {
-            match conn.slot_assignment().await {
-                Ok(after) if after.as_ref() == Some(before) => {}
-                Ok(_) => {
-                    self.report.error = Some(format!(
-                        "{}: its slots or configuration epoch changed during the rebuild; run it \
-                         again without --resume",
-                        self.primary.address
-                    ));
-                    return self.report;
-                }
-                Err(e) => {
-                    self.report.error = Some(e.to_string());
-                    return self.report;
-                }
+        match slots_changed(&mut conn, self.assignment.take()).await {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                self.report.error = Some(format!(
+                    "{}: {reason}; run it again without --resume",
+                    self.primary.address
+                ));
+                return self.report;
+            }
+            Err(e) => {
+                self.report.error = Some(e.to_string());
+                return self.report;
             }
         }
         let mut del = redis::cmd("DEL");
