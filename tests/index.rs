@@ -309,6 +309,37 @@ async fn a_dry_run_over_a_full_slot_is_not_finished() {
     assert!(removed.nodes[0].finished, "{removed:?}");
 }
 
+/// One index key of another type, and nothing due anywhere: its slot is
+/// skipped (the node unfinished, named), and the unit guard, with nothing
+/// to sweep, has nothing to prove. It refused every index round (from a
+/// review), so one bad key stopped index mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_slot_with_nothing_due_is_named_not_refused_by_the_unit_guard() {
+    let server = RedisServer::start();
+    let settings = indexed(&server);
+    let mut conn = server.conn();
+    let now = redis_now_ms(&mut conn);
+    for user in 0..20 {
+        let key = format!("n{user}-tokens");
+        let _: () = conn.zadd(&key, "live", now + 3_600_000).unwrap();
+        let _: () = conn
+            .zadd(
+                index_key(DEFAULT_PREFIX, key.as_bytes()),
+                &key,
+                now + 3_600_000,
+            )
+            .unwrap();
+    }
+    let bad = index_key_of_slot(DEFAULT_PREFIX, 7);
+    let _: () = conn.set(&bad, "not a sorted set").unwrap();
+    let report = index_sweep(&settings, SweepMode::Remove).await.unwrap();
+    assert_eq!(report.counts.members_removed, 0, "{report:?}");
+    let node = &report.nodes[0];
+    assert!(!node.finished, "{report:?}");
+    let reason = node.unfinished_reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("slot 7"), "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_the_sweep_may_not_touch_are_dropped_and_their_keys_left_alone() {
     // Bounded per key (the nth expired score read first) with the
