@@ -11,7 +11,9 @@ use redis::Commands;
 use token_sweeper::config::{Settings, ThrottleMode};
 use token_sweeper::due_index::{index_key, index_key_of_slot, key_slot, DEFAULT_PREFIX};
 use token_sweeper::store::Connection;
-use token_sweeper::sweep::{self, SweepBy, SweepError, SweepMode, SweepProgress, SweepReport};
+use token_sweeper::sweep::{
+    self, rebuild_index, RebuildOptions, SweepBy, SweepError, SweepMode, SweepProgress, SweepReport,
+};
 use tokio_util::sync::CancellationToken;
 
 fn indexed(server: &RedisServer) -> Settings {
@@ -273,6 +275,45 @@ async fn a_group_failing_midway_in_a_packed_call_is_reported_and_leaves_the_node
         .zscore(index_key(DEFAULT_PREFIX, first.as_bytes()), first)
         .unwrap();
     assert_eq!(entry, Some((now + 3_600_000) as f64));
+}
+
+/// The README's lines are enough for `index rebuild` and its resume: the
+/// saved state (GET, SET) and the run's mark (EVAL, EVALSHA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_acl_is_enough_for_a_rebuild_and_its_resume() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let now = redis_now_ms(&mut conn);
+    for user in 0..300 {
+        let _: () = conn
+            .zadd(format!("r{user}-tokens"), "live", now + 3_600_000)
+            .unwrap();
+    }
+    let mut settings = index_user(&server, &[]);
+    settings.sweep.scan_count = 50;
+    let redis = Connection::connect(&settings.redis).await.unwrap();
+    let stop = CancellationToken::new();
+    let first = RebuildOptions {
+        max_keys: Some(100),
+        ..RebuildOptions::default()
+    };
+    let partial = rebuild_index(&redis, &settings.sweep, &first, &stop)
+        .await
+        .unwrap();
+    assert!(
+        !partial.complete && partial.nodes[0].error.is_none(),
+        "{partial:?}"
+    );
+    let resume = RebuildOptions {
+        resume: true,
+        ..RebuildOptions::default()
+    };
+    let report = rebuild_index(&redis, &settings.sweep, &resume, &stop)
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_ne!(report.nodes[0].resumed_from, 0, "{report:?}");
+    assert_eq!(partial.entries_lowered + report.entries_lowered, 300);
 }
 
 /// Index entries of `users` sets `{prefix}{n}-tokens` at or below `score`:

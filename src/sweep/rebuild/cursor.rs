@@ -1,5 +1,16 @@
-//! The rebuild's saved cursor: where it is kept, its format, reading and
-//! saving it.
+//! The rebuild's saved state per primary: where it is kept, its format,
+//! and what makes it valid to resume from.
+//!
+//! A SCAN cursor means something only to the process that returned it,
+//! over the keys that were there all along: Redis seeds its hash function
+//! at random each time it starts, and slots that moved in bring keys the
+//! cursor may already be past. So a saved cursor holds the node's *shape*
+//! (configuration epoch and slots) and a *mark*: the SHA of a script
+//! unique to the run that saved it, cached on the node by `EVAL`. A
+//! restart, a failover behind the same address and `SCRIPT FLUSH` all
+//! empty that cache, so `EVALSHA` of the mark answers `NOSCRIPT`, and the
+//! node starts over. Starting over is always safe: entries are only ever
+//! lowered.
 
 use redis::Value;
 
@@ -7,24 +18,30 @@ use crate::config::SweepSettings;
 use crate::due_index::slot_tag;
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
 
-/// How long a saved cursor is kept: a rebuild resumed later starts over.
+/// How long a saved state is kept: a rebuild resumed later starts over.
 const CURSOR_TTL_SECONDS: u64 = 86_400;
-/// The format tag of a saved cursor's value.
-/// (`v1`, before the shape: starts over.)
+/// The format tag of a saved value. (`v1`, before the shape and mark:
+/// starts over.)
 const CURSOR_FORMAT: &str = "v2";
 
-/// The key holding `address`'s saved cursor: in the slot `slots` start
+/// The key holding `address`'s saved state: in the slot `slots` start
 /// with (a standalone server: any), so the node itself stores it.
 pub fn rebuild_cursor_key(prefix: &str, primary: &Primary) -> String {
     let slot = primary.slots.first().map_or(0, |range| *range.start());
     format!("{prefix}rebuild:{{{}}}:{}", slot_tag(slot), primary.address)
 }
 
-/// What a saved cursor is valid for: the node's configuration epoch and
-/// slots when it was saved (`-` for a single server). A SCAN cursor only
-/// covers keys that were there all along: after slots moved in (a
-/// resharding between two runs, which also raises the epoch), keys of
-/// theirs may sit before it, so a cursor of another shape starts over.
+/// Where a node's rebuild stood when saved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Saved {
+    /// Its SCAN cursor: go on from there.
+    Cursor(u64),
+    /// Its scan ran to the end: every set then there has its entry.
+    Done,
+}
+
+/// The node's configuration epoch and sorted slots (`-` for a single
+/// server): a cursor saved for another layout starts over.
 pub(super) fn node_shape(assignment: Option<&SlotAssignment>) -> String {
     let Some(assignment) = assignment else {
         return "-".to_owned();
@@ -38,53 +55,102 @@ pub(super) fn node_shape(assignment: Option<&SlotAssignment>) -> String {
     format!("e{}:{}", assignment.config_epoch, slots.join(","))
 }
 
-/// The cursor saved under `key` for `shape` and `pattern`, or 0.
-pub(super) async fn saved_cursor(
+/// A new mark for this run on the node on `conn`: `EVAL` of a script no
+/// other run sends (it only returns its nonce), so that the node caches
+/// it; returns the `shape@sha` a saved state carries.
+pub(super) async fn new_mark(conn: &mut Connection, shape: &str) -> Result<String, StoreError> {
+    let text = format!(
+        "return 'token-sweeper index rebuild {:016x}'",
+        rand::random::<u64>()
+    );
+    let sha = redis::Script::new(&text).get_hash().to_owned();
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(&text).arg(0);
+    conn.query::<Value>("EVAL (rebuild mark)", &eval).await?;
+    Ok(format!("{shape}@{sha}"))
+}
+
+/// The state saved under `key`, when it is valid here: saved for
+/// `pattern` and `shape`, by a run whose mark the node still has cached
+/// (the same process). Returns it with the `shape@sha` to save again;
+/// `None`: start over.
+pub(super) async fn resume_point(
     conn: &mut Connection,
     key: &str,
     shape: &str,
     pattern: &str,
-) -> Result<u64, StoreError> {
+) -> Result<Option<(Saved, String)>, StoreError> {
     let mut get = redis::cmd("GET");
     get.arg(key);
     let saved: Option<String> = conn.query("GET (rebuild cursor)", &get).await?;
-    let Some(saved) = saved else { return Ok(0) };
-    Ok(parse_cursor(&saved, shape, pattern).unwrap_or_else(|| {
+    let Some(saved) = saved else { return Ok(None) };
+    let Some((state, marked)) = parse_saved(&saved, shape, pattern) else {
         tracing::warn!(
             key,
             saved,
             shape,
-            "rebuild cursor of another pattern, format, or slots and configuration epoch of \
-             the node: starting over"
+            "rebuild state of another pattern or format, or of other slots or configuration \
+             epoch of the node: starting over"
         );
-        0
-    }))
+        return Ok(None);
+    };
+    let Some((_, sha)) = marked.split_once('@') else {
+        return Ok(None);
+    };
+    let mut evalsha = redis::cmd("EVALSHA");
+    evalsha.arg(sha).arg(0);
+    match conn
+        .query::<Value>("EVALSHA (rebuild mark)", &evalsha)
+        .await
+    {
+        Ok(_) => Ok(Some((state, marked.to_owned()))),
+        Err(StoreError::Command { source, .. }) if source.code() == Some("NOSCRIPT") => {
+            tracing::warn!(
+                key,
+                "the node no longer has the saved rebuild's mark (a restart, a failover or \
+                 SCRIPT FLUSH since): its SCAN cursor means nothing now, starting over"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// `v2 <cursor> <shape> <pattern>`: the cursor, when saved for `shape`
-/// and `pattern` (the pattern last: it may hold spaces).
-fn parse_cursor(saved: &str, shape: &str, pattern: &str) -> Option<u64> {
+/// `v2 <cursor|done> <shape>@<sha> <pattern>`: the state and the marked
+/// shape, when saved for `shape` and `pattern` (the pattern last: it may
+/// hold spaces).
+fn parse_saved<'s>(saved: &'s str, shape: &str, pattern: &str) -> Option<(Saved, &'s str)> {
     let rest = saved.strip_prefix(CURSOR_FORMAT)?.strip_prefix(' ')?;
-    let (cursor, rest) = rest.split_once(' ')?;
-    let (saved_shape, saved_pattern) = rest.split_once(' ')?;
-    (saved_shape == shape && saved_pattern == pattern)
-        .then(|| cursor.parse().ok())
-        .flatten()
+    let (state, rest) = rest.split_once(' ')?;
+    let (marked, saved_pattern) = rest.split_once(' ')?;
+    let (saved_shape, sha) = marked.split_once('@')?;
+    if saved_shape != shape || saved_pattern != pattern || sha.is_empty() {
+        return None;
+    }
+    let state = match state {
+        "done" => Saved::Done,
+        cursor => Saved::Cursor(cursor.parse().ok()?),
+    };
+    Some((state, marked))
 }
 
-/// Saves `cursor` for `shape` and `settings.pattern` under `key`, for a
-/// day.
-pub(super) async fn save_cursor(
+/// Saves `state` for `marked` (`shape@sha`) and `settings.pattern` under
+/// `key`, for a day.
+pub(super) async fn save_state(
     conn: &mut Connection,
     key: &str,
-    cursor: u64,
-    shape: &str,
+    state: Saved,
+    marked: &str,
     settings: &SweepSettings,
 ) -> Result<(), StoreError> {
+    let state = match state {
+        Saved::Cursor(cursor) => cursor.to_string(),
+        Saved::Done => "done".to_owned(),
+    };
     let mut set = redis::cmd("SET");
     set.arg(key)
         .arg(format!(
-            "{CURSOR_FORMAT} {cursor} {shape} {}",
+            "{CURSOR_FORMAT} {state} {marked} {}",
             settings.pattern
         ))
         .arg("EX")
@@ -100,21 +166,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cursor_is_resumed_only_for_its_own_pattern_and_shape() {
+    fn a_state_is_resumed_only_for_its_own_pattern_and_shape_with_a_mark() {
         let shape = "e3:0-99,200-299";
-        let saved = "v2 1234 e3:0-99,200-299 *-tokens";
-        assert_eq!(parse_cursor(saved, shape, "*-tokens"), Some(1234));
-        assert_eq!(parse_cursor("v2 0 - a b*", "-", "a b*"), Some(0));
-        assert_eq!(parse_cursor(saved, shape, "*-sessions"), None);
-        assert_eq!(parse_cursor(saved, "e4:0-99,200-299", "*-tokens"), None);
-        assert_eq!(parse_cursor(saved, "e3:0-99", "*-tokens"), None);
-        assert_eq!(parse_cursor("v1 1234 *-tokens", shape, "*-tokens"), None);
+        let saved = "v2 1234 e3:0-99,200-299@ab12 *-tokens";
+        let marked = "e3:0-99,200-299@ab12";
         assert_eq!(
-            parse_cursor("v2 x e3:0-99,200-299 *-tokens", shape, "*-tokens"),
+            parse_saved(saved, shape, "*-tokens"),
+            Some((Saved::Cursor(1234), marked))
+        );
+        assert_eq!(
+            parse_saved("v2 done -@ff a b*", "-", "a b*"),
+            Some((Saved::Done, "-@ff"))
+        );
+        assert_eq!(parse_saved(saved, shape, "*-sessions"), None);
+        assert_eq!(parse_saved(saved, "e4:0-99,200-299", "*-tokens"), None);
+        assert_eq!(parse_saved(saved, "e3:0-99", "*-tokens"), None);
+        // No mark, an empty one, the old format, garbage.
+        assert_eq!(
+            parse_saved("v2 12 e3:0-99,200-299 *-tokens", shape, "*-tokens"),
             None
         );
         assert_eq!(
-            parse_cursor("v2 12 e3:0-99,200-299", shape, "*-tokens"),
+            parse_saved("v2 12 e3:0-99,200-299@ *-tokens", shape, "*-tokens"),
+            None
+        );
+        assert_eq!(parse_saved("v1 1234 *-tokens", shape, "*-tokens"), None);
+        assert_eq!(
+            parse_saved("v2 x e3:0-99,200-299@ab *-tokens", shape, "*-tokens"),
+            None
+        );
+        assert_eq!(
+            parse_saved("v2 12 e3:0-99,200-299@ab", shape, "*-tokens"),
             None
         );
     }

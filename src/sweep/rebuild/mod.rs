@@ -68,6 +68,9 @@ pub struct RebuildNode {
     pub errors: u64,
     /// Its scan ran to the end, every key's entry written, slots unchanged.
     pub finished: bool,
+    /// Finished by an earlier run (`--resume` passed over it): the node
+    /// has the same slots and is the same process since.
+    pub done_before: bool,
     /// Why it did not finish, when not interrupted.
     pub error: Option<String>,
 }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 
-use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::super::cutoff::Expired;
@@ -15,7 +14,7 @@ use super::super::node::{open_primary, own_inability, slots_changed, NotOpened};
 use super::super::query::Found;
 use super::super::report::{SweepProgress, Tally};
 use super::super::scan::Scanner;
-use super::cursor::{node_shape, rebuild_cursor_key, save_cursor, saved_cursor};
+use super::cursor::{new_mark, node_shape, rebuild_cursor_key, resume_point, save_state, Saved};
 use super::{Pace, RebuildNode, RebuildOptions, RebuildReport};
 use crate::config::SweepSettings;
 use crate::store::{Connection, Primary, SlotAssignment, StoreError};
@@ -27,16 +26,18 @@ pub(super) struct Rebuilder<'a> {
     importing: BTreeSet<u16>,
     scanner: Scanner<'a>,
     cursor_key: String,
-    /// What its saved cursor is valid for (`cursor::node_shape`).
-    shape: String,
+    /// What its saved state is valid for: the node's shape and this run's
+    /// mark (see `cursor.rs`).
+    marked: String,
     report: RebuildNode,
     interrupted: bool,
 }
 
 impl<'a> Rebuilder<'a> {
-    /// The node's checks: slots, saved cursor, unit guard, permission probe,
-    /// and the first save of its cursor (the state key's permission) before
-    /// any entry is written. Outer error: the rebuild is refused.
+    /// The node's checks: slots, saved state, unit guard, permission probe,
+    /// and the first save of its state (the state key's permission) before
+    /// any entry is written. Outer error: the rebuild is refused; inner: the
+    /// node does not run (it failed, or an earlier run finished it).
     pub(super) async fn start(
         conn: &Connection,
         primary: &Primary,
@@ -72,12 +73,30 @@ impl<'a> Rebuilder<'a> {
         let prefix = &settings.due_index.key_prefix;
         let cursor_key = rebuild_cursor_key(prefix, primary);
         let shape = node_shape(assignment.as_ref());
-        if options.resume {
-            match saved_cursor(&mut node_conn, &cursor_key, &shape, &settings.pattern).await {
-                Ok(cursor) => report.resumed_from = cursor,
+        let resumed = if options.resume {
+            match resume_point(&mut node_conn, &cursor_key, &shape, &settings.pattern).await {
+                Ok(resumed) => resumed,
                 Err(e) => return failed(&report, e),
             }
-        }
+        } else {
+            None
+        };
+        let (state, marked) = match resumed {
+            Some(resumed) => resumed,
+            None => match new_mark(&mut node_conn, &shape).await {
+                Ok(marked) => (Saved::Cursor(0), marked),
+                Err(e) => return failed(&report, e),
+            },
+        };
+        let Saved::Cursor(cursor) = state else {
+            // Finished by an earlier run, in this process of the node,
+            // with these slots: every set then there has its entry, and
+            // logins keep the entries of the sets since.
+            report.finished = true;
+            report.done_before = true;
+            return Ok(Err(report));
+        };
+        report.resumed_from = cursor;
         let tally = Tally {
             progress,
             node: std::sync::Arc::default(),
@@ -107,11 +126,11 @@ impl<'a> Rebuilder<'a> {
             )
             .await?;
         }
-        if let Err(e) = save_cursor(
+        if let Err(e) = save_state(
             &mut node_conn,
             &cursor_key,
-            report.resumed_from,
-            &shape,
+            Saved::Cursor(report.resumed_from),
+            &marked,
             settings,
         )
         .await
@@ -125,7 +144,7 @@ impl<'a> Rebuilder<'a> {
             importing,
             scanner,
             cursor_key,
-            shape,
+            marked,
             report,
             interrupted,
         }))
@@ -171,14 +190,9 @@ impl<'a> Rebuilder<'a> {
             if self.scanner.finished {
                 return self.finish().await;
             }
-            if let Err(e) = save_cursor(
-                &mut conn,
-                &self.cursor_key,
-                self.scanner.cursor,
-                &self.shape,
-                settings,
-            )
-            .await
+            let at = Saved::Cursor(self.scanner.cursor);
+            if let Err(e) =
+                save_state(&mut conn, &self.cursor_key, at, &self.marked, settings).await
             {
                 self.report.error = Some(e.to_string());
                 return self.report;
@@ -201,15 +215,15 @@ impl<'a> Rebuilder<'a> {
 
     /// The scan ran to the end: the node is finished if its slots did not
     /// move meanwhile, nor had one migrating (keys a migration moved may
-    /// have passed both nodes' cursors: [`slots_changed`]), and its cursor
-    /// is deleted.
+    /// have passed both nodes' cursors: [`slots_changed`]), and its state
+    /// saved as done.
     async fn finish(mut self) -> RebuildNode {
         let mut conn = self.scanner.conn.clone();
         match slots_changed(&mut conn, self.assignment.take()).await {
             Ok(None) => {}
             Ok(Some(reason)) => {
                 self.report.error = Some(format!(
-                    "{}: {reason}; run it again without --resume",
+                    "{}: {reason}; run it again once its slots settle",
                     self.primary.address
                 ));
                 return self.report;
@@ -219,9 +233,11 @@ impl<'a> Rebuilder<'a> {
                 return self.report;
             }
         }
-        let mut del = redis::cmd("DEL");
-        del.arg(&self.cursor_key);
-        if let Err(e) = conn.query::<Value>("DEL (rebuild cursor)", &del).await {
+        // Kept as done, not deleted: a resume passes over this node
+        // instead of scanning it again.
+        let settings = self.scanner.settings;
+        let (key, marked) = (&self.cursor_key, &self.marked);
+        if let Err(e) = save_state(&mut conn, key, Saved::Done, marked, settings).await {
             self.report.error = Some(e.to_string());
             return self.report;
         }
