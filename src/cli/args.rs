@@ -123,7 +123,8 @@ pub enum IndexCommand {
         #[arg(long)]
         max_keys: Option<u64>,
         /// Continue each primary from the cursor an earlier run saved
-        /// (kept for a day).
+        /// (kept for a day), and pass over those it finished; a primary
+        /// restarted or resharded since starts over.
         #[arg(long)]
         resume: bool,
         /// Print the result as one JSON object.

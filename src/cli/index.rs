@@ -69,6 +69,7 @@ fn print_rebuild(report: &RebuildReport) {
     );
     for node in &report.nodes {
         let state = match (&node.error, node.finished) {
+            (_, true) if node.done_before => "finished (by an earlier run)".to_owned(),
             (_, true) => "finished".to_owned(),
             (Some(error), false) => format!("failed: {error}"),
             (None, false) => format!("stopped at cursor {}", node.cursor),

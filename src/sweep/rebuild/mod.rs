@@ -18,10 +18,12 @@
 //! so written on the node itself; expires after a day), with the pattern it
 //! scans; `resume` continues from it. The cursor is saved only once every
 //! key before it has its entry, and a page with an error is not passed: the
-//! node stops there. A finished node deletes its cursor. A cursor saved
-//! for another pattern is not used (the scan starts over: redoing is safe).
+//! node stops there. A finished node is saved as done, and a resume passes
+//! over it. A state saved for another pattern, other slots or another
+//! process of the node is not used (see `cursor.rs`; the scan starts over:
+//! redoing is safe).
 
-/// The saved cursor: its key, format, reading and saving.
+/// The saved state: its key, format, validity, reading and saving.
 mod cursor;
 /// One primary's rebuild.
 mod node;
