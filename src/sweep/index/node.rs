@@ -272,8 +272,8 @@ impl<'a> IndexNode<'a> {
                     // entries: what lies past them was not counted.
                     if full > 0 {
                         self.skipped.get_or_insert(format!(
-                            "dry run: {full} slot(s) had more due entries than one read \
-                             takes ({DUE_PER_SLOT}); only those were counted"
+                            "dry run: {full} slot(s) had as many due entries as one read \
+                             takes ({DUE_PER_SLOT}) or more; only those were counted"
                         ));
                     }
                     break;
