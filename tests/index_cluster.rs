@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::cluster::{begin_migration, migrate_slot, slot_of, RedisCluster};
+use common::cluster::{begin_migration, migrate_keys, migrate_slot, slot_of, RedisCluster};
 use common::redis_now_ms;
 use redis::Commands;
 use token_sweeper::auth::TokenService;
@@ -429,4 +429,67 @@ async fn resumed_rebuilds_with_a_budget_pass_over_primaries_already_done() {
         "{runs} runs scanned {scanned}"
     );
     assert_every_entry(&cluster, &keys, now);
+}
+
+/// During a slot migration the index sweep's permission probe (a script
+/// over an index key and a due key of one slot) answers TRYAGAIN on the
+/// migrating primary when one of its keys moved already: that primary is
+/// not swept this time (unfinished, named), the others are. It refused the
+/// whole sweep as a failed permission check (from a review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_answering_tryagain_in_a_migration_skips_its_primary_only() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let mut settings = cluster.settings();
+    settings.sweep.due_index.enabled = true;
+    let mut c = cluster.conn();
+    let now = redis_now_ms(&mut cluster.nodes[0].conn());
+    // One due set per primary, with its entry.
+    let primaries = cluster.primaries();
+    let mut due_on = std::collections::BTreeMap::new();
+    for n in 0.. {
+        let key = format!("p{n}-tokens");
+        let slot = keyslot(&mut c, &key);
+        let owner = primaries
+            .iter()
+            .find(|p| {
+                p.slots.iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    (a.parse().unwrap()..=b.parse().unwrap()).contains(&slot)
+                })
+            })
+            .unwrap();
+        due_on.entry(owner.address.clone()).or_insert((key, slot));
+        if due_on.len() == 3 {
+            break;
+        }
+    }
+    for (key, _) in due_on.values() {
+        let _: () = c
+            .zadd_multiple(key, &[(now - 60_000, "old"), (now + 3_600_000, "new")])
+            .unwrap();
+        let _: () = c
+            .zadd(index_key(DEFAULT_PREFIX, key.as_bytes()), key, now - 60_000)
+            .unwrap();
+    }
+    // The first primary's set moves to the second; its entry stays.
+    let (from, to) = (primaries[0].address.clone(), primaries[1].address.clone());
+    let (moving, slot) = due_on[&from].clone();
+    begin_migration(&mut cluster, slot, &from, &to);
+    migrate_keys(&mut cluster, &from, &to, std::slice::from_ref(&moving));
+    let conn = Connection::connect(&settings.redis).await.unwrap();
+    let report = index_sweep(&conn, &settings).await;
+    // The importing primary is swept, but not finished while the
+    // migration is open (as any sweep's); the third, finished.
+    for node in &report.nodes {
+        let reason = node.unfinished_reason.as_deref().unwrap_or_default();
+        if node.node == from {
+            assert!(reason.contains("EVAL (index permission probe)"), "{node:?}");
+            assert!(reason.contains("TryAgain"), "{node:?}");
+        } else if node.node == to {
+            assert!(reason.contains("slot migration was open"), "{node:?}");
+        } else {
+            assert!(node.finished, "{node:?}");
+        }
+    }
+    assert_eq!(report.counts.members_removed, 2, "{report:?}");
 }

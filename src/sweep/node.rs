@@ -181,7 +181,10 @@ impl<'a> NodeSweep<'a> {
             // A full scan that repairs the due index also sends its script.
             if let (SweepMode::Remove, Some(prefix)) = (mode, found.repair()) {
                 let probe = std::slice::from_ref(key);
-                probe_commands(&mut node_conn, &index_key(prefix, key), probe, mode).await?;
+                let index = index_key(prefix, key);
+                if let Err(e) = probe_commands(&mut node_conn, &index, probe, mode).await? {
+                    return failed(e);
+                }
             }
         }
         Ok(Ok(NodeSweep {

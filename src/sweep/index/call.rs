@@ -92,16 +92,22 @@ fn script_command(
 /// command `mode` sends over an empty range or as a no-op; sent as `EVAL`
 /// (which also caches it on the node), then as `EVALSHA`, as the sweep
 /// sends both.
+///
+/// The inner error is the node's, not a refusal: a redirect (`TRYAGAIN`,
+/// `ASK`, `MOVED`: its slot is migrating or moved since the node was
+/// opened), so the node is not swept and the others are.
 pub(in crate::sweep) async fn probe_commands(
     conn: &mut Connection,
     index_key: &str,
     keys: &[Vec<u8>],
     mode: SweepMode,
-) -> Result<(), SweepError> {
+) -> Result<Result<(), StoreError>, SweepError> {
     for send in [Send::Text, Send::Sha] {
-        probe_once(conn, send, index_key, keys, mode).await?;
+        if let Err(e) = probe_once(conn, send, index_key, keys, mode).await? {
+            return Ok(Err(e));
+        }
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 async fn probe_once(
@@ -110,7 +116,7 @@ async fn probe_once(
     index_key: &str,
     keys: &[Vec<u8>],
     mode: SweepMode,
-) -> Result<(), SweepError> {
+) -> Result<Result<(), StoreError>, SweepError> {
     let probe = match mode {
         SweepMode::Remove => "probe-remove",
         SweepMode::DryRun => "probe-count",
@@ -132,12 +138,13 @@ async fn probe_once(
         // (`SCRIPT FLUSH`): Redis checks the ACL first, so EVALSHA is
         // allowed, and the sweep sends EVAL again on NOSCRIPT.
         Err(StoreError::Command { source, .. }) if send == Send::Sha && is_noscript(&source) => {
-            return Ok(())
+            return Ok(Ok(()))
         }
+        Err(e) if e.kind() == "redirect" => return Ok(Err(e)),
         Err(e) => return Err(Check::Permission.failed(e)),
     };
     match decode(&reply, 1) {
-        Some(done) if done == CallDone::default() => Ok(()),
+        Some(done) if done == CallDone::default() => Ok(Ok(())),
         _ => Err(Check::Permission.refused(format!(
             "Redis at {}: the index sweep's probe answered {}, not nothing done",
             conn.address(),

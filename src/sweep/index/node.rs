@@ -155,7 +155,9 @@ impl<'a> IndexNode<'a> {
         if let Some(due) = node.pending.iter().find(|due| !due.keys.is_empty()) {
             let probe = [due.keys[0].clone()];
             let index_key = due.index_key.clone();
-            probe_commands(&mut node.conn, &index_key, &probe, mode).await?;
+            if let Err(e) = probe_commands(&mut node.conn, &index_key, &probe, mode).await? {
+                return failed(e);
+            }
         }
         Ok(Ok(node))
     }

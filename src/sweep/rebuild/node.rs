@@ -118,13 +118,16 @@ impl<'a> Rebuilder<'a> {
         };
         if let (false, Some(key)) = (interrupted, scanner.pending.first()) {
             let index = crate::due_index::index_key(prefix, key);
-            probe_commands(
+            let probed = probe_commands(
                 &mut node_conn,
                 &index,
                 std::slice::from_ref(key),
                 SweepMode::Remove,
             )
             .await?;
+            if let Err(e) = probed {
+                return failed(&report, e);
+            }
         }
         if let Err(e) = save_state(
             &mut node_conn,
