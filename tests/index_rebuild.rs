@@ -97,17 +97,17 @@ async fn rebuild_gives_every_set_its_earliest_unexpired_score_and_never_raises_o
     for key in ["dead-tokens", "other", "x-tokens"] {
         assert_eq!(entry(&mut conn, key), None, "{key}");
     }
-    // Nothing removed; the state says done, for a resume to pass over.
+    // Nothing removed; complete, so its state is gone.
     let dead: usize = conn.zcard("dead-tokens").unwrap();
     assert_eq!(dead, 1);
     let primary = Primary {
         address: report.nodes[0].node.clone(),
         slots: Vec::new(),
     };
-    let state: String = conn
-        .get(rebuild_cursor_key(DEFAULT_PREFIX, &primary))
+    let state: bool = conn
+        .exists(rebuild_cursor_key(DEFAULT_PREFIX, &primary))
         .unwrap();
-    assert!(state.starts_with("v2 done "), "{state}");
+    assert!(!state);
 }
 
 #[test]
@@ -154,13 +154,8 @@ fn a_rebuild_stopped_by_max_keys_resumes_from_its_cursor_and_completes() {
         let earliest = (now + 3_600_000 + n as i64) as f64;
         assert_eq!(entry(&mut conn, &key), Some(earliest), "{key}");
     }
-    let state: String = conn.get(&cursor_key).unwrap();
-    assert!(
-        state.starts_with("v2 done "),
-        "a finished rebuild says so: {state}"
-    );
-    let ttl: i64 = conn.ttl(&cursor_key).unwrap();
-    assert!(ttl > 0 && ttl <= 86_400, "{ttl}");
+    let left: bool = conn.exists(&cursor_key).unwrap();
+    assert!(!left, "a complete rebuild deletes its state");
 }
 
 #[test]
@@ -293,12 +288,51 @@ fn a_forged_cursor_is_not_resumed() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["nodes"][0]["resumed_from"], 0, "{report}");
     assert_eq!(without_entry(&mut conn, users), 0, "{report}");
-    // Done: its state says so, and a resume passes over it.
-    let saved: String = conn.get(&key).unwrap();
-    assert!(saved.starts_with("v2 done -@"), "{saved}");
+    // Complete: no state left, so a later resume scans everything again
+    // and finds sets written meanwhile without their entry.
+    let left: bool = conn.exists(&key).unwrap();
+    assert!(!left);
+    let now = redis_now_ms(&mut conn);
+    let _: () = conn.zadd("late-tokens", "live", now + 3_600_000).unwrap();
     let again = run_sweeper(&["index", "rebuild", "--json", "--resume"], &env);
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["complete"], true, "{again}");
-    assert_eq!(again["keys_scanned"], 0, "{again}");
-    assert_eq!(again["nodes"][0]["done_before"], true, "{again}");
+    assert_eq!(again["nodes"][0]["done_before"], false, "{again}");
+    let entry: Option<f64> = conn
+        .zscore(index_key(DEFAULT_PREFIX, b"late-tokens"), "late-tokens")
+        .unwrap();
+    assert_eq!(entry, Some((now + 3_600_000) as f64), "{again}");
+}
+
+/// A saved state naming some other script the node has cached (another
+/// client's) is not followed, and that script is not run.
+#[test]
+fn a_state_naming_another_cached_script_is_not_followed() {
+    let server = RedisServer::start();
+    let mut conn = server.conn();
+    let users = 1000;
+    seed_live(&mut conn, users);
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("redis.call('INCR', 'side-effect') return 1")
+        .query(&mut conn)
+        .unwrap();
+    let primary = Primary {
+        address: format!("127.0.0.1:{}", server.port),
+        slots: Vec::new(),
+    };
+    let key = rebuild_cursor_key(DEFAULT_PREFIX, &primary);
+    let url = server.url();
+    let env = [("TOKEN_SWEEPER__REDIS__URL", url.as_str())];
+    for forged in [&sha[..], &sha[..16]] {
+        let _: () = conn
+            .set(&key, format!("v2 done -@{forged} *-tokens"))
+            .unwrap();
+        let out = run_sweeper(&["index", "rebuild", "--json", "--resume"], &env);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["nodes"][0]["done_before"], false, "{report}");
+        assert_eq!(without_entry(&mut conn, users), 0, "{report}");
+    }
+    let ran: Option<i64> = conn.get("side-effect").unwrap();
+    assert_eq!(ran, None);
 }

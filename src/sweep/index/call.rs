@@ -23,6 +23,15 @@ pub(super) enum Send {
     Text,
 }
 
+/// Whether `error` is a cluster redirect (not `CROSSSLOT`, a refusal of
+/// the call as written, which would never pass).
+fn is_redirect(error: &StoreError) -> bool {
+    let StoreError::Command { source, .. } = error else {
+        return false;
+    };
+    matches!(source.code(), Some("MOVED" | "ASK" | "TRYAGAIN"))
+}
+
 /// Whether `error` is Redis saying it has no script of that SHA.
 pub(super) fn is_noscript(error: &redis::RedisError) -> bool {
     error.code() == Some("NOSCRIPT")
@@ -95,7 +104,8 @@ fn script_command(
 ///
 /// The inner error is the node's, not a refusal: a redirect (`TRYAGAIN`,
 /// `ASK`, `MOVED`: its slot is migrating or moved since the node was
-/// opened), so the node is not swept and the others are.
+/// opened), so the node is not swept and the others are. Anything else
+/// refuses.
 pub(in crate::sweep) async fn probe_commands(
     conn: &mut Connection,
     index_key: &str,
@@ -140,7 +150,7 @@ async fn probe_once(
         Err(StoreError::Command { source, .. }) if send == Send::Sha && is_noscript(&source) => {
             return Ok(Ok(()))
         }
-        Err(e) if e.kind() == "redirect" => return Ok(Err(e)),
+        Err(e) if is_redirect(&e) => return Ok(Err(e)),
         Err(e) => return Err(Check::Permission.failed(e)),
     };
     match decode(&reply, 1) {

@@ -19,7 +19,7 @@
 //! scans; `resume` continues from it. The cursor is saved only once every
 //! key before it has its entry, and a page with an error is not passed: the
 //! node stops there. A finished node is saved as done, and a resume passes
-//! over it. A state saved for another pattern, other slots or another
+//! over it; a complete rebuild deletes every state. A state saved for another pattern, other slots or another
 //! process of the node is not used (see `cursor.rs`; the scan starts over:
 //! redoing is safe).
 
@@ -29,6 +29,8 @@ mod cursor;
 mod node;
 
 pub use cursor::rebuild_cursor_key;
+
+use cursor::forget_state;
 
 use std::time::{Duration, Instant};
 
@@ -158,6 +160,13 @@ pub async fn rebuild_index(
     }
     report.nodes.sort_by(|a, b| a.node.cmp(&b.node));
     report.complete = report.nodes.iter().all(|n| n.finished);
+    if report.complete {
+        // Done states serve the resumes of an unfinished rebuild only.
+        let prefix = &settings.due_index.key_prefix;
+        for primary in &primaries {
+            forget_state(conn, primary, &rebuild_cursor_key(prefix, primary)).await;
+        }
+    }
     report.interrupted = !report.complete
         && report
             .nodes
