@@ -206,27 +206,10 @@ async fn the_unit_guard_refuses_a_rebuild_and_nothing_is_written() {
     );
 }
 
-/// `users` sets `u{n}-tokens`, one live member each, no entries.
-fn seed_live(conn: &mut redis::Connection, users: usize) {
-    let now = redis_now_ms(conn);
-    let mut pipe = redis::pipe();
-    for n in 0..users {
-        pipe.zadd(format!("u{n}-tokens"), format!("live-{n}"), now + 3_600_000)
-            .ignore();
-    }
-    let _: () = pipe.query(conn).unwrap();
-}
-
 /// How many of `users` sets `u{n}-tokens` have no entry.
 fn without_entry(conn: &mut redis::Connection, users: usize) -> usize {
     (0..users)
-        .filter(|n| {
-            let key = format!("u{n}-tokens");
-            let entry: Option<f64> = conn
-                .zscore(index_key(DEFAULT_PREFIX, key.as_bytes()), &key)
-                .unwrap();
-            entry.is_none()
-        })
+        .filter(|n| entry(conn, &format!("u{n}-tokens")).is_none())
         .count()
 }
 
@@ -240,7 +223,7 @@ fn a_rebuild_resumed_after_a_restart_starts_over() {
     let mut server = RedisServer::start_with(&["--appendonly", "yes"]);
     let mut conn = server.conn();
     let users = 20_000;
-    seed_live(&mut conn, users);
+    seed(&mut conn, users);
     let url = server.url();
     let env = [
         ("TOKEN_SWEEPER__REDIS__URL", url.as_str()),
@@ -271,7 +254,7 @@ fn a_forged_cursor_is_not_resumed() {
     let server = RedisServer::start();
     let mut conn = server.conn();
     let users = 3000;
-    seed_live(&mut conn, users);
+    seed(&mut conn, users);
     let primary = Primary {
         address: format!("127.0.0.1:{}", server.port),
         slots: Vec::new(),
@@ -311,7 +294,7 @@ fn a_state_naming_another_cached_script_is_not_followed() {
     let server = RedisServer::start();
     let mut conn = server.conn();
     let users = 1000;
-    seed_live(&mut conn, users);
+    seed(&mut conn, users);
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg("redis.call('INCR', 'side-effect') return 1")

@@ -133,6 +133,8 @@ mod permission;
 /// [`PreparedSweep`]: every primary checked, nothing deleted yet; its run
 /// (steps 4 to 6).
 mod prepared;
+/// A primary's slots around its sweep: opening it, and confirming after.
+mod primary;
 /// One pipeline of a command per key, sent where each key lives.
 mod query;
 /// `index rebuild`: the due index built from the sets, paced and resumable.

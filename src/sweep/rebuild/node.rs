@@ -10,7 +10,7 @@ use super::super::error::{Check, SweepError};
 use super::super::guard::guard_node;
 use super::super::index::{lower_found, probe_commands};
 use super::super::mode::SweepMode;
-use super::super::node::{open_primary, own_inability, slots_changed, NotOpened};
+use super::super::primary::{open_primary, own_inability, slots_changed, NotOpened};
 use super::super::query::Found;
 use super::super::report::{SweepProgress, Tally};
 use super::super::scan::Scanner;
