@@ -23,7 +23,7 @@
 //!    longer; a cutoff above 2^53, which Redis would round, is refused. In
 //!    milliseconds, scores at or below 10^12 ([`removal_floor`], a constant
 //!    above every seconds timestamp) are never removed: see [`Expired`].
-//! 3. **Checks per primary** ([`prepare_within`], `node.rs`, `guard.rs`,
+//! 3. **Checks per primary** ([`prepare_within`], `node.rs`, `primary.rs`, `guard.rs`,
 //!    `permission.rs`). Each primary must still serve the slots it was
 //!    chosen for. Its unit guard: the keys scanned first are held back and
 //!    their highest finite score is read, until `unit_guard_sample` have
@@ -62,7 +62,7 @@
 //!    read and swept there, right after `ASKING`. A key whose slot moved
 //!    answers MOVED/ASK and is read (guard) or swept again where it lives
 //!    now, once.
-//! 6. **Confirm and report** (`node.rs`, `report.rs`, `counts.rs`). A
+//! 6. **Confirm and report** (`primary.rs`, `report.rs`, `counts.rs`). A
 //!    primary counts as finished only when, by its own `CLUSTER NODES`
 //!    line, it served the slots it was chosen for when its sweep started,
 //!    its scan ran to the end, and its slots and config epoch were the
