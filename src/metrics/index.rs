@@ -89,3 +89,54 @@ impl IndexMetrics {
         let _ = self.lag.remove_label_values(&[node]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::super::Metrics;
+
+    /// A daemon's index series (size, lag) stay only for the primaries its
+    /// last index round swept: a full scan leaves them, an index round
+    /// drops those of primaries now another daemon's share, and the index
+    /// turned off drops them all. A stale lag would keep an alert firing.
+    #[test]
+    fn index_series_stay_only_for_primaries_the_last_index_round_swept() {
+        use crate::sweep::{Counts, IndexReport, NodeReport};
+
+        let Ok(metrics) = Metrics::new() else {
+            panic!("the registry")
+        };
+        let primaries = ["10.0.0.1:6379", "10.0.0.2:6379"];
+        for node in primaries {
+            metrics.record_node(&NodeReport {
+                node: node.to_owned(),
+                counts: Counts::default(),
+                finished: true,
+                throttled_seconds: 0.0,
+                unfinished_reason: None,
+                index: Some(IndexReport {
+                    index_size: Some(7),
+                    index_lag_seconds: 3.0,
+                }),
+            });
+        }
+        let series = |metrics: &Metrics| {
+            let text = metrics.render();
+            primaries.map(|node| {
+                let entries = format!("token_sweeper_due_index_entries{{node=\"{node}\"}} 7\n");
+                let lag = format!("token_sweeper_due_index_lag_seconds{{node=\"{node}\"}} 3\n");
+                assert_eq!(text.contains(&entries), text.contains(&lag), "{text}");
+                text.contains(&entries)
+            })
+        };
+        assert_eq!(series(&metrics), [true, true]);
+        let first: BTreeSet<String> = [primaries[0].to_owned()].into();
+        metrics.retain_nodes(primaries, &first, None);
+        assert_eq!(series(&metrics), [true, true], "a full scan leaves them");
+        metrics.retain_nodes(primaries, &first, Some(&first));
+        assert_eq!(series(&metrics), [true, false], "the other's share");
+        metrics.retain_nodes(primaries, &first, Some(&BTreeSet::new()));
+        assert_eq!(series(&metrics), [false, false], "the index off");
+    }
+}
