@@ -493,3 +493,89 @@ async fn a_probe_answering_tryagain_in_a_migration_skips_its_primary_only() {
     }
     assert_eq!(report.counts.members_removed, 2, "{report:?}");
 }
+
+/// `ZCARD` calls the node at `address` has answered.
+fn zcard_calls(cluster: &mut RedisCluster, address: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut cluster.node(address).conn())
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_zcard:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// The daemon reads a primary's index size (a `ZCARD` per slot) until it
+/// has read it whole, then hourly, per primary: one whose index key of a
+/// slot is of another type (skipped every round, so never whole) keeps
+/// reading its own, and the others do not read theirs again each round.
+#[test]
+fn a_primary_that_never_reads_its_index_size_whole_leaves_the_others_read_once() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let mut c = cluster.conn();
+    let broken = token_sweeper::due_index::index_key_of_slot(DEFAULT_PREFIX, 0);
+    let _: () = c.set(&broken, "not a sorted set").unwrap();
+    // Each primary's address and slot ranges; the owner of slot 0.
+    let primaries: Vec<(String, Vec<(u64, u64)>)> = cluster
+        .primaries()
+        .into_iter()
+        .map(|p| {
+            let ranges = p.slots.iter().map(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                (a.parse().unwrap(), b.parse().unwrap())
+            });
+            (p.address, ranges.collect())
+        })
+        .collect();
+    let owner = primaries
+        .iter()
+        .find(|(_, ranges)| ranges.iter().any(|&(a, _)| a == 0))
+        .map(|(address, _)| address.clone())
+        .unwrap();
+    let daemon = cluster.daemon(&[
+        ("TOKEN_SWEEPER__SWEEP__INTERVAL", "1s"),
+        ("TOKEN_SWEEPER__SWEEP__DUE_INDEX__ENABLED", "true"),
+        (
+            "TOKEN_SWEEPER__SWEEP__DUE_INDEX__FULL_SCAN",
+            "0 0 0 1 1 * 2099",
+        ),
+    ]);
+    let rounds = |n: usize| {
+        common::wait_until(Duration::from_secs(60), "index rounds", || {
+            daemon.events("sweep finished").len() >= n
+        })
+    };
+    // After the first round every healthy primary has read its size.
+    rounds(2);
+    let before: Vec<u64> = primaries
+        .iter()
+        .map(|(address, _)| zcard_calls(&mut cluster, address))
+        .collect();
+    let seen = daemon.events("sweep finished").len();
+    rounds(seen + 2);
+    let scrape = daemon.scrape();
+    for ((address, ranges), before) in primaries.iter().zip(before) {
+        let read = zcard_calls(&mut cluster, address) - before;
+        let slots: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+        let entries = common::metric(
+            &scrape,
+            &format!("token_sweeper_due_index_entries{{node=\"{address}\"}}"),
+        );
+        if *address == owner {
+            // Two rounds or more, each reading every slot but the broken one.
+            assert!(
+                read >= 2 * (slots - 1),
+                "{address}: {read} ZCARD, {slots} slots"
+            );
+            assert_eq!(entries, None, "{address}: a part is not the size\n{scrape}");
+        } else {
+            assert!(
+                read < slots,
+                "{address}: {read} ZCARD, {slots} slots: read again"
+            );
+            assert_eq!(entries, Some(0.0), "{address}\n{scrape}");
+        }
+    }
+}

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::{redis_now_ms, settings_for, RedisServer};
 use redis::Commands;
 use token_sweeper::config::{Settings, ThrottleMode};
@@ -94,7 +96,9 @@ async fn the_sweep_sends_evalsha_and_falls_back_to_eval_when_the_cache_was_flush
         &progress,
         &stop,
         None,
-        SweepBy::Index { read_size: false },
+        SweepBy::Index {
+            read_size: &BTreeSet::new(),
+        },
     )
     .await
     .unwrap();

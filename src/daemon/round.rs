@@ -27,8 +27,9 @@ pub(super) type RunningRound =
 /// `due_index_entries`.
 const INDEX_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// When a round of this daemon last read the due index's size.
-pub(super) type IndexSizeRead = Arc<std::sync::Mutex<Option<Instant>>>;
+/// When a round of this daemon last read the due index's size, per
+/// primary (by address).
+pub(super) type IndexSizeRead = Arc<std::sync::Mutex<BTreeMap<String, Instant>>>;
 
 /// Everything one sweep round needs, cloned out of the loop's state so the
 /// round can run while the loop keeps answering ticks and signals.
@@ -40,11 +41,13 @@ pub(super) struct Round {
     pub(super) schedule: Schedule,
     pub(super) trigger: Trigger,
     pub(super) kind: RoundKind,
-    /// When a round last read the due index's size: an index round reads
-    /// it too (a `ZCARD` per hash slot, as much Redis time as the rest of
-    /// a quiet index sweep) until one has on every primary it swept (a
-    /// report's size is only ever whole), then once per
-    /// [`INDEX_SIZE_EVERY`].
+    /// When a round last read each primary's due index size: an index
+    /// round reads a primary's too (a `ZCARD` per hash slot, as much Redis
+    /// time as the rest of a quiet index sweep) until one has read it
+    /// whole (every slot, none skipped), then once per
+    /// [`INDEX_SIZE_EVERY`]. A primary the last index round did not sweep
+    /// (another daemon's share: its series were dropped) is forgotten, so
+    /// it is read again as soon as it is swept.
     pub(super) index_size_read: IndexSizeRead,
     /// When the round's `sweep.jitter` delay ends and it starts sweeping
     /// (now, when it has none); the loop reads the same instant to say
@@ -83,16 +86,20 @@ impl Round {
         let swept_nodes = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
         let (ended_tx, ended) = mpsc::unbounded_channel();
         let progress = {
-            let (timer, recorder, swept, throttle) = (
+            let (timer, recorder, swept, throttle, size_read) = (
                 self.metrics.clone(),
                 self.metrics.clone(),
                 Arc::clone(&swept_nodes),
                 self.metrics.clone(),
+                Arc::clone(&self.index_size_read),
             );
             SweepProgress::with_batch_timer(move |rtt| {
                 timer.batch_duration.observe(rtt.as_secs_f64());
             })
             .on_node_end(move |node| {
+                if node.index.as_ref().is_some_and(|i| i.index_size.is_some()) {
+                    lock(&size_read).insert(node.node.clone(), Instant::now());
+                }
                 recorder.record_node(node);
                 lock(&swept).insert(node.node.clone());
                 // Err: the round no longer listens (no lock, or it ended).
@@ -112,19 +119,16 @@ impl Round {
             // A full scan leaves the last index round's readings.
             (true, RoundKind::Full) => None,
         };
+        if let Some(kept) = index_kept {
+            lock(&self.index_size_read).retain(|node, _| kept.contains(node));
+        }
         self.metrics.retain_nodes(
             primaries.iter().map(|p| p.address.as_str()),
             &swept_nodes,
             index_kept,
         );
         match swept {
-            Ok(swept) => {
-                let size_read = swept.report.as_ref().and_then(|r| r.index.as_ref());
-                if size_read.is_some_and(|index| index.index_size.is_some()) {
-                    *lock(&self.index_size_read) = Some(Instant::now());
-                }
-                finished(&self.metrics, &self.settings.lock.key, self.kind, &swept)
-            }
+            Ok(swept) => finished(&self.metrics, &self.settings.lock.key, self.kind, &swept),
             Err(e) => {
                 if let SweepError::Redis(e) = &e {
                     self.report_loss(e, id);
@@ -161,11 +165,21 @@ impl Round {
         let node_checks = self.lock.as_ref().map(|lock| lock.timeout());
         let settings = &self.settings.sweep;
         let mode = SweepMode::Remove;
+        let read_size: BTreeSet<String> = {
+            let read = lock(&self.index_size_read);
+            primaries
+                .iter()
+                .filter(|p| {
+                    read.get(&p.address)
+                        .is_none_or(|at| at.elapsed() >= INDEX_SIZE_EVERY)
+                })
+                .map(|p| p.address.clone())
+                .collect()
+        };
         let by = match self.kind {
             RoundKind::Full => SweepBy::Scan,
             RoundKind::Index => SweepBy::Index {
-                read_size: lock(&self.index_size_read)
-                    .is_none_or(|at| at.elapsed() >= INDEX_SIZE_EVERY),
+                read_size: &read_size,
             },
         };
         let stop = &self.stop;

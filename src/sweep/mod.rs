@@ -164,6 +164,7 @@ pub use remove::{sweep_keys, BatchOutcome};
 pub use report::{IndexReport, NodeReport, SweepProgress, SweepReport};
 pub use throttle::{ThrottleReading, ThrottleState};
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -205,8 +206,8 @@ pub async fn sweep(
 /// Sweeps by the due index: every primary of `conn`, its due keys only
 /// (see the module's steps). `settings.due_index` gives the key prefix;
 /// whether it is enabled is the caller's choice (the index is read
-/// either way). With `read_size`, the report has the index's size (see
-/// [`SweepBy::Index`]).
+/// either way). With `read_size`, every primary also reads its index's
+/// size (see [`SweepBy::Index`]).
 ///
 /// # Errors
 /// As [`sweep`]: a safety check refused (nothing was
@@ -224,7 +225,13 @@ pub async fn sweep_index(
         .primaries()
         .await
         .map_err(|e| Check::ClusterTopology.failed(e))?;
-    let by = SweepBy::Index { read_size };
+    let read_size: BTreeSet<String> = match read_size {
+        true => nodes.iter().map(|node| node.address.clone()).collect(),
+        false => BTreeSet::new(),
+    };
+    let by = SweepBy::Index {
+        read_size: &read_size,
+    };
     prepare_by(conn, &nodes, settings, mode, progress, stop, None, by)
         .await?
         .run()
@@ -305,16 +312,17 @@ pub async fn prepare_within<'a>(
 
 /// How a sweep finds the keys it sweeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SweepBy {
+pub enum SweepBy<'a> {
     /// `SCAN` of every key: a full scan.
     Scan,
     /// The due index (`sweep.due_index`): due keys only.
     Index {
-        /// Each primary also reads its index's size for
-        /// [`IndexReport::index_size`]: one `ZCARD` per index key, so per
-        /// hash slot, about as much Redis time as the rest of a quiet
-        /// index sweep.
-        read_size: bool,
+        /// The addresses of the primaries that also read their index's
+        /// size for [`IndexReport::index_size`]: one `ZCARD` per index
+        /// key, so per hash slot, about as much Redis time as the rest of
+        /// a quiet index sweep. Per primary, so that one primary failing
+        /// to read its own does not make the others read theirs again.
+        read_size: &'a BTreeSet<String>,
     },
 }
 
@@ -331,7 +339,7 @@ pub async fn prepare_by<'a>(
     progress: &'a SweepProgress,
     stop: &CancellationToken,
     node_checks: Option<Duration>,
-    by: SweepBy,
+    by: SweepBy<'_>,
 ) -> Result<PreparedSweep<'a>, SweepError> {
     let started = Instant::now();
     if nodes.is_empty() {
@@ -365,6 +373,7 @@ pub async fn prepare_by<'a>(
                     }
                     SweepBy::Index { read_size } => {
                         let clock = (now_micros, expired);
+                        let read_size = read_size.contains(&primary.address);
                         IndexNode::start(conn, primary, settings, clock, mode, progress, read_size)
                             .await?
                             .map(Ready::Index)
