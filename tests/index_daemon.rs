@@ -233,3 +233,77 @@ fn a_full_scan_that_failed_runs_again_after_the_next_index_sweep_not_a_period_la
         "no two full scans in a row: {kinds:?}"
     );
 }
+
+/// A full scan runs in place of the index sweeps it outlasts: the index
+/// ticks during it are counted as covered (`skipped_full_scan`), not as
+/// an overrun (`skipped_overlap`, which alerts), and it is behind only
+/// past its own plan's next tick, not the index sweeps' (`sweep_behind`).
+#[test]
+fn index_ticks_during_a_full_scan_are_covered_not_overrun() {
+    let server = RedisServer::start();
+    let mut c = server.conn();
+    seed(&mut c, "plain", 1000, false);
+    let dir = tempfile::tempdir().unwrap();
+    // A full scan a few seconds from now and every minute after, paced
+    // to last about 5 s: two index periods or more.
+    let second = chrono::Timelike::second(&(chrono::Utc::now() + chrono::Duration::seconds(4)));
+    let text = config(&format!("{second} * * * * *")).replace(
+        "[sweep.due_index]",
+        "max_keys_per_second = 200\n[sweep.due_index]",
+    );
+    let file = write_file(dir.path(), "sweeper.toml", &text);
+    let daemon = DaemonProcess::start(&server.url(), &[], Some(&file));
+    let behind = format!(
+        "token_sweeper_sweep_behind{{node=\"127.0.0.1:{}\"}}",
+        server.port
+    );
+    let mut most_behind = 0.0f64;
+    wait_until(Duration::from_secs(30), "the full scan", || {
+        let scrape = daemon.scrape();
+        most_behind = most_behind.max(common::metric(&scrape, &behind).unwrap_or(0.0));
+        common::metric(&scrape, "token_sweeper_full_scans_total{result=\"ok\"}") == Some(1.0)
+    });
+    assert_eq!(count_members(&mut c, "plain"), (0, 1000));
+    let scrape = daemon.scrape();
+    let result = |r: &str| {
+        common::metric(
+            &scrape,
+            &format!("token_sweeper_sweeps_total{{result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(
+        result("skipped_overlap"),
+        Some(0.0),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        result("skipped_full_scan").is_some_and(|n| n >= 1.0),
+        "{scrape}"
+    );
+    assert_eq!(most_behind, 0.0, "{}", daemon.log_text());
+}
+
+/// A `full_scan` cron that runs out (a year field) leaves the index with
+/// no safety net: `/readyz` says so, as for `sweep.schedule`.
+#[test]
+fn a_full_scan_plan_that_runs_out_makes_the_daemon_unready() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cron = cron_once_in(3);
+    let file = write_file(dir.path(), "sweeper.toml", &config(&cron));
+    let daemon = DaemonProcess::start(&server.url(), &[], Some(&file));
+    let readyz = || common::http_get(daemon.metrics_port, "/readyz");
+    wait_until(Duration::from_secs(10), "ready", || {
+        readyz().is_some_and(|(code, _)| code == 200)
+    });
+    wait_until(Duration::from_secs(20), "the full scan", || {
+        daemon.metric("token_sweeper_full_scans_total{result=\"ok\"}") == 1.0
+    });
+    let (code, body) = readyz().unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        body.trim(),
+        format!("sweep.due_index.full_scan {cron:?} has no next tick: no full scan is scheduled"),
+    );
+}

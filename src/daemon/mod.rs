@@ -87,7 +87,9 @@ use self::reload::reload;
 use self::round::{IndexSizeRead, Round, RunningRound};
 use self::systemd::{notify_systemd, Watchdog};
 use self::ticker::{Ticker, ALARM_GRACE};
-use self::trigger::{jitter_delay, round_kind, warn_overlap, RoundKind, RoundPhase, Trigger};
+use self::trigger::{
+    jitter_delay, note_covered, round_kind, warn_overlap, RoundKind, RoundPhase, Trigger,
+};
 use crate::config::Settings;
 use crate::logging::LogLevel;
 use crate::metrics::{Metrics, SweepResult};
@@ -181,7 +183,9 @@ impl Daemon {
         let mut alarm =
             Alarm::start(JobScheduler::new().await?, rings_tx, watchdog.max_sleep()).await?;
         alarm.follow(ticker.next(), Instant::now()).await;
-        publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+        let index_on = self.settings.sweep.due_index.enabled;
+        let full = index_on.then_some(&full_ticker);
+        publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, full);
         // Not a child of `stop`: the endpoints answer until the leases are
         // given back, and stop last. The guard stops them too when this
         // future is dropped instead of returning (aborted, a `select!`
@@ -315,7 +319,9 @@ impl Daemon {
                 // Keeps the alarm on the plan, whatever changed it (a tick,
                 // a reload, the clock), and retries one not yet taken.
                 alarm.follow(ticker.next(), Instant::now()).await;
-                publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+                let index_on = self.settings.sweep.due_index.enabled;
+                let full = index_on.then_some(&full_ticker);
+                publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, full);
                 // Progress too: waiting on the scheduler (at most
                 // `watchdog.max_sleep()`) never doubles the gap between pings.
                 watchdog.alive(Instant::now());
@@ -334,8 +340,15 @@ impl Daemon {
                 continue;
             };
             if running.is_some() {
-                metrics.count_sweep(SweepResult::SkippedOverlap);
-                warn_overlap(trigger, sweep_at, &mut overlap_logged);
+                if running_kind == RoundKind::Full && self.settings.sweep.due_index.enabled {
+                    // Not an overrun: the full scan removes all an index
+                    // sweep would, and runs on a plan of its own.
+                    metrics.count_sweep(SweepResult::SkippedFullScan);
+                    note_covered(trigger, &mut overlap_logged);
+                } else {
+                    metrics.count_sweep(SweepResult::SkippedOverlap);
+                    warn_overlap(trigger, sweep_at, &mut overlap_logged);
+                }
                 continue;
             }
             overlap_logged = None;

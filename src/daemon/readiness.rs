@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use super::alarm::Alarm;
 use super::ticker::Ticker;
 use crate::metrics::{Metrics, Readiness};
+use crate::schedule::Schedule;
 use crate::store::Reconnecting;
 
 /// `/readyz`: Redis answers, a sweep is scheduled, and the last sweep did not fail.
@@ -37,19 +38,31 @@ impl Readiness for DaemonReadiness {
 
 /// Shows the schedule's state in the metrics and `/readyz`: armed when the
 /// ticker has a next tick and the scheduler holds an alarm for it. Logs when
-/// that stops or starts being so.
+/// that stops or starts being so. In index mode, the full scans' plan
+/// (`full`) running out is as unready: nothing else repairs the index.
 pub(super) fn publish_schedule(
     ticker: &Ticker,
     alarm: &Alarm,
     metrics: &Metrics,
     unscheduled: &watch::Sender<Option<String>>,
+    full: Option<&Ticker>,
 ) {
     let next = ticker.next();
     metrics.set_next_sweep(
         next.map(|t| t.timestamp_millis() as f64 / 1000.0),
         alarm.is_set_for(next),
     );
-    let reason = ticker.unarmed_reason().or_else(|| alarm.failure_reason());
+    let full_unplanned = full.filter(|full| full.next().is_none()).map(|full| {
+        let plan = match &full.schedule {
+            Schedule::Cron(cron) => cron.as_str().to_owned(),
+            Schedule::Interval(every) => humantime::format_duration(*every).to_string(),
+        };
+        format!("sweep.due_index.full_scan {plan:?} has no next tick: no full scan is scheduled")
+    });
+    let reason = ticker
+        .unarmed_reason()
+        .or_else(|| alarm.failure_reason())
+        .or(full_unplanned);
     unscheduled.send_if_modified(|current| {
         if *current == reason {
             return false;

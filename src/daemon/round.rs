@@ -194,9 +194,22 @@ impl Round {
             by,
         )
         .await?;
-        // The period ends at the next tick: a sweep still running then, or
-        // projected to, is behind (`sweep_behind`).
-        prepared.set_deadline(tokio::time::Instant::now() + self.schedule.time_to_next_tick());
+        // The period ends at the next tick of the round's own plan (a full
+        // scan in index mode: `due_index.full_scan`, not the index sweeps'
+        // period it outlasts by design): a sweep still running then, or
+        // projected to, is behind (`sweep_behind`). A plan with no next
+        // tick (a cron run out) sets no end.
+        let plan = match self.kind {
+            RoundKind::Full if settings.due_index.enabled => &settings.due_index.full_scan,
+            _ => &self.schedule,
+        };
+        let now = crate::clock::wall_clock();
+        let next = plan
+            .next_tick_after(now)
+            .and_then(|at| (at - now).to_std().ok());
+        if let Some(to_next) = next {
+            prepared.set_deadline(tokio::time::Instant::now() + to_next);
+        }
         match &self.lock {
             Some(lock) => {
                 self.sweep_leased(lock, conn, prepared, primaries, ended)

@@ -84,6 +84,17 @@ pub(super) fn jitter_delay(trigger: Trigger, jitter: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
 }
 
+/// Says, once per full scan, that `trigger` is skipped because a full scan
+/// runs (index mode), which covers it.
+pub(super) fn note_covered(trigger: Trigger, logged: &mut Option<RoundPhase>) {
+    if logged.replace(RoundPhase::Sweeping).is_none() {
+        tracing::info!(
+            ?trigger,
+            "a full scan is running and covers this tick; skipping it (logged once per full scan)"
+        );
+    }
+}
+
 /// Warns that `trigger` is skipped because the round that will start (or
 /// started) sweeping at `sweep_at` is still running: once per phase of
 /// that round (`logged` keeps the last phase warned about).

@@ -45,18 +45,22 @@ pub enum SweepResult {
     Incomplete,
     /// A tick came while the previous sweep was still running.
     SkippedOverlap,
+    /// In index mode, a tick came while a full scan ran: the full scan
+    /// does all an index sweep would, so the tick is covered, not overrun.
+    SkippedFullScan,
     /// Another daemon holds the replica lock for this period.
     SkippedLocked,
 }
 
 impl SweepResult {
     /// Every result: each `sweeps_total` series starts at 0.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Ok,
         Self::Error,
         Self::Interrupted,
         Self::Incomplete,
         Self::SkippedOverlap,
+        Self::SkippedFullScan,
         Self::SkippedLocked,
     ];
 
@@ -67,6 +71,7 @@ impl SweepResult {
             Self::Interrupted => "interrupted",
             Self::Incomplete => "incomplete",
             Self::SkippedOverlap => "skipped_overlap",
+            Self::SkippedFullScan => "skipped_full_scan",
             Self::SkippedLocked => "skipped_locked",
         }
     }

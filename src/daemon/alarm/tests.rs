@@ -212,7 +212,7 @@ async fn a_refused_alarm_keeps_the_old_one_is_reported_and_retried_with_backoff(
     let start = Instant::now();
     alarm.follow(ticker.next(), start).await;
     let old = alarm.set.unwrap().job;
-    publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+    publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, None);
     assert_eq!(armed(&metrics), Some(1.0));
 
     // A reload to a new schedule; the scheduler refuses its alarm.
@@ -225,7 +225,7 @@ async fn a_refused_alarm_keeps_the_old_one_is_reported_and_retried_with_backoff(
     alarm.follow(ticker.next(), start).await;
     assert!(!alarm.is_set_for(ticker.next()));
     assert_eq!(alarm.set.unwrap().job, old, "the old alarm is kept");
-    publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+    publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, None);
     assert_eq!(armed(&metrics), Some(0.0));
     let reason = unscheduled.borrow().clone().unwrap();
     assert!(
@@ -260,7 +260,7 @@ async fn a_refused_alarm_keeps_the_old_one_is_reported_and_retried_with_backoff(
         .await;
     assert!(alarm.is_set_for(ticker.next()));
     let new = alarm.set.unwrap().job;
-    publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx);
+    publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, None);
     assert_eq!(armed(&metrics), Some(1.0));
     assert_eq!(*unscheduled.borrow(), None);
     let removed = probe.deleted(old).await;
