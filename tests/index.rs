@@ -625,3 +625,43 @@ async fn logins_racing_index_sweeps_never_leave_an_entry_late() {
     }
     assert!(sweeps >= 3);
 }
+
+/// A full scan stopped between the bounded steps of a key (more expired
+/// members than `max_members_per_command`) leaves the key's entry early
+/// or absent, never at its live member with expired ones still there:
+/// the repair waits for the key's last step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_scan_stopped_between_bounded_steps_leaves_no_late_entry() {
+    let server = RedisServer::start();
+    let mut settings = indexed(&server);
+    settings.sweep.throttle = ThrottleMode::Adaptive;
+    settings.sweep.max_members_per_command = 2;
+    let mut conn = server.conn();
+    let now = redis_now_ms(&mut conn);
+    // Written by code that does not maintain the index: no entry.
+    for n in 0..5 {
+        let _: () = conn
+            .zadd("legacy-tokens", format!("old{n}"), now - 10_000 + n)
+            .unwrap();
+    }
+    let _: () = conn.zadd("legacy-tokens", "live", now + 3_600_000).unwrap();
+    let rest = Connection::connect(&settings.redis).await.unwrap();
+    let stop = CancellationToken::new();
+    // Stopped as the first removal's round trip ends.
+    let progress = {
+        let stop = stop.clone();
+        SweepProgress::with_batch_timer(move |_| stop.cancel())
+    };
+    let report = sweep::sweep(&rest, &settings.sweep, SweepMode::Remove, &progress, &stop)
+        .await
+        .unwrap();
+    assert!(report.interrupted, "{report:?}");
+    let left: Vec<(String, f64)> = conn.zrange_withscores("legacy-tokens", 0, -1).unwrap();
+    assert_eq!(left.len(), 4, "one bounded step of 2: {left:?}");
+    let first = left[0].1;
+    assert!(
+        entry(&mut conn, "legacy-tokens").is_none_or(|e| e <= first),
+        "entry {:?} after members from {first}: {left:?}",
+        entry(&mut conn, "legacy-tokens")
+    );
+}

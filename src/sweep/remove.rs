@@ -125,8 +125,22 @@ pub(super) async fn remove_up_to(
     // A full scan with the due index on repairs it: each key's entry is
     // lowered to its next expiry (the keys of code that does not maintain
     // the index get one). Only ever lowered, so only ever early; after the
-    // removal, as it only reads scores above the cutoff.
+    // removal, as it only reads scores above the cutoff. Not a key removed
+    // up to a bound: expired members may be left above it, and a sweep
+    // stopped before its next step would leave its entry late; its last
+    // step (up to the cutoff) repairs it.
     if let (SweepMode::Remove, Some(prefix), Ok(())) = (mode, found.repair(), &stopped) {
+        let whole: Vec<Vec<u8>>;
+        let keys = if upper.is_empty() {
+            keys
+        } else {
+            whole = keys
+                .iter()
+                .filter(|key| !upper.contains_key(*key))
+                .cloned()
+                .collect();
+            &whole
+        };
         let (lowered, lower_stopped) = lower_found(conn, prefix, keys, found, expired).await;
         outcome.counts.index_entries_moved += lowered.counts.index_entries_moved;
         outcome.counts.errors += lowered.counts.errors;

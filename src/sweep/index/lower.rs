@@ -35,6 +35,10 @@ pub(in crate::sweep) async fn lower_found(
     expired: Expired,
 ) -> (Lowered, Result<(), StoreError>) {
     let mut lowered = Lowered::default();
+    if keys.is_empty() {
+        // An empty pipeline is a client error, not nothing to do.
+        return (lowered, Ok(()));
+    }
     let replies = match query_each(conn, LOWER_WHAT, keys, found, |key| {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(LOWER)
