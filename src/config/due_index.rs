@@ -70,6 +70,21 @@ impl DueIndexSettings {
                 ),
             ));
         }
+        // Writers and sweeper must name the same keys: a trailing newline
+        // from a mounted secret would make a second index nobody sweeps.
+        if self
+            .key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::invalid(
+                "sweep.due_index.key_prefix",
+                format!(
+                    "must hold no whitespace or control characters, got {:?}",
+                    self.key_prefix
+                ),
+            ));
+        }
         // A full scan would sweep the index itself as token sets: its
         // entries are scored by expiry, so it would drop due entries.
         if let Some(slot) = (0..16384u16).find(|&slot| {
@@ -161,6 +176,22 @@ mod tests {
             ..on.clone()
         };
         assert!(tagged.validate("*-tokens").is_err());
+        for odd in [
+            "token-sweeper:due:\n",
+            " due:",
+            "due:\t",
+            "du e:",
+            "due:\u{7f}",
+        ] {
+            let err = DueIndexSettings {
+                key_prefix: odd.to_owned(),
+                ..on.clone()
+            }
+            .validate("*-tokens")
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("no whitespace or control"), "{odd:?}: {err}");
+        }
         // Off, the prefix is not used.
         DueIndexSettings {
             enabled: false,
