@@ -55,12 +55,19 @@ macro_rules! count_table {
                 name: "due_keys_total",
                 help: "Keys the due index named as due, by node.",
             });
-            /// Index entries moved to their key's next expiry (index sweep), or
-            /// added or lowered to it (a full scan repairing the index).
+            /// Index entries an index sweep moved to their key's next expiry.
             index_entries_moved / IndexEntriesMoved: Printed::NonZero("index entries moved"),
                 Some(CountMetric::PerNode {
                     name: "index_entries_moved_total",
                     help: "Due index entries moved to their key's next expiry, by node.",
+                });
+            /// Index entries a full scan added or lowered to their key's next
+            /// expiry (repairing the index): none while every writer keeps
+            /// the index, so some writer does not.
+            index_entries_repaired / IndexEntriesRepaired: Printed::NonZero("index entries repaired"),
+                Some(CountMetric::PerNode {
+                    name: "index_entries_repaired_total",
+                    help: "Due index entries a full scan added or lowered, by node.",
                 });
             /// Index entries dropped: their key had nothing unexpired left, was
             /// gone or not a sorted set, or was not a key the sweep may touch.

@@ -142,7 +142,7 @@ pub(super) async fn remove_up_to(
             &whole
         };
         let (lowered, lower_stopped) = lower_found(conn, prefix, keys, found, expired).await;
-        outcome.counts.index_entries_moved += lowered.counts.index_entries_moved;
+        outcome.counts.index_entries_repaired += lowered.counts.index_entries_repaired;
         outcome.counts.errors += lowered.counts.errors;
         if outcome.first_error.is_none() {
             outcome.first_error = lowered.first_error;

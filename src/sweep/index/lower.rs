@@ -18,7 +18,7 @@ pub(in crate::sweep) const LOWER_WHAT: &str = "EVAL (lower index entry)";
 /// What lowering the entries of some keys did.
 #[derive(Default)]
 pub(in crate::sweep) struct Lowered {
-    /// `index_entries_moved` (added or lowered) and `errors`.
+    /// `index_entries_repaired` (added or lowered) and `errors`.
     pub(in crate::sweep) counts: Counts,
     pub(in crate::sweep) first_error: Option<String>,
 }
@@ -57,7 +57,7 @@ pub(in crate::sweep) async fn lower_found(
     for KeyReply { reply, redirected } in replies {
         match reply {
             Ok(Value::Int(n)) if n >= 0 => {
-                lowered.counts.index_entries_moved += u64::try_from(n).unwrap_or(0);
+                lowered.counts.index_entries_repaired += u64::try_from(n).unwrap_or(0);
             }
             Err(e) if matches!(e.code(), Some("NOPERM" | "READONLY" | "CLUSTERDOWN")) => {
                 if stopped.is_ok() {

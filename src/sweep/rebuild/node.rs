@@ -176,7 +176,7 @@ impl<'a> Rebuilder<'a> {
             if !keys.is_empty() {
                 let (lowered, stopped) =
                     lower_found(&mut conn, prefix, &keys, found, expired).await;
-                self.report.entries_lowered += lowered.counts.index_entries_moved;
+                self.report.entries_lowered += lowered.counts.index_entries_repaired;
                 self.report.errors += lowered.counts.errors;
                 // The cursor is not moved past a key without its entry.
                 if let Err(e) = stopped {
