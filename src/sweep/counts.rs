@@ -264,6 +264,7 @@ mod tests {
                 "errors",
                 "due_keys",
                 "index_entries_moved",
+                "index_entries_repaired",
                 "index_entries_dropped"
             ]
         );
