@@ -87,12 +87,10 @@ use self::reload::reload;
 use self::round::{IndexSizeRead, Round, RunningRound};
 use self::systemd::{notify_systemd, Watchdog};
 use self::ticker::{Ticker, ALARM_GRACE};
-use self::trigger::{
-    jitter_delay, note_covered, round_kind, warn_overlap, RoundKind, RoundPhase, Trigger,
-};
+use self::trigger::{jitter_delay, round_kind, skip_while_running, RoundKind, RoundPhase, Trigger};
 use crate::config::Settings;
 use crate::logging::LogLevel;
-use crate::metrics::{Metrics, SweepResult};
+use crate::metrics::Metrics;
 use crate::store::Reconnecting;
 
 /// What the outside world (signals, tests) asks of a running daemon.
@@ -183,8 +181,12 @@ impl Daemon {
         let mut alarm =
             Alarm::start(JobScheduler::new().await?, rings_tx, watchdog.max_sleep()).await?;
         alarm.follow(ticker.next(), Instant::now()).await;
-        let index_on = self.settings.sweep.due_index.enabled;
-        let full = index_on.then_some(&full_ticker);
+        let full = self
+            .settings
+            .sweep
+            .due_index
+            .enabled
+            .then_some(&full_ticker);
         publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, full);
         // Not a child of `stop`: the endpoints answer until the leases are
         // given back, and stop last. The guard stops them too when this
@@ -319,8 +321,12 @@ impl Daemon {
                 // Keeps the alarm on the plan, whatever changed it (a tick,
                 // a reload, the clock), and retries one not yet taken.
                 alarm.follow(ticker.next(), Instant::now()).await;
-                let index_on = self.settings.sweep.due_index.enabled;
-                let full = index_on.then_some(&full_ticker);
+                let full = self
+                    .settings
+                    .sweep
+                    .due_index
+                    .enabled
+                    .then_some(&full_ticker);
                 publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, full);
                 // Progress too: waiting on the scheduler (at most
                 // `watchdog.max_sleep()`) never doubles the gap between pings.
@@ -330,25 +336,16 @@ impl Daemon {
             if trigger.is_some() && running.is_none() && running_kind == RoundKind::Index {
                 pending_full |= std::mem::take(&mut full_owed);
             }
-            pending_full &= self.settings.sweep.due_index.enabled;
-            let Some((trigger, kind)) = round_kind(
-                trigger,
-                running.is_some(),
-                pending_full,
-                self.settings.sweep.due_index.enabled,
-            ) else {
+            let index_on = self.settings.sweep.due_index.enabled;
+            pending_full &= index_on;
+            let Some((trigger, kind)) =
+                round_kind(trigger, running.is_some(), pending_full, index_on)
+            else {
                 continue;
             };
             if running.is_some() {
-                if running_kind == RoundKind::Full && self.settings.sweep.due_index.enabled {
-                    // Not an overrun: the full scan removes all an index
-                    // sweep would, and runs on a plan of its own.
-                    metrics.count_sweep(SweepResult::SkippedFullScan);
-                    note_covered(trigger, &mut overlap_logged);
-                } else {
-                    metrics.count_sweep(SweepResult::SkippedOverlap);
-                    warn_overlap(trigger, sweep_at, &mut overlap_logged);
-                }
+                let covered = running_kind == RoundKind::Full && index_on;
+                skip_while_running(trigger, covered, sweep_at, &mut overlap_logged, &metrics);
                 continue;
             }
             overlap_logged = None;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::metrics::{Metrics, SweepResult};
+
 /// Why a sweep was started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Trigger {
@@ -84,9 +86,30 @@ pub(super) fn jitter_delay(trigger: Trigger, jitter: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=jitter_ms))
 }
 
+/// Skips `trigger` because a round runs. In index mode a running full scan
+/// covers it (`covered`): not an overrun, since the full scan removes all
+/// an index sweep would and runs on a plan of its own
+/// (`skipped_full_scan`, said once per full scan); otherwise it is an
+/// overlap (`skipped_overlap`, warned once per phase of the round).
+pub(super) fn skip_while_running(
+    trigger: Trigger,
+    covered: bool,
+    sweep_at: tokio::time::Instant,
+    logged: &mut Option<RoundPhase>,
+    metrics: &Metrics,
+) {
+    if covered {
+        metrics.count_sweep(SweepResult::SkippedFullScan);
+        note_covered(trigger, logged);
+    } else {
+        metrics.count_sweep(SweepResult::SkippedOverlap);
+        warn_overlap(trigger, sweep_at, logged);
+    }
+}
+
 /// Says, once per full scan, that `trigger` is skipped because a full scan
 /// runs (index mode), which covers it.
-pub(super) fn note_covered(trigger: Trigger, logged: &mut Option<RoundPhase>) {
+fn note_covered(trigger: Trigger, logged: &mut Option<RoundPhase>) {
     if logged.replace(RoundPhase::Sweeping).is_none() {
         tracing::info!(
             ?trigger,
@@ -98,11 +121,7 @@ pub(super) fn note_covered(trigger: Trigger, logged: &mut Option<RoundPhase>) {
 /// Warns that `trigger` is skipped because the round that will start (or
 /// started) sweeping at `sweep_at` is still running: once per phase of
 /// that round (`logged` keeps the last phase warned about).
-pub(super) fn warn_overlap(
-    trigger: Trigger,
-    sweep_at: tokio::time::Instant,
-    logged: &mut Option<RoundPhase>,
-) {
+fn warn_overlap(trigger: Trigger, sweep_at: tokio::time::Instant, logged: &mut Option<RoundPhase>) {
     let now = tokio::time::Instant::now();
     let phase = if now < sweep_at {
         RoundPhase::Waiting
