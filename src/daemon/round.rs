@@ -165,17 +165,7 @@ impl Round {
         let node_checks = self.lock.as_ref().map(|lock| lock.timeout());
         let settings = &self.settings.sweep;
         let mode = SweepMode::Remove;
-        let read_size: BTreeSet<String> = {
-            let read = lock(&self.index_size_read);
-            primaries
-                .iter()
-                .filter(|p| {
-                    read.get(&p.address)
-                        .is_none_or(|at| at.elapsed() >= INDEX_SIZE_EVERY)
-                })
-                .map(|p| p.address.clone())
-                .collect()
-        };
+        let read_size = size_due(&lock(&self.index_size_read), primaries, Instant::now());
         let by = match self.kind {
             RoundKind::Full => SweepBy::Scan,
             RoundKind::Index => SweepBy::Index {
@@ -320,5 +310,51 @@ impl Round {
         if e.is_connection_lost() {
             self.redis.lost_connection(id, &e.to_string());
         }
+    }
+}
+
+/// The primaries whose due index size an index round reads at `now`: those
+/// never read whole, or last read [`INDEX_SIZE_EVERY`] ago or more.
+fn size_due(
+    read: &BTreeMap<String, Instant>,
+    primaries: &[Primary],
+    now: Instant,
+) -> BTreeSet<String> {
+    primaries
+        .iter()
+        .filter(|p| {
+            read.get(&p.address)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= INDEX_SIZE_EVERY)
+        })
+        .map(|p| p.address.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_primarys_size_is_read_until_read_whole_then_hourly() {
+        let primary = |address: &str| Primary {
+            address: address.to_owned(),
+            slots: Vec::new(),
+        };
+        let primaries = [primary("a:6379"), primary("b:6379"), primary("c:6379")];
+        let start = Instant::now();
+        let mut read = BTreeMap::new();
+        let every: BTreeSet<String> = primaries.iter().map(|p| p.address.clone()).collect();
+        assert_eq!(size_due(&read, &primaries, start), every, "none read yet");
+        read.insert("a:6379".to_owned(), start);
+        read.insert("b:6379".to_owned(), start);
+        let later = start + INDEX_SIZE_EVERY - std::time::Duration::from_secs(1);
+        assert_eq!(
+            size_due(&read, &primaries, later),
+            ["c:6379".to_owned()].into()
+        );
+        let hour = start + INDEX_SIZE_EVERY;
+        assert_eq!(size_due(&read, &primaries, hour), every);
     }
 }
