@@ -666,33 +666,3 @@ async fn a_full_scan_stopped_between_bounded_steps_leaves_no_late_entry() {
         entry(&mut conn, "legacy-tokens")
     );
 }
-
-/// With the index off and a pattern that matches its keys (`*` on a
-/// dedicated database), while the writers already keep the index (the
-/// README's way of switching on), a full scan passes over the index keys:
-/// swept as token sets, they would lose their due entries.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_scan_never_sweeps_the_index_keys_themselves() {
-    let server = RedisServer::start();
-    let writer = indexed(&server);
-    let service = TokenService::connect(&writer).await.unwrap();
-    service
-        .issue("alice", Some(Duration::from_secs(3600)), Default::default())
-        .await
-        .unwrap();
-    let mut conn = server.conn();
-    let now = redis_now_ms(&mut conn);
-    let key = service.key_for("alice");
-    // An expired token, its entry due (as a login writes it).
-    let _: () = conn.zadd(&key, "old", now - 1000).unwrap();
-    let index = index_key(DEFAULT_PREFIX, key.as_bytes());
-    let _: () = conn.zadd(&index, &key, now - 1000).unwrap();
-
-    let mut sweeper = settings_for(&server);
-    sweeper.sweep.pattern = "*".to_owned();
-    assert!(!sweeper.sweep.due_index.enabled);
-    let report = full_scan(&sweeper).await;
-    assert_eq!(report.counts.keys_scanned, 1, "{report:?}");
-    assert_eq!(report.counts.members_removed, 1, "{report:?}");
-    assert_eq!(entry(&mut conn, &key), Some((now - 1000) as f64));
-}

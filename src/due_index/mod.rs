@@ -58,23 +58,3 @@ pub fn index_key_of_slot(prefix: &str, slot: u16) -> String {
 pub fn index_key(prefix: &str, key: &[u8]) -> String {
     index_key_of_slot(prefix, key_slot(key))
 }
-
-/// Whether `key` is one of the 16384 index keys of `prefix` (exactly
-/// `<prefix>{<tag>}` of its own slot), so never a token set: a full scan
-/// whose pattern matches the index keys passes over them, index on or
-/// off (writers may keep the index before the sweeper uses it).
-///
-/// ```
-/// use token_sweeper::due_index::{index_key, is_index_key};
-///
-/// let prefix = "token-sweeper:due:";
-/// let index = index_key(prefix, b"42-tokens");
-/// assert!(is_index_key(prefix, index.as_bytes()));
-/// assert!(!is_index_key(prefix, b"42-tokens"));
-/// assert!(!is_index_key("", index.as_bytes()));
-/// ```
-pub fn is_index_key(prefix: &str, key: &[u8]) -> bool {
-    !prefix.is_empty()
-        && key.starts_with(prefix.as_bytes())
-        && index_key(prefix, key).as_bytes() == key
-}

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::report::Tally;
 use crate::config::SweepSettings;
-use crate::due_index::is_index_key;
 use crate::store::{Connection, StoreError};
 
 /// The SCAN side of one node's sweep: pages through its keyspace, paces, and
@@ -61,13 +60,8 @@ impl<'a> Scanner<'a> {
         };
         self.cursor = cursor;
         self.finished = cursor == 0;
-        // The due index's own keys are sorted sets scored by expiry: swept
-        // as token sets, they would lose their due entries.
-        let prefix = &self.settings.due_index.key_prefix;
-        let keys = keys.into_iter().filter(|key| !is_index_key(prefix, key));
-        let before = self.pending.len();
+        self.tally.scanned(keys.len());
         self.pending.extend(keys);
-        self.tally.scanned(self.pending.len() - before);
         Ok(false)
     }
 
