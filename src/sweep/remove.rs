@@ -98,6 +98,10 @@ pub(super) async fn remove_up_to(
     // OOM) is not sent back, or a node that refuses writes but answers
     // reads would be asked for the same keys forever.
     let mut progressed = Vec::new();
+    // The keys whose removal answered: the repair's (one that failed may
+    // keep expired members, which an entry above them would hide).
+    let repairing = mode == SweepMode::Remove && found.repair().is_some();
+    let mut removed = Vec::new();
     for (key, KeyReply { reply, redirected }) in keys.iter().zip(replies) {
         outcome.counts.keys_redirected += u64::from(redirected);
         match reply {
@@ -112,6 +116,9 @@ pub(super) async fn remove_up_to(
                 if matches!(count, Ok(n) if n > 0) && upper.contains_key(key) {
                     progressed.push(key.clone());
                 }
+                if repairing && count.is_ok() {
+                    removed.push(key.clone());
+                }
                 if let Err(e) = outcome.tally(command, count) {
                     // The first such error is the node's; every reply is
                     // still counted.
@@ -125,23 +132,19 @@ pub(super) async fn remove_up_to(
     // A full scan with the due index on repairs it: each key's entry is
     // lowered to its next expiry (the keys of code that does not maintain
     // the index get one). Only ever lowered, so only ever early; after the
-    // removal, as it only reads scores above the cutoff. Not a key removed
-    // up to a bound: expired members may be left above it, and a sweep
-    // stopped before its next step would leave its entry late; its last
-    // step (up to the cutoff) repairs it.
-    if let (SweepMode::Remove, Some(prefix), Ok(())) = (mode, found.repair(), &stopped) {
-        let whole: Vec<Vec<u8>>;
-        let keys = if upper.is_empty() {
-            keys
-        } else {
-            whole = keys
-                .iter()
-                .filter(|key| !upper.contains_key(*key))
-                .cloned()
-                .collect();
-            &whole
-        };
-        let (lowered, lower_stopped) = lower_found(conn, prefix, keys, found, expired).await;
+    // removal, as it only reads scores above what it removed. A key removed
+    // up to a bound may keep expired members above it: its entry goes to
+    // its first member above the bound (whole, rounded down: no later),
+    // still due, so a sweep stopped before the key's next step leaves it
+    // early, not late; a bound with no whole number (-inf) is not used.
+    if let (Some(prefix), Ok(())) = (found.repair(), &stopped) {
+        let above: HashMap<Vec<u8>, i64> = upper
+            .iter()
+            .filter_map(|(key, bound)| Some((key.clone(), whole_below(bound)?)))
+            .collect();
+        removed.retain(|key| !upper.contains_key(key) || above.contains_key(key));
+        let (lowered, lower_stopped) =
+            lower_found(conn, prefix, &removed, found, expired, &above).await;
         outcome.counts.index_entries_repaired += lowered.counts.index_entries_repaired;
         outcome.counts.errors += lowered.counts.errors;
         if outcome.first_error.is_none() {
@@ -150,6 +153,16 @@ pub(super) async fn remove_up_to(
         stopped = lower_stopped;
     }
     (outcome, stopped, progressed)
+}
+
+/// The largest whole number at or below a score Redis wrote, if finite
+/// and exact in a double (a bound is an expired score, so at or below a
+/// cutoff that is).
+fn whole_below(score: &str) -> Option<i64> {
+    let score: f64 = score.parse().ok()?;
+    let floor = score.floor();
+    // 2^53: every whole number up to it is exact, so the cast is too.
+    (floor.is_finite() && floor.abs() <= 9_007_199_254_740_992.0).then_some(floor as i64)
 }
 
 impl BatchOutcome {
@@ -182,5 +195,20 @@ impl BatchOutcome {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_below;
+
+    #[test]
+    fn a_bound_repairs_from_the_whole_number_at_or_below_it() {
+        assert_eq!(whole_below("1764412800000"), Some(1_764_412_800_000));
+        assert_eq!(whole_below("1700000000.5"), Some(1_700_000_000));
+        assert_eq!(whole_below("-1.5"), Some(-2));
+        assert_eq!(whole_below("-inf"), None);
+        assert_eq!(whole_below("1e300"), None);
+        assert_eq!(whole_below("soon"), None);
     }
 }

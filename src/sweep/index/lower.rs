@@ -3,6 +3,8 @@
 //! scan's repair of the index, so that sets written by code that does not
 //! maintain the index get entries, and the step of `index rebuild`.
 
+use std::collections::HashMap;
+
 use redis::Value;
 
 use super::super::counts::Counts;
@@ -24,7 +26,8 @@ pub(in crate::sweep) struct Lowered {
 }
 
 /// One pipeline of [`LOWER`] over `keys` (found as said), each with its
-/// index key under `prefix`. Returns what it did and, beside it, the error
+/// index key under `prefix`, lowering to the first score above the cutoff,
+/// or above the score `above` gives the key. Returns what it did and, beside it, the error
 /// that ends the node's sweep (NOPERM, READONLY, CLUSTERDOWN, a lost
 /// connection), if any.
 pub(in crate::sweep) async fn lower_found(
@@ -33,6 +36,7 @@ pub(in crate::sweep) async fn lower_found(
     keys: &[Vec<u8>],
     found: Found<'_>,
     expired: Expired,
+    above: &HashMap<Vec<u8>, i64>,
 ) -> (Lowered, Result<(), StoreError>) {
     let mut lowered = Lowered::default();
     if keys.is_empty() {
@@ -45,7 +49,7 @@ pub(in crate::sweep) async fn lower_found(
             .arg(2)
             .arg(index_key(prefix, key))
             .arg(key)
-            .arg(expired.cutoff());
+            .arg(above.get(key).copied().unwrap_or(expired.cutoff()));
         cmd
     })
     .await

@@ -53,6 +53,8 @@ mod pace;
 /// The Lua of the sweep and of the repair.
 mod script;
 
+use std::collections::HashMap;
+
 pub(super) use call::probe_commands;
 pub(super) use lower::lower_found;
 
@@ -97,7 +99,7 @@ impl IndexReport {
 /// index key is `prefix`'s for the key's slot. What a full scan does to
 /// repair the index, and the step of a rebuild.
 ///
-/// Returns `index_entries_moved` (entries added or lowered) and `errors`.
+/// Returns `index_entries_repaired` (entries added or lowered) and `errors`.
 ///
 /// # Errors
 /// [`StoreError`] when the pipeline fails as a whole, or on NOPERM,
@@ -108,7 +110,9 @@ pub async fn lower_entries(
     keys: &[Vec<u8>],
     expired: Expired,
 ) -> Result<BatchOutcome, StoreError> {
-    let (lowered, stopped) = lower_found(conn, prefix, keys, Found::Anywhere, expired).await;
+    let anywhere = Found::Anywhere;
+    let (lowered, stopped) =
+        lower_found(conn, prefix, keys, anywhere, expired, &HashMap::new()).await;
     stopped.map(|()| BatchOutcome {
         counts: lowered.counts,
         first_error: lowered.first_error,

@@ -1,7 +1,7 @@
 //! One primary's rebuild: its checks, then page by page its keys' entries
 //! lowered and its cursor saved.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use tokio_util::sync::CancellationToken;
 
@@ -175,7 +175,7 @@ impl<'a> Rebuilder<'a> {
             self.report.keys_scanned += keys.len() as u64;
             if !keys.is_empty() {
                 let (lowered, stopped) =
-                    lower_found(&mut conn, prefix, &keys, found, expired).await;
+                    lower_found(&mut conn, prefix, &keys, found, expired, &HashMap::new()).await;
                 self.report.entries_lowered += lowered.counts.index_entries_repaired;
                 self.report.errors += lowered.counts.errors;
                 // The cursor is not moved past a key without its entry.
