@@ -92,6 +92,7 @@ def values(params: dict) -> dict:
         "index_lag_seconds": str(index_lag * interval),
         "index_lag": duration(index_lag * interval),
         "full_scan_window": duration(2 * full_scan),
+        "full_scan_seconds": str(full_scan),
         "down_for": duration(seconds(params["down_for"], "down_for")),
         "selector": selector,
         "fleet": ", ".join(fleet),

@@ -60,6 +60,8 @@ mod lease;
 mod keeper;
 // What starts a round and what it sweeps: trigger, kind, jitter, overlap.
 mod trigger;
+// In index mode: the full scans' plan, and a full scan pending or owed.
+mod full_scans;
 // What a round ends with: its counts, its log line, its failure.
 mod outcome;
 // One sweep round beside the loop: jitter, checks, leases, sweep.
@@ -81,6 +83,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::alarm::{Alarm, TickSource};
 use self::fleet::{Fleet, SHUTDOWN_RELEASE};
+use self::full_scans::FullScans;
 use self::lease::ReplicaLock;
 use self::readiness::{publish_schedule, DaemonReadiness};
 use self::reload::reload;
@@ -167,9 +170,7 @@ impl Daemon {
         // Before the endpoints answer, so that their first answer is true.
         let mut ticker = Ticker::new(self.settings.sweep.schedule(), crate::clock::wall_clock());
         // With the due index on, the full scans' plan (`due_index.full_scan`).
-        // No alarm of its own: the loop checks it on every pass (at least
-        // every second), and a full scan is rare enough for that.
-        let mut full_ticker = Ticker::new(
+        let mut full_scans = FullScans::new(
             self.settings.sweep.due_index.full_scan.clone(),
             crate::clock::wall_clock(),
         );
@@ -181,12 +182,8 @@ impl Daemon {
         let mut alarm =
             Alarm::start(JobScheduler::new().await?, rings_tx, watchdog.max_sleep()).await?;
         alarm.follow(ticker.next(), Instant::now()).await;
-        let full = self
-            .settings
-            .sweep
-            .due_index
-            .enabled
-            .then_some(&full_ticker);
+        let full = self.settings.sweep.due_index.enabled;
+        let full = full.then_some(&full_scans.ticker);
         publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, full);
         // Not a child of `stop`: the endpoints answer until the leases are
         // given back, and stop last. The guard stops them too when this
@@ -223,16 +220,8 @@ impl Daemon {
         let mut sweep_at = tokio::time::Instant::now();
         let mut overlap_logged: Option<RoundPhase> = None;
         let mut pending_start = self.settings.sweep.run_on_start;
-        // A full scan came due: it runs as soon as no round runs (it waits
-        // for an index sweep; never two sweeps of one primary at once).
-        let mut pending_full = false;
-        // The kind of the last round started. A full scan that failed as
-        // a whole is owed, and runs at a tick after the next index sweep
-        // (not a full_scan period later: the safety net must not lapse for
-        // one Redis outage); while it keeps failing (an ACL without SCAN),
-        // index sweeps and full scans alternate, so the index sweeps go on.
+        // The kind of the last round started.
         let mut running_kind = RoundKind::Index;
-        let mut full_owed = false;
         let index_size_read = IndexSizeRead::default();
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -255,7 +244,7 @@ impl Daemon {
                 let now = crate::clock::wall_clock();
                 let sleep = ticker
                     .sleep_late(now, grace)
-                    .min(full_ticker.sleep_late(now, Duration::ZERO))
+                    .min(full_scans.ticker.sleep_late(now, Duration::ZERO))
                     .min(watchdog.max_sleep());
                 let tick = ticker.next();
                 let trigger = tokio::select! {
@@ -266,7 +255,7 @@ impl Daemon {
                                 &mut self.settings,
                                 self.config_path.as_deref(),
                                 self.log_level.as_ref(),
-                                (&mut ticker, &mut full_ticker),
+                                (&mut ticker, &mut full_scans.ticker),
                                 &redis,
                                 &fleet,
                             )
@@ -299,47 +288,30 @@ impl Daemon {
                         }
                     }, if running.is_some() => {
                         running = None;
-                        if running_kind == RoundKind::Full
-                            && end.as_ref().is_err_and(|failure| failure.whole)
-                        {
-                            full_owed = true;
-                            tracing::warn!(
-                                "the full scan failed; it runs again after the next index sweep"
-                            );
-                        }
+                        metrics.set_full_scan_started(None);
+                        let whole = end.as_ref().is_err_and(|failure| failure.whole);
+                        full_scans.ended(running_kind, whole);
                         let _ = last_failure_tx.send(end.err().map(|failure| failure.reason));
                         None
                     },
                 };
-                // A full scan due is kept until it can run; with the index
-                // off, every sweep is a full scan and this plan is unused.
-                if full_ticker.poll(crate::clock::wall_clock())
-                    && self.settings.sweep.due_index.enabled
-                {
-                    pending_full = true;
-                }
+                let full_runs = running.is_some() && running_kind == RoundKind::Full;
+                let index_on = self.settings.sweep.due_index.enabled;
+                full_scans.poll(crate::clock::wall_clock(), index_on, full_runs);
                 // Keeps the alarm on the plan, whatever changed it (a tick,
                 // a reload, the clock), and retries one not yet taken.
                 alarm.follow(ticker.next(), Instant::now()).await;
-                let full = self
-                    .settings
-                    .sweep
-                    .due_index
-                    .enabled
-                    .then_some(&full_ticker);
+                let full = index_on.then_some(&full_scans.ticker);
                 publish_schedule(&ticker, &alarm, &metrics, &unscheduled_tx, full);
                 // Progress too: waiting on the scheduler (at most
                 // `watchdog.max_sleep()`) never doubles the gap between pings.
                 watchdog.alive(Instant::now());
                 trigger
             };
-            if trigger.is_some() && running.is_none() && running_kind == RoundKind::Index {
-                pending_full |= std::mem::take(&mut full_owed);
-            }
             let index_on = self.settings.sweep.due_index.enabled;
-            pending_full &= index_on;
-            let Some((trigger, kind)) =
-                round_kind(trigger, running.is_some(), pending_full, index_on)
+            let triggered = trigger.is_some();
+            let full_due = full_scans.due(triggered, running.is_some(), running_kind, index_on);
+            let Some((trigger, kind)) = round_kind(trigger, running.is_some(), full_due, index_on)
             else {
                 continue;
             };
@@ -349,8 +321,10 @@ impl Daemon {
                 continue;
             }
             overlap_logged = None;
-            if kind == RoundKind::Full {
-                pending_full = false;
+            if kind == RoundKind::Full && index_on {
+                full_scans.started();
+                let now = crate::clock::wall_clock().timestamp_millis() as f64 / 1000.0;
+                metrics.set_full_scan_started(Some(now));
             }
             running_kind = kind;
             let settings = Arc::new(self.settings.clone());

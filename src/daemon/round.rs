@@ -76,7 +76,11 @@ impl Round {
             Err(reason) => return Err(failed(&self.metrics, self.kind, "connection", reason)),
         };
         let primaries = match conn.primaries().await {
-            Ok(primaries) => primaries,
+            Ok(primaries) => {
+                self.metrics
+                    .expose_nodes(primaries.iter().map(|p| p.address.as_str()));
+                primaries
+            }
             Err(e) => {
                 self.report_loss(&e, id);
                 self.withdraw(&conn).await;
@@ -188,17 +192,25 @@ impl Round {
         // scan in index mode: `due_index.full_scan`, not the index sweeps'
         // period it outlasts by design): a sweep still running then, or
         // projected to, is behind (`sweep_behind`). A plan with no next
-        // tick (a cron run out) sets no end.
-        let plan = match self.kind {
-            RoundKind::Full if settings.due_index.enabled => &settings.due_index.full_scan,
-            _ => &self.schedule,
+        // tick (a cron run out) sets no end. A full scan that started late
+        // (owed, or after an index round) gets its plan's whole period.
+        let full = self.kind == RoundKind::Full && settings.due_index.enabled;
+        let plan = if full {
+            &settings.due_index.full_scan
+        } else {
+            &self.schedule
         };
         let now = crate::clock::wall_clock();
         let next = plan
             .next_tick_after(now)
             .and_then(|at| (at - now).to_std().ok());
         if let Some(to_next) = next {
-            prepared.set_deadline(tokio::time::Instant::now() + to_next);
+            let period = if full {
+                to_next.max(plan.period())
+            } else {
+                to_next
+            };
+            prepared.set_deadline(tokio::time::Instant::now() + period);
         }
         match &self.lock {
             Some(lock) => {

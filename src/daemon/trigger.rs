@@ -110,7 +110,8 @@ pub(super) fn skip_while_running(
 /// Says, once per full scan, that `trigger` is skipped because a full scan
 /// runs (index mode), which covers it.
 fn note_covered(trigger: Trigger, logged: &mut Option<RoundPhase>) {
-    if logged.replace(RoundPhase::Sweeping).is_none() {
+    // An operator's own request is answered each time.
+    if logged.replace(RoundPhase::Sweeping).is_none() || trigger == Trigger::Manual {
         tracing::info!(
             ?trigger,
             "a full scan is running and covers this tick; skipping it (logged once per full scan)"

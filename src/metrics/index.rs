@@ -3,7 +3,7 @@
 //! they ended. The counters of what index sweeps did (due keys, entries
 //! moved and dropped) are per-node sweep counters, from the sweep's table.
 
-use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry};
 
 use super::kinds::SweepResult;
 use crate::sweep::IndexReport;
@@ -18,6 +18,10 @@ pub(super) struct IndexMetrics {
     lag: GaugeVec,
     /// By `result`: rounds that ran a full scan.
     full_scans: IntCounterVec,
+    /// When the running full scan of index mode started, 0 when none runs:
+    /// while it runs, index sweeps wait, so the alerts on the last success
+    /// stand down for its own period instead of paging every night.
+    full_scan_started: Gauge,
 }
 
 impl IndexMetrics {
@@ -49,7 +53,13 @@ impl IndexMetrics {
                 ),
                 &["result"],
             )?,
+            full_scan_started: Gauge::new(
+                name("full_scan_started_timestamp_seconds"),
+                "While a full scan of index mode runs (index sweeps wait for it), when it \
+                 started, in Unix seconds; 0 when none runs.",
+            )?,
         };
+        registry.register(Box::new(metrics.full_scan_started.clone()))?;
         registry.register(Box::new(metrics.entries.clone()))?;
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.full_scans.clone()))?;
@@ -76,6 +86,10 @@ impl IndexMetrics {
         self.lag
             .with_label_values(&[node])
             .set(index.index_lag_seconds);
+    }
+
+    pub(super) fn full_scan_started(&self, at: Option<f64>) {
+        self.full_scan_started.set(at.unwrap_or(0.0));
     }
 
     pub(super) fn count_full_scan(&self, result: SweepResult) {

@@ -270,6 +270,23 @@ impl Metrics {
         *known = primaries.into_iter().map(str::to_owned).collect();
     }
 
+    /// When a round has read the topology, before it sweeps: every per-node
+    /// counter exists from 0 for each primary, so that its first count is
+    /// an increase (a series born at 3 is not one to `increase()`).
+    pub fn expose_nodes<'n>(&self, primaries: impl IntoIterator<Item = &'n str>) {
+        for node in primaries {
+            for (_, counter) in &self.per_node {
+                counter.with_label_values(&[node]);
+            }
+        }
+    }
+
+    /// In index mode, that a full scan runs since `at` (Unix seconds), or
+    /// that none runs.
+    pub fn set_full_scan_started(&self, at: Option<f64>) {
+        self.index.full_scan_started(at);
+    }
+
     /// One reading of a primary's adaptive throttle (every decision while
     /// it sweeps, and as it ends).
     pub fn record_throttle(&self, reading: &ThrottleReading) {
