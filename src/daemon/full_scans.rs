@@ -104,7 +104,10 @@ mod tests {
         // Failed as a whole: owed, and due once an index sweep has run.
         full.ended(RoundKind::Full, true);
         assert!(!full.due(true, false, RoundKind::Full, true));
-        assert!(!full.due(false, false, RoundKind::Index, true), "at a tick only");
+        assert!(
+            !full.due(false, false, RoundKind::Index, true),
+            "at a tick only"
+        );
         assert!(full.due(true, false, RoundKind::Index, true));
         full.started();
         // Only a failure as a whole is owed; the index off, nothing is due.
