@@ -12,7 +12,8 @@
   redis-server holding token sets, scraped once it has swept, then once
   more after a set scored in seconds has made the unit guard refuse a sweep
   (its unit_guard series, at 0 from the start, then counts one), and
-  once more from a daemon in index mode (its due index series);
+  once more from a daemon in index mode (its due index series), and once
+  while its full scan runs;
   `promtool check metrics` on those scrapes reports nothing;
 - the Kubernetes manifests: core kinds pass `kubernetes-validate --strict`,
   the Prometheus Operator's kinds (which it cannot know) parse with the
@@ -229,18 +230,22 @@ def real_scrapes(binary: str) -> list:
                 daemon.terminate()
                 daemon.wait()
             # Index mode (sweep.due_index): its series exist once an index
-            # sweep ran.
+            # sweep ran; a full scan's start only while one sweeps (the 301
+            # sets at 100 keys/s: about 3 s), every 2 s here.
             server.cli("DEL", "user2-tokens")
             env["TOKEN_SWEEPER__SWEEP__DUE_INDEX__ENABLED"] = "true"
+            env["TOKEN_SWEEPER__SWEEP__DUE_INDEX__FULL_SCAN"] = "2s"
             daemon = subprocess.Popen([binary, "run"], env=env, stdout=log, stderr=log)
             try:
                 indexed = wait_for(url, r'^token_sweeper_due_index_lag_seconds\{', 30, daemon)
+                full = wait_for(url, r'^token_sweeper_full_scan_started_timestamp_seconds\{', 30,
+                                daemon)
             finally:
                 daemon.terminate()
                 daemon.wait()
     finally:
         server.stop()
-    return [healthy, refused, indexed]
+    return [healthy, refused, indexed, full]
 
 
 def sample_names(text: str) -> set:

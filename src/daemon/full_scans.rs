@@ -49,9 +49,10 @@ impl FullScans {
         }
     }
 
-    /// A round of `kind` ended, failed as a whole or not.
-    pub(super) fn ended(&mut self, kind: RoundKind, failed_whole: bool) {
-        if kind == RoundKind::Full && failed_whole {
+    /// A round ended (`full_scan`: a full scan of index mode), failed as a
+    /// whole or not.
+    pub(super) fn ended(&mut self, full_scan: bool, failed_whole: bool) {
+        if full_scan && failed_whole {
             self.owed = true;
             tracing::warn!("the full scan failed; it runs again after the next index sweep");
         }
@@ -102,7 +103,7 @@ mod tests {
         full.started();
         assert!(!full.due(true, false, RoundKind::Full, true));
         // Failed as a whole: owed, and due once an index sweep has run.
-        full.ended(RoundKind::Full, true);
+        full.ended(true, true);
         assert!(!full.due(true, false, RoundKind::Full, true));
         assert!(
             !full.due(false, false, RoundKind::Index, true),
@@ -111,7 +112,7 @@ mod tests {
         assert!(full.due(true, false, RoundKind::Index, true));
         full.started();
         // Only a failure as a whole is owed; the index off, nothing is due.
-        full.ended(RoundKind::Full, false);
+        full.ended(true, false);
         assert!(!full.due(true, false, RoundKind::Index, true));
         full.poll(at(30), true, false);
         assert!(!full.due(true, false, RoundKind::Index, false));

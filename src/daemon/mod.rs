@@ -222,6 +222,9 @@ impl Daemon {
         let mut pending_start = self.settings.sweep.run_on_start;
         // The kind of the last round started.
         let mut running_kind = RoundKind::Index;
+        // Whether it is a full scan of index mode (which repairs the index;
+        // with the index off, every round scans and none repairs).
+        let mut running_full_scan = false;
         let index_size_read = IndexSizeRead::default();
 
         notify_systemd(&[sd_notify::NotifyState::Ready]);
@@ -288,14 +291,14 @@ impl Daemon {
                         }
                     }, if running.is_some() => {
                         running = None;
-                        metrics.set_full_scan_started(None);
+                        metrics.full_scan_ended(None);
                         let whole = end.as_ref().is_err_and(|failure| failure.whole);
-                        full_scans.ended(running_kind, whole);
+                        full_scans.ended(running_full_scan, whole);
                         let _ = last_failure_tx.send(end.err().map(|failure| failure.reason));
                         None
                     },
                 };
-                let full_runs = running.is_some() && running_kind == RoundKind::Full;
+                let full_runs = running.is_some() && running_full_scan;
                 let index_on = self.settings.sweep.due_index.enabled;
                 full_scans.poll(crate::clock::wall_clock(), index_on, full_runs);
                 // Keeps the alarm on the plan, whatever changed it (a tick,
@@ -316,17 +319,16 @@ impl Daemon {
                 continue;
             };
             if running.is_some() {
-                let covered = running_kind == RoundKind::Full && index_on;
+                let covered = running_full_scan;
                 skip_while_running(trigger, covered, sweep_at, &mut overlap_logged, &metrics);
                 continue;
             }
             overlap_logged = None;
             if kind == RoundKind::Full && index_on {
                 full_scans.started();
-                let now = crate::clock::wall_clock().timestamp_millis() as f64 / 1000.0;
-                metrics.set_full_scan_started(Some(now));
             }
             running_kind = kind;
+            running_full_scan = kind == RoundKind::Full && index_on;
             let settings = Arc::new(self.settings.clone());
             let delay = jitter_delay(trigger, settings.sweep.jitter);
             if !delay.is_zero() {

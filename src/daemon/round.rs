@@ -101,6 +101,7 @@ impl Round {
                 timer.batch_duration.observe(rtt.as_secs_f64());
             })
             .on_node_end(move |node| {
+                recorder.full_scan_ended(Some(&node.node));
                 if node.index.as_ref().is_some_and(|i| i.index_size.is_some()) {
                     lock(&size_read).insert(node.node.clone(), Instant::now());
                 }
@@ -218,7 +219,7 @@ impl Round {
                     .await
             }
             None => {
-                self.log_start(primaries.len());
+                self.started(primaries.iter().map(|p| p.address.as_str()));
                 let report = prepared.run().await?;
                 Ok(RoundSweeps {
                     report: Some(report),
@@ -228,8 +229,17 @@ impl Round {
         }
     }
 
-    fn log_start(&self, nodes: usize) {
-        tracing::info!(trigger = ?self.trigger, kind = self.kind.name(), nodes, "sweep started");
+    /// The sweep of `nodes` starts, checks passed and leases taken: logged,
+    /// and in index mode a full scan's start is shown per primary (only
+    /// now: a scan refused at its checks, retried every other tick, must
+    /// not look like one running).
+    fn started<'n>(&self, nodes: impl ExactSizeIterator<Item = &'n str>) {
+        let count = nodes.len();
+        tracing::info!(trigger = ?self.trigger, kind = self.kind.name(), nodes = count, "sweep started");
+        if self.kind == RoundKind::Full && self.settings.sweep.due_index.enabled {
+            let now = crate::clock::wall_clock().timestamp_millis() as f64 / 1000.0;
+            self.metrics.full_scan_started(nodes, now);
+        }
     }
 
     /// Sweeps the primaries of this daemon's share that it can lease.
@@ -291,7 +301,7 @@ impl Round {
         }
         prepared.retain(|node| taken.contains(node));
         self.metrics.set_lock_held(held.len());
-        self.log_start(taken.len());
+        self.started(taken.iter().map(String::as_str));
         let mut keeper = LeaseKeeper {
             lock,
             conn,

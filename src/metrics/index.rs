@@ -3,7 +3,7 @@
 //! they ended. The counters of what index sweeps did (due keys, entries
 //! moved and dropped) are per-node sweep counters, from the sweep's table.
 
-use prometheus::{Gauge, GaugeVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 
 use super::kinds::SweepResult;
 use crate::sweep::IndexReport;
@@ -18,10 +18,12 @@ pub(super) struct IndexMetrics {
     lag: GaugeVec,
     /// By `result`: rounds that ran a full scan.
     full_scans: IntCounterVec,
-    /// When the running full scan of index mode started, 0 when none runs:
-    /// while it runs, index sweeps wait, so the alerts on the last success
-    /// stand down for its own period instead of paging every night.
-    full_scan_started: Gauge,
+    /// By `node`: when this daemon's full scan of the primary (index mode)
+    /// started sweeping, its checks passed and its lease taken; no series
+    /// when none runs. Index sweeps of the primary wait for it, so the
+    /// alerts on the last success stand down for its own period instead
+    /// of paging every night.
+    full_scan_started: GaugeVec,
 }
 
 impl IndexMetrics {
@@ -53,10 +55,13 @@ impl IndexMetrics {
                 ),
                 &["result"],
             )?,
-            full_scan_started: Gauge::new(
-                name("full_scan_started_timestamp_seconds"),
-                "While a full scan of index mode runs (index sweeps wait for it), when it \
-                 started, in Unix seconds; 0 when none runs.",
+            full_scan_started: GaugeVec::new(
+                Opts::new(
+                    name("full_scan_started_timestamp_seconds"),
+                    "While this daemon's full scan of the primary runs in index mode (its \
+                     index sweeps wait for it), when it started sweeping, in Unix seconds.",
+                ),
+                &["node"],
             )?,
         };
         registry.register(Box::new(metrics.full_scan_started.clone()))?;
@@ -88,8 +93,17 @@ impl IndexMetrics {
             .set(index.index_lag_seconds);
     }
 
-    pub(super) fn full_scan_started(&self, at: Option<f64>) {
-        self.full_scan_started.set(at.unwrap_or(0.0));
+    pub(super) fn full_scan_started(&self, node: &str, at: f64) {
+        self.full_scan_started.with_label_values(&[node]).set(at);
+    }
+
+    /// The full scan of `node` ended (all of them: `None`).
+    pub(super) fn full_scan_ended(&self, node: Option<&str>) {
+        match node {
+            // Err: no such series; nothing to drop.
+            Some(node) => drop(self.full_scan_started.remove_label_values(&[node])),
+            None => self.full_scan_started.reset(),
+        }
     }
 
     pub(super) fn count_full_scan(&self, result: SweepResult) {

@@ -255,6 +255,9 @@ impl Metrics {
             if !primaries.contains(node.as_str()) {
                 // Err: no such series; nothing to drop.
                 let _ = self.node_last_success.remove_label_values(&[node]);
+                for (_, counter) in &self.per_node {
+                    let _ = counter.remove_label_values(&[node]);
+                }
                 self.throttle.forget(node);
                 self.index.forget(node);
             } else if index_kept.is_some_and(|kept| !kept.contains(node)) {
@@ -273,18 +276,29 @@ impl Metrics {
     /// When a round has read the topology, before it sweeps: every per-node
     /// counter exists from 0 for each primary, so that its first count is
     /// an increase (a series born at 3 is not one to `increase()`).
+    /// They go with the node's other series when it is no longer a primary
+    /// ([`Metrics::retain_nodes`]).
     pub fn expose_nodes<'n>(&self, primaries: impl IntoIterator<Item = &'n str>) {
+        let mut known = crate::mutex::lock(&self.nodes);
         for node in primaries {
+            known.insert(node.to_owned());
             for (_, counter) in &self.per_node {
                 counter.with_label_values(&[node]);
             }
         }
     }
 
-    /// In index mode, that a full scan runs since `at` (Unix seconds), or
-    /// that none runs.
-    pub fn set_full_scan_started(&self, at: Option<f64>) {
-        self.index.full_scan_started(at);
+    /// In index mode, that this daemon's full scan of `nodes` started
+    /// sweeping at `at` (Unix seconds).
+    pub fn full_scan_started<'n>(&self, nodes: impl IntoIterator<Item = &'n str>, at: f64) {
+        for node in nodes {
+            self.index.full_scan_started(node, at);
+        }
+    }
+
+    /// That the full scan of `node` ended (`None`: every one of this daemon).
+    pub fn full_scan_ended(&self, node: Option<&str>) {
+        self.index.full_scan_ended(node);
     }
 
     /// One reading of a primary's adaptive throttle (every decision while
