@@ -219,7 +219,9 @@ impl Round {
                     .await
             }
             None => {
-                self.started(primaries.iter().map(|p| p.address.as_str()));
+                let swept = primaries.iter().map(|p| p.address.as_str());
+                let swept = swept.filter(|node| prepared.can_sweep(node));
+                self.started(primaries.len(), swept);
                 let report = prepared.run().await?;
                 Ok(RoundSweeps {
                     report: Some(report),
@@ -229,16 +231,15 @@ impl Round {
         }
     }
 
-    /// The sweep of `nodes` starts, checks passed and leases taken: logged,
-    /// and in index mode a full scan's start is shown per primary (only
-    /// now: a scan refused at its checks, retried every other tick, must
-    /// not look like one running).
-    fn started<'n>(&self, nodes: impl ExactSizeIterator<Item = &'n str>) {
-        let count = nodes.len();
-        tracing::info!(trigger = ?self.trigger, kind = self.kind.name(), nodes = count, "sweep started");
+    /// The sweep of `nodes` primaries starts, checks passed and leases
+    /// taken: logged, and in index mode a full scan's start is shown for
+    /// the primaries it sweeps (only now: a scan refused at its checks,
+    /// retried every other tick, must not look like one running).
+    fn started<'n>(&self, nodes: usize, swept: impl Iterator<Item = &'n str>) {
+        tracing::info!(trigger = ?self.trigger, kind = self.kind.name(), nodes, "sweep started");
         if self.kind == RoundKind::Full && self.settings.sweep.due_index.enabled {
             let now = crate::clock::wall_clock().timestamp_millis() as f64 / 1000.0;
-            self.metrics.full_scan_started(nodes, now);
+            self.metrics.full_scan_started(swept, now);
         }
     }
 
@@ -301,7 +302,7 @@ impl Round {
         }
         prepared.retain(|node| taken.contains(node));
         self.metrics.set_lock_held(held.len());
-        self.started(taken.iter().map(String::as_str));
+        self.started(taken.len(), taken.iter().map(String::as_str));
         let mut keeper = LeaseKeeper {
             lock,
             conn,
