@@ -238,8 +238,7 @@ impl Round {
     fn started<'n>(&self, nodes: usize, swept: impl Iterator<Item = &'n str>) {
         tracing::info!(trigger = ?self.trigger, kind = self.kind.name(), nodes, "sweep started");
         if self.kind == RoundKind::Full && self.settings.sweep.due_index.enabled {
-            let now = crate::clock::wall_clock().timestamp_millis() as f64 / 1000.0;
-            self.metrics.full_scan_started(swept, now);
+            self.metrics.full_scan_started(swept);
         }
     }
 

@@ -97,3 +97,38 @@ impl HttpClosed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// Every known series of the two counters the alerts take increase()
+    /// of is exposed at 0 before anything happened.
+    #[test]
+    fn counters_start_at_zero() {
+        let text = Metrics::new().map(|m| m.render()).unwrap_or_default();
+        let kinds = error_kinds();
+        for kind in [
+            "unit_guard",
+            "clock",
+            "clock_skew",
+            "cutoff",
+            "permission",
+            "noperm",
+        ] {
+            assert!(kinds.contains(kind), "{kind}");
+        }
+        for kind in &kinds {
+            let line = format!("token_sweeper_errors_total{{kind=\"{kind}\"}} 0\n");
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        for result in SweepResult::ALL {
+            let line = format!(
+                "token_sweeper_sweeps_total{{result=\"{}\"}} 0\n",
+                result.label()
+            );
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+    }
+}

@@ -155,7 +155,7 @@ pub use error::{Check, SweepError};
 pub use guard::{check_units, looks_like, GUARD_READ_FACTOR};
 pub use index::lower_entries;
 use index::IndexNode;
-pub use mode::SweepMode;
+pub use mode::{SweepBy, SweepMode};
 pub(crate) use node::no_answer_within;
 pub use prepared::PreparedSweep;
 use prepared::Ready;
@@ -308,22 +308,6 @@ pub async fn prepare_within<'a>(
 ) -> Result<PreparedSweep<'a>, SweepError> {
     let by = SweepBy::Scan;
     prepare_by(conn, nodes, settings, mode, progress, stop, node_checks, by).await
-}
-
-/// How a sweep finds the keys it sweeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SweepBy<'a> {
-    /// `SCAN` of every key: a full scan.
-    Scan,
-    /// The due index (`sweep.due_index`): due keys only.
-    Index {
-        /// The addresses of the primaries that also read their index's
-        /// size for [`IndexReport::index_size`]: one `ZCARD` per index
-        /// key, so per hash slot, about as much Redis time as the rest of
-        /// a quiet index sweep. Per primary, so that one primary failing
-        /// to read its own does not make the others read theirs again.
-        read_size: &'a BTreeSet<String>,
-    },
 }
 
 /// [`prepare_within`], finding the keys `by` a full scan or the due index.

@@ -1,4 +1,7 @@
-//! Whether a sweep removes or only counts, and the command each sends.
+//! Whether a sweep removes or only counts, and the command each sends;
+//! whether it finds its keys by a full scan or by the due index.
+
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 
@@ -20,4 +23,20 @@ impl SweepMode {
             Self::DryRun => "ZCOUNT",
         }
     }
+}
+
+/// How a sweep finds the keys it sweeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SweepBy<'a> {
+    /// `SCAN` of every key: a full scan.
+    Scan,
+    /// The due index (`sweep.due_index`): due keys only.
+    Index {
+        /// The addresses of the primaries that also read their index's
+        /// size for [`IndexReport::index_size`](crate::sweep::IndexReport::index_size): one `ZCARD` per index
+        /// key, so per hash slot, about as much Redis time as the rest of
+        /// a quiet index sweep. Per primary, so that one primary failing
+        /// to read its own does not make the others read theirs again.
+        read_size: &'a BTreeSet<String>,
+    },
 }
